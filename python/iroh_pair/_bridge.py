@@ -1,0 +1,153 @@
+"""The asyncio half of the async bridge (the Rust half is ``rust/iroh-pair-native/src/bridge.rs``).
+
+Each native operation that may wait is started with a token. It either completes at once (the
+value is returned directly) or returns ``PENDING``; then its result arrives later through the
+bridge's queue. Rust writes to one file descriptor when the queue turns non-empty; the loop
+watches it with ``add_reader`` and drains every queued completion in one call. Tokio threads
+never take the GIL and never wake the loop more than once per batch.
+
+There is one bridge per running event loop, so separate loops (one per test, one per thread)
+each get their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from . import _native
+
+__all__ = ["Bridge", "get_bridge", "call"]
+
+T = TypeVar("T")
+
+#: Called with ``(ok, value)`` for each item of a persistent subscription, and with
+#: ``(ok, value, True)``-style end through ``on_end``.
+StreamCallback = Callable[[bool, Any], None]
+
+
+class Bridge:
+    """Tokens to futures for one event loop."""
+
+    __slots__ = ("native", "loop", "_futures", "_streams", "_tokens", "_closed", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.native = _native.Bridge()
+        self.loop = loop
+        self._futures: dict[int, asyncio.Future[Any]] = {}
+        self._streams: dict[int, tuple[StreamCallback, StreamCallback]] = {}
+        self._tokens = itertools.count(1)
+        self._closed = False
+        loop.add_reader(self.native.fileno(), self._drain)
+
+    def token(self) -> int:
+        """A fresh token for one operation."""
+        return next(self._tokens)
+
+    def _drain(self) -> None:
+        futures = self._futures
+        for token, ok, value, persistent in self.native.drain():
+            fut = futures.pop(token, None)
+            if fut is not None:
+                if not fut.done():
+                    if ok:
+                        fut.set_result(value)
+                    else:
+                        fut.set_exception(value)
+                continue
+            callbacks = self._streams.get(token)
+            if callbacks is None:
+                continue  # cancelled meanwhile
+            if persistent:
+                callbacks[0](ok, value)
+            else:
+                del self._streams[token]
+                callbacks[1](ok, value)
+
+    async def wait(self, token: int) -> Any:
+        """Waits for the result of the pending operation ``token``. Cancelling the wait aborts
+        the native task."""
+        fut: asyncio.Future[Any] = self.loop.create_future()
+        self._futures[token] = fut
+        try:
+            return await fut
+        except asyncio.CancelledError:
+            self._futures.pop(token, None)
+            self.native.cancel(token)
+            raise
+
+    def subscribe(self, on_item: StreamCallback, on_end: StreamCallback) -> int:
+        """Registers callbacks for a persistent subscription; returns its token."""
+        token = self.token()
+        self._streams[token] = (on_item, on_end)
+        return token
+
+    def unsubscribe(self, token: int) -> None:
+        """Stops a subscription and aborts its native task."""
+        self._streams.pop(token, None)
+        self.native.cancel(token)
+
+    def close(self) -> None:
+        """Stops watching the wake-up fd (the loop is closing)."""
+        if not self._closed:
+            self._closed = True
+            try:
+                self.loop.remove_reader(self.native.fileno())
+            except (RuntimeError, ValueError, OSError):
+                pass
+
+    def pending(self) -> int:
+        """Operations whose native tasks are still running."""
+        return self.native.pending_count()
+
+    def __repr__(self) -> str:
+        completed, wakeups = self.native.counters()
+        return (
+            f"<Bridge pending={self.pending()} futures={len(self._futures)} "
+            f"streams={len(self._streams)} completed={completed} wakeups={wakeups}>"
+        )
+
+
+_bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Bridge] = weakref.WeakKeyDictionary()
+
+
+def get_bridge() -> Bridge:
+    """The bridge of the running loop, created on first use."""
+    loop = asyncio.get_running_loop()
+    b = _bridges.get(loop)
+    if b is None:
+        b = Bridge(loop)
+        _bridges[loop] = b
+        _hook_loop_close(loop, b)
+    return b
+
+
+def _hook_loop_close(loop: asyncio.AbstractEventLoop, bridge: Bridge) -> None:
+    """Removes the reader when the loop closes, so the fd is not left registered."""
+    original_close = loop.close
+
+    def close() -> None:
+        bridge.close()
+        _bridges.pop(loop, None)
+        original_close()
+
+    try:
+        loop.close = close  # type: ignore[method-assign]
+    except AttributeError:  # a loop class with __slots__: the reader dies with the selector
+        pass
+
+
+PENDING: Any = _native.PENDING
+
+
+async def call(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Starts a native operation ``op(bridge, token, *args)`` and returns its result."""
+    b = get_bridge()
+    token = next(b._tokens)
+    r = op(b.native, token, *args, **kwargs)
+    if r is PENDING:
+        return await b.wait(token)
+    return r

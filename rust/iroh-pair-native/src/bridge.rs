@@ -1,0 +1,417 @@
+//! The async bridge: tokio does the waiting, asyncio gets the results.
+//!
+//! Every native operation that may wait is started from Python with a token. It is first polled
+//! once on the calling thread: when it can complete at once (data already buffered, flow-control
+//! window open) its result is returned directly, with no thread hop. Otherwise it is spawned on
+//! the shared multi-thread runtime; when it finishes, the tokio worker pushes `(token, outcome)`
+//! onto this bridge's queue and, only if the queue was empty, writes to one eventfd (a pipe on
+//! other platforms) that the asyncio loop watches with `add_reader`. The loop then drains every
+//! queued completion in one call and converts them to Python objects on its own thread.
+//!
+//! Tokio threads never take the GIL: the queue holds plain Rust values (`Outcome`), and nothing
+//! a task owns or drops is a Python object.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyTuple};
+use tokio::runtime::Runtime;
+use tokio::task::AbortHandle;
+
+use crate::error::Error;
+
+/// The one tokio runtime shared by every endpoint and bridge in the process.
+pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("iroh-pair-rt")
+        .build()
+        .expect("failed to start the tokio runtime")
+});
+
+/// A finished operation's value, still in Rust. It becomes a Python object only on the loop's
+/// thread, when the bridge is drained.
+pub type Outcome = Result<Box<dyn ToPy>, Error>;
+
+/// Conversion of an operation's result into a Python object, done on the asyncio loop's thread.
+pub trait ToPy: Send + 'static {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>>;
+}
+
+/// Wraps a value whose conversion is the standard pyo3 one.
+pub struct Plain<T>(pub T);
+
+impl<T> ToPy for Plain<T>
+where
+    T: for<'py> IntoPyObject<'py> + Send + 'static,
+{
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        use pyo3::IntoPyObjectExt;
+        self.0.into_py_any(py)
+    }
+}
+
+/// Raw bytes, converted into a Python `bytes` (the one unavoidable copy into Python).
+pub struct PyBytesOut(pub bytes::Bytes);
+
+impl ToPy for PyBytesOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(pyo3::types::PyBytes::new(py, &self.0).into_any().unbind())
+    }
+}
+
+/// `None`, or bytes: `read_frame` at a clean end of stream.
+pub struct OptBytesOut(pub Option<bytes::Bytes>);
+
+impl ToPy for OptBytesOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self.0 {
+            Some(b) => pyo3::types::PyBytes::new(py, &b).into_any().unbind(),
+            None => py.None(),
+        })
+    }
+}
+
+/// A pyclass value created on the loop's thread.
+pub struct ClassOut<T>(pub T);
+
+impl<T> ToPy for ClassOut<T>
+where
+    T: pyo3::PyClass + Into<pyo3::PyClassInitializer<T>> + Send + 'static,
+{
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(Py::new(py, self.0)?.into_any())
+    }
+}
+
+impl<T: ToPy> ToPy for Option<T> {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match *self {
+            Some(v) => Box::new(v).to_py(py),
+            None => Ok(py.None()),
+        }
+    }
+}
+
+/// Boxes a value for the completion queue.
+pub fn out<T: ToPy>(v: T) -> Box<dyn ToPy> {
+    Box::new(v)
+}
+
+struct Completion {
+    token: u64,
+    persistent: bool,
+    outcome: Outcome,
+}
+
+/// The wake-up file descriptor: an eventfd on Linux, a non-blocking pipe elsewhere.
+struct WakeFd {
+    read_fd: i32,
+    write_fd: i32,
+}
+
+impl WakeFd {
+    fn new() -> std::io::Result<Self> {
+        #[cfg(target_os = "linux")]
+        {
+            // SAFETY: plain syscall, the result is checked.
+            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(Self {
+                read_fd: fd,
+                write_fd: fd,
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let mut fds = [0i32; 2];
+            // SAFETY: fds has room for the two descriptors; the result is checked.
+            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            for fd in fds {
+                // SAFETY: fd is a descriptor we own.
+                unsafe {
+                    let flags = libc::fcntl(fd, libc::F_GETFL);
+                    libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(Self {
+                read_fd: fds[0],
+                write_fd: fds[1],
+            })
+        }
+    }
+
+    fn wake(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a valid u64 to our own descriptor. A full pipe or a
+        // saturated eventfd (EAGAIN) already means a wake-up is pending, so errors are ignored.
+        unsafe {
+            libc::write(self.write_fd, (&one as *const u64).cast(), 8);
+        }
+    }
+
+    fn clear(&self) {
+        let mut buf = [0u8; 64];
+        loop {
+            // SAFETY: reads into a local buffer of the stated size from our own descriptor.
+            let n = unsafe { libc::read(self.read_fd, buf.as_mut_ptr().cast(), buf.len()) };
+            // eventfd: one read resets the counter. pipe: read until it is empty.
+            if n <= 0 || cfg!(target_os = "linux") {
+                break;
+            }
+        }
+    }
+}
+
+impl Drop for WakeFd {
+    fn drop(&mut self) {
+        // SAFETY: we own these descriptors and close each exactly once.
+        unsafe {
+            libc::close(self.read_fd);
+            if self.write_fd != self.read_fd {
+                libc::close(self.write_fd);
+            }
+        }
+    }
+}
+
+/// The part of a bridge that tokio tasks hold: the queue and the wake-up fd. No Python objects.
+pub struct Shared {
+    queue: Mutex<Vec<Completion>>,
+    wake: WakeFd,
+    completed: AtomicU64,
+    wakeups: AtomicU64,
+}
+
+impl Shared {
+    fn push(&self, c: Completion) {
+        let was_empty = {
+            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let was_empty = q.is_empty();
+            q.push(c);
+            was_empty
+        };
+        self.completed.fetch_add(1, Ordering::Relaxed);
+        if was_empty {
+            self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.wake.wake();
+        }
+    }
+
+    /// Delivers one result of a persistent subscription (a serve loop, path events).
+    pub fn emit(&self, token: u64, outcome: Outcome) {
+        self.push(Completion {
+            token,
+            persistent: true,
+            outcome,
+        });
+    }
+
+    /// Ends a persistent subscription: its last completion, delivered as a one-shot one.
+    pub fn finish(&self, token: u64, outcome: Outcome) {
+        self.push(Completion {
+            token,
+            persistent: false,
+            outcome,
+        });
+    }
+}
+
+/// One bridge per running asyncio loop. Created by `iroh_pair._bridge`, which watches
+/// `fileno()` and calls `drain()` when it is readable.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct Bridge {
+    pub shared: Arc<Shared>,
+    aborts: Mutex<HashMap<u64, AbortHandle>>,
+}
+
+/// Returned by an operation that did not complete at once: its result will arrive through
+/// `Bridge.drain()` under the token it was started with.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct Pending;
+
+#[pymethods]
+impl Pending {
+    fn __repr__(&self) -> &'static str {
+        "PENDING"
+    }
+}
+
+pub static PENDING: pyo3::sync::PyOnceLock<Py<Pending>> = pyo3::sync::PyOnceLock::new();
+
+pub fn pending(py: Python<'_>) -> Py<PyAny> {
+    PENDING
+        .get_or_init(py, || Py::new(py, Pending).expect("allocating PENDING"))
+        .clone_ref(py)
+        .into_any()
+}
+
+#[pymethods]
+impl Bridge {
+    #[new]
+    fn py_new() -> PyResult<Self> {
+        Ok(Self {
+            shared: Arc::new(Shared {
+                queue: Mutex::new(Vec::with_capacity(256)),
+                wake: WakeFd::new()
+                    .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
+                completed: AtomicU64::new(0),
+                wakeups: AtomicU64::new(0),
+            }),
+            aborts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The file descriptor the asyncio loop watches for readability.
+    fn fileno(&self) -> i32 {
+        self.shared.wake.read_fd
+    }
+
+    /// Takes every queued completion: a list of `(token, ok, value, persistent)` tuples, where
+    /// `value` is the result when `ok` and an exception instance otherwise.
+    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        self.shared.wake.clear();
+        let items = std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let list = PyList::empty(py);
+        if items.is_empty() {
+            return Ok(list);
+        }
+        {
+            let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+            for c in items.iter().filter(|c| !c.persistent) {
+                aborts.remove(&c.token);
+            }
+        }
+        for c in items {
+            let (ok, value) = match c.outcome {
+                Ok(v) => match v.to_py(py) {
+                    Ok(obj) => (true, obj),
+                    Err(e) => (false, e.into_value(py).into_any()),
+                },
+                Err(e) => (false, PyErr::from(e).into_value(py).into_any()),
+            };
+            let t = PyTuple::new(
+                py,
+                [
+                    c.token.into_pyobject(py)?.into_any(),
+                    pyo3::types::PyBool::new(py, ok).to_owned().into_any(),
+                    value.into_bound(py),
+                    pyo3::types::PyBool::new(py, c.persistent).to_owned().into_any(),
+                ],
+            )?;
+            list.append(t)?;
+        }
+        Ok(list)
+    }
+
+    /// Aborts the task started under `token` (the Python future was cancelled). Returns whether
+    /// a running task was found.
+    fn cancel(&self, token: u64) -> bool {
+        let handle = self
+            .aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token);
+        match handle {
+            Some(h) => {
+                h.abort();
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Operations started and not yet drained or cancelled.
+    fn pending_count(&self) -> usize {
+        self.aborts.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    /// `(completions delivered through the queue, wake-ups written)`: their ratio is how many
+    /// completions one drain handled on average.
+    fn counters(&self) -> (u64, u64) {
+        (
+            self.shared.completed.load(Ordering::Relaxed),
+            self.shared.wakeups.load(Ordering::Relaxed),
+        )
+    }
+}
+
+impl Bridge {
+    /// Starts `fut` for `token`: polls it once here and returns its value when it is ready at
+    /// once, or spawns it on the runtime and returns `PENDING`.
+    pub fn submit<F, T>(&self, py: Python<'_>, token: u64, fut: F) -> PyResult<Py<PyAny>>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: ToPy,
+    {
+        let mut fut = Box::pin(fut);
+        {
+            let _rt = RUNTIME.enter();
+            let mut cx = Context::from_waker(Waker::noop());
+            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+                return match r {
+                    Ok(v) => Box::new(v).to_py(py),
+                    Err(e) => Err(e.into()),
+                };
+            }
+        }
+        self.spawn(token, fut);
+        Ok(pending(py))
+    }
+
+    /// Spawns `fut` without trying it inline first (for work that certainly waits).
+    pub fn spawn<F, T>(&self, token: u64, fut: F)
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: ToPy,
+    {
+        let shared = self.shared.clone();
+        let handle = RUNTIME.spawn(async move {
+            let outcome = fut.await.map(|v| Box::new(v) as Box<dyn ToPy>);
+            shared.push(Completion {
+                token,
+                persistent: false,
+                outcome,
+            });
+        });
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, handle.abort_handle());
+    }
+
+    /// Spawns a long-running task that emits many results under `token` (see `Shared::emit`).
+    /// It is aborted by `cancel(token)` like any other.
+    pub fn spawn_stream<F>(&self, token: u64, make: impl FnOnce(Arc<Shared>) -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let fut = make(self.shared.clone());
+        let handle = RUNTIME.spawn(fut);
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, handle.abort_handle());
+    }
+}
+
+/// Polls a future once on the calling thread; returns its value when ready.
+pub fn poll_once<F: Future>(fut: F) -> Option<F::Output> {
+    let _rt = RUNTIME.enter();
+    let mut fut = pin!(fut);
+    let mut cx = Context::from_waker(Waker::noop());
+    match fut.as_mut().poll(&mut cx) {
+        Poll::Ready(v) => Some(v),
+        Poll::Pending => None,
+    }
+}

@@ -1,0 +1,518 @@
+//! `Connection`: streams, close, paths, keying material, the fused request and the serve loop.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use iroh::TransportAddr;
+use iroh::endpoint::{PathEvent, Side, VarInt};
+use n0_future::StreamExt;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+
+use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out, pending};
+use crate::endpoint::Counters;
+use crate::error::Error;
+use crate::keys::EndpointId;
+use crate::streams::{RecvStream, SendState, SendStream, codes, copy_bytes, frame_header, read_frame};
+
+/// A live QUIC connection to one peer on one ALPN.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct Connection {
+    pub conn: iroh::endpoint::Connection,
+    pub counters: Arc<Counters>,
+}
+
+impl Connection {
+    pub fn new(conn: iroh::endpoint::Connection, counters: Arc<Counters>) -> Self {
+        Self { conn, counters }
+    }
+}
+
+/// A `(SendStream, RecvStream)` pair, built into a tuple on the loop's thread.
+struct BiOut(SendStream, RecvStream);
+
+impl ToPy for BiOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let s = Py::new(py, self.0)?;
+        let r = Py::new(py, self.1)?;
+        Ok(PyTuple::new(py, [s.into_any(), r.into_any()])?.into_any().unbind())
+    }
+}
+
+/// `(code or None, reason, by_peer, kind)` of a closed connection.
+struct CloseOut(Error);
+
+impl ToPy for CloseOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let (code, reason, by_peer, kind) = match self.0 {
+            Error::ConnectionLost {
+                code,
+                reason,
+                by_peer,
+                kind,
+            } => (code, reason, by_peer, kind),
+            other => (None, other.to_string().into_bytes(), false, "transport"),
+        };
+        Ok((code, PyBytes::new(py, &reason), by_peer, kind)
+            .into_pyobject(py)?
+            .into_any()
+            .unbind())
+    }
+}
+
+fn path_id(id: iroh::endpoint::PathId) -> u64 {
+    id.to_string().trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
+}
+
+fn addr_kind(a: &TransportAddr) -> &'static str {
+    match a {
+        TransportAddr::Relay(_) => "relay",
+        TransportAddr::Ip(_) => "direct",
+        _ => "custom",
+    }
+}
+
+fn addr_str(a: &TransportAddr) -> String {
+    match a {
+        TransportAddr::Relay(u) => u.to_string(),
+        TransportAddr::Ip(s) => s.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// A path event as plain data, turned into a dict on the loop's thread.
+struct PathEventOut {
+    kind: &'static str,
+    id: Option<u64>,
+    transport: Option<&'static str>,
+    addr: Option<String>,
+}
+
+impl ToPy for PathEventOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let d = PyDict::new(py);
+        d.set_item("event", self.kind)?;
+        d.set_item("id", self.id)?;
+        d.set_item("kind", self.transport)?;
+        d.set_item("addr", self.addr)?;
+        Ok(d.into_any().unbind())
+    }
+}
+
+/// An accepted stream whose first frame (the request) has been read, handed to Python by the
+/// native serve loop.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct IncomingRequest {
+    request: Py<PyBytes>,
+    send: Mutex<Option<SendState>>,
+    recv: Mutex<Option<iroh::endpoint::RecvStream>>,
+    counters: Arc<Counters>,
+}
+
+struct IncomingOut {
+    request: Bytes,
+    send: SendState,
+    recv: iroh::endpoint::RecvStream,
+    counters: Arc<Counters>,
+}
+
+impl ToPy for IncomingOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let this = *self;
+        Ok(Py::new(
+            py,
+            IncomingRequest {
+                request: PyBytes::new(py, &this.request).unbind(),
+                send: Mutex::new(Some(this.send)),
+                recv: Mutex::new(Some(this.recv)),
+                counters: this.counters,
+            },
+        )?
+        .into_any())
+    }
+}
+
+impl IncomingRequest {
+    fn take_send(&self) -> Result<SendState, Error> {
+        self.send
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| Error::StreamClosed("this request was already answered".into()))
+    }
+}
+
+#[pymethods]
+impl IncomingRequest {
+    /// The request's bytes (the stream's first frame).
+    #[getter]
+    fn request(&self, py: Python<'_>) -> Py<PyBytes> {
+        self.request.clone_ref(py)
+    }
+
+    /// Sends `data` as the whole reply and finishes the stream. Does not wait: the write
+    /// completes on the runtime (at once when the flow-control window is open).
+    fn respond(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let data = copy_bytes(data)?;
+        let mut send = self.take_send()?;
+        drop(self.recv.lock().unwrap_or_else(|e| e.into_inner()).take());
+        Counters::bump(&self.counters.requests_served);
+        let fut = async move {
+            if send.write_all_chunks(&mut [data]).await.is_ok() {
+                let _ = send.finish();
+            }
+        };
+        let mut fut = Box::pin(fut);
+        if crate::bridge::poll_once(fut.as_mut()).is_none() {
+            crate::bridge::RUNTIME.spawn(fut);
+        }
+        Ok(())
+    }
+
+    /// Refuses the request: resets the reply stream and stops the request stream with `code`.
+    /// The caller's `request` fails with `RemoteError(code)`.
+    #[pyo3(signature = (code = codes::HANDLER_ERROR))]
+    fn reject(&self, code: u64) -> PyResult<()> {
+        let mut send = self.take_send()?;
+        send.reset(code)?;
+        if let Some(mut r) = self.recv.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = r.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
+        }
+        Ok(())
+    }
+
+    /// Takes the stream for an interactive exchange (after the first frame).
+    fn take_streams(&self) -> PyResult<(SendStream, RecvStream)> {
+        let send = self.take_send()?;
+        let recv = self
+            .recv
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or_else(|| Error::StreamClosed("the streams were already taken".into()))?;
+        Ok((
+            SendStream {
+                id: send.stream.id().index(),
+                inner: Arc::new(tokio::sync::Mutex::new(send)),
+            },
+            RecvStream::new(recv),
+        ))
+    }
+}
+
+#[pymethods]
+impl Connection {
+    /// The peer's id, authenticated by the QUIC handshake.
+    #[getter]
+    fn remote_id(&self) -> EndpointId {
+        EndpointId(self.conn.remote_id())
+    }
+
+    /// The negotiated ALPN.
+    #[getter]
+    fn alpn<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, self.conn.alpn())
+    }
+
+    /// `"client"` when this side dialed, `"server"` when it accepted.
+    #[getter]
+    fn side(&self) -> &'static str {
+        match self.conn.side() {
+            Side::Client => "client",
+            Side::Server => "server",
+        }
+    }
+
+    /// A process-local id of the connection.
+    #[getter]
+    fn stable_id(&self) -> usize {
+        self.conn.stable_id()
+    }
+
+    /// Whether the connection is closed (by either side, or lost).
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.conn.close_reason().is_some()
+    }
+
+    /// Opens a bidirectional stream. (The peer learns of it with the first data written.)
+    fn open_bi(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let conn = self.conn.clone();
+        let counters = self.counters.clone();
+        bridge.submit(py, token, async move {
+            let (s, r) = conn.open_bi().await?;
+            Counters::bump(&counters.bi_opened);
+            Ok(BiOut(SendStream::new(s), RecvStream::new(r)))
+        })
+    }
+
+    /// Accepts the peer's next bidirectional stream.
+    fn accept_bi(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let conn = self.conn.clone();
+        let counters = self.counters.clone();
+        bridge.submit(py, token, async move {
+            let (s, r) = conn.accept_bi().await?;
+            Counters::bump(&counters.bi_accepted);
+            Ok(BiOut(SendStream::new(s), RecvStream::new(r)))
+        })
+    }
+
+    /// Opens a unidirectional stream.
+    fn open_uni(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let conn = self.conn.clone();
+        let counters = self.counters.clone();
+        bridge.submit(py, token, async move {
+            let s = conn.open_uni().await?;
+            Counters::bump(&counters.uni_opened);
+            Ok(ClassOut(SendStream::new(s)))
+        })
+    }
+
+    /// Accepts the peer's next unidirectional stream.
+    fn accept_uni(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let conn = self.conn.clone();
+        let counters = self.counters.clone();
+        bridge.submit(py, token, async move {
+            let r = conn.accept_uni().await?;
+            Counters::bump(&counters.uni_accepted);
+            Ok(ClassOut(RecvStream::new(r)))
+        })
+    }
+
+    /// Closes the connection with an application `code` and `reason`, which the peer sees.
+    #[pyo3(signature = (code = 0, reason = b"".to_vec()))]
+    fn close(&self, code: u64, reason: Vec<u8>) -> PyResult<()> {
+        let code = VarInt::from_u64(code)
+            .map_err(|_| Error::Value(format!("close code {code} does not fit a QUIC varint")))?;
+        self.conn.close(code, &reason);
+        Ok(())
+    }
+
+    /// Waits until the connection is closed: `(code or None, reason, by_peer, kind)`.
+    fn closed(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let conn = self.conn.clone();
+        bridge.submit(py, token, async move {
+            let e: Error = conn.closed().await.into();
+            // A close we initiated is reported by QUIC as "locally closed"; keep our own code.
+            Ok(CloseOut(e))
+        })
+    }
+
+    /// `length` bytes of TLS keying material (RFC 5705): the same on both ends of this
+    /// connection and different on any other.
+    fn export_keying_material<'py>(
+        &self,
+        py: Python<'py>,
+        label: &[u8],
+        context: &[u8],
+        length: usize,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        if length == 0 || length > 1024 {
+            return Err(Error::Value(format!("length must be 1..=1024, got {length}")).into());
+        }
+        let mut out = vec![0u8; length];
+        self.conn
+            .export_keying_material(&mut out, label, context)
+            .map_err(|_| Error::Value("keying material export failed".into()))?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// The round-trip time of the selected path, in seconds (`None` before one is selected).
+    #[getter]
+    fn rtt(&self) -> Option<f64> {
+        self.conn
+            .paths()
+            .iter()
+            .find(|p| p.is_selected())
+            .map(|p| p.rtt().as_secs_f64())
+    }
+
+    /// A snapshot of the open paths: dicts with `id`, `kind` ("relay" or "direct"), `addr`,
+    /// `selected` and `rtt` (seconds).
+    fn paths<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let list = PyList::empty(py);
+        for p in self.conn.paths().iter() {
+            let d = PyDict::new(py);
+            d.set_item("id", path_id(p.id()))?;
+            d.set_item("kind", addr_kind(p.remote_addr()))?;
+            d.set_item("addr", addr_str(p.remote_addr()))?;
+            d.set_item("selected", p.is_selected())?;
+            d.set_item("rtt", p.rtt().as_secs_f64())?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// Subscribes to path events under `token` (a persistent token): dicts with `event`
+    /// ("opened", "closed", "selected", "lagged"), `id`, `kind`, `addr`. Ends when the
+    /// connection closes.
+    fn path_events(&self, bridge: &Bridge, token: u64) {
+        let mut events = self.conn.path_events();
+        bridge.spawn_stream(token, move |shared| async move {
+            while let Some(ev) = events.next().await {
+                let o = match ev {
+                    PathEvent::Opened { id, remote_addr, .. } => PathEventOut {
+                        kind: "opened",
+                        id: Some(path_id(id)),
+                        transport: Some(addr_kind(&remote_addr)),
+                        addr: Some(addr_str(&remote_addr)),
+                    },
+                    PathEvent::Closed { id, remote_addr, .. } => PathEventOut {
+                        kind: "closed",
+                        id: Some(path_id(id)),
+                        transport: Some(addr_kind(&remote_addr)),
+                        addr: Some(addr_str(&remote_addr)),
+                    },
+                    PathEvent::Selected { id, remote_addr, .. } => PathEventOut {
+                        kind: "selected",
+                        id: Some(path_id(id)),
+                        transport: Some(addr_kind(&remote_addr)),
+                        addr: Some(addr_str(&remote_addr)),
+                    },
+                    _ => PathEventOut {
+                        kind: "lagged",
+                        id: None,
+                        transport: None,
+                        addr: None,
+                    },
+                };
+                shared.emit(token, Ok(out(o)));
+            }
+            shared.finish(token, Ok(out(Plain(()))));
+        });
+    }
+
+    /// Transport statistics of the connection.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.conn.stats();
+        let d = PyDict::new(py);
+        d.set_item("udp_tx_datagrams", s.udp_tx.datagrams)?;
+        d.set_item("udp_tx_bytes", s.udp_tx.bytes)?;
+        d.set_item("udp_rx_datagrams", s.udp_rx.datagrams)?;
+        d.set_item("udp_rx_bytes", s.udp_rx.bytes)?;
+        d.set_item("lost_packets", s.lost_packets)?;
+        d.set_item("stream_frames_tx", s.frame_tx.stream)?;
+        d.set_item("stream_frames_rx", s.frame_rx.stream)?;
+        d.set_item("pings_tx", s.frame_tx.ping)?;
+        Ok(d)
+    }
+
+    /// One request in one native call: opens a bidirectional stream, writes `payload` as one
+    /// frame, finishes, and reads the reply to the end (at most `max_response` bytes). A peer
+    /// that refuses the request (reset or stop) raises `RemoteError(code)`. Cancelled or timed
+    /// out midway, the request stream is reset with `STREAM_CANCELLED`.
+    #[pyo3(signature = (bridge, token, payload, max_response, timeout = None))]
+    fn request(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        payload: &Bound<'_, PyAny>,
+        max_response: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let payload = copy_bytes(payload)?;
+        let header = frame_header(payload.len(), u32::MAX as usize)?;
+        let timeout = timeout
+            .map(|t| {
+                Duration::try_from_secs_f64(t)
+                    .map_err(|_| Error::Value(format!("timeout must be positive, got {t}")))
+            })
+            .transpose()?;
+        let conn = self.conn.clone();
+        let counters = self.counters.clone();
+        let work = async move {
+            let (s, mut recv) = conn.open_bi().await?;
+            Counters::bump(&counters.bi_opened);
+            let mut send = SendState::new(s);
+            send.write_all_chunks(&mut [header, payload])
+                .await
+                .map_err(remote)?;
+            send.finish()?;
+            let reply = recv
+                .read_to_end(max_response)
+                .await
+                .map_err(|e| remote(crate::error::read_to_end_error(e, max_response)))?;
+            Ok(PyBytesOut(Bytes::from(reply)))
+        };
+        match timeout {
+            Some(t) => bridge.spawn(token, async move {
+                tokio::time::timeout(t, work)
+                    .await
+                    .map_err(|_| Error::Timeout(format!("no reply within {t:?}")))?
+            }),
+            None => bridge.spawn(token, work),
+        }
+        Ok(pending(py))
+    }
+
+    /// The native serve loop: accepts every bidirectional stream of this connection, reads its
+    /// first frame (at most `max_request` bytes, within `frame_timeout` seconds), and emits an
+    /// `IncomingRequest` under the persistent `token`. Ends (a last, non-persistent completion)
+    /// when the connection closes. Do not mix with `accept_bi` on the same connection.
+    #[pyo3(signature = (bridge, token, max_request, frame_timeout = 30.0))]
+    fn serve(&self, bridge: &Bridge, token: u64, max_request: usize, frame_timeout: f64) -> PyResult<()> {
+        let frame_timeout = Duration::try_from_secs_f64(frame_timeout)
+            .map_err(|_| Error::Value(format!("frame_timeout must be positive, got {frame_timeout}")))?;
+        let conn = self.conn.clone();
+        let counters = self.counters.clone();
+        bridge.spawn_stream(token, move |shared| async move {
+            let mut tasks = tokio::task::JoinSet::new();
+            let end = loop {
+                tokio::select! {
+                    accepted = conn.accept_bi() => match accepted {
+                        Ok((s, mut r)) => {
+                            Counters::bump(&counters.bi_accepted);
+                            let shared = shared.clone();
+                            let counters = counters.clone();
+                            tasks.spawn(async move {
+                                let mut send = SendState::new(s);
+                                let first = tokio::time::timeout(frame_timeout, read_frame(&mut r, max_request)).await;
+                                match first {
+                                    Ok(Ok(Some(request))) => shared.emit(
+                                        token,
+                                        Ok(out(IncomingOut { request, send, recv: r, counters })),
+                                    ),
+                                    Ok(Err(Error::FrameTooLarge { .. })) | Ok(Err(Error::Truncated(_))) => {
+                                        let _ = send.reset(codes::REQUEST_TOO_LARGE);
+                                        let _ = r.stop(VarInt::from_u32(codes::REQUEST_TOO_LARGE as u32));
+                                    }
+                                    Err(_) => {
+                                        let _ = send.reset(codes::STREAM_CANCELLED);
+                                        let _ = r.stop(VarInt::from_u32(codes::STREAM_CANCELLED as u32));
+                                    }
+                                    // An empty stream, or one reset by the peer: nothing to serve.
+                                    Ok(Ok(None)) | Ok(Err(_)) => {}
+                                }
+                            });
+                        }
+                        Err(e) => break Error::from(e),
+                    },
+                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                }
+            };
+            tasks.shutdown().await;
+            shared.finish(token, Ok(out(CloseOut(end))));
+        });
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Connection(remote={}, alpn={:?}, side={}, closed={})",
+            self.conn.remote_id().fmt_short(),
+            String::from_utf8_lossy(self.conn.alpn()),
+            self.side(),
+            self.is_closed()
+        )
+    }
+}
+
+/// In a request, the peer resetting or stopping the stream is its refusal of the request.
+fn remote(e: Error) -> Error {
+    match e {
+        Error::StreamReset(c) => Error::Remote(c),
+        other => other,
+    }
+}

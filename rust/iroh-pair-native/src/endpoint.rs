@@ -1,0 +1,334 @@
+//! `Endpoint`: bind, dial, accept, close, and the per-endpoint counters.
+
+use std::net::SocketAddr;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
+use iroh::dns::DnsResolver;
+use iroh::endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, VarInt, presets};
+use iroh::{RelayMode, RelayUrl};
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::bridge::{Bridge, ClassOut, Plain, RUNTIME};
+use crate::connection::Connection;
+use crate::error::Error;
+use crate::keys::{EndpointAddr, EndpointId, SecretKey};
+
+/// Counted natively, per endpoint, so that tests can check what really went over the wire.
+#[derive(Default)]
+pub struct Counters {
+    pub conns_accepted: AtomicU64,
+    pub conns_dialed: AtomicU64,
+    pub bi_accepted: AtomicU64,
+    pub bi_opened: AtomicU64,
+    pub uni_accepted: AtomicU64,
+    pub uni_opened: AtomicU64,
+    pub requests_served: AtomicU64,
+    pub handshakes_failed: AtomicU64,
+}
+
+impl Counters {
+    pub fn bump(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+fn secs(what: &str, v: f64) -> Result<Duration, Error> {
+    Duration::try_from_secs_f64(v).map_err(|_| Error::Value(format!("{what} must be a positive number of seconds, got {v}")))
+}
+
+/// A bound iroh endpoint.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct Endpoint {
+    pub ep: iroh::Endpoint,
+    pub counters: Arc<Counters>,
+}
+
+#[pymethods]
+impl Endpoint {
+    /// Binds a new endpoint (see `iroh_pair.transport.Endpoint.bind` for the options).
+    #[staticmethod]
+    #[pyo3(signature = (bridge, token, *, secret_key = None, alpns = Vec::new(), relay = "disabled".to_string(),
+        relay_urls = Vec::new(), bind_addrs = Vec::new(), clear_ip = false, portmapper = false,
+        lookup = "none".to_string(), pkarr_url = None, dns_origin = None, dns_server = None,
+        keep_alive = None, idle_timeout = None, max_bi_streams = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn bind(
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        secret_key: Option<PyRef<'_, SecretKey>>,
+        alpns: Vec<Vec<u8>>,
+        relay: String,
+        relay_urls: Vec<String>,
+        bind_addrs: Vec<String>,
+        clear_ip: bool,
+        portmapper: bool,
+        lookup: String,
+        pkarr_url: Option<String>,
+        dns_origin: Option<String>,
+        dns_server: Option<String>,
+        keep_alive: Option<f64>,
+        idle_timeout: Option<f64>,
+        max_bi_streams: Option<u64>,
+    ) -> PyResult<Py<PyAny>> {
+        let mut b = iroh::Endpoint::builder(presets::Minimal).alpns(alpns);
+        if let Some(k) = secret_key {
+            b = b.secret_key(k.0.clone());
+        }
+        b = match relay.as_str() {
+            "disabled" => b.relay_mode(RelayMode::Disabled),
+            "default" => b.relay_mode(iroh::endpoint::default_relay_mode()),
+            "custom" => {
+                if relay_urls.is_empty() {
+                    return Err(Error::Value("relay='custom' needs relay_urls".into()).into());
+                }
+                let mut urls = Vec::new();
+                for u in &relay_urls {
+                    urls.push(RelayUrl::from_str(u).map_err(|e| {
+                        Error::Value(format!("bad relay URL {u:?}: {e}"))
+                    })?);
+                }
+                b.relay_mode(RelayMode::custom(urls))
+            }
+            other => {
+                return Err(Error::Value(format!(
+                    "relay must be 'disabled', 'default' or 'custom', got {other:?}"
+                ))
+                .into());
+            }
+        };
+        if clear_ip || !bind_addrs.is_empty() {
+            b = b.clear_ip_transports();
+        }
+        for a in &bind_addrs {
+            let sa = SocketAddr::from_str(a)
+                .map_err(|e| Error::Value(format!("bad bind address {a:?}: {e}")))?;
+            b = b
+                .bind_addr(sa)
+                .map_err(|e| Error::Value(format!("bad bind address {a:?}: {e}")))?;
+        }
+        if !portmapper {
+            b = b.portmapper_config(PortmapperConfig::Disabled);
+        }
+        match lookup.as_str() {
+            "none" => {}
+            "n0" => {
+                b = b
+                    .address_lookup(PkarrPublisher::n0_dns())
+                    .address_lookup(PkarrResolver::n0_dns())
+                    .address_lookup(DnsAddressLookup::n0_dns());
+            }
+            "custom" => {
+                let (Some(pkarr), Some(origin)) = (pkarr_url.as_ref(), dns_origin.as_ref()) else {
+                    return Err(Error::Value(
+                        "lookup='custom' needs pkarr_url and dns_origin".into(),
+                    )
+                    .into());
+                };
+                let url = url::Url::parse(pkarr)
+                    .map_err(|e| Error::Value(format!("bad pkarr URL {pkarr:?}: {e}")))?;
+                b = b
+                    .address_lookup(PkarrPublisher::builder(url.clone()))
+                    .address_lookup(PkarrResolver::builder(url))
+                    .address_lookup(DnsAddressLookup::builder(origin.clone()));
+            }
+            other => {
+                return Err(Error::Value(format!(
+                    "lookup must be 'none', 'n0' or 'custom', got {other:?}"
+                ))
+                .into());
+            }
+        }
+        if let Some(server) = dns_server {
+            let sa = SocketAddr::from_str(&server)
+                .map_err(|e| Error::Value(format!("bad DNS server address {server:?}: {e}")))?;
+            b = b.dns_resolver(DnsResolver::with_nameserver(sa));
+        }
+        if keep_alive.is_some() || idle_timeout.is_some() || max_bi_streams.is_some() {
+            let mut t = QuicTransportConfig::builder();
+            if let Some(k) = keep_alive {
+                t = t.keep_alive_interval(secs("keep_alive", k)?);
+            }
+            if let Some(i) = idle_timeout {
+                let d = secs("idle_timeout", i)?;
+                t = t.max_idle_timeout(Some(IdleTimeout::try_from(d).map_err(|e| {
+                    Error::Value(format!("idle_timeout out of range: {e}"))
+                })?));
+            }
+            if let Some(m) = max_bi_streams {
+                t = t.max_concurrent_bidi_streams(VarInt::from_u64(m).map_err(|e| {
+                    Error::Value(format!("max_bi_streams out of range: {e}"))
+                })?);
+            }
+            b = b.transport_config(t.build());
+        }
+        bridge.submit(py, token, async move {
+            let ep = b.bind().await.map_err(|e| Error::Bind(e.to_string()))?;
+            Ok(ClassOut(Endpoint {
+                ep,
+                counters: Arc::new(Counters::default()),
+            }))
+        })
+    }
+
+    /// This endpoint's id.
+    #[getter]
+    fn id(&self) -> EndpointId {
+        EndpointId(self.ep.id())
+    }
+
+    /// The addresses this endpoint can be reached on right now (relay URL and bound sockets).
+    fn addr(&self) -> EndpointAddr {
+        EndpointAddr(self.ep.addr())
+    }
+
+    /// The local UDP sockets, as `"ip:port"` strings.
+    fn bound_sockets(&self) -> Vec<String> {
+        self.ep.bound_sockets().iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Waits until the endpoint is connected to its home relay (never completes with relays off).
+    fn online(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let ep = self.ep.clone();
+        bridge.submit(py, token, async move {
+            ep.online().await;
+            Ok(Plain(()))
+        })
+    }
+
+    /// Dials `target` on `alpn`. `timeout` (seconds) bounds the whole dial, lookup included.
+    #[pyo3(signature = (bridge, token, target, alpn, timeout = None))]
+    fn connect(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        target: &Bound<'_, PyAny>,
+        alpn: Vec<u8>,
+        timeout: Option<f64>,
+    ) -> PyResult<Py<PyAny>> {
+        let addr: iroh::EndpointAddr = if let Ok(a) = target.cast::<EndpointAddr>() {
+            a.get().0.clone()
+        } else if let Ok(id) = target.cast::<EndpointId>() {
+            iroh::EndpointAddr::new(id.get().0)
+        } else if let Ok(s) = target.extract::<String>() {
+            EndpointAddr::parse_ticket(&s)?.0
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "connect target must be an EndpointAddr, an EndpointId or a ticket string",
+            ));
+        };
+        let timeout = timeout.map(|t| secs("timeout", t)).transpose()?;
+        let ep = self.ep.clone();
+        let counters = self.counters.clone();
+        bridge.spawn(token, async move {
+            let dial = async {
+                ep.connect(addr, &alpn)
+                    .await
+                    .map_err(|e| Error::Connect(n0_error_chain(&e)))
+            };
+            let conn = match timeout {
+                Some(t) => tokio::time::timeout(t, dial)
+                    .await
+                    .map_err(|_| Error::Timeout(format!("dial did not complete within {t:?}")))??,
+                None => dial.await?,
+            };
+            Counters::bump(&counters.conns_dialed);
+            Ok(ClassOut(Connection::new(conn, counters)))
+        });
+        Ok(crate::bridge::pending(py))
+    }
+
+    /// The next incoming connection whose handshake completes; `None` once the endpoint is closed.
+    fn accept(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let ep = self.ep.clone();
+        let counters = self.counters.clone();
+        bridge.spawn(token, async move {
+            loop {
+                let Some(incoming) = ep.accept().await else {
+                    return Ok(None);
+                };
+                match incoming.await {
+                    Ok(conn) => {
+                        Counters::bump(&counters.conns_accepted);
+                        return Ok(Some(ClassOut(Connection::new(conn, counters))));
+                    }
+                    Err(_) => Counters::bump(&counters.handshakes_failed),
+                }
+            }
+        });
+        Ok(crate::bridge::pending(py))
+    }
+
+    /// Closes every connection gracefully and stops the endpoint.
+    fn close(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let ep = self.ep.clone();
+        bridge.submit(py, token, async move {
+            ep.close().await;
+            Ok(Plain(()))
+        })
+    }
+
+    /// Whether `close` has been called.
+    #[getter]
+    fn is_closed(&self) -> bool {
+        self.ep.is_closed()
+    }
+
+    /// The native counters, as a dict.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let c = &self.counters;
+        let d = PyDict::new(py);
+        for (k, v) in [
+            ("connections_accepted", &c.conns_accepted),
+            ("connections_dialed", &c.conns_dialed),
+            ("bi_streams_accepted", &c.bi_accepted),
+            ("bi_streams_opened", &c.bi_opened),
+            ("uni_streams_accepted", &c.uni_accepted),
+            ("uni_streams_opened", &c.uni_opened),
+            ("requests_served", &c.requests_served),
+            ("handshakes_failed", &c.handshakes_failed),
+        ] {
+            d.set_item(k, v.load(Ordering::Relaxed))?;
+        }
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Endpoint(id={}, closed={})",
+            self.ep.id().fmt_short(),
+            self.ep.is_closed()
+        )
+    }
+}
+
+/// An error and its sources, on one line.
+pub fn n0_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
+/// The tokio runtime's live task count (for leak tests).
+#[pyfunction]
+pub fn _debug_stats(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let d = PyDict::new(py);
+    let m = RUNTIME.metrics();
+    d.set_item("live_tasks", m.num_alive_tasks())?;
+    d.set_item("workers", m.num_workers())?;
+    Ok(d)
+}

@@ -1,0 +1,222 @@
+//! The one Rust error enum, and the one place it becomes a Python exception.
+//!
+//! The exception classes are defined in Python (`iroh_pair.errors`); this module only maps onto
+//! them, in `impl From<Error> for PyErr`.
+
+use std::fmt;
+
+use iroh::endpoint::{
+    ConnectionError, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
+};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyModule;
+
+/// Every way a native operation can fail.
+#[derive(Debug, Clone)]
+pub enum Error {
+    Bind(String),
+    Connect(String),
+    ConnectionLost {
+        code: Option<u64>,
+        reason: Vec<u8>,
+        by_peer: bool,
+        kind: &'static str,
+    },
+    /// The peer reset the stream we read, or stopped the stream we write.
+    StreamReset(u64),
+    /// A request's peer refused it (reset or stop): its handler failed or it rejected the request.
+    Remote(u64),
+    StreamClosed(String),
+    FrameTooLarge { length: u64, limit: u64 },
+    Truncated(String),
+    Timeout(String),
+    InvalidKey(String),
+    InvalidTicket(String),
+    Value(String),
+    Transport(String),
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Bind(m) => write!(f, "cannot bind endpoint: {m}"),
+            Error::Connect(m) => write!(f, "cannot connect: {m}"),
+            Error::ConnectionLost {
+                code,
+                reason,
+                by_peer,
+                kind,
+            } => {
+                let who = if *by_peer { "peer" } else { "local side" };
+                match code {
+                    Some(c) => write!(
+                        f,
+                        "connection closed by the {who} with code {c} ({:?})",
+                        String::from_utf8_lossy(reason)
+                    ),
+                    None => write!(f, "connection lost: {kind}"),
+                }
+            }
+            Error::StreamReset(c) => write!(f, "stream reset by the peer with code {c}"),
+            Error::Remote(c) => write!(f, "the peer refused the request with code {c}"),
+            Error::StreamClosed(m) => write!(f, "stream closed: {m}"),
+            Error::FrameTooLarge { length, limit } => {
+                write!(f, "frame of {length} bytes is larger than the limit of {limit} bytes")
+            }
+            Error::Truncated(m) => write!(f, "stream ended early: {m}"),
+            Error::Timeout(m) => write!(f, "timed out: {m}"),
+            Error::InvalidKey(m) => write!(f, "invalid key: {m}"),
+            Error::InvalidTicket(m) => write!(f, "invalid ticket or address: {m}"),
+            Error::Value(m) => write!(f, "{m}"),
+            Error::Transport(m) => write!(f, "transport error: {m}"),
+        }
+    }
+}
+
+impl From<ConnectionError> for Error {
+    fn from(e: ConnectionError) -> Self {
+        match e {
+            ConnectionError::ApplicationClosed(c) => Error::ConnectionLost {
+                code: Some(c.error_code.into_inner()),
+                reason: c.reason.to_vec(),
+                by_peer: true,
+                kind: "application",
+            },
+            ConnectionError::LocallyClosed => Error::ConnectionLost {
+                code: None,
+                reason: Vec::new(),
+                by_peer: false,
+                kind: "locally_closed",
+            },
+            ConnectionError::TimedOut => Error::ConnectionLost {
+                code: None,
+                reason: Vec::new(),
+                by_peer: false,
+                kind: "timed_out",
+            },
+            ConnectionError::Reset => Error::ConnectionLost {
+                code: None,
+                reason: Vec::new(),
+                by_peer: true,
+                kind: "reset",
+            },
+            ConnectionError::ConnectionClosed(c) => Error::ConnectionLost {
+                code: None,
+                reason: c.reason.to_vec(),
+                by_peer: true,
+                kind: "transport",
+            },
+            other => Error::ConnectionLost {
+                code: None,
+                reason: other.to_string().into_bytes(),
+                by_peer: false,
+                kind: "transport",
+            },
+        }
+    }
+}
+
+impl From<ReadError> for Error {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Reset(c) => Error::StreamReset(c.into_inner()),
+            ReadError::ConnectionLost(c) => c.into(),
+            ReadError::ClosedStream => Error::StreamClosed("the stream was already stopped".into()),
+            other => Error::Transport(other.to_string()),
+        }
+    }
+}
+
+impl From<ReadExactError> for Error {
+    fn from(e: ReadExactError) -> Self {
+        match e {
+            ReadExactError::FinishedEarly(n) => {
+                Error::Truncated(format!("finished after {n} bytes of an exact read"))
+            }
+            ReadExactError::ReadError(r) => r.into(),
+        }
+    }
+}
+
+impl From<WriteError> for Error {
+    fn from(e: WriteError) -> Self {
+        match e {
+            WriteError::Stopped(c) => Error::StreamReset(c.into_inner()),
+            WriteError::ConnectionLost(c) => c.into(),
+            WriteError::ClosedStream => {
+                Error::StreamClosed("the stream was already finished or reset".into())
+            }
+            other => Error::Transport(other.to_string()),
+        }
+    }
+}
+
+impl From<StoppedError> for Error {
+    fn from(e: StoppedError) -> Self {
+        match e {
+            StoppedError::ConnectionLost(c) => c.into(),
+            other => Error::Transport(other.to_string()),
+        }
+    }
+}
+
+/// `read_to_end` with a limit: over the limit is a frame-too-large error.
+pub fn read_to_end_error(e: ReadToEndError, limit: usize) -> Error {
+    match e {
+        ReadToEndError::TooLong => Error::FrameTooLarge {
+            length: limit as u64 + 1,
+            limit: limit as u64,
+        },
+        ReadToEndError::Read(r) => r.into(),
+    }
+}
+
+static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
+
+fn errors_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
+    ERRORS
+        .get_or_try_init(py, || Ok(py.import("iroh_pair.errors")?.unbind()))
+        .map(|m| m.bind(py))
+}
+
+fn make(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
+    let m = errors_module(py)?;
+    let msg = e.to_string();
+    let value = match e {
+        Error::Bind(_) => m.getattr("BindError")?.call1((msg,))?,
+        Error::Connect(_) => m.getattr("ConnectError")?.call1((msg,))?,
+        Error::ConnectionLost {
+            code,
+            reason,
+            by_peer,
+            kind,
+        } => m.getattr("ConnectionLost")?.call1((
+            msg,
+            *code,
+            pyo3::types::PyBytes::new(py, reason),
+            *by_peer,
+            *kind,
+        ))?,
+        Error::StreamReset(c) => m.getattr("StreamReset")?.call1((msg, *c))?,
+        Error::Remote(c) => m.getattr("RemoteError")?.call1((msg, *c))?,
+        Error::StreamClosed(_) => m.getattr("StreamClosed")?.call1((msg,))?,
+        Error::FrameTooLarge { length, limit } => {
+            m.getattr("FrameTooLarge")?.call1((msg, *length, *limit))?
+        }
+        Error::Truncated(_) => m.getattr("TruncatedFrame")?.call1((msg,))?,
+        Error::Timeout(_) => m.getattr("Timeout")?.call1((msg,))?,
+        Error::InvalidKey(_) => m.getattr("InvalidKey")?.call1((msg,))?,
+        Error::InvalidTicket(_) => m.getattr("InvalidTicket")?.call1((msg,))?,
+        Error::Value(_) => return Ok(pyo3::exceptions::PyValueError::new_err(msg)),
+        Error::Transport(_) => m.getattr("TransportError")?.call1((msg,))?,
+    };
+    Ok(PyErr::from_value(value))
+}
+
+impl From<Error> for PyErr {
+    fn from(e: Error) -> PyErr {
+        Python::attach(|py| make(py, &e).unwrap_or_else(|err| err))
+    }
+}
+

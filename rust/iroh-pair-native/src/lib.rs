@@ -1,0 +1,36 @@
+//! `iroh_pair._native`: a thin binding of iroh 1.x for asyncio.
+//!
+//! The Python package owns everything above the transport; this crate owns the transport and the
+//! hot path (stream I/O, framing, the fused request, the serve loop). See `bridge.rs` for how
+//! results reach asyncio without tokio ever taking the GIL.
+
+use pyo3::prelude::*;
+
+mod bridge;
+mod connection;
+mod endpoint;
+mod error;
+mod keys;
+mod streams;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<bridge::Bridge>()?;
+    m.add_class::<bridge::Pending>()?;
+    m.add("PENDING", bridge::pending(m.py()))?;
+    m.add_class::<keys::SecretKey>()?;
+    m.add_class::<keys::EndpointId>()?;
+    m.add_class::<keys::EndpointAddr>()?;
+    m.add_class::<endpoint::Endpoint>()?;
+    m.add_class::<connection::Connection>()?;
+    m.add_class::<connection::IncomingRequest>()?;
+    m.add_class::<streams::SendStream>()?;
+    m.add_class::<streams::RecvStream>()?;
+    m.add_function(wrap_pyfunction!(endpoint::_debug_stats, m)?)?;
+    m.add("STREAM_CANCELLED", streams::codes::STREAM_CANCELLED)?;
+    m.add("STREAM_DROPPED", streams::codes::STREAM_DROPPED)?;
+    m.add("HANDLER_ERROR", streams::codes::HANDLER_ERROR)?;
+    m.add("REQUEST_TOO_LARGE", streams::codes::REQUEST_TOO_LARGE)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

@@ -1,0 +1,317 @@
+//! `SendStream` and `RecvStream`, plus native framing (u32 big-endian length prefix).
+//!
+//! A send stream that is dropped or whose write is cancelled midway is *reset*, never finished:
+//! iroh finishes a dropped `SendStream`, which would hand the peer a truncated message as if it
+//! were complete.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use iroh::endpoint::{RecvStream as IrohRecv, SendStream as IrohSend, VarInt};
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use tokio::sync::Mutex;
+
+use crate::bridge::{Bridge, OptBytesOut, Plain, PyBytesOut};
+use crate::error::Error;
+
+/// Application error codes this package uses on streams (documented in docs/PROTOCOL.md).
+pub mod codes {
+    /// A write or request was cancelled midway by the local application.
+    pub const STREAM_CANCELLED: u64 = 1;
+    /// A send stream was dropped without `finish()`.
+    pub const STREAM_DROPPED: u64 = 2;
+    /// The serving side's handler raised; the request failed.
+    pub const HANDLER_ERROR: u64 = 3;
+    /// The request's first frame was larger than the server allows, or malformed.
+    pub const REQUEST_TOO_LARGE: u64 = 4;
+}
+
+fn varint(code: u64) -> Result<VarInt, Error> {
+    VarInt::from_u64(code).map_err(|_| Error::Value(format!("error code {code} does not fit a QUIC varint")))
+}
+
+/// Copies any bytes-like object into Rust-owned `Bytes`, once. The copy is deliberate: the bytes
+/// outlive this call on tokio threads, which must never touch (or release) a Python buffer, and a
+/// mutable buffer could change under a retransmission.
+pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(b.as_bytes()));
+    }
+    let buf = PyBuffer::<u8>::get(obj)?;
+    Ok(Bytes::from(buf.to_vec(obj.py())?))
+}
+
+/// A send stream that resets itself when dropped unfinished.
+pub struct SendState {
+    pub stream: IrohSend,
+    pub done: bool,
+}
+
+impl SendState {
+    pub fn new(stream: IrohSend) -> Self {
+        Self { stream, done: false }
+    }
+
+    pub fn finish(&mut self) -> Result<(), Error> {
+        self.done = true;
+        self.stream
+            .finish()
+            .map_err(|_| Error::StreamClosed("the stream was already finished or reset".into()))
+    }
+
+    pub fn reset(&mut self, code: u64) -> Result<(), Error> {
+        self.done = true;
+        self.stream
+            .reset(varint(code)?)
+            .map_err(|_| Error::StreamClosed("the stream was already finished or reset".into()))
+    }
+
+    /// Writes all of `chunks`; when the future is dropped before that completes (cancelled,
+    /// timed out), the stream is reset with `STREAM_CANCELLED`.
+    pub async fn write_all_chunks(&mut self, chunks: &mut [Bytes]) -> Result<(), Error> {
+        let mut guard = ResetOnDrop {
+            state: self,
+            armed: true,
+        };
+        let r = guard.state.stream.write_all_chunks(chunks).await;
+        guard.armed = false;
+        r.map_err(Into::into)
+    }
+}
+
+impl Drop for SendState {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = self.stream.reset(VarInt::from_u32(codes::STREAM_DROPPED as u32));
+        }
+    }
+}
+
+struct ResetOnDrop<'a> {
+    state: &'a mut SendState,
+    armed: bool,
+}
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.state.reset(codes::STREAM_CANCELLED);
+        }
+    }
+}
+
+pub fn frame_header(len: usize, limit: usize) -> Result<Bytes, Error> {
+    if len > u32::MAX as usize || len > limit {
+        return Err(Error::FrameTooLarge {
+            length: len as u64,
+            limit: limit.min(u32::MAX as usize) as u64,
+        });
+    }
+    Ok(Bytes::copy_from_slice(&(len as u32).to_be_bytes()))
+}
+
+/// Reads one frame: `None` at a clean end of stream before any byte of it. The length is checked
+/// against `max_len` before anything is allocated for the body.
+pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<Bytes>, Error> {
+    let mut header = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match recv.read(&mut header[got..]).await? {
+            Some(n) => got += n,
+            None if got == 0 => return Ok(None),
+            None => {
+                return Err(Error::Truncated(format!(
+                    "the stream ended {got} bytes into a 4-byte frame header"
+                )));
+            }
+        }
+    }
+    let len = u32::from_be_bytes(header) as usize;
+    if len > max_len {
+        return Err(Error::FrameTooLarge {
+            length: len as u64,
+            limit: max_len as u64,
+        });
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| match e {
+        iroh::endpoint::ReadExactError::FinishedEarly(n) => Error::Truncated(format!(
+            "the stream ended {n} bytes into a frame of {len} bytes"
+        )),
+        other => other.into(),
+    })?;
+    Ok(Some(Bytes::from(body)))
+}
+
+/// The sending half of a QUIC stream.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct SendStream {
+    pub inner: Arc<Mutex<SendState>>,
+    pub id: u64,
+}
+
+impl SendStream {
+    pub fn new(s: IrohSend) -> Self {
+        let id = s.id().index();
+        Self {
+            inner: Arc::new(Mutex::new(SendState::new(s))),
+            id,
+        }
+    }
+
+    fn try_state(&self) -> Result<tokio::sync::MutexGuard<'_, SendState>, Error> {
+        self.inner
+            .try_lock()
+            .map_err(|_| Error::StreamClosed("a write on this stream is still in progress".into()))
+    }
+}
+
+#[pymethods]
+impl SendStream {
+    /// The stream's index within its connection.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Writes some of `data`; returns how many bytes were accepted.
+    fn write(&self, py: Python<'_>, bridge: &Bridge, token: u64, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let data = copy_bytes(data)?;
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            let mut st = inner.lock().await;
+            let n = st.stream.write(&data).await?;
+            Ok(Plain(n))
+        })
+    }
+
+    /// Writes all of `data`. Cancelled midway, the stream is reset with `STREAM_CANCELLED`.
+    fn write_all(&self, py: Python<'_>, bridge: &Bridge, token: u64, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let data = copy_bytes(data)?;
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            inner.lock().await.write_all_chunks(&mut [data]).await?;
+            Ok(Plain(()))
+        })
+    }
+
+    /// Writes `data` as one frame: a u32 big-endian length, then the bytes.
+    fn write_frame(&self, py: Python<'_>, bridge: &Bridge, token: u64, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let data = copy_bytes(data)?;
+        let header = frame_header(data.len(), u32::MAX as usize)?;
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            inner.lock().await.write_all_chunks(&mut [header, data]).await?;
+            Ok(Plain(()))
+        })
+    }
+
+    /// Ends the stream: the peer reads everything written, then the end.
+    fn finish(&self) -> PyResult<()> {
+        Ok(self.try_state()?.finish()?)
+    }
+
+    /// Abandons the stream: the peer's reads fail with `StreamReset(code)`.
+    fn reset(&self, code: u64) -> PyResult<()> {
+        Ok(self.try_state()?.reset(code)?)
+    }
+
+    /// Waits until the peer has received everything (`None`) or stopped the stream (its code).
+    fn stopped(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            let fut = inner.lock().await.stream.stopped();
+            let code = fut.await?;
+            Ok(Plain(code.map(|c| c.into_inner())))
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("SendStream(id={})", self.id)
+    }
+}
+
+/// The receiving half of a QUIC stream.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct RecvStream {
+    pub inner: Arc<Mutex<IrohRecv>>,
+    pub id: u64,
+}
+
+impl RecvStream {
+    pub fn new(r: IrohRecv) -> Self {
+        let id = r.id().index();
+        Self {
+            inner: Arc::new(Mutex::new(r)),
+            id,
+        }
+    }
+}
+
+#[pymethods]
+impl RecvStream {
+    /// The stream's index within its connection.
+    #[getter]
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Up to `n` bytes, as soon as some are available; `b""` at the end of the stream.
+    fn read(&self, py: Python<'_>, bridge: &Bridge, token: u64, n: usize) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            let chunk = inner.lock().await.read_chunk(n).await?;
+            Ok(PyBytesOut(chunk.unwrap_or_default()))
+        })
+    }
+
+    /// Exactly `n` bytes; `TruncatedFrame` if the stream ends first.
+    fn read_exact(&self, py: Python<'_>, bridge: &Bridge, token: u64, n: usize) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            let mut buf = vec![0u8; n];
+            inner.lock().await.read_exact(&mut buf).await?;
+            Ok(PyBytesOut(Bytes::from(buf)))
+        })
+    }
+
+    /// Everything up to the end of the stream; `FrameTooLarge` beyond `limit` bytes.
+    fn read_to_end(&self, py: Python<'_>, bridge: &Bridge, token: u64, limit: usize) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            let data = inner
+                .lock()
+                .await
+                .read_to_end(limit)
+                .await
+                .map_err(|e| crate::error::read_to_end_error(e, limit))?;
+            Ok(PyBytesOut(Bytes::from(data)))
+        })
+    }
+
+    /// One frame, or `None` at a clean end of stream.
+    fn read_frame(&self, py: Python<'_>, bridge: &Bridge, token: u64, max_len: usize) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.clone();
+        bridge.submit(py, token, async move {
+            let f = read_frame(&mut *inner.lock().await, max_len).await?;
+            Ok(OptBytesOut(f))
+        })
+    }
+
+    /// Tells the peer to stop sending, with `code`.
+    fn stop(&self, code: u64) -> PyResult<()> {
+        let mut r = self
+            .inner
+            .try_lock()
+            .map_err(|_| Error::StreamClosed("a read on this stream is still in progress".into()))?;
+        r.stop(varint(code)?)
+            .map_err(|_| Error::StreamClosed("the stream was already stopped".into()))?;
+        Ok(())
+    }
+
+    fn __repr__(&self) -> String {
+        format!("RecvStream(id={})", self.id)
+    }
+}

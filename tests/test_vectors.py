@@ -1,0 +1,209 @@
+"""Recompute every output of tests/vectors/pairing.json with the package code."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iroh_pair.code import PairingCode, decode_tag, encode_tag
+from iroh_pair.kdf import (
+    LABELS,
+    Role,
+    Transcript,
+    confirmation_mac,
+    derive_pairing_keys,
+    hkdf_sha256,
+    sas_digits,
+)
+from iroh_pair.protocol import wire
+from iroh_pair.protocol.device import DeviceInfo
+from iroh_pair.protocol.envelope import FrameBuffer, decode_header, encode_frame, encode_header
+from iroh_pair.protocol.offer import PairingOffer
+from iroh_pair.protocol.pairing import (
+    HostHandshake,
+    JoinerHandshake,
+    Paired,
+    SendMessage,
+)
+from iroh_pair.protocol.seal import open_sealed, seal
+from iroh_pair.words import BadWordCount, UnknownWord, normalize_words, secret_bytes
+
+V: dict[str, Any] = json.loads(
+    (Path(__file__).parent / "vectors" / "pairing.json").read_text(encoding="utf-8")
+)
+
+
+def x(s: str) -> bytes:
+    return bytes.fromhex(s)
+
+
+def once(data: bytes) -> Callable[[int], bytes]:
+    def f(n: int) -> bytes:
+        assert n == len(data)
+        return data
+
+    return f
+
+
+JOINER_ID = x(V["identities"]["joiner_id"])
+HOST_ID = x(V["identities"]["host_id"])
+CB = x(V["channel_binding"])
+TAG = x(V["code"]["session_tag"])
+
+
+def _info(d: dict[str, Any]) -> DeviceInfo:
+    return DeviceInfo(d["name"], d["device_type"], d["os"], d["app_version"])
+
+
+def test_vectors_file_is_current() -> None:
+    import subprocess
+    import sys
+
+    tool = Path(__file__).parent.parent / "tools" / "gen_vectors.py"
+    assert subprocess.run([sys.executable, str(tool), "--check"]).returncode == 0
+
+
+def test_identities_are_ed25519_public_keys() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    for who in ("joiner", "host"):
+        sk = Ed25519PrivateKey.from_private_bytes(x(V["identities"][f"{who}_secret_key"]))
+        pk = sk.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        assert pk.hex() == V["identities"][f"{who}_id"]
+
+
+def test_envelope() -> None:
+    assert encode_header("pair") == x(V["envelope"]["header"])
+    assert decode_header(x(V["envelope"]["header"])) == ("pair", 6)
+    body = x(V["envelope"]["frame_body"])
+    assert encode_frame(body) == x(V["envelope"]["frame"])
+    assert FrameBuffer().feed(x(V["envelope"]["frame"])) == [body]
+
+
+def test_code() -> None:
+    c = V["code"]
+    code = PairingCode.parse(c["full"])
+    assert code.words == tuple(c["words"])
+    assert code.tag == TAG
+    assert code.ticket == c["ticket"]
+    assert str(code) == c["full"]
+    assert encode_tag(TAG) == c["session_tag_base32"]
+    assert decode_tag(c["session_tag_base32"]) == TAG
+    assert code.password() == x(c["password"]) == secret_bytes(c["words"])
+
+
+@pytest.mark.parametrize("case", V["normalization"]["valid"])
+def test_normalization_valid(case: dict[str, Any]) -> None:
+    assert normalize_words(case["input"]) == tuple(case["words"])
+
+
+@pytest.mark.parametrize("case", V["normalization"]["invalid"])
+def test_normalization_invalid(case: dict[str, Any]) -> None:
+    exc = {"unknown_word": UnknownWord, "word_count": BadWordCount}[case["error"]]
+    with pytest.raises(exc):
+        normalize_words(case["input"])
+
+
+def test_transcript() -> None:
+    s = V["spake2"]
+    t = Transcript(
+        joiner_id=JOINER_ID,
+        host_id=HOST_ID,
+        session_tag=TAG,
+        joiner_msg=x(s["joiner_msg"]),
+        host_msg=x(s["host_msg"]),
+        channel_binding=CB,
+    )
+    assert t.encode() == x(V["transcript"]["encoding"])
+    assert t.hash() == x(V["transcript"]["hash"])
+
+
+def test_kdf_confirm_sas() -> None:
+    k = V["kdf"]
+    keys = derive_pairing_keys(x(k["ikm"]), x(k["salt"]))
+    for name, out in k["outputs"].items():
+        assert LABELS[name] == x(out["info"])
+        assert getattr(keys, name) == x(out["okm"])
+        assert hkdf_sha256(x(k["ikm"]), x(k["salt"]), x(out["info"])) == x(out["okm"])
+    th = x(V["transcript"]["hash"])
+    assert confirmation_mac(keys.confirm_key(Role.HOST), th) == x(V["confirm"]["host_mac"])
+    assert confirmation_mac(keys.confirm_key(Role.JOINER), th) == x(V["confirm"]["joiner_mac"])
+    assert sas_digits(keys.sas) == V["sas"]["digits"]
+    assert keys.sas == x(V["sas"]["sas_key"])
+
+
+@pytest.mark.parametrize("who", ["joiner", "host"])
+def test_device_info_and_seal(who: str) -> None:
+    d = V["device_info"][who]
+    info = _info(d)
+    assert info.encode() == x(d["encoded"])
+    assert DeviceInfo.decode(x(d["encoded"])) == info
+    assert x(d["nonce"]) == bytes(12)
+    assert seal(x(d["key"]), x(d["encoded"]), x(d["aad"])) == x(d["sealed"])
+    assert open_sealed(x(d["key"]), x(d["sealed"]), x(d["aad"])) == x(d["encoded"])
+
+
+def test_messages_roundtrip() -> None:
+    m = V["messages"]
+    for name in ("hello", "reply", "confirm", "complete"):
+        body = x(m[name])
+        assert wire.encode(wire.decode(body)) == body
+    rej = wire.decode(x(m["reject"]["encoded"]))
+    assert rej == wire.Reject(m["reject"]["code"], m["reject"]["text"])
+    assert wire.encode(rej) == x(m["reject"]["encoded"])
+
+
+def test_full_run_reproduces_every_message() -> None:
+    s, m = V["spake2"], V["messages"]
+    code = PairingCode.parse(V["code"]["full"])
+    offer = PairingOffer.create(code, now=0.0)
+    joiner = JoinerHandshake(
+        code,
+        joiner_id=JOINER_ID,
+        host_id=HOST_ID,
+        channel_binding=CB,
+        joiner_info=_info(V["device_info"]["joiner"]),
+        entropy=once(x(s["joiner_entropy"])),
+    )
+    host = HostHandshake(
+        offer,
+        host_id=HOST_ID,
+        remote_id=JOINER_ID,
+        channel_binding=CB,
+        host_info=_info(V["device_info"]["host"]),
+        entropy=once(x(s["host_entropy"])),
+    )
+    m1 = joiner.start()
+    assert m1 == x(m["hello"])
+    ev = host.receive(m1, 1.0)
+    assert ev == [SendMessage(x(m["reply"]))]
+    ev = joiner.receive(x(m["reply"]))
+    assert ev == [SendMessage(x(m["confirm"]))]
+    ev = host.receive(x(m["confirm"]), 2.0)
+    assert isinstance(ev[0], Paired) and ev[1] == SendMessage(x(m["complete"]))
+    host_result = ev[0].result
+    (jev,) = joiner.receive(x(m["complete"]))
+    assert isinstance(jev, Paired)
+    k = V["kdf"]["outputs"]
+    assert host_result.keys.send == x(k["host_to_joiner"]["okm"])
+    assert host_result.keys.receive == x(k["joiner_to_host"]["okm"])
+    assert jev.result.keys.send == x(k["joiner_to_host"]["okm"])
+    assert host_result.sas == jev.result.sas == V["sas"]["digits"]
+    assert host_result.transcript_hash == x(V["transcript"]["hash"])
+    assert host_result.peer_info == _info(V["device_info"]["joiner"])
+    assert jev.result.peer_info == _info(V["device_info"]["host"])
+
+
+def test_wrong_password_vector() -> None:
+    from spake2 import SPAKE2_B
+
+    s = V["spake2"]
+    w = s["wrong_password"]
+    b = SPAKE2_B(x(w["password"]), idA=JOINER_ID, idB=HOST_ID, entropy_f=once(x(s["host_entropy"])))
+    assert b.start() == x(w["host_msg"])
+    assert b.finish(x(s["joiner_msg"])) == x(w["host_key"]) != x(s["key"])
