@@ -64,7 +64,8 @@ def test_transcript_binds_every_field() -> None:
     base = _transcript()
     assert base.hash() == hashlib.sha256(base.encode()).digest()
     seen = {base.hash()}
-    for name in ("joiner_id", "host_id", "session_tag", "joiner_msg", "host_msg", "channel_binding"):
+    names = ("joiner_id", "host_id", "session_tag", "joiner_msg", "host_msg", "channel_binding")
+    for name in names:
         changed = _transcript(**{name: bytes(len(getattr(base, name)))})
         seen.add(changed.hash())
     assert len(seen) == 7

@@ -405,3 +405,23 @@ def test_constructor_validation(code: PairingCode) -> None:
                       channel_binding=bytes(31), host_info=HOST_INFO)
     with pytest.raises(ValueError):
         PairingOffer.create(code, now=0.0, max_attempts=0)
+
+
+def test_refusals_do_no_pake_work(code: PairingCode, offer: PairingOffer) -> None:
+    def no_entropy(n: int) -> bytes:
+        raise AssertionError("SPAKE2 work was done")
+
+    def host(remote: bytes, offers: PairingOffer) -> HostHandshake:
+        return HostHandshake(offers, host_id=new_id(), remote_id=remote,
+                             channel_binding=os.urandom(32), host_info=HOST_INFO,
+                             entropy=no_entropy)
+
+    jid = new_id()
+    hello = wire.Hello(code.tag, jid, b"A" + bytes(32))
+    bad_tag = wire.Hello(os.urandom(16), jid, b"A" + bytes(32))
+    assert_failed(outcome(host(jid, offer).receive(wire.encode(bad_tag), 0.0)), RejectCode.BAD_TAG)
+    assert_failed(outcome(host(new_id(), offer).receive(wire.encode(hello), 0.0)),
+                  RejectCode.ID_MISMATCH)
+    assert_failed(outcome(host(jid, offer).receive(wire.encode(hello), 400.0)),
+                  RejectCode.EXPIRED)
+    assert offer.attempts_used == 0

@@ -97,7 +97,8 @@ class PathInfo:
 @dataclass(frozen=True, slots=True)
 class PathEvent:
     """A change of a connection's paths. ``event`` is "opened", "closed", "selected", or
-    "resync" (events were dropped; ``paths`` then holds a fresh snapshot)."""
+    "snapshot": the first event of every subscription, and again whenever events were dropped;
+    ``paths`` then holds the current paths."""
 
     event: str
     id: int | None
@@ -381,16 +382,17 @@ class Connection:
         return done
 
     async def path_events(self) -> AsyncIterator[PathEvent]:
-        """Path changes as they happen, until the connection closes. When events were dropped,
-        yields a "resync" event carrying a fresh :meth:`paths` snapshot."""
+        """Path changes as they happen, until the connection closes. Starts with a "snapshot"
+        event of the current :meth:`paths`, and yields another whenever events were dropped."""
         b = get_bridge()
         queue: asyncio.Queue[PathEvent | None] = asyncio.Queue()
+        queue.put_nowait(PathEvent("snapshot", None, None, None, _paths(self._n)))
 
         def on_item(ok: bool, ev: Any) -> None:
             if not ok:
                 return
             if ev["event"] == "lagged":
-                queue.put_nowait(PathEvent("resync", None, None, None, _paths(self._n)))
+                queue.put_nowait(PathEvent("snapshot", None, None, None, _paths(self._n)))
             else:
                 queue.put_nowait(PathEvent(ev["event"], ev["id"], ev["kind"], ev["addr"]))
 

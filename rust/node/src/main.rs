@@ -1,1 +1,284 @@
-fn main() {}
+//! `iroh-pair-node`: a peer on iroh directly, with no Python in it.
+//!
+//! It is the performance ceiling of the benchmarks (`bench`), and a peer that is not the
+//! binding for the transport tests (`echo`, `send-raw`). Output is JSON lines on stdout.
+//!
+//! Every mode binds to 127.0.0.1 with relays, address lookup and the portmapper off.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use bytes::Bytes;
+use iroh::endpoint::{Connection, PortmapperConfig, RecvStream, presets};
+use iroh::{Endpoint, EndpointAddr, RelayMode};
+use iroh_tickets::endpoint::EndpointTicket;
+
+const USAGE: &str = "usage:
+  iroh-pair-node echo --alpn ALPN
+      serve raw echo: every bidirectional stream gets back exactly the bytes it carried
+  iroh-pair-node send-raw TICKET --alpn ALPN --bytes N
+      send N deterministic bytes on one stream, read the echo, check it
+  iroh-pair-node bench WORKLOAD [--count N] [--mib M]
+      WORKLOAD: sequential | queued | bulk | connect-per-message";
+
+fn arg(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+async fn bind(alpns: Vec<Vec<u8>>) -> Result<Endpoint> {
+    Endpoint::builder(presets::Minimal)
+        .alpns(alpns)
+        .relay_mode(RelayMode::Disabled)
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr("127.0.0.1:0")?
+        .bind()
+        .await
+        .context("binding the endpoint")
+}
+
+/// The byte at offset `i` of the deterministic test pattern.
+fn pattern(i: u64) -> u8 {
+    (i.wrapping_mul(2654435761) >> 7) as u8
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("echo") => echo(arg(&args, "--alpn").context("--alpn is required")?).await,
+        Some("send-raw") => {
+            let ticket = args.get(1).context("send-raw needs a TICKET")?;
+            let alpn = arg(&args, "--alpn").context("--alpn is required")?;
+            let n: u64 = arg(&args, "--bytes").unwrap_or("1000".into()).parse()?;
+            send_raw(ticket, alpn, n).await
+        }
+        Some("bench") => {
+            let workload = args.get(1).context("bench needs a WORKLOAD")?.clone();
+            let count: usize = arg(&args, "--count").unwrap_or("2000".into()).parse()?;
+            let mib: usize = arg(&args, "--mib").unwrap_or("64".into()).parse()?;
+            bench(&workload, count, mib).await
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            std::process::exit(2);
+        }
+    }
+}
+
+async fn echo(alpn: String) -> Result<()> {
+    let ep = bind(vec![alpn.into_bytes()]).await?;
+    println!(
+        "{{\"event\":\"ready\",\"id\":\"{}\",\"ticket\":\"{}\"}}",
+        ep.id(),
+        EndpointTicket::new(ep.addr())
+    );
+    while let Some(incoming) = ep.accept().await {
+        tokio::spawn(async move {
+            let Ok(conn) = incoming.await else { return };
+            while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                tokio::spawn(async move {
+                    let n = tokio::io::copy(&mut recv, &mut send).await.unwrap_or(0);
+                    let _ = send.finish();
+                    println!("{{\"event\":\"echoed\",\"bytes\":{n}}}");
+                });
+            }
+        });
+    }
+    Ok(())
+}
+
+async fn send_raw(ticket: &str, alpn: String, n: u64) -> Result<()> {
+    let addr: EndpointAddr = ticket.parse::<EndpointTicket>()?.into();
+    let ep = bind(vec![]).await?;
+    let conn = ep.connect(addr, alpn.as_bytes()).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let data: Vec<u8> = (0..n).map(pattern).collect();
+    let writer = async {
+        send.write_all(&data).await?;
+        send.finish()?;
+        anyhow::Ok(())
+    };
+    let reader = async { Ok(recv.read_to_end(usize::MAX).await?) };
+    let ((), back) = tokio::try_join!(writer, reader)?;
+    let ok = back == data;
+    println!("{{\"event\":\"sent\",\"bytes\":{n},\"echoed\":{},\"match\":{ok}}}", back.len());
+    conn.close(0u32.into(), b"done");
+    ep.close().await;
+    if !ok {
+        bail!("the echo did not match what was sent");
+    }
+    Ok(())
+}
+
+const REQUEST: usize = 200;
+const REPLY: usize = 64;
+
+async fn read_request(recv: &mut RecvStream) -> Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await?;
+    let mut body = vec![0u8; u32::from_be_bytes(len) as usize];
+    recv.read_exact(&mut body).await?;
+    Ok(body)
+}
+
+/// The same request protocol as the package: a framed request, the reply to the end.
+fn serve_requests(conn: Connection) {
+    tokio::spawn(async move {
+        let reply = Bytes::from(vec![7u8; REPLY]);
+        while let Ok((mut send, mut recv)) = conn.accept_bi().await {
+            let reply = reply.clone();
+            tokio::spawn(async move {
+                if read_request(&mut recv).await.is_ok() {
+                    let _ = send.write_chunk(reply).await;
+                    let _ = send.finish();
+                }
+            });
+        }
+    });
+}
+
+async fn request(conn: &Connection, payload: &Bytes) -> Result<Vec<u8>> {
+    let (mut send, mut recv) = conn.open_bi().await?;
+    let mut chunks = [
+        Bytes::copy_from_slice(&(payload.len() as u32).to_be_bytes()),
+        payload.clone(),
+    ];
+    send.write_all_chunks(&mut chunks).await?;
+    send.finish()?;
+    Ok(recv.read_to_end(1 << 20).await?)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i]
+}
+
+async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
+    const ALPN: &[u8] = b"iroh-pair-bench/1";
+    let server = bind(vec![ALPN.to_vec()]).await?;
+    let client = bind(vec![]).await?;
+    let accept_ep = server.clone();
+    let bulk = workload == "bulk";
+    tokio::spawn(async move {
+        while let Some(incoming) = accept_ep.accept().await {
+            let Ok(conn) = incoming.await else { continue };
+            if bulk {
+                tokio::spawn(async move {
+                    if let Ok((mut send, mut recv)) = conn.accept_bi().await {
+                        let mut n = 0u64;
+                        while let Ok(Some(chunk)) = recv.read_chunk(1 << 20).await {
+                            n += chunk.len() as u64;
+                        }
+                        let _ = send.write_all(&n.to_be_bytes()).await;
+                        let _ = send.finish();
+                    }
+                    conn.closed().await;
+                });
+            } else {
+                serve_requests(conn);
+            }
+        }
+    });
+    let addr = server.addr();
+    let payload = Bytes::from(vec![1u8; REQUEST]);
+    let result = match workload {
+        "sequential" => {
+            let conn = client.connect(addr, ALPN).await?;
+            for _ in 0..50 {
+                request(&conn, &payload).await?;
+            }
+            let mut lat = Vec::with_capacity(count);
+            let start = Instant::now();
+            for _ in 0..count {
+                let t = Instant::now();
+                let r = request(&conn, &payload).await?;
+                lat.push(t.elapsed().as_secs_f64());
+                if r.len() != REPLY {
+                    bail!("bad reply length {}", r.len());
+                }
+            }
+            let total = start.elapsed().as_secs_f64();
+            lat.sort_by(f64::total_cmp);
+            format!(
+                "{{\"workload\":\"sequential\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+                count as f64 / total,
+                percentile(&lat, 0.5) * 1e6,
+                percentile(&lat, 0.99) * 1e6
+            )
+        }
+        "queued" => {
+            let conn = client.connect(addr, ALPN).await?;
+            for _ in 0..50 {
+                request(&conn, &payload).await?;
+            }
+            let start = Instant::now();
+            let mut set = tokio::task::JoinSet::new();
+            for _ in 0..count {
+                let conn = conn.clone();
+                let payload = payload.clone();
+                set.spawn(async move { request(&conn, &payload).await });
+            }
+            while let Some(r) = set.join_next().await {
+                r??;
+            }
+            let total = start.elapsed().as_secs_f64();
+            format!(
+                "{{\"workload\":\"queued\",\"count\":{count},\"msg_per_s\":{:.1}}}",
+                count as f64 / total
+            )
+        }
+        "connect-per-message" => {
+            let mut lat = Vec::with_capacity(count);
+            let start = Instant::now();
+            for _ in 0..count {
+                let t = Instant::now();
+                let conn = client.connect(addr.clone(), ALPN).await?;
+                request(&conn, &payload).await?;
+                conn.close(0u32.into(), b"done");
+                lat.push(t.elapsed().as_secs_f64());
+            }
+            let total = start.elapsed().as_secs_f64();
+            lat.sort_by(f64::total_cmp);
+            format!(
+                "{{\"workload\":\"connect-per-message\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1}}}",
+                count as f64 / total,
+                percentile(&lat, 0.5) * 1e6
+            )
+        }
+        "bulk" => {
+            let conn = client.connect(addr, ALPN).await?;
+            let chunk = Bytes::from(vec![3u8; 1 << 20]);
+            let start = Instant::now();
+            let (mut send, mut recv) = conn.open_bi().await?;
+            for _ in 0..mib {
+                send.write_chunk(chunk.clone()).await?;
+            }
+            send.finish()?;
+            let got = recv.read_to_end(8).await?;
+            let total = start.elapsed().as_secs_f64();
+            let n = u64::from_be_bytes(got.as_slice().try_into()?);
+            if n != (mib as u64) << 20 {
+                bail!("the server counted {n} bytes");
+            }
+            format!(
+                "{{\"workload\":\"bulk\",\"mib\":{mib},\"mib_per_s\":{:.1}}}",
+                mib as f64 / total
+            )
+        }
+        other => bail!("unknown workload {other:?}\n{USAGE}"),
+    };
+    println!("{result}");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        client.close().await;
+        server.close().await;
+    })
+    .await
+    .ok();
+    Ok(())
+}

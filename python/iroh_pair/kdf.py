@@ -1,0 +1,187 @@
+"""Pure key derivation for pairing: transcript hashing, HKDF-SHA256 key schedule, MACs, SAS.
+
+Nothing here does I/O or keeps state; ``docs/PROTOCOL.md`` ("Cryptography") is the normative
+description and ``tests/vectors/pairing.json`` pins every output.
+
+* transcript: SHA-256 over items each encoded as ``u32 BE length || bytes`` (:class:`Transcript`);
+* keys: ``HKDF-SHA256(IKM = SPAKE2 key, salt = transcript hash, info = label, L = 32)`` for each
+  label in :data:`LABELS`;
+* confirmation MAC: ``HMAC-SHA256(confirm key of the sender's role, transcript hash)``;
+* SAS: ``int.from_bytes(sas_key[0:8], "big") % 10**6`` written as 6 decimal digits.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+__all__ = [
+    "ALPN",
+    "PROTOCOL_VERSION",
+    "TRANSCRIPT_LABEL",
+    "CHANNEL_BINDING_LABEL",
+    "CHANNEL_BINDING_CONTEXT",
+    "CHANNEL_BINDING_LEN",
+    "LABELS",
+    "Role",
+    "Transcript",
+    "SessionKeys",
+    "PairingKeys",
+    "hkdf_sha256",
+    "derive_pairing_keys",
+    "confirmation_mac",
+    "verify_confirmation_mac",
+    "sas_digits",
+]
+
+#: The one ALPN of the package.
+ALPN = b"iroh-pair/1"
+#: Pairing protocol version (also the envelope version byte).
+PROTOCOL_VERSION = 1
+#: First transcript item: domain separation of the transcript hash.
+TRANSCRIPT_LABEL = b"iroh-pair/1 pairing transcript"
+#: ``export_keying_material`` label of the channel binding (context empty, 32 bytes).
+CHANNEL_BINDING_LABEL = b"iroh-pair/1 pairing channel binding"
+CHANNEL_BINDING_CONTEXT = b""
+CHANNEL_BINDING_LEN = 32
+
+#: HKDF ``info`` labels, one per derived key.
+LABELS: dict[str, bytes] = {
+    "host_to_joiner": b"iroh-pair/1 key host->joiner",
+    "joiner_to_host": b"iroh-pair/1 key joiner->host",
+    "host_confirm": b"iroh-pair/1 confirm host",
+    "joiner_confirm": b"iroh-pair/1 confirm joiner",
+    "sas": b"iroh-pair/1 sas",
+    "host_seal": b"iroh-pair/1 seal host->joiner",
+    "joiner_seal": b"iroh-pair/1 seal joiner->host",
+}
+
+
+class Role(enum.Enum):
+    """The two pairing roles. The joiner is SPAKE2 side A, the host side B."""
+
+    HOST = "host"
+    JOINER = "joiner"
+
+    @property
+    def peer(self) -> Role:
+        """The other role."""
+        return Role.JOINER if self is Role.HOST else Role.HOST
+
+
+def _item(data: bytes) -> bytes:
+    return len(data).to_bytes(4, "big") + data
+
+
+@dataclass(frozen=True)
+class Transcript:
+    """The public inputs bound into the keys; :meth:`encode` is the canonical byte string.
+
+    ``joiner_msg`` and ``host_msg`` are the SPAKE2 messages exactly as on the wire (33 bytes,
+    including the side byte ``A``/``B``); ``channel_binding`` is the QUIC connection's
+    ``export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)``.
+    """
+
+    joiner_id: bytes
+    host_id: bytes
+    session_tag: bytes
+    joiner_msg: bytes
+    host_msg: bytes
+    channel_binding: bytes
+
+    def encode(self) -> bytes:
+        """``u32 BE length || bytes`` of: label, version, ALPN, roles, ids, tag, msgs, binding."""
+        items = (
+            TRANSCRIPT_LABEL,
+            bytes([PROTOCOL_VERSION]),
+            ALPN,
+            Role.JOINER.value.encode("ascii"),  # SPAKE2 side A
+            Role.HOST.value.encode("ascii"),  # SPAKE2 side B
+            self.joiner_id,
+            self.host_id,
+            self.session_tag,
+            self.joiner_msg,
+            self.host_msg,
+            self.channel_binding,
+        )
+        return b"".join(_item(i) for i in items)
+
+    def hash(self) -> bytes:
+        """SHA-256 of :meth:`encode`."""
+        return hashlib.sha256(self.encode()).digest()
+
+
+@dataclass(frozen=True)
+class SessionKeys:
+    """Directional session keys of one side: ``send`` encrypts, ``receive`` decrypts.
+
+    The two sides' values are mirrored: host ``send`` == joiner ``receive`` and vice versa.
+    """
+
+    send: bytes
+    receive: bytes
+
+    def __repr__(self) -> str:
+        return "SessionKeys(<redacted>)"
+
+
+@dataclass(frozen=True)
+class PairingKeys:
+    """Every key derived from one SPAKE2 key and transcript hash (32 bytes each)."""
+
+    host_to_joiner: bytes
+    joiner_to_host: bytes
+    host_confirm: bytes
+    joiner_confirm: bytes
+    sas: bytes
+    host_seal: bytes
+    joiner_seal: bytes
+
+    def session_keys(self, role: Role) -> SessionKeys:
+        """The :class:`SessionKeys` of ``role``."""
+        if role is Role.HOST:
+            return SessionKeys(send=self.host_to_joiner, receive=self.joiner_to_host)
+        return SessionKeys(send=self.joiner_to_host, receive=self.host_to_joiner)
+
+    def confirm_key(self, role: Role) -> bytes:
+        """The key ``role`` uses for its own confirmation MAC."""
+        return self.host_confirm if role is Role.HOST else self.joiner_confirm
+
+    def seal_key(self, role: Role) -> bytes:
+        """The key ``role`` seals its device info with (used for exactly one message)."""
+        return self.host_seal if role is Role.HOST else self.joiner_seal
+
+    def __repr__(self) -> str:
+        return "PairingKeys(<redacted>)"
+
+
+def hkdf_sha256(ikm: bytes, salt: bytes, info: bytes, length: int = 32) -> bytes:
+    """RFC 5869 HKDF with SHA-256."""
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def derive_pairing_keys(spake_key: bytes, transcript_hash: bytes) -> PairingKeys:
+    """Derive all pairing keys: IKM = SPAKE2 key, salt = transcript hash, info = label."""
+    return PairingKeys(
+        **{name: hkdf_sha256(spake_key, transcript_hash, label) for name, label in LABELS.items()}
+    )
+
+
+def confirmation_mac(confirm_key: bytes, transcript_hash: bytes) -> bytes:
+    """HMAC-SHA256(confirm key, transcript hash), 32 bytes."""
+    return hmac.new(confirm_key, transcript_hash, hashlib.sha256).digest()
+
+
+def verify_confirmation_mac(confirm_key: bytes, transcript_hash: bytes, mac: bytes) -> bool:
+    """Constant-time check of a peer's confirmation MAC."""
+    return hmac.compare_digest(confirmation_mac(confirm_key, transcript_hash), mac)
+
+
+def sas_digits(sas_key: bytes) -> str:
+    """Six decimal digits: SAS key bytes 0..8 as a big-endian u64, mod 10**6, zero-padded."""
+    return f"{int.from_bytes(sas_key[:8], 'big') % 1_000_000:06d}"

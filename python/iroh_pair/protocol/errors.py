@@ -1,0 +1,77 @@
+"""Reason codes, QUIC close codes and the one exception type of the pairing protocol."""
+
+from __future__ import annotations
+
+import enum
+
+from iroh_pair.errors import IrohPairError
+
+__all__ = ["RejectCode", "CloseCode", "StreamErrorCode", "ProtocolError"]
+
+
+class RejectCode(enum.IntEnum):
+    """Why a pairing failed: the u16 ``code`` of a Reject message and of :class:`ProtocolError`.
+
+    Codes 1..0x3FF go on the wire; codes from 0x400 are local only (never sent, they describe
+    why *this* side gave up). A received code this version does not know maps to
+    :attr:`UNSPECIFIED`.
+    """
+
+    UNSPECIFIED = 0
+    MALFORMED = 1  # undecodable message, bad field, bad SPAKE2 element, bad sealed info
+    UNEXPECTED = 2  # valid message in the wrong state / wrong direction
+    TOO_LARGE = 3  # message body over MAX_MESSAGE
+    BAD_TAG = 4  # no offer with this session tag (not counted as an attempt)
+    EXPIRED = 5  # the code's lifetime is over
+    BURNED = 6  # the code used up its attempts
+    USED = 7  # the code already paired a device (single use)
+    BUSY = 8  # another handshake is in progress on this code
+    ID_MISMATCH = 9  # claimed EndpointId != QUIC-authenticated remote id
+    WRONG_CODE = 10  # key confirmation failed: different secret words (or a MITM)
+    TIMEOUT = 11  # handshake deadline passed
+    CANCELLED = 12  # the application gave up (user cancel, shutdown)
+    INTERNAL = 13  # the application failed (e.g. could not store the registry entry)
+    # local only
+    CONNECTION_LOST = 0x400  # stream/connection ended before the handshake finished
+
+    @classmethod
+    def from_wire(cls, value: int) -> RejectCode:
+        """The code for a received u16 (unknown or local-only values -> UNSPECIFIED)."""
+        try:
+            code = cls(value)
+        except ValueError:
+            return cls.UNSPECIFIED
+        return code if code < 0x400 else cls.UNSPECIFIED
+
+
+class CloseCode(enum.IntEnum):
+    """QUIC application close codes (CONNECTION_CLOSE) used on ALPN ``iroh-pair/1``."""
+
+    OK = 0  # normal close (pairing complete, or idle)
+    PROTOCOL_ERROR = 1  # the peer violated the envelope or framing
+    PAIRING_FAILED = 2  # a pairing handshake failed (the Reject carries the reason)
+    SHUTDOWN = 3  # the endpoint is shutting down
+    NOT_PAIRED = 4  # admission refused: the peer is not in the registry
+
+
+class StreamErrorCode(enum.IntEnum):
+    """QUIC stream RESET_STREAM / STOP_SENDING codes on ALPN ``iroh-pair/1``."""
+
+    UNKNOWN_KIND = 1  # the stream-kind name is not served here
+    BAD_ENVELOPE = 2  # unsupported envelope version or malformed header
+    FRAME_TOO_LARGE = 3  # a frame length prefix above the limit
+    TIMEOUT = 4  # the peer was too slow
+    CANCELLED = 5  # the local side gave up
+
+
+class ProtocolError(IrohPairError):
+    """A pairing message or envelope was malformed, oversized, out of order or refused.
+
+    ``code`` is the :class:`RejectCode`; this is the only exception the decoders and state
+    machines raise for bad input.
+    """
+
+    def __init__(self, code: RejectCode, message: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.reason = message or code.name.lower()

@@ -1,0 +1,177 @@
+"""Host-side bookkeeping of pairing codes: lifetime, attempts, single use, one session at a time.
+
+A :class:`PairingOffer` is created by the host for one :class:`~iroh_pair.code.PairingCode`.
+Rules (``docs/PROTOCOL.md``, "Attempts and lifetime"):
+
+* an attempt is counted when the host answers a Hello with its SPAKE2 message (M2); a wrong
+  session tag, a claimed-id mismatch, or a refusal (expired/burned/used/busy) is not counted;
+* after ``max_attempts`` counted attempts the code is burned, even for the right words;
+* one handshake at a time: a Hello while another is in progress is refused with BUSY, unless
+  the other one passed its handshake deadline (then the new one takes over);
+* single use: after one successful pairing every later Hello is refused with USED;
+* expiry is judged with the ``now`` the caller passes in (no clock is read here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from iroh_pair.code import PairingCode
+from iroh_pair.protocol.errors import ProtocolError, RejectCode
+
+__all__ = [
+    "DEFAULT_TTL",
+    "DEFAULT_MAX_ATTEMPTS",
+    "HANDSHAKE_TIMEOUT",
+    "PairingOffer",
+    "OfferBook",
+]
+
+#: Default lifetime of a code, seconds.
+DEFAULT_TTL = 300.0
+#: Default number of counted attempts before a code is burned.
+DEFAULT_MAX_ATTEMPTS = 3
+#: Time from the host's M2 to the joiner's M3 before the host gives up, seconds.
+HANDSHAKE_TIMEOUT = 30.0
+
+
+class PairingOffer:
+    """The host's state for one pairing code (see module docstring for the rules)."""
+
+    def __init__(
+        self,
+        code: PairingCode,
+        *,
+        expires_at: float,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be >= 1")
+        self.code = code
+        self.expires_at = expires_at
+        self.max_attempts = max_attempts
+        self.handshake_timeout = handshake_timeout
+        self.attempts_used = 0
+        self.used = False
+        self._active: object | None = None
+        self._active_until = 0.0
+
+    @classmethod
+    def create(
+        cls,
+        code: PairingCode,
+        *,
+        now: float,
+        ttl: float = DEFAULT_TTL,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        handshake_timeout: float = HANDSHAKE_TIMEOUT,
+    ) -> PairingOffer:
+        """An offer for ``code`` valid from ``now`` for ``ttl`` seconds."""
+        return cls(
+            code,
+            expires_at=now + ttl,
+            max_attempts=max_attempts,
+            handshake_timeout=handshake_timeout,
+        )
+
+    @property
+    def tag(self) -> bytes:
+        """The code's session tag (the key of an :class:`OfferBook`)."""
+        return self.code.tag
+
+    @property
+    def attempts_left(self) -> int:
+        """Attempts that may still be counted."""
+        return max(0, self.max_attempts - self.attempts_used)
+
+    @property
+    def burned(self) -> bool:
+        """True once all attempts are used up (and the code did not pair)."""
+        return not self.used and self.attempts_used >= self.max_attempts
+
+    def is_expired(self, now: float) -> bool:
+        """True when ``now`` is at or past the expiry time."""
+        return now >= self.expires_at
+
+    def is_live(self, now: float) -> bool:
+        """True while the code can still start a handshake (ignoring BUSY)."""
+        return not (self.used or self.burned or self.is_expired(now))
+
+    def busy(self, now: float) -> bool:
+        """True while a handshake holds this code and is within its deadline."""
+        return self._active is not None and now < self._active_until
+
+    def check(self, now: float) -> None:
+        """Raise ProtocolError(USED/BURNED/EXPIRED/BUSY) if a new Hello must be refused."""
+        if self.used:
+            raise ProtocolError(RejectCode.USED, "this code has already been used")
+        if self.burned:
+            raise ProtocolError(RejectCode.BURNED, "too many attempts for this code")
+        if self.is_expired(now):
+            raise ProtocolError(RejectCode.EXPIRED, "this code has expired")
+        if self.busy(now):
+            raise ProtocolError(RejectCode.BUSY, "another device is pairing with this code")
+
+    # -- used by HostHandshake ------------------------------------------------------------
+    def claim(self, session: object, now: float) -> float:
+        """Count an attempt and make ``session`` the active one; returns its deadline."""
+        self.check(now)
+        self.attempts_used += 1
+        self._active = session
+        self._active_until = now + self.handshake_timeout
+        return self._active_until
+
+    def holds(self, session: object) -> bool:
+        """True if ``session`` is the active handshake."""
+        return self._active is session
+
+    def release(self, session: object) -> None:
+        """``session`` ended without pairing; the code is free again (if it is the active one)."""
+        if self._active is session:
+            self._active = None
+
+    def complete(self, session: object) -> None:
+        """``session`` paired: the code is used up."""
+        if self._active is not session:
+            raise ProtocolError(RejectCode.TIMEOUT, "handshake was superseded")
+        self._active = None
+        self.used = True
+
+    def __repr__(self) -> str:
+        return (
+            f"PairingOffer(tag={self.code.tag.hex()}, attempts_used={self.attempts_used}/"
+            f"{self.max_attempts}, used={self.used}, expires_at={self.expires_at})"
+        )
+
+
+class OfferBook:
+    """The host's live offers, looked up by session tag."""
+
+    def __init__(self) -> None:
+        self._offers: dict[bytes, PairingOffer] = {}
+
+    def add(self, offer: PairingOffer) -> None:
+        """Register ``offer`` (replacing any offer with the same tag)."""
+        self._offers[offer.tag] = offer
+
+    def remove(self, tag: bytes) -> PairingOffer | None:
+        """Forget the offer with ``tag``; returns it if present."""
+        return self._offers.pop(tag, None)
+
+    def lookup(self, tag: bytes) -> PairingOffer | None:
+        """The offer with session tag ``tag``, if any."""
+        return self._offers.get(tag)
+
+    def purge(self, now: float) -> list[PairingOffer]:
+        """Drop offers that can no longer pair (used, burned or expired and idle)."""
+        dead = [o for o in self._offers.values() if not o.is_live(now) and not o.busy(now)]
+        for o in dead:
+            del self._offers[o.tag]
+        return dead
+
+    def __len__(self) -> int:
+        return len(self._offers)
+
+    def __iter__(self) -> Iterator[PairingOffer]:
+        return iter(list(self._offers.values()))

@@ -1,0 +1,206 @@
+"""Canonical binary codecs of the pairing messages (frame bodies on a ``pair`` stream).
+
+Every body starts with a u8 message type; all integers are big-endian; every field has a fixed
+size or an explicit length, and a body must be consumed exactly::
+
+    0x01 Hello    J->H  session_tag[16] joiner_id[32] spake_msg[33]
+    0x02 Reply    H->J  host_id[32] spake_msg[33] host_mac[32]
+    0x03 Confirm  J->H  joiner_mac[32] u16 n, sealed_info[n]
+    0x04 Complete H->J  u16 n, sealed_info[n]
+    0x7F Reject   both  u16 code, u8 n, text[n] (UTF-8)
+
+``spake_msg`` is the SPAKE2 message including its side byte (``0x41`` from the joiner, side A;
+``0x42`` from the host, side B) followed by the 32-byte Ed25519 element.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from iroh_pair.protocol.device import MAX_DEVICE_INFO
+from iroh_pair.protocol.envelope import MAX_MESSAGE
+from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.protocol.seal import TAG_LEN
+
+__all__ = [
+    "MsgType",
+    "ID_LEN",
+    "TAG_LEN_SESSION",
+    "SPAKE_MSG_LEN",
+    "MAC_LEN",
+    "MAX_SEALED",
+    "MAX_REJECT_TEXT",
+    "Hello",
+    "Reply",
+    "Confirm",
+    "Complete",
+    "Reject",
+    "Message",
+    "encode",
+    "decode",
+]
+
+ID_LEN = 32
+TAG_LEN_SESSION = 16
+SPAKE_MSG_LEN = 33
+MAC_LEN = 32
+MIN_SEALED = TAG_LEN
+MAX_SEALED = MAX_DEVICE_INFO + TAG_LEN
+MAX_REJECT_TEXT = 255
+SIDE_A = 0x41
+SIDE_B = 0x42
+
+
+class MsgType(enum.IntEnum):
+    """The u8 message type opening every pairing message body."""
+
+    HELLO = 0x01
+    REPLY = 0x02
+    CONFIRM = 0x03
+    COMPLETE = 0x04
+    REJECT = 0x7F
+
+
+def _need(cond: bool, what: str) -> None:
+    if not cond:
+        raise ValueError(what)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """M1, joiner -> host: session tag, the joiner's EndpointId claim, SPAKE2 message (side A)."""
+
+    session_tag: bytes
+    joiner_id: bytes
+    spake_msg: bytes
+
+    def __post_init__(self) -> None:
+        _need(len(self.session_tag) == TAG_LEN_SESSION, "session_tag is 16 bytes")
+        _need(len(self.joiner_id) == ID_LEN, "joiner_id is 32 bytes")
+        _need(len(self.spake_msg) == SPAKE_MSG_LEN and self.spake_msg[0] == SIDE_A,
+              "spake_msg is 33 bytes starting with 'A'")
+
+
+@dataclass(frozen=True)
+class Reply:
+    """M2, host -> joiner: the host's EndpointId claim, SPAKE2 message (side B), host MAC."""
+
+    host_id: bytes
+    spake_msg: bytes
+    host_mac: bytes
+
+    def __post_init__(self) -> None:
+        _need(len(self.host_id) == ID_LEN, "host_id is 32 bytes")
+        _need(len(self.spake_msg) == SPAKE_MSG_LEN and self.spake_msg[0] == SIDE_B,
+              "spake_msg is 33 bytes starting with 'B'")
+        _need(len(self.host_mac) == MAC_LEN, "host_mac is 32 bytes")
+
+
+@dataclass(frozen=True)
+class Confirm:
+    """M3, joiner -> host: the joiner's confirmation MAC and its sealed device info."""
+
+    joiner_mac: bytes
+    sealed_info: bytes
+
+    def __post_init__(self) -> None:
+        _need(len(self.joiner_mac) == MAC_LEN, "joiner_mac is 32 bytes")
+        _need(MIN_SEALED <= len(self.sealed_info) <= MAX_SEALED, "sealed_info length")
+
+
+@dataclass(frozen=True)
+class Complete:
+    """M4, host -> joiner: pairing committed; the host's sealed device info."""
+
+    sealed_info: bytes
+
+    def __post_init__(self) -> None:
+        _need(MIN_SEALED <= len(self.sealed_info) <= MAX_SEALED, "sealed_info length")
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Either direction: the handshake is over; ``code`` (u16) says why, ``text`` is for logs."""
+
+    code: int
+    text: str = ""
+
+    def __post_init__(self) -> None:
+        _need(0 <= self.code <= 0xFFFF, "code is a u16")
+        _need(len(self.text.encode("utf-8")) <= MAX_REJECT_TEXT, "text is at most 255 bytes")
+
+    @classmethod
+    def make(cls, code: int, text: str) -> Reject:
+        """A Reject with ``text`` truncated (at a character boundary) to fit."""
+        raw = text.encode("utf-8")[:MAX_REJECT_TEXT]
+        return cls(code, raw.decode("utf-8", "ignore"))
+
+
+Message = Hello | Reply | Confirm | Complete | Reject
+
+
+def encode(msg: Message) -> bytes:
+    """The canonical body of ``msg``."""
+    if isinstance(msg, Hello):
+        return bytes([MsgType.HELLO]) + msg.session_tag + msg.joiner_id + msg.spake_msg
+    if isinstance(msg, Reply):
+        return bytes([MsgType.REPLY]) + msg.host_id + msg.spake_msg + msg.host_mac
+    if isinstance(msg, Confirm):
+        n = len(msg.sealed_info).to_bytes(2, "big")
+        return bytes([MsgType.CONFIRM]) + msg.joiner_mac + n + msg.sealed_info
+    if isinstance(msg, Complete):
+        return bytes([MsgType.COMPLETE]) + len(msg.sealed_info).to_bytes(2, "big") + msg.sealed_info
+    text = msg.text.encode("utf-8")
+    return bytes([MsgType.REJECT]) + msg.code.to_bytes(2, "big") + bytes([len(text)]) + text
+
+
+def _malformed(what: str) -> ProtocolError:
+    return ProtocolError(RejectCode.MALFORMED, what)
+
+
+def _sealed(body: bytes, at: int, name: str) -> bytes:
+    if len(body) < at + 2:
+        raise _malformed(f"truncated {name}")
+    n = int.from_bytes(body[at : at + 2], "big")
+    if not MIN_SEALED <= n <= MAX_SEALED:
+        raise _malformed(f"{name}: sealed info length {n} out of range")
+    if len(body) != at + 2 + n:
+        raise _malformed(f"{name}: wrong length")
+    return body[at + 2 :]
+
+
+def decode(body: bytes) -> Message:
+    """Decode one message body; raises only :class:`ProtocolError` (TOO_LARGE or MALFORMED)."""
+    if len(body) > MAX_MESSAGE:
+        raise ProtocolError(RejectCode.TOO_LARGE, f"{len(body)} > {MAX_MESSAGE} bytes")
+    if not body:
+        raise _malformed("empty message")
+    t = body[0]
+    if t == MsgType.HELLO:
+        if len(body) != 1 + TAG_LEN_SESSION + ID_LEN + SPAKE_MSG_LEN:
+            raise _malformed("Hello: wrong length")
+        if body[49] != SIDE_A:
+            raise _malformed("Hello: SPAKE2 message is not from side A")
+        return Hello(body[1:17], body[17:49], body[49:82])
+    if t == MsgType.REPLY:
+        if len(body) != 1 + ID_LEN + SPAKE_MSG_LEN + MAC_LEN:
+            raise _malformed("Reply: wrong length")
+        if body[33] != SIDE_B:
+            raise _malformed("Reply: SPAKE2 message is not from side B")
+        return Reply(body[1:33], body[33:66], body[66:98])
+    if t == MsgType.CONFIRM:
+        if len(body) < 1 + MAC_LEN:
+            raise _malformed("truncated Confirm")
+        return Confirm(body[1:33], _sealed(body, 33, "Confirm"))
+    if t == MsgType.COMPLETE:
+        return Complete(_sealed(body, 1, "Complete"))
+    if t == MsgType.REJECT:
+        if len(body) < 4 or len(body) != 4 + body[3]:
+            raise _malformed("Reject: wrong length")
+        try:
+            text = body[4:].decode("utf-8")
+        except UnicodeDecodeError:
+            raise _malformed("Reject: text is not UTF-8") from None
+        return Reject(int.from_bytes(body[1:3], "big"), text)
+    raise _malformed(f"unknown message type 0x{t:02x}")

@@ -1,0 +1,19 @@
+# Minimal hand-written stub for python-spake2 0.9 (the parts iroh-pair uses).
+from collections.abc import Callable
+
+class SPAKEError(Exception): ...
+
+class _SPAKE2_Asymmetric:
+    def __init__(
+        self,
+        password: bytes,
+        idA: bytes = ...,
+        idB: bytes = ...,
+        params: object = ...,
+        entropy_f: Callable[[int], bytes] = ...,
+    ) -> None: ...
+    def start(self) -> bytes: ...
+    def finish(self, inbound_side_and_message: bytes) -> bytes: ...
+
+class SPAKE2_A(_SPAKE2_Asymmetric): ...
+class SPAKE2_B(_SPAKE2_Asymmetric): ...
