@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from . import _native
-from ._bridge import call, get_bridge
+from ._bridge import PENDING, call, get_bridge
 from ._native import EndpointAddr, EndpointId, SecretKey
 
 __all__ = [
@@ -36,10 +36,12 @@ __all__ = [
     "PathEvent",
     "LookupConfig",
     "Handler",
+    "IncomingStream",
     "STREAM_CANCELLED",
     "STREAM_DROPPED",
     "HANDLER_ERROR",
-    "REQUEST_TOO_LARGE",
+    "FRAME_TOO_LARGE",
+    "STREAM_TIMEOUT",
     "DEFAULT_MAX_MESSAGE",
 ]
 
@@ -49,7 +51,8 @@ log = logging.getLogger("iroh_pair.transport")
 STREAM_CANCELLED: int = _native.STREAM_CANCELLED
 STREAM_DROPPED: int = _native.STREAM_DROPPED
 HANDLER_ERROR: int = _native.HANDLER_ERROR
-REQUEST_TOO_LARGE: int = _native.REQUEST_TOO_LARGE
+FRAME_TOO_LARGE: int = _native.FRAME_TOO_LARGE
+STREAM_TIMEOUT: int = _native.STREAM_TIMEOUT
 
 #: Default bound on one request or reply.
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
@@ -306,9 +309,10 @@ class Connection:
         """
         b = get_bridge()
         token = next(b._tokens)
-        self._n.request(b.native, token, payload, max_response, timeout)
-        r: bytes = await b.wait(token)
-        return r
+        r = self._n.request(b.native, token, payload, max_response, timeout)
+        if r is PENDING:
+            r = await b.wait(token)
+        return r  # type: ignore[return-value]
 
     async def send(
         self, payload: bytes | bytearray | memoryview, *, timeout: float | None = None
@@ -325,14 +329,13 @@ class Connection:
     ) -> asyncio.Future[CloseInfo]:
         """Answers every request stream of this connection with ``handler`` until it closes.
 
-        The native serve loop accepts streams and reads each request; ``handler`` runs on the
-        loop (a plain function is called inline, a coroutine function as a task per request).
-        A handler that raises refuses the request with :data:`HANDLER_ERROR`. Returns a future
-        that resolves with the connection's :class:`CloseInfo` when serving ends; cancel it to
-        stop serving.
+        The native serve loop accepts streams and reads each request (the stream's first
+        frame); ``handler`` runs on the loop (a plain function inline, a coroutine function as
+        a task per request). A handler that raises refuses the request with
+        :data:`HANDLER_ERROR`. Returns a future that resolves with the connection's
+        :class:`CloseInfo` when serving ends; cancel it to stop serving.
         """
-        b = get_bridge()
-        done: asyncio.Future[CloseInfo] = b.loop.create_future()
+        loop = asyncio.get_running_loop()
         tasks: set[asyncio.Task[None]] = set()
 
         async def run_async(incoming: _native.IncomingRequest, aw: Awaitable[bytes]) -> None:
@@ -344,9 +347,7 @@ class Connection:
                 return
             _respond(incoming, reply)
 
-        def on_item(ok: bool, incoming: Any) -> None:
-            if not ok:
-                return
+        def on_request(incoming: _native.IncomingRequest) -> None:
             try:
                 reply = handler(incoming.request)
             except Exception:
@@ -354,11 +355,41 @@ class Connection:
                 _reject(incoming)
                 return
             if inspect.isawaitable(reply):
-                t = b.loop.create_task(run_async(incoming, reply))
+                t = loop.create_task(run_async(incoming, reply))
                 tasks.add(t)
                 t.add_done_callback(tasks.discard)
             else:
                 _respond(incoming, reply)
+
+        return self._serve(on_request, tasks, max_request, frame_timeout)
+
+    def serve_streams(
+        self,
+        on_stream: Callable[[IncomingStream], None],
+        *,
+        max_first_frame: int = DEFAULT_MAX_MESSAGE,
+        frame_timeout: float = 30.0,
+    ) -> asyncio.Future[CloseInfo]:
+        """Like :meth:`serve`, but hands each accepted stream (its first frame read) to
+        ``on_stream``, which answers it, refuses it, or takes its streams for an exchange of
+        several messages. ``on_stream`` runs inline on the loop and must not block."""
+        return self._serve(
+            lambda n: on_stream(IncomingStream(n)), set(), max_first_frame, frame_timeout
+        )
+
+    def _serve(
+        self,
+        on_request: Callable[[_native.IncomingRequest], None],
+        tasks: set[asyncio.Task[None]],
+        max_first_frame: int,
+        frame_timeout: float,
+    ) -> asyncio.Future[CloseInfo]:
+        b = get_bridge()
+        done: asyncio.Future[CloseInfo] = b.loop.create_future()
+
+        def on_item(ok: bool, incoming: Any) -> None:
+            if ok:
+                on_request(incoming)
 
         def on_end(ok: bool, value: Any) -> None:
             if done.done():
@@ -370,7 +401,7 @@ class Connection:
                 done.set_exception(value)
 
         token = b.subscribe(on_item, on_end)
-        self._n.serve(b.native, token, max_request, frame_timeout)
+        self._n.serve(b.native, token, max_first_frame, frame_timeout)
 
         def stop(fut: asyncio.Future[CloseInfo]) -> None:
             if fut.cancelled():
@@ -412,6 +443,35 @@ class Connection:
             f"<Connection remote={self._remote_id.fmt_short()} alpn={self._alpn!r} "
             f"side={self.side} closed={self.is_closed}>"
         )
+
+
+class IncomingStream:
+    """A stream the peer opened, with its first frame already read (see
+    :meth:`Connection.serve_streams`). Answer it exactly once: :meth:`respond`, :meth:`reject`
+    or :meth:`take_streams`. Left unanswered, it is reset when collected."""
+
+    __slots__ = ("_n",)
+
+    def __init__(self, native: _native.IncomingRequest) -> None:
+        self._n = native
+
+    @property
+    def first_frame(self) -> bytes:
+        """The body of the stream's first frame."""
+        return self._n.request
+
+    def respond(self, data: bytes | bytearray | memoryview) -> None:
+        """Sends ``data`` as the whole reply and finishes the stream (does not wait)."""
+        self._n.respond(data)
+
+    def reject(self, code: int = HANDLER_ERROR) -> None:
+        """Refuses the stream: resets the reply and stops the request with ``code``."""
+        self._n.reject(code)
+
+    def take_streams(self) -> tuple[SendStream, RecvStream]:
+        """The stream's two halves, for an exchange of several frames."""
+        s, r = self._n.take_streams()
+        return SendStream(s), RecvStream(r)
 
 
 def _respond(incoming: _native.IncomingRequest, reply: object) -> None:

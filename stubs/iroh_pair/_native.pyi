@@ -11,7 +11,8 @@ __version__: Final[str]
 STREAM_CANCELLED: Final[int]
 STREAM_DROPPED: Final[int]
 HANDLER_ERROR: Final[int]
-REQUEST_TOO_LARGE: Final[int]
+FRAME_TOO_LARGE: Final[int]
+STREAM_TIMEOUT: Final[int]
 PENDING: Final[Pending]
 
 @final
@@ -142,7 +143,7 @@ class Connection:
         payload: bytes | bytearray | memoryview,
         max_response: int,
         timeout: float | None = None,
-    ) -> Pending: ...
+    ) -> bytes | Pending: ...
     def serve(
         self, bridge: Bridge, token: int, max_request: int, frame_timeout: float = 30.0
     ) -> None: ...

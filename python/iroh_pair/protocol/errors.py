@@ -55,13 +55,23 @@ class CloseCode(enum.IntEnum):
 
 
 class StreamErrorCode(enum.IntEnum):
-    """QUIC stream RESET_STREAM / STOP_SENDING codes on ALPN ``iroh-pair/1``."""
+    """Application error codes on RESET_STREAM / STOP_SENDING (docs/PROTOCOL.md §10.3).
 
-    UNKNOWN_KIND = 1  # the stream-kind name is not served here
-    BAD_ENVELOPE = 2  # unsupported envelope version or malformed header
-    FRAME_TOO_LARGE = 3  # a frame length prefix above the limit
-    TIMEOUT = 4  # the peer was too slow
-    CANCELLED = 5  # the local side gave up
+    One table for the transport and the protocol: the native layer uses 1-4 and 7 itself."""
+
+    CANCELLED = 1  # a write or request was cancelled midway by the local application
+    DROPPED = 2  # a send stream was dropped without being finished
+    HANDLER_ERROR = 3  # the serving side's handler failed
+    FRAME_TOO_LARGE = 4  # a frame length prefix above the limit, or a truncated first frame
+    UNKNOWN_KIND = 5  # the stream-kind name is not served here
+    BAD_ENVELOPE = 6  # unsupported envelope version or malformed header
+    TIMEOUT = 7  # the peer was too slow (e.g. the first frame did not arrive in time)
+    NOT_ADMITTED = 8  # this stream kind is not allowed from an unpaired peer
+    TAMPERED = 16  # a sealed message failed authentication
+    REPLAYED = 17  # a sealed message's counter was already seen
+    DUPLICATE = 18  # a message id was already delivered (a retry): treat as delivered
+    MALFORMED_MESSAGE = 19  # a sealed message could not be parsed
+    TOO_OLD = 20  # a counter below the replay window: retry with the same message id
 
 
 class ProtocolError(IrohPairError):

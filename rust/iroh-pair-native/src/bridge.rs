@@ -27,8 +27,15 @@ use crate::error::Error;
 
 /// The one tokio runtime shared by every endpoint and bridge in the process.
 pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("IROH_PAIR_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| *n > 0)
+    {
+        b.worker_threads(n);
+    }
+    b.enable_all()
         .thread_name("iroh-pair-rt")
         .build()
         .expect("failed to start the tokio runtime")

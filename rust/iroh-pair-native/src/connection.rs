@@ -10,7 +10,7 @@ use n0_future::StreamExt;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out, pending};
+use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out};
 use crate::endpoint::Counters;
 use crate::error::Error;
 use crate::keys::EndpointId;
@@ -436,15 +436,16 @@ impl Connection {
                 .map_err(|e| remote(crate::error::read_to_end_error(e, max_response)))?;
             Ok(PyBytesOut(Bytes::from(reply)))
         };
+        // Opening the stream and writing usually complete at once: done here, inline, the
+        // request then waits on the runtime for its reply only.
         match timeout {
-            Some(t) => bridge.spawn(token, async move {
+            Some(t) => bridge.submit(py, token, async move {
                 tokio::time::timeout(t, work)
                     .await
                     .map_err(|_| Error::Timeout(format!("no reply within {t:?}")))?
             }),
-            None => bridge.spawn(token, work),
+            None => bridge.submit(py, token, work),
         }
-        Ok(pending(py))
     }
 
     /// The native serve loop: accepts every bidirectional stream of this connection, reads its
@@ -475,12 +476,12 @@ impl Connection {
                                         Ok(out(IncomingOut { request, send, recv: r, counters })),
                                     ),
                                     Ok(Err(Error::FrameTooLarge { .. })) | Ok(Err(Error::Truncated(_))) => {
-                                        let _ = send.reset(codes::REQUEST_TOO_LARGE);
-                                        let _ = r.stop(VarInt::from_u32(codes::REQUEST_TOO_LARGE as u32));
+                                        let _ = send.reset(codes::FRAME_TOO_LARGE);
+                                        let _ = r.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE as u32));
                                     }
                                     Err(_) => {
-                                        let _ = send.reset(codes::STREAM_CANCELLED);
-                                        let _ = r.stop(VarInt::from_u32(codes::STREAM_CANCELLED as u32));
+                                        let _ = send.reset(codes::TIMEOUT);
+                                        let _ = r.stop(VarInt::from_u32(codes::TIMEOUT as u32));
                                     }
                                     // An empty stream, or one reset by the peer: nothing to serve.
                                     Ok(Ok(None)) | Ok(Err(_)) => {}

@@ -33,10 +33,14 @@ pub struct SecretKey(pub iroh::SecretKey);
 
 #[pymethods]
 impl SecretKey {
-    /// A new random key.
+    /// A new random key, straight from the operating system's generator (fork-safe: a
+    /// process-local generator copied by `fork()` would hand children the same key).
     #[staticmethod]
-    fn generate() -> Self {
-        Self(iroh::SecretKey::generate())
+    fn generate() -> PyResult<Self> {
+        let mut b = [0u8; 32];
+        getrandom::fill(&mut b)
+            .map_err(|e| pyo3::exceptions::PyOSError::new_err(format!("no OS randomness: {e}")))?;
+        Ok(Self(iroh::SecretKey::from_bytes(&b)))
     }
 
     /// The key from its 32 raw bytes.

@@ -30,7 +30,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("STREAM_CANCELLED", streams::codes::STREAM_CANCELLED)?;
     m.add("STREAM_DROPPED", streams::codes::STREAM_DROPPED)?;
     m.add("HANDLER_ERROR", streams::codes::HANDLER_ERROR)?;
-    m.add("REQUEST_TOO_LARGE", streams::codes::REQUEST_TOO_LARGE)?;
+    m.add("FRAME_TOO_LARGE", streams::codes::FRAME_TOO_LARGE)?;
+    m.add("STREAM_TIMEOUT", streams::codes::TIMEOUT)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -24,8 +24,10 @@ pub mod codes {
     pub const STREAM_DROPPED: u64 = 2;
     /// The serving side's handler raised; the request failed.
     pub const HANDLER_ERROR: u64 = 3;
-    /// The request's first frame was larger than the server allows, or malformed.
-    pub const REQUEST_TOO_LARGE: u64 = 4;
+    /// The request's first frame was larger than the server allows, or truncated.
+    pub const FRAME_TOO_LARGE: u64 = 4;
+    /// The first frame did not arrive within the serve loop's `frame_timeout`.
+    pub const TIMEOUT: u64 = 7;
 }
 
 fn varint(code: u64) -> Result<VarInt, Error> {

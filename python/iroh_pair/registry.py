@@ -1,0 +1,596 @@
+"""The registry of paired devices: one SQLite file, one row per paired EndpointId.
+
+* Keyed by EndpointId (32-byte blob); the API takes and returns :class:`iroh_pair.EndpointId`.
+* Stores the device info the peer sent while pairing (name, type, OS, app version), when it was
+  paired and last seen, and the pairing's directional session keys. **No addresses**: how to
+  reach a device is the business of iroh's address lookup, never of the registry.
+* Text the peer supplied is capped to the pairing limits and stripped of control characters
+  (C0, C1, DEL) and bidi/format controls before it is stored (:func:`sanitize_text`);
+  :func:`safe_display` escapes whatever is left for printing.
+* Durability: WAL journal, ``synchronous=FULL``; every write is one transaction. Re-pairing an
+  EndpointId replaces its row in one transaction.
+* Safety: the file carries ``PRAGMA application_id`` = :data:`APPLICATION_ID` and a schema
+  version in ``PRAGMA user_version`` (upgraded by :data:`MIGRATIONS`). A file that is not an
+  SQLite database, or an SQLite database that is not ours, or a damaged one, raises
+  :class:`RegistryCorrupt` and is never written to; a schema newer than this version knows
+  raises :class:`RegistrySchemaTooNew`. A new registry is built in a temporary file (mode
+  0600) and linked into place, so a crash never leaves a half-initialised registry behind.
+
+All methods are thread-safe (one connection behind a lock); each call is short.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sqlite3
+import threading
+import unicodedata
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import TracebackType
+from typing import TypeVar
+
+from iroh_pair._native import EndpointId
+from iroh_pair.errors import IrohPairError
+from iroh_pair.kdf import SessionKeys
+from iroh_pair.protocol.device import FIELD_LIMITS, DeviceInfo
+
+__all__ = [
+    "APPLICATION_ID",
+    "SCHEMA_VERSION",
+    "MIGRATIONS",
+    "REGISTRY_FILE",
+    "MIN_ID_PREFIX",
+    "RegistryError",
+    "RegistryCorrupt",
+    "RegistrySchemaTooNew",
+    "UnknownDevice",
+    "AmbiguousDevice",
+    "PairedDevice",
+    "DeviceRegistry",
+    "sanitize_text",
+    "safe_display",
+]
+
+#: ``PRAGMA application_id`` of a registry file (ASCII "iPrg").
+APPLICATION_ID = 0x69507267
+#: Default file name of the registry inside the data directory.
+REGISTRY_FILE = "registry.db"
+#: Shortest EndpointId prefix :meth:`DeviceRegistry.find` accepts.
+MIN_ID_PREFIX = 4
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_T = TypeVar("_T")
+_SQLITE_CORRUPT = 11
+_SQLITE_NOTADB = 26
+
+
+def _v1(db: sqlite3.Connection) -> None:
+    db.execute(
+        """
+        CREATE TABLE devices (
+            endpoint_id BLOB PRIMARY KEY NOT NULL CHECK (length(endpoint_id) = 32),
+            name        TEXT NOT NULL,
+            device_type TEXT NOT NULL,
+            os          TEXT NOT NULL,
+            app_version TEXT NOT NULL,
+            paired_at   REAL NOT NULL,
+            last_seen   REAL,
+            send_key    BLOB NOT NULL CHECK (length(send_key) = 32),
+            receive_key BLOB NOT NULL CHECK (length(receive_key) = 32)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE INDEX devices_name ON devices (name)")
+
+
+#: ``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``, inside one transaction.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+#: The schema version this code writes (``PRAGMA user_version``).
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class RegistryError(IrohPairError):
+    """Base class of the registry's errors."""
+
+
+class RegistryCorrupt(RegistryError):
+    """``path`` is not a usable registry: not an SQLite database, an SQLite database of another
+    application, or damaged. The file was not modified."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"device registry {path} is unusable: {reason}; it was not modified")
+        self.path = path
+        self.reason = reason
+
+
+class RegistrySchemaTooNew(RegistryError):
+    """The registry was written by a newer version (schema ``version`` > ``supported``)."""
+
+    def __init__(self, path: Path, version: int, supported: int) -> None:
+        super().__init__(
+            f"device registry {path} has schema version {version}, this version of iroh-pair "
+            f"understands up to {supported}; upgrade iroh-pair (the file was not modified)"
+        )
+        self.path = path
+        self.version = version
+        self.supported = supported
+
+
+class UnknownDevice(RegistryError, LookupError):
+    """No paired device matches ``query``."""
+
+    def __init__(self, query: str) -> None:
+        super().__init__(f"no paired device matches {safe_display(query)}")
+        self.query = query
+
+
+class AmbiguousDevice(RegistryError, LookupError):
+    """Several paired devices match ``query``; ``candidates`` lists them (sorted by id)."""
+
+    def __init__(self, query: str, candidates: tuple[PairedDevice, ...]) -> None:
+        names = ", ".join(f"{safe_display(d.name)} ({d.endpoint_id.fmt_short()})" for d in candidates)
+        super().__init__(
+            f"{safe_display(query)} matches {len(candidates)} paired devices: {names}; "
+            "use a longer EndpointId prefix"
+        )
+        self.query = query
+        self.candidates = candidates
+
+
+# --------------------------------------------------------------------------------------------
+# text hygiene
+
+#: Invisible characters that reorder or hide text (bidi embeddings/overrides/isolates, marks).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unsafe(c: str) -> bool:
+    # Cc: C0, DEL, C1 (incl. ESC and CSI); Cs: lone surrogates; Zl/Zp: line/paragraph separators
+    return c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+
+
+def _cap_utf8(text: str, max_bytes: int) -> str:
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[:max_bytes].decode("utf-8", "ignore")  # cut at a character boundary
+
+
+def sanitize_text(text: str, max_bytes: int) -> str:
+    """``text`` without control characters (C0, C1, DEL), lone surrogates, line/paragraph
+    separators and bidi controls, surrounding white space stripped, cut to at most
+    ``max_bytes`` UTF-8 bytes (at a character boundary)."""
+    cleaned = "".join(c for c in text if not _unsafe(c)).strip()
+    return _cap_utf8(cleaned, max_bytes).strip()
+
+
+def safe_display(text: str, max_chars: int = 80) -> str:
+    """``text`` made safe to print on a terminal: control, bidi and separator characters are
+    shown as escapes (``\\x1b``, ``\\u202e``), and the result is cut to ``max_chars`` (with
+    ``…``)."""
+    out: builtins.list[str] = []
+    for c in text:
+        if _unsafe(c):
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    s = "".join(out)
+    return s if len(s) <= max_chars else s[: max(0, max_chars - 1)] + "…"
+
+
+def _clean_type(value: str) -> str:
+    token = "".join(c for c in value.lower() if c.isascii() and (c.isalnum() or c in "._-"))
+    return token[: FIELD_LIMITS["device_type"][1]] or "other"
+
+
+# --------------------------------------------------------------------------------------------
+# the record
+
+
+@dataclass(frozen=True)
+class PairedDevice:
+    """One paired device. ``paired_at`` and ``last_seen`` are Unix times (seconds; ``last_seen``
+    is ``None`` until the device was seen after pairing); ``keys`` are *our* directional
+    session keys with it (``keys.send`` encrypts towards it)."""
+
+    endpoint_id: EndpointId
+    name: str
+    device_type: str
+    os: str
+    app_version: str
+    paired_at: float
+    last_seen: float | None
+    keys: SessionKeys
+
+    @classmethod
+    def from_pairing(
+        cls, endpoint_id: EndpointId, info: DeviceInfo, keys: SessionKeys, paired_at: float
+    ) -> PairedDevice:
+        """The record of a fresh pairing with the peer's :class:`DeviceInfo`."""
+        return cls(
+            endpoint_id=endpoint_id,
+            name=info.name,
+            device_type=info.device_type,
+            os=info.os,
+            app_version=info.app_version,
+            paired_at=paired_at,
+            last_seen=None,
+            keys=keys,
+        )
+
+    def sanitized(self) -> PairedDevice:
+        """This record with its text fields cleaned and capped as the registry stores them."""
+        name = sanitize_text(self.name, FIELD_LIMITS["name"][1]) or "unnamed"
+        return replace(
+            self,
+            name=name,
+            device_type=_clean_type(self.device_type),
+            os=sanitize_text(self.os, FIELD_LIMITS["os"][1]),
+            app_version=sanitize_text(self.app_version, FIELD_LIMITS["app_version"][1]),
+        )
+
+    def __str__(self) -> str:
+        return f"{safe_display(self.name)} ({self.endpoint_id.fmt_short()}, {self.device_type})"
+
+
+_COLUMNS = (
+    "endpoint_id, name, device_type, os, app_version, paired_at, last_seen, send_key, receive_key"
+)
+_Row = tuple[bytes, str, str, str, str, float, "float | None", bytes, bytes]
+
+
+def _from_row(row: _Row) -> PairedDevice:
+    eid, name, dtype, os_, ver, paired_at, last_seen, send, receive = row
+    return PairedDevice(
+        endpoint_id=EndpointId.from_bytes(bytes(eid)),
+        name=name,
+        device_type=dtype,
+        os=os_,
+        app_version=ver,
+        paired_at=float(paired_at),
+        last_seen=None if last_seen is None else float(last_seen),
+        keys=SessionKeys(send=bytes(send), receive=bytes(receive)),
+    )
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:  # pragma: no cover
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # pragma: no cover
+        pass
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# the registry
+
+
+class DeviceRegistry:
+    """The paired devices, stored in the SQLite file ``path`` (created, mode 0600, if missing;
+    its directory is created with mode 0700).
+
+    Raises :class:`RegistryCorrupt` for a file that is not a registry or is damaged, and
+    :class:`RegistrySchemaTooNew` for a registry of a newer version; neither modifies the file.
+    Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        if not self.path.parent.is_dir():
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not os.path.lexists(self.path):
+            self._create()
+        self._check_header()
+        db = self._connect()
+        try:
+            self._setup(db)
+        except BaseException:
+            db.close()
+            raise
+        self._db: sqlite3.Connection | None = db
+
+    # -- opening ------------------------------------------------------------------------------
+
+    def _corrupt(self, reason: str) -> RegistryCorrupt:
+        return RegistryCorrupt(self.path, reason)
+
+    def _wrap(self, e: sqlite3.Error) -> RegistryError:
+        """SQLITE_CORRUPT / SQLITE_NOTADB -> RegistryCorrupt; anything else (busy, I/O error,
+        disk full, read-only) -> RegistryError."""
+        code = getattr(e, "sqlite_errorcode", None)
+        if isinstance(code, int) and code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB):
+            return self._corrupt(str(e))
+        return RegistryError(f"device registry {self.path}: {e}")
+
+    def _check_header(self) -> None:
+        """Looks at the raw header before SQLite touches the file (which could write to it)."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(100)
+        except IsADirectoryError:
+            raise self._corrupt("it is a directory") from None
+        except OSError as e:
+            raise RegistryError(f"cannot read device registry {self.path}: {e.strerror}") from e
+        if len(header) < 100 or not header.startswith(_SQLITE_MAGIC):
+            raise self._corrupt("not an SQLite database")
+        app_id = int.from_bytes(header[68:72], "big")
+        if app_id != APPLICATION_ID:
+            raise self._corrupt(
+                f"an SQLite database of another application (application_id {app_id:#x})"
+            )
+
+    def _connect(self, path: Path | None = None) -> sqlite3.Connection:
+        uri = (path or self.path).resolve().as_uri() + "?mode=rw"
+        try:
+            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as e:
+            raise self._wrap(e) from e
+        return db
+
+    def _setup(self, db: sqlite3.Connection) -> None:
+        try:
+            db.execute("PRAGMA busy_timeout = 5000")
+            (app_id,) = db.execute("PRAGMA application_id").fetchone()
+            if app_id != APPLICATION_ID:
+                raise self._corrupt(f"application_id is {app_id:#x}")
+            (version,) = db.execute("PRAGMA user_version").fetchone()
+            if version > SCHEMA_VERSION:
+                raise RegistrySchemaTooNew(self.path, version, SCHEMA_VERSION)
+            (check,) = db.execute("PRAGMA quick_check").fetchone()
+            if check != "ok":
+                raise self._corrupt(f"integrity check failed ({check})")
+            (mode,) = db.execute("PRAGMA journal_mode").fetchone()
+            if str(mode).lower() != "wal":
+                db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            self._migrate(db, version)
+        except sqlite3.Error as e:
+            raise self._wrap(e) from e
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection, version: int) -> None:
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                MIGRATIONS[target - 1](db)
+                db.execute(f"PRAGMA user_version = {target:d}")
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def _create(self) -> None:
+        """Builds an empty registry in a temporary file and links it into place (no clobber)."""
+        d = self.path.parent
+        tmp = d / f".{self.path.name}.tmp-{os.getpid()}-{os.urandom(4).hex()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        os.fchmod(fd, 0o600)
+        os.close(fd)
+        try:
+            db = self._connect(tmp)
+            try:
+                db.execute(f"PRAGMA application_id = {APPLICATION_ID:d}")
+                db.execute("PRAGMA journal_mode = WAL")
+                db.execute("PRAGMA synchronous = FULL")
+                self._migrate(db, 0)
+            finally:
+                db.close()  # checkpoints and removes the WAL
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            try:
+                os.link(tmp, self.path)
+            except FileExistsError:
+                pass  # created concurrently: use that one (checked like any existing file)
+        finally:
+            for p in (tmp, Path(f"{tmp}-wal"), Path(f"{tmp}-shm")):
+                try:
+                    os.unlink(p)
+                except FileNotFoundError:
+                    pass
+        _fsync_dir(d)
+
+    # -- plumbing -----------------------------------------------------------------------------
+
+    def _run(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        with self._lock:
+            db = self._db
+            if db is None:
+                raise RegistryError("the device registry is closed")
+            try:
+                return fn(db)
+            except sqlite3.Error as e:
+                raise self._wrap(e) from e
+
+    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        def tx(db: sqlite3.Connection) -> _T:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+            db.execute("COMMIT")
+            return result
+
+        return self._run(tx)
+
+    # -- API ----------------------------------------------------------------------------------
+
+    def add_or_replace(self, device: PairedDevice) -> PairedDevice:
+        """Stores ``device`` (sanitised), replacing any entry with the same EndpointId, in one
+        committed, durable transaction. Returns the record as stored."""
+        d = device.sanitized()
+        if len(d.keys.send) != 32 or len(d.keys.receive) != 32:
+            raise ValueError("session keys must be 32 bytes each")
+        row = (
+            d.endpoint_id.to_bytes(),
+            d.name,
+            d.device_type,
+            d.os,
+            d.app_version,
+            float(d.paired_at),
+            None if d.last_seen is None else float(d.last_seen),
+            d.keys.send,
+            d.keys.receive,
+        )
+
+        def do(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM devices WHERE endpoint_id = ?", (row[0],))
+            db.execute(f"INSERT INTO devices ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", row)
+
+        self._write(do)
+        return d
+
+    def get(self, endpoint_id: EndpointId) -> PairedDevice | None:
+        """The device paired with ``endpoint_id``, or ``None``."""
+
+        def do(db: sqlite3.Connection) -> PairedDevice | None:
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM devices WHERE endpoint_id = ?", (endpoint_id.to_bytes(),)
+            ).fetchone()
+            return None if row is None else _from_row(row)
+
+        return self._run(do)
+
+    def __contains__(self, endpoint_id: object) -> bool:
+        return isinstance(endpoint_id, EndpointId) and self.get(endpoint_id) is not None
+
+    def list(self) -> builtins.list[PairedDevice]:
+        """Every paired device, sorted by name (case-insensitively), then EndpointId."""
+
+        def do(db: sqlite3.Connection) -> builtins.list[PairedDevice]:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM devices").fetchall()
+            return [_from_row(r) for r in rows]
+
+        devices = self._run(do)
+        devices.sort(key=lambda d: (d.name.casefold(), d.endpoint_id.to_bytes()))
+        return devices
+
+    def __len__(self) -> int:
+        return int(self._run(lambda db: db.execute("SELECT count(*) FROM devices").fetchone()[0]))
+
+    def __iter__(self) -> Iterator[PairedDevice]:
+        return iter(self.list())
+
+    def find(self, query: str) -> PairedDevice:
+        """The one device ``query`` names: a full EndpointId, a unique EndpointId prefix (at
+        least :data:`MIN_ID_PREFIX` hex characters), or a device name (exact first, then
+        case-insensitive). Raises :class:`AmbiguousDevice` when several devices match (names
+        need not be unique), :class:`UnknownDevice` when none does."""
+        q = query.strip()
+        if not q:
+            raise UnknownDevice(query)
+        try:
+            eid = EndpointId.parse(q)
+        except (IrohPairError, ValueError):
+            pass
+        else:
+            found = self.get(eid)
+            if found is None:
+                raise UnknownDevice(query)
+            return found
+        devices = self.list()
+        qlow = q.lower()
+        by_prefix = (
+            [d for d in devices if str(d.endpoint_id).startswith(qlow)]
+            if len(q) >= MIN_ID_PREFIX and all(c in "0123456789abcdef" for c in qlow)
+            else []
+        )
+        matches = {d.endpoint_id: d for d in by_prefix}
+        matches.update({d.endpoint_id: d for d in devices if d.name == q})
+        if not matches:
+            folded = q.casefold()
+            matches = {d.endpoint_id: d for d in devices if d.name.casefold() == folded}
+        if not matches:
+            raise UnknownDevice(query)
+        if len(matches) > 1:
+            raise AmbiguousDevice(query, tuple(sorted(matches.values(), key=_by_id)))
+        return next(iter(matches.values()))
+
+    def rename(self, endpoint_id: EndpointId, name: str) -> PairedDevice:
+        """Sets the local display name of a device (sanitised); returns the updated record.
+        Raises :class:`UnknownDevice` if it is not paired, ``ValueError`` for an empty name."""
+        clean = sanitize_text(name, FIELD_LIMITS["name"][1])
+        if not clean:
+            raise ValueError("a device name must contain printable characters")
+
+        def do(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE devices SET name = ? WHERE endpoint_id = ?", (clean, endpoint_id.to_bytes())
+            )
+            return cur.rowcount
+
+        if self._write(do) == 0:
+            raise UnknownDevice(str(endpoint_id))
+        found = self.get(endpoint_id)
+        if found is None:  # pragma: no cover - removed concurrently
+            raise UnknownDevice(str(endpoint_id))
+        return found
+
+    def remove(self, endpoint_id: EndpointId) -> bool:
+        """Forgets a device (unpairs it locally); ``False`` if it was not paired."""
+
+        def do(db: sqlite3.Connection) -> int:
+            cur = db.execute("DELETE FROM devices WHERE endpoint_id = ?", (endpoint_id.to_bytes(),))
+            return cur.rowcount
+
+        return self._write(do) > 0
+
+    def touch(self, endpoint_id: EndpointId, when: float) -> bool:
+        """Records that the device was seen at Unix time ``when`` (``last_seen`` never moves
+        backwards); ``False`` if it is not paired. Each call is a durable commit: callers should
+        rate-limit it (e.g. once per connection)."""
+
+        def do(db: sqlite3.Connection) -> int:
+            cur = db.execute(
+                "UPDATE devices SET last_seen = max(coalesce(last_seen, ?), ?) "
+                "WHERE endpoint_id = ?",
+                (float(when), float(when), endpoint_id.to_bytes()),
+            )
+            return cur.rowcount
+
+        return self._write(do) > 0
+
+    def close(self) -> None:
+        """Closes the database (idempotent); later calls raise :class:`RegistryError`."""
+        with self._lock:
+            db, self._db = self._db, None
+            if db is not None:
+                db.close()
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` was called."""
+        return self._db is None
+
+    def __enter__(self) -> DeviceRegistry:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"DeviceRegistry({str(self.path)!r})"
+
+
+def _by_id(d: PairedDevice) -> bytes:
+    return d.endpoint_id.to_bytes()
+
