@@ -382,13 +382,16 @@ class ConnectionCache(Generic[P, C]):
         self,
         peer_id: P,
         alpn: bytes,
-        payload: bytes,
+        payload: bytes | Callable[[C], bytes],
         *,
         timeout: float | None | _DefaultType = DEFAULT,
         max_response: int | None = None,
         idempotent: bool = True,
     ) -> bytes:
         """Send ``payload`` to ``peer_id`` on ``alpn`` over a new stream and return the reply.
+
+        ``payload`` may be a function of the connection, called for each attempt: messages
+        sealed with per-connection keys are sealed again for the connection of a retry.
 
         Uses :meth:`get`, then ``conn.request(payload, max_response=..., timeout=...)``.
 
@@ -696,14 +699,19 @@ class ConnectionCache(Generic[P, C]):
         rec.conn.close(CLOSE_DUPLICATE, b"duplicate connection")
 
     async def _request_on(
-        self, conn: C, payload: bytes, max_response: int, timeout: float | None
+        self,
+        conn: C,
+        payload: bytes | Callable[[C], bytes],
+        max_response: int,
+        timeout: float | None,
     ) -> bytes:
         """``conn.request(...)``, counted as in flight on ``conn`` for draining."""
         rec = self._records.get(id(conn))
         if rec is not None:
             rec.acquire()
         try:
-            return await conn.request(payload, max_response=max_response, timeout=timeout)
+            data = payload(conn) if callable(payload) else payload
+            return await conn.request(data, max_response=max_response, timeout=timeout)
         finally:
             if rec is not None:
                 rec.release()

@@ -1,0 +1,629 @@
+"""The :class:`Node` facade: identity, registry, admission, pairing, encrypted messaging, events.
+
+One node per data directory (a lock enforces it). Its endpoint serves the package's one ALPN,
+``iroh-pair/1``. Every connection is kept in the :class:`~iroh_pair.cache.ConnectionCache`:
+one per paired device, dialed by EndpointId (iroh finds the path), reused for every message,
+each message on a new stream. The pairing connection becomes the messaging connection.
+
+Typical use::
+
+    async with await Node.open("~/.local/share/myapp", name="laptop") as node:
+        hosted = await node.host_pairing()
+        print(hosted.code)                 # show it, or its QR code
+        device = await hosted.wait()       # the joiner paired
+        reply = await node.request(device, b"hello")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Union
+
+from . import identity
+from .cache import ConnectionCache
+from .code import PairingCode
+from .errors import IrohPairError, RemoteError
+from .messaging import MessageChannel, MessageErrorCode, MessageRejected, SeenIds, new_message_id
+from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
+from .pairing import PairingFailed, run_host, run_joiner
+from .protocol import (
+    ALPN,
+    MAX_MESSAGE,
+    PAIR_KIND,
+    CloseCode,
+    DeviceInfo,
+    Failed,
+    OfferBook,
+    PairingOffer,
+    PairingResult,
+    ProtocolError,
+    RejectCode,
+    StreamErrorCode,
+    decode_header,
+    encode_header,
+)
+from .registry import REGISTRY_FILE, DeviceRegistry, PairedDevice
+from .transport import (
+    DEFAULT_MAX_MESSAGE,
+    Connection,
+    Endpoint,
+    EndpointAddr,
+    EndpointId,
+    IncomingStream,
+    LookupConfig,
+)
+
+__all__ = ["Node", "NodeEvent", "HostedPairing", "MessageHandler", "DEFAULT_KIND", "PairingFailed"]
+
+log = logging.getLogger("iroh_pair.node")
+
+#: The stream kind of :meth:`Node.request` and :meth:`Node.send` unless another is given.
+DEFAULT_KIND = "msg"
+
+#: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
+MessageHandler = Callable[[PairedDevice, bytes], Union[bytes, None, Awaitable[Union[bytes, None]]]]
+
+DeviceRef = Union[str, EndpointId, PairedDevice]
+
+
+@dataclass(frozen=True)
+class NodeEvent:
+    """Something that happened to a device.
+
+    ``kind`` is "paired", "unpaired", "connected", "path_changed" or "disconnected". ``path``
+    is "direct" or "relay" (for connected and path_changed) when known.
+    """
+
+    kind: str
+    device_id: EndpointId
+    name: str = ""
+    path: str | None = None
+    detail: str = ""
+
+
+@dataclass
+class _ConnState:
+    conn: Connection
+    channel: MessageChannel | None = None
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+class HostedPairing:
+    """A pairing code this node is hosting. ``await wait()`` gives the paired device; it fails
+    with :class:`PairingFailed` when the code expires, burns or is cancelled."""
+
+    def __init__(self, code: PairingCode, offer: PairingOffer, fut: asyncio.Future[PairedDevice]):
+        self.code = code
+        self.offer = offer
+        self._fut = fut
+
+    async def wait(self, timeout: float | None = None) -> PairedDevice:
+        """Waits for a device to pair with this code."""
+        return await asyncio.wait_for(asyncio.shield(self._fut), timeout)
+
+    @property
+    def done(self) -> bool:
+        return self._fut.done()
+
+    def __repr__(self) -> str:
+        return f"<HostedPairing {self.offer!r} done={self.done}>"
+
+
+class Node:
+    """A device: its identity, its paired devices, and its connections to them."""
+
+    def __init__(self) -> None:  # use Node.open
+        self.endpoint: Endpoint
+        self.cache: ConnectionCache[EndpointId, Connection]
+        self.registry: DeviceRegistry
+        self.info: DeviceInfo
+        self.data_dir: Path
+        self._lock: identity.DataDirLock
+        self._devices: dict[EndpointId, PairedDevice] = {}
+        self._handlers: dict[str, MessageHandler] = {}
+        self._offers = OfferBook()
+        self._hosted: dict[bytes, tuple[PairingOffer, asyncio.Future[PairedDevice]]] = {}
+        self._hints: dict[EndpointId, EndpointAddr] = {}
+        self._conns: dict[int, _ConnState] = {}
+        self._seen: dict[EndpointId, SeenIds] = {}
+        self._subscribers: set[asyncio.Queue[NodeEvent | None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._unknown_conns = 0
+        self._closed = False
+        self.max_unknown_connections = 4
+        self.dial_timeout = 10.0
+        self.counters: dict[str, int] = {
+            "pairing_messages_received": 0,
+            "messages_delivered": 0,
+            "messages_rejected": 0,
+            "not_admitted": 0,
+        }
+        self.rejections: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @classmethod
+    async def open(
+        cls,
+        data_dir: str | os.PathLike[str],
+        *,
+        name: str | None = None,
+        device_type: str = "other",
+        os_name: str = "",
+        app_version: str = "",
+        relay: Literal["disabled", "default"] | Sequence[str] = "default",
+        lookup: Literal["none", "n0"] | LookupConfig = "n0",
+        bind_addrs: Sequence[str] = (),
+        portmapper: bool = True,
+        keep_alive: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> Node:
+        """Opens the node in ``data_dir`` (created 0700): takes the directory's lock (a second
+        process gets :class:`~iroh_pair.identity.DataDirLocked`), loads or creates the secret
+        key, opens the registry and binds the endpoint.
+
+        The defaults use n0's public relays and address lookup; pass ``relay``/``lookup`` for
+        self-hosted servers (see docs/SELF_HOSTING.md), or ``relay="disabled"``,
+        ``lookup="none"``, ``bind_addrs=("127.0.0.1:0",)`` for a loopback-only node.
+        """
+        self = cls()
+        self.data_dir = identity.ensure_data_dir(Path(data_dir).expanduser())
+        self._lock = identity.DataDirLock(self.data_dir).acquire()
+        try:
+            key = identity.load_or_create_secret_key(self.data_dir)
+            self.registry = DeviceRegistry(self.data_dir / REGISTRY_FILE)
+            self._devices = {d.endpoint_id: d for d in self.registry.list()}
+            self.info = DeviceInfo(
+                name=name or os.uname().nodename, device_type=device_type, os=os_name,
+                app_version=app_version,
+            )
+            self.endpoint = await Endpoint.bind(
+                secret_key=key,
+                alpns=[ALPN],
+                relay=relay,
+                lookup=lookup,
+                bind_addrs=bind_addrs,
+                portmapper=portmapper,
+                keep_alive=keep_alive,
+                idle_timeout=idle_timeout,
+            )
+        except BaseException:
+            if hasattr(self, "registry"):
+                self.registry.close()
+            self._lock.release()
+            raise
+        self.cache = ConnectionCache(self.endpoint.id, self._dial)
+        self._spawn(self._accept_loop())
+        log.info("node %s opened in %s", self.id.fmt_short(), self.data_dir)
+        return self
+
+    async def close(self) -> None:
+        """Closes every connection gracefully, the endpoint, the registry and the lock."""
+        if self._closed:
+            return
+        self._closed = True
+        for offer, fut in self._hosted.values():
+            if not fut.done():
+                fut.set_exception(PairingFailed(RejectCode.CANCELLED, "the node closed"))
+                fut.exception()
+        for t in list(self._tasks):
+            t.cancel()
+        await self.cache.aclose()
+        await self.endpoint.close()
+        for q in self._subscribers:
+            q.put_nowait(None)
+        self.registry.close()
+        self._lock.release()
+
+    async def __aenter__(self) -> Node:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def id(self) -> EndpointId:
+        """This node's EndpointId (stable: its key lives in the data directory)."""
+        return self.endpoint.id
+
+    def ticket(self) -> str:
+        """iroh's ticket for this node (first contact only; paired devices dial by id)."""
+        return self.endpoint.ticket()
+
+    # ------------------------------------------------------------------ devices
+
+    def devices(self) -> list[PairedDevice]:
+        """The paired devices."""
+        return sorted(self._devices.values(), key=lambda d: (d.name, d.endpoint_id.to_bytes()))
+
+    def device(self, ref: DeviceRef) -> PairedDevice:
+        """A paired device by name, EndpointId, or id prefix; raises
+        :class:`~iroh_pair.registry.UnknownDevice` or :class:`~iroh_pair.registry.AmbiguousDevice`."""
+        if isinstance(ref, PairedDevice):
+            ref = ref.endpoint_id
+        if isinstance(ref, EndpointId):
+            dev = self._devices.get(ref)
+            if dev is None:
+                return self.registry.find(str(ref))  # raises UnknownDevice
+            return dev
+        return self.registry.find(ref)
+
+    async def unpair(self, ref: DeviceRef) -> PairedDevice:
+        """Forgets a device and closes its connection."""
+        dev = self.device(ref)
+        self.registry.remove(dev.endpoint_id)
+        self._devices.pop(dev.endpoint_id, None)
+        self._seen.pop(dev.endpoint_id, None)
+        conn = self.cache.peek(dev.endpoint_id, ALPN)
+        if conn is not None:
+            conn.close(int(CloseCode.NOT_PAIRED), b"unpaired")
+        self._emit(NodeEvent("unpaired", dev.endpoint_id, dev.name))
+        return dev
+
+    def rename(self, ref: DeviceRef, name: str) -> PairedDevice:
+        """Gives a paired device a new local name."""
+        dev = self.registry.rename(self.device(ref).endpoint_id, name)
+        self._devices[dev.endpoint_id] = dev
+        return dev
+
+    # ------------------------------------------------------------------ pairing
+
+    async def host_pairing(self, *, ttl: float = 300.0, words: int = 3) -> HostedPairing:
+        """Starts hosting a one-time pairing code (single use, expires after ``ttl`` seconds,
+        burned after 3 wrong attempts). Share ``hosted.code`` (``str()`` is its full form)."""
+        code = PairingCode.generate(self.ticket(), word_count=words)
+        offer = PairingOffer.create(code, now=time.monotonic(), ttl=ttl)
+        self._offers.add(offer)
+        fut: asyncio.Future[PairedDevice] = asyncio.get_running_loop().create_future()
+        self._hosted[offer.tag] = (offer, fut)
+
+        async def expire() -> None:
+            await asyncio.sleep(ttl)
+            self._end_offer(offer, PairingFailed(RejectCode.EXPIRED, "the code expired"))
+
+        self._spawn(expire())
+        return HostedPairing(code, offer, fut)
+
+    @property
+    def hosting(self) -> bool:
+        """Whether a pairing code is live (unknown devices are admitted only then)."""
+        return any(not f.done() for _, f in self._hosted.values())
+
+    def _end_offer(self, offer: PairingOffer, outcome: PairedDevice | Exception) -> None:
+        self._offers.remove(offer.tag)
+        entry = self._hosted.pop(offer.tag, None)
+        if entry is None or entry[1].done():
+            return
+        if isinstance(outcome, PairedDevice):
+            entry[1].set_result(outcome)
+        else:
+            entry[1].set_exception(outcome)
+            entry[1].exception()  # retrieved: a code nobody waits on is not an error
+
+    async def join(self, code: str | PairingCode, *, timeout: float = 60.0) -> PairedDevice:
+        """Pairs with the host that created ``code``. Raises :class:`PairingFailed`
+        (``code.code`` says why: ``WRONG_CODE`` for wrong words, ``BURNED``, ``EXPIRED``, ...)
+        or a transport error when the host cannot be reached."""
+        pc = code if isinstance(code, PairingCode) else PairingCode.parse(code)
+        addr = EndpointAddr.from_ticket(pc.ticket)
+        if addr.id == self.id:
+            raise ValueError("this code was created by this node")
+        self._hints[addr.id] = addr  # memory only: never stored
+        result: list[PairedDevice] = []
+
+        async def stored(r: PairingResult) -> None:
+            result.append(self._store(r))
+
+        async def attempt() -> PairedDevice:
+            conn = await self.cache.get(addr.id, ALPN)
+            await run_joiner(conn, pc, local_id=self.id.to_bytes(), info=self.info, on_paired=stored)
+            return result[0]
+
+        return await asyncio.wait_for(attempt(), timeout)
+
+    def _store(self, r: PairingResult) -> PairedDevice:
+        peer = EndpointId.from_bytes(r.peer_id)
+        dev = self.registry.add_or_replace(
+            PairedDevice.from_pairing(peer, r.peer_info, r.keys, time.time())
+        )
+        self._devices[peer] = dev
+        self._seen.pop(peer, None)
+        # Channels of an existing connection were built with the old keys.
+        for st in self._conns.values():
+            if st.conn.remote_id == peer:
+                st.channel = None
+        self._emit(NodeEvent("paired", peer, dev.name, detail=r.sas))
+        log.info("paired with %s (%s)", dev.name, peer.fmt_short())
+        return dev
+
+    async def _host(self, conn: Connection, incoming: IncomingStream, m1: bytes) -> None:
+        send, recv = incoming.take_streams()
+
+        async def stored(r: PairingResult) -> None:
+            dev = self._store(r)
+            offer = self._offer_of(r)
+            if offer is not None:
+                self._end_offer(offer, dev)
+
+        def count() -> None:
+            self.counters["pairing_messages_received"] += 1
+
+        out = await run_host(
+            conn, send, recv, m1, offers=self._offers, local_id=self.id.to_bytes(),
+            info=self.info, on_paired=stored, counts=count,
+        )
+        if isinstance(out, Failed):
+            log.info("pairing attempt from %s failed: %s", conn.remote_id.fmt_short(), out.code.name)
+            for offer, _ in list(self._hosted.values()):
+                if offer.burned:
+                    self._end_offer(offer, PairingFailed(RejectCode.BURNED, "too many wrong attempts"))
+            if conn.remote_id not in self._devices:
+                await asyncio.sleep(1.0)  # let the Reject arrive, then end the unknown peer's connection
+                conn.close(int(CloseCode.PAIRING_FAILED), b"pairing failed")
+
+    def _offer_of(self, r: PairingResult) -> PairingOffer | None:
+        for offer, _ in self._hosted.values():
+            if offer.used:
+                return offer
+        return None
+
+    # ------------------------------------------------------------------ messaging
+
+    def on_message(self, handler: MessageHandler, *, kind: str = DEFAULT_KIND) -> None:
+        """Registers the handler of stream kind ``kind`` (applications add their own kinds,
+        e.g. "sync"). It gets the sending device and the decrypted bytes; what it returns is
+        sealed and sent back as the reply (``None``: an empty reply)."""
+        encode_header(kind)  # validates the name
+        if kind == PAIR_KIND:
+            raise ValueError("the 'pair' kind is reserved")
+        self._handlers[kind] = handler
+
+    async def request(
+        self, device: DeviceRef, data: bytes, *, kind: str = DEFAULT_KIND, timeout: float | None = 30.0
+    ) -> bytes:
+        """Sends ``data`` to a paired device and returns its handler's reply (decrypted).
+
+        Dials by EndpointId only when no connection is live; a request that fails on a dead
+        connection is retried once on a new one, under the same message id (the receiver
+        drops duplicates)."""
+        dev = self.device(device)
+        mid = new_message_id()
+        channels: list[MessageChannel] = []
+
+        def seal(conn: Connection) -> bytes:
+            ch = self._channel(conn, dev)
+            channels.append(ch)
+            return encode_header(kind) + ch.seal(kind, data, message_id=mid)
+
+        reply = await self.cache.request(
+            dev.endpoint_id, ALPN, seal, timeout=timeout, max_response=DEFAULT_MAX_MESSAGE
+        )
+        if not reply:
+            return b""
+        return channels[-1].open(kind, reply, reply_to=mid).plaintext
+
+    async def send(
+        self, device: DeviceRef, data: bytes, *, kind: str = DEFAULT_KIND, timeout: float | None = 30.0
+    ) -> None:
+        """Sends ``data`` one way; returns once the peer's node has received and handled it."""
+        try:
+            await self.request(device, data, kind=kind, timeout=timeout)
+        except RemoteError as e:
+            if e.code != MessageErrorCode.DUPLICATE:
+                raise  # a duplicate was delivered before: done
+
+    def _channel(self, conn: Connection, dev: PairedDevice) -> MessageChannel:
+        st = self._conns.get(conn.stable_id)
+        if st is None or st.conn is not conn:
+            st = self._setup(conn)
+        if st.channel is None:
+            binding = conn.export_keying_material(MSG_BINDING_LABEL, b"", 32)
+            seen = self._seen.setdefault(dev.endpoint_id, SeenIds())
+            st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding, seen=seen)
+        return st.channel
+
+    # ------------------------------------------------------------------ connections
+
+    async def _dial(self, peer: EndpointId, alpn: bytes) -> Connection:
+        target: EndpointAddr | EndpointId = self._hints.get(peer, peer)
+        conn = await self.endpoint.connect(target, alpn, timeout=self.dial_timeout)
+        self._setup(conn)
+        return conn
+
+    async def _accept_loop(self) -> None:
+        while True:
+            conn = await self.endpoint.accept()
+            if conn is None:
+                return
+            peer = conn.remote_id
+            if peer not in self._devices:
+                if not self.hosting or self._unknown_conns >= self.max_unknown_connections:
+                    self.counters["not_admitted"] += 1
+                    conn.close(int(CloseCode.NOT_PAIRED), b"not paired")
+                    continue
+                self._unknown_conns += 1
+            try:
+                self.cache.adopt(conn)
+            except IrohPairError:
+                conn.close(int(CloseCode.SHUTDOWN), b"shutting down")
+                return
+            self._setup(conn, unknown=peer not in self._devices)
+
+    def _setup(self, conn: Connection, *, unknown: bool = False) -> _ConnState:
+        st = self._conns.get(conn.stable_id)
+        if st is not None and st.conn is conn:
+            return st
+        st = _ConnState(conn)
+        self._conns[conn.stable_id] = st
+        serving = conn.serve_streams(
+            lambda inc: self._dispatch(st, inc), max_first_frame=DEFAULT_MAX_MESSAGE + 1024
+        )
+
+        async def watch() -> None:
+            dev = self._devices.get(conn.remote_id)
+            if dev is not None:
+                self._emit(NodeEvent("connected", dev.endpoint_id, dev.name, _selected(conn)))
+            try:
+                info = await serving
+                detail = info.kind if info.code is None else f"code {info.code}"
+            except IrohPairError as e:
+                detail = str(e)
+            finally:
+                self._conns.pop(conn.stable_id, None)
+                if unknown:
+                    self._unknown_conns -= 1
+            dev = self._devices.get(conn.remote_id)
+            if dev is not None:
+                self.registry.touch(dev.endpoint_id, time.time())
+                self._emit(NodeEvent("disconnected", dev.endpoint_id, dev.name, detail=detail))
+
+        self._spawn(watch())
+        if self._subscribers:
+            self._spawn(self._watch_paths(conn))
+        return st
+
+    async def _watch_paths(self, conn: Connection) -> None:
+        last = _selected(conn)
+        async for ev in conn.path_events():
+            now = _selected(conn)
+            dev = self._devices.get(conn.remote_id)
+            if ev.event in ("selected", "snapshot") and now != last and dev is not None:
+                self._emit(NodeEvent("path_changed", dev.endpoint_id, dev.name, now))
+                last = now
+
+    def _dispatch(self, st: _ConnState, incoming: IncomingStream) -> None:
+        conn = st.conn
+        first = incoming.first_frame
+        try:
+            kind, used = decode_header(first)
+        except ProtocolError:
+            self._reject(incoming, StreamErrorCode.BAD_ENVELOPE)
+            return
+        body = first[used:]
+        if kind == PAIR_KIND:
+            if not self.hosting or len(body) > MAX_MESSAGE:
+                self._reject(incoming, StreamErrorCode.NOT_ADMITTED)
+                return
+            self._spawn(self._host(conn, incoming, body))
+            return
+        dev = self._devices.get(conn.remote_id)
+        if dev is None:
+            self.counters["not_admitted"] += 1
+            self._reject(incoming, StreamErrorCode.NOT_ADMITTED)
+            return
+        handler = self._handlers.get(kind)
+        if handler is None:
+            self._reject(incoming, StreamErrorCode.UNKNOWN_KIND)
+            return
+        channel = self._channel(conn, dev)
+        try:
+            msg = channel.open(kind, body)
+        except MessageRejected as e:
+            self.counters["messages_rejected"] += 1
+            name = MessageErrorCode(e.code).name
+            self.rejections[name] = self.rejections.get(name, 0) + 1
+            log.warning("rejected a message from %s: %s", dev.endpoint_id.fmt_short(), name)
+            self._reject(incoming, int(e.code))
+            return
+        self.counters["messages_delivered"] += 1
+
+        def reply(out: bytes | None) -> None:
+            try:
+                incoming.respond(
+                    b"" if out is None else channel.seal(kind, out, reply_to=msg.message_id)
+                )
+            except IrohPairError:
+                log.debug("could not send a reply", exc_info=True)
+
+        def failed() -> None:
+            log.exception("message handler for %r failed", kind)
+            if channel.seen is not None:
+                channel.seen.discard(msg.message_id)  # a retry will be delivered
+            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
+
+        try:
+            out = handler(dev, msg.plaintext)
+        except Exception:
+            failed()
+            return
+        if inspect.isawaitable(out):
+            aw = out
+
+            async def finish() -> None:
+                try:
+                    r = await aw
+                except Exception:
+                    failed()
+                    return
+                reply(r)
+
+            self._spawn(finish())
+        else:
+            reply(out)
+
+    @staticmethod
+    def _reject(incoming: IncomingStream, code: int) -> None:
+        try:
+            incoming.reject(code)
+        except IrohPairError:
+            pass
+
+    # ------------------------------------------------------------------ events
+
+    async def events(self) -> AsyncIterator[NodeEvent]:
+        """Device events as they happen: paired, unpaired, connected (with the path),
+        path_changed and disconnected. Ends when the node closes."""
+        q: asyncio.Queue[NodeEvent | None] = asyncio.Queue()
+        self._subscribers.add(q)
+        for st in list(self._conns.values()):
+            self._spawn(self._watch_paths(st.conn))
+        try:
+            while (ev := await q.get()) is not None:
+                yield ev
+        finally:
+            self._subscribers.discard(q)
+
+    def _emit(self, ev: NodeEvent) -> None:
+        for q in self._subscribers:
+            q.put_nowait(ev)
+
+    def stats(self) -> dict[str, object]:
+        """Counters: the endpoint's (native), the cache's, and the node's own."""
+        return {
+            "endpoint": self.endpoint.stats(),
+            "cache": self.cache.stats(),
+            "node": dict(self.counters),
+            "rejections": dict(self.rejections),
+        }
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        t: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._task_done)
+
+    def _task_done(self, t: asyncio.Task[None]) -> None:
+        self._tasks.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.error("node task failed", exc_info=t.exception())
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<Node {self.id.fmt_short()} {state} devices={len(self._devices)} "
+            f"connections={len(self._conns)} hosting={self.hosting}>"
+        )
+
+
+def _selected(conn: Connection) -> str | None:
+    for p in conn.paths():
+        if p.selected:
+            return p.kind
+    return None
+

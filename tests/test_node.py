@@ -1,0 +1,192 @@
+"""Nodes over real iroh endpoints on loopback: pairing, admission, encrypted messaging."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from iroh_pair import errors
+from iroh_pair.code import PairingCode
+from iroh_pair.node import Node, PairingFailed
+from iroh_pair.protocol import ALPN, PairingOffer, RejectCode, StreamErrorCode
+from iroh_pair.registry import DeviceRegistry
+from iroh_pair.transport import Endpoint
+
+LOCAL = dict(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
+
+
+async def open_node(path: Path, name: str) -> Node:
+    return await Node.open(path, name=name, **LOCAL)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+    a = await open_node(tmp_path / "a", "alpha")
+    b = await open_node(tmp_path / "b", "beta")
+    try:
+        yield a, b
+    finally:
+        await b.close()
+        await a.close()
+
+
+async def until_idle(offer: PairingOffer) -> None:
+    for _ in range(100):
+        if not offer.busy(time.monotonic()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the host's pairing session did not end")
+
+
+def wrong_words(code: PairingCode) -> str:
+    words = list(code.words)
+    words[0] = "zoo" if words[0] != "zoo" else "abandon"
+    return str(PairingCode(tuple(words), code.tag, code.ticket))
+
+
+async def test_pairing_happy_path(nodes: tuple[Node, Node]) -> None:
+    host, joiner = nodes
+    hosted = await host.host_pairing()
+    dev_h = await joiner.join(str(hosted.code))
+    dev_j = await hosted.wait(5)
+    assert dev_h.endpoint_id == host.id and dev_h.name == "alpha"
+    assert dev_j.endpoint_id == joiner.id and dev_j.name == "beta"
+    # directional keys, mirrored
+    assert dev_h.keys.send != dev_h.keys.receive
+    assert dev_h.keys.send == dev_j.keys.receive
+    assert dev_h.keys.receive == dev_j.keys.send
+    # exactly one connection, two round trips of pairing messages received by the host
+    assert host.endpoint.stats()["connections_accepted"] == 1
+    assert host.counters["pairing_messages_received"] == 2
+    assert [d.endpoint_id for d in host.devices()] == [joiner.id]
+    assert [d.endpoint_id for d in joiner.devices()] == [host.id]
+
+
+async def test_sas_strings_agree(nodes: tuple[Node, Node]) -> None:
+    host, joiner = nodes
+    seen_h: list[str] = []
+    seen_j: list[str] = []
+
+    async def collect(node: Node, out: list[str]) -> None:
+        async for ev in node.events():
+            if ev.kind == "paired":
+                out.append(ev.detail)
+                return
+
+    tasks = [asyncio.ensure_future(collect(host, seen_h)), asyncio.ensure_future(collect(joiner, seen_j))]
+    await asyncio.sleep(0)
+    hosted = await host.host_pairing()
+    await joiner.join(hosted.code)
+    await asyncio.wait_for(asyncio.gather(*tasks), 5)
+    assert len(seen_h[0]) == 6 and seen_h[0].isdigit()
+    assert seen_h == seen_j
+
+
+async def test_wrong_code_fails_on_both_sides_and_stores_nothing(nodes: tuple[Node, Node]) -> None:
+    host, joiner = nodes
+    hosted = await host.host_pairing()
+    with pytest.raises(PairingFailed) as e:
+        await joiner.join(wrong_words(hosted.code))
+    assert e.value.code == RejectCode.WRONG_CODE
+    assert host.devices() == [] and joiner.devices() == []
+    assert not hosted.done  # attempts remain: the right words still work
+    await until_idle(hosted.offer)  # the host ends its session when the joiner's Reject arrives
+    await joiner.join(hosted.code)
+    assert (await hosted.wait(5)).endpoint_id == joiner.id
+
+
+async def test_burned_after_three_attempts(tmp_path: Path, nodes: tuple[Node, Node]) -> None:
+    host, _ = nodes
+    hosted = await host.host_pairing()
+    joiners = [await open_node(tmp_path / f"j{i}", f"j{i}") for i in range(20)]
+    try:
+        bad = wrong_words(hosted.code)
+        results = await asyncio.gather(*(j.join(bad, timeout=30) for j in joiners), return_exceptions=True)
+        assert all(isinstance(r, (PairingFailed, errors.IrohPairError)) for r in results), results
+        assert hosted.offer.attempts_used <= 3
+        with pytest.raises(PairingFailed):
+            await hosted.wait(5)
+        late = await open_node(tmp_path / "late", "late")
+        try:
+            with pytest.raises((PairingFailed, errors.ConnectionLost)):
+                await late.join(hosted.code, timeout=10)
+            assert late.devices() == []
+        finally:
+            await late.close()
+    finally:
+        for j in joiners:
+            await j.close()
+    assert host.devices() == []
+
+
+async def test_messages_both_ways_on_the_pairing_connection(nodes: tuple[Node, Node]) -> None:
+    host, joiner = nodes
+    host.on_message(lambda dev, data: b"host got " + data)
+    got: list[bytes] = []
+    joiner.on_message(lambda dev, data: got.append(data))
+    hosted = await host.host_pairing()
+    dev = await joiner.join(hosted.code)
+    for i in range(100):
+        assert await joiner.request(dev, b"m%d" % i) == b"host got m%d" % i
+    await host.send(joiner.id, b"to joiner")
+    assert got == [b"to joiner"]
+    # exactly one connection over pairing plus 100 messages, counted on the accepting side
+    assert host.endpoint.stats()["connections_accepted"] == 1
+    assert joiner.endpoint.stats()["connections_accepted"] == 0
+    assert host.counters["messages_delivered"] == 100
+
+
+async def test_unpaired_endpoint_is_not_admitted(nodes: tuple[Node, Node]) -> None:
+    host, _ = nodes
+    async with await Endpoint.bind() as stranger:
+        conn = await stranger.connect(host.endpoint.addr(), ALPN, timeout=5)
+        info = await asyncio.wait_for(conn.closed(), 5)
+        assert info.code == 4  # NOT_PAIRED
+    assert host.counters["not_admitted"] == 1
+
+
+async def test_unpaired_msg_stream_reset_while_hosting(nodes: tuple[Node, Node]) -> None:
+    host, _ = nodes
+    seen: list[bytes] = []
+    host.on_message(lambda dev, data: seen.append(data))
+    await host.host_pairing()
+    async with await Endpoint.bind() as stranger:
+        conn = await stranger.connect(host.endpoint.addr(), ALPN, timeout=5)
+        from iroh_pair.protocol import encode_header
+
+        with pytest.raises(errors.RemoteError) as e:
+            await conn.request(encode_header("msg") + b"x" * 100, timeout=5)
+        assert e.value.code == StreamErrorCode.NOT_ADMITTED
+    assert seen == []
+
+
+async def test_lock_excludes_second_node(tmp_path: Path) -> None:
+    from iroh_pair.identity import DataDirLocked
+
+    a = await open_node(tmp_path / "a", "a")
+    try:
+        with pytest.raises(DataDirLocked):
+            await open_node(tmp_path / "a", "a2")
+    finally:
+        await a.close()
+    again = await open_node(tmp_path / "a", "a")
+    assert again.id == a.id  # the key is stable across restarts
+    await again.close()
+
+
+async def test_registry_has_no_address_columns(nodes: tuple[Node, Node]) -> None:
+    host, joiner = nodes
+    hosted = await host.host_pairing()
+    await joiner.join(hosted.code)
+    import sqlite3
+
+    db = sqlite3.connect(host.data_dir / "registry.db")
+    cols = [r[1].lower() for r in db.execute("PRAGMA table_info(devices)")]
+    db.close()
+    assert cols
+    assert not [c for c in cols if any(w in c for w in ("addr", "ip", "port", "relay"))]
+    assert isinstance(host.registry, DeviceRegistry)
