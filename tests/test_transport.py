@@ -200,7 +200,12 @@ async def test_oversized_request_is_refused(pair: tuple[Endpoint, Endpoint]) -> 
     a, b = pair
     ca, cb = await connected(a, b)
     seen: list[bytes] = []
-    serving = ca.serve(lambda req: seen.append(req) or b"ok", max_request=1000)
+
+    def handler(req: bytes) -> bytes:
+        seen.append(req)
+        return b"ok"
+
+    serving = ca.serve(handler, max_request=1000)
     with pytest.raises(errors.RemoteError):
         await cb.request(b"x" * 5000, timeout=5)
     assert await cb.request(b"small", timeout=5) == b"ok"
@@ -324,7 +329,12 @@ async def test_cancelled_request_never_delivers_truncated(pair: tuple[Endpoint, 
     a, b = pair
     ca, cb = await connected(a, b)
     seen: list[int] = []
-    serving = ca.serve(lambda req: seen.append(len(req)) or b"ok", max_request=128 << 20)
+
+    def handler(req: bytes) -> bytes:
+        seen.append(len(req))
+        return b"ok"
+
+    serving = ca.serve(handler, max_request=128 << 20)
     with pytest.raises(TimeoutError):
         async with asyncio.timeout(0.05):
             await cb.request(b"q" * (64 << 20))

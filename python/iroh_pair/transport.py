@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
@@ -412,7 +412,7 @@ class Connection:
         done.add_done_callback(stop)
         return done
 
-    async def path_events(self) -> AsyncIterator[PathEvent]:
+    async def path_events(self) -> AsyncGenerator[PathEvent, None]:
         """Path changes as they happen, until the connection closes. Starts with a "snapshot"
         event of the current :meth:`paths`, and yields another whenever events were dropped."""
         b = get_bridge()

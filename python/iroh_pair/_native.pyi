@@ -1,0 +1,1 @@
+../../stubs/iroh_pair/_native.pyi

@@ -1,0 +1,136 @@
+"""Request/response between endpoints, the right way: one cached connection per peer and ALPN,
+one new stream per message, both directions.
+
+:class:`RequestPeer` is the layer under :class:`~iroh_pair.node.Node` for applications that bring
+their own protocol (their own ALPNs, no pairing): it serves handlers for several ALPNs, adopts
+inbound connections into its :class:`~iroh_pair.cache.ConnectionCache` (so requests to a peer
+that dialed us reuse that connection), and dials everything else through the cache.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+
+from .cache import ConnectionCache
+from .errors import IrohPairError
+from .transport import (
+    DEFAULT_MAX_MESSAGE,
+    CloseInfo,
+    Connection,
+    Endpoint,
+    EndpointAddr,
+    EndpointId,
+    Handler,
+)
+
+__all__ = ["RequestPeer"]
+
+log = logging.getLogger("iroh_pair.peer")
+
+
+class RequestPeer:
+    """Serves ``handlers`` (ALPN -> handler) on ``endpoint`` and sends requests through a cache.
+
+    ``request_timeout`` bounds each request attempt (a timed-out request evicts its connection
+    and, when idempotent, is retried once on a new one); ``dial_timeout`` bounds each dial.
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        handlers: Mapping[bytes, Handler] | None = None,
+        *,
+        request_timeout: float | None = 30.0,
+        dial_timeout: float = 10.0,
+        max_request: int = DEFAULT_MAX_MESSAGE,
+    ) -> None:
+        self.endpoint = endpoint
+        self.handlers = dict(handlers or {})
+        self.dial_timeout = dial_timeout
+        self.max_request = max_request
+        self.cache: ConnectionCache[EndpointId, Connection] = ConnectionCache(
+            endpoint.id, self._dial, default_timeout=request_timeout
+        )
+        self._hints: dict[EndpointId, EndpointAddr] = {}
+        self._serving: dict[int, asyncio.Future[CloseInfo]] = {}
+        self._accept_task: asyncio.Task[None] | None = None
+
+    def start(self) -> RequestPeer:
+        """Starts accepting connections (call once, from the running loop)."""
+        if self._accept_task is None:
+            self._accept_task = asyncio.ensure_future(self._accept_loop())
+        return self
+
+    def add_address(self, addr: EndpointAddr) -> None:
+        """An address to dial ``addr.id`` at, for first contact (kept in memory only). Without
+        one, dials go by EndpointId alone through the endpoint's address lookup."""
+        self._hints[addr.id] = addr
+
+    async def request(
+        self,
+        peer: EndpointId,
+        alpn: bytes,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        idempotent: bool = True,
+        max_response: int = DEFAULT_MAX_MESSAGE,
+    ) -> bytes:
+        """Sends ``payload`` to ``peer`` on a new stream of the cached connection; returns the
+        reply. See :meth:`ConnectionCache.request` for timeouts and the retry rule."""
+        if timeout is None:
+            return await self.cache.request(
+                peer, alpn, payload, idempotent=idempotent, max_response=max_response
+            )
+        return await self.cache.request(
+            peer, alpn, payload, timeout=timeout, idempotent=idempotent, max_response=max_response
+        )
+
+    async def send(self, peer: EndpointId, alpn: bytes, payload: bytes, *, timeout: float | None = None) -> None:
+        """One-way: returns once the peer has read the whole message and answered (empty)."""
+        await self.request(peer, alpn, payload, timeout=timeout, max_response=0)
+
+    async def _dial(self, peer: EndpointId, alpn: bytes) -> Connection:
+        target: EndpointAddr | EndpointId = self._hints.get(peer, peer)
+        conn = await self.endpoint.connect(target, alpn, timeout=self.dial_timeout)
+        self._serve(conn)
+        return conn
+
+    async def _accept_loop(self) -> None:
+        while (conn := await self.endpoint.accept()) is not None:
+            if conn.alpn not in self.handlers:
+                conn.close(0, b"no handler")
+                continue
+            try:
+                self.cache.adopt(conn)
+            except IrohPairError:
+                conn.close(0, b"shutting down")
+                return
+            self._serve(conn)
+
+    def _serve(self, conn: Connection) -> None:
+        handler = self.handlers.get(conn.alpn)
+        if handler is None:
+            return
+        fut = conn.serve(handler, max_request=self.max_request)
+        self._serving[conn.stable_id] = fut
+        fut.add_done_callback(lambda _: self._serving.pop(conn.stable_id, None))
+
+    async def aclose(self) -> None:
+        """Stops accepting, closes every cached connection (not the endpoint)."""
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+        for fut in list(self._serving.values()):
+            fut.cancel()
+        await self.cache.aclose()
+
+    async def __aenter__(self) -> RequestPeer:
+        return self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    def __repr__(self) -> str:
+        return f"<RequestPeer {self.endpoint.id.fmt_short()} serving={len(self._serving)} {self.cache!r}>"

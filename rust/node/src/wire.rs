@@ -1,0 +1,386 @@
+//! Envelope (§2), framing (§3), pairing messages (§6), device info (§6.1), sealing (§7.7),
+//! and the code tables of §10.
+
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
+use chacha20poly1305::ChaCha20Poly1305;
+
+pub const ENVELOPE_VERSION: u8 = 1;
+pub const MAX_KIND_LEN: usize = 32;
+/// Largest pairing frame body.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+pub const PAIR_KIND: &str = "pair";
+pub const MSG_KIND: &str = "msg";
+
+/// Reject / failure reason codes (§10.1).
+pub mod reject {
+    pub const UNSPECIFIED: u16 = 0;
+    pub const MALFORMED: u16 = 1;
+    pub const UNEXPECTED: u16 = 2;
+    pub const TOO_LARGE: u16 = 3;
+    pub const BAD_TAG: u16 = 4;
+    pub const EXPIRED: u16 = 5;
+    pub const BURNED: u16 = 6;
+    pub const USED: u16 = 7;
+    pub const BUSY: u16 = 8;
+    pub const ID_MISMATCH: u16 = 9;
+    pub const WRONG_CODE: u16 = 10;
+    pub const TIMEOUT: u16 = 11;
+    pub const CANCELLED: u16 = 12;
+    pub const INTERNAL: u16 = 13;
+    pub const CONNECTION_LOST: u16 = 0x400;
+
+    pub fn name(code: u16) -> &'static str {
+        match code {
+            MALFORMED => "MALFORMED",
+            UNEXPECTED => "UNEXPECTED",
+            TOO_LARGE => "TOO_LARGE",
+            BAD_TAG => "BAD_TAG",
+            EXPIRED => "EXPIRED",
+            BURNED => "BURNED",
+            USED => "USED",
+            BUSY => "BUSY",
+            ID_MISMATCH => "ID_MISMATCH",
+            WRONG_CODE => "WRONG_CODE",
+            TIMEOUT => "TIMEOUT",
+            CANCELLED => "CANCELLED",
+            INTERNAL => "INTERNAL",
+            CONNECTION_LOST => "CONNECTION_LOST",
+            _ => "UNSPECIFIED",
+        }
+    }
+
+    /// A received code this version does not know is UNSPECIFIED.
+    pub fn from_wire(code: u16) -> u16 {
+        if (1..=13).contains(&code) { code } else { UNSPECIFIED }
+    }
+}
+
+/// QUIC application close codes (§10.2).
+pub mod close {
+    pub const OK: u32 = 0;
+    pub const PAIRING_FAILED: u32 = 2;
+    pub const SHUTDOWN: u32 = 3;
+    pub const NOT_PAIRED: u32 = 4;
+}
+
+/// Stream error codes (§10.3).
+pub mod stream {
+    pub const HANDLER_ERROR: u32 = 3;
+    pub const FRAME_TOO_LARGE: u32 = 4;
+    pub const UNKNOWN_KIND: u32 = 5;
+    pub const BAD_ENVELOPE: u32 = 6;
+    pub const TIMEOUT: u32 = 7;
+    pub const NOT_ADMITTED: u32 = 8;
+    pub const TAMPERED: u32 = 16;
+    pub const REPLAYED: u32 = 17;
+    pub const DUPLICATE: u32 = 18;
+    pub const MALFORMED_MESSAGE: u32 = 19;
+    pub const TOO_OLD: u32 = 20;
+
+    pub fn name(code: u64) -> &'static str {
+        match code {
+            1 => "CANCELLED",
+            2 => "DROPPED",
+            3 => "HANDLER_ERROR",
+            4 => "FRAME_TOO_LARGE",
+            5 => "UNKNOWN_KIND",
+            6 => "BAD_ENVELOPE",
+            7 => "TIMEOUT",
+            8 => "NOT_ADMITTED",
+            16 => "TAMPERED",
+            17 => "REPLAYED",
+            18 => "DUPLICATE",
+            19 => "MALFORMED_MESSAGE",
+            20 => "TOO_OLD",
+            _ => "UNKNOWN",
+        }
+    }
+}
+
+/// A protocol failure: a reason code (§10.1) and a text for logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProtoError {
+    pub code: u16,
+    pub reason: String,
+}
+
+impl ProtoError {
+    pub fn new(code: u16, reason: impl Into<String>) -> Self {
+        Self { code, reason: reason.into() }
+    }
+}
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", reject::name(self.code), self.reason)
+    }
+}
+
+impl std::error::Error for ProtoError {}
+
+fn malformed(what: impl Into<String>) -> ProtoError {
+    ProtoError::new(reject::MALFORMED, what)
+}
+
+pub fn valid_kind(kind: &str) -> bool {
+    (1..=MAX_KIND_LEN).contains(&kind.len())
+        && kind.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+}
+
+/// The envelope header of a stream of `kind`.
+pub fn encode_header(kind: &str) -> Vec<u8> {
+    assert!(valid_kind(kind), "invalid stream kind {kind:?}");
+    let mut out = vec![ENVELOPE_VERSION, kind.len() as u8];
+    out.extend_from_slice(kind.as_bytes());
+    out
+}
+
+/// `(kind, bytes consumed)` of the header at the start of a first frame's body.
+pub fn decode_header(data: &[u8]) -> Result<(String, usize), ProtoError> {
+    if data.len() < 2 {
+        return Err(malformed("envelope prefix is 2 bytes"));
+    }
+    if data[0] != ENVELOPE_VERSION {
+        return Err(malformed(format!("unsupported envelope version {}", data[0])));
+    }
+    let n = data[1] as usize;
+    if !(1..=MAX_KIND_LEN).contains(&n) || data.len() < 2 + n {
+        return Err(malformed("bad stream kind length"));
+    }
+    let kind = std::str::from_utf8(&data[2..2 + n]).map_err(|_| malformed("kind is not ASCII"))?;
+    if !valid_kind(kind) {
+        return Err(malformed("invalid stream kind name"));
+    }
+    Ok((kind.to_owned(), 2 + n))
+}
+
+pub fn encode_frame(body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(4 + body.len());
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+// ------------------------------------------------------------------------------ device info
+
+pub const FIELD_LIMITS: [(usize, usize); 4] = [(1, 64), (1, 32), (0, 64), (0, 32)];
+pub const MAX_DEVICE_INFO: usize = 196;
+pub const AEAD_TAG_LEN: usize = 16;
+pub const MIN_SEALED: usize = AEAD_TAG_LEN;
+pub const MAX_SEALED: usize = MAX_DEVICE_INFO + AEAD_TAG_LEN;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub device_type: String,
+    pub os: String,
+    pub app_version: String,
+}
+
+impl DeviceInfo {
+    fn fields(&self) -> [&str; 4] {
+        [&self.name, &self.device_type, &self.os, &self.app_version]
+    }
+
+    /// Checks the limits of §6.1.
+    pub fn validate(&self) -> Result<(), String> {
+        for (i, (value, (lo, hi))) in self.fields().iter().zip(FIELD_LIMITS).enumerate() {
+            if !(lo..=hi).contains(&value.len()) {
+                return Err(format!("device info field {i} must be {lo}..{hi} UTF-8 bytes"));
+            }
+            if value.chars().any(char::is_control) {
+                return Err(format!("device info field {i} contains a control character"));
+            }
+        }
+        if !self.device_type.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-')) {
+            return Err("device_type is a token of [a-z0-9._-]".into());
+        }
+        Ok(())
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for f in self.fields() {
+            out.push(f.len() as u8);
+            out.extend_from_slice(f.as_bytes());
+        }
+        out
+    }
+
+    pub fn decode(data: &[u8]) -> Result<Self, ProtoError> {
+        let mut values = Vec::with_capacity(4);
+        let mut pos = 0;
+        for _ in 0..4 {
+            let n = *data.get(pos).ok_or_else(|| malformed("truncated device info"))? as usize;
+            let raw = data.get(pos + 1..pos + 1 + n).ok_or_else(|| malformed("truncated device info"))?;
+            pos += 1 + n;
+            values.push(String::from_utf8(raw.to_vec()).map_err(|_| malformed("device info is not UTF-8"))?);
+        }
+        if pos != data.len() {
+            return Err(malformed("trailing bytes after device info"));
+        }
+        let mut it = values.into_iter();
+        let info = Self {
+            name: it.next().unwrap_or_default(),
+            device_type: it.next().unwrap_or_default(),
+            os: it.next().unwrap_or_default(),
+            app_version: it.next().unwrap_or_default(),
+        };
+        info.validate().map_err(malformed)?;
+        Ok(info)
+    }
+}
+
+/// ChaCha20-Poly1305 with a zero nonce and AAD = TH (§7.7).
+pub fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
+    ChaCha20Poly1305::new(key.into())
+        .encrypt(&[0u8; 12].into(), Payload { msg: plaintext, aad })
+        .expect("sealing cannot fail")
+}
+
+pub fn open_sealed(key: &[u8; 32], sealed: &[u8], aad: &[u8]) -> Result<Vec<u8>, ProtoError> {
+    ChaCha20Poly1305::new(key.into())
+        .decrypt(&[0u8; 12].into(), Payload { msg: sealed, aad })
+        .map_err(|_| malformed("sealed device info failed authentication"))
+}
+
+// ------------------------------------------------------------------------------ messages
+
+pub const SIDE_A: u8 = 0x41;
+pub const SIDE_B: u8 = 0x42;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Hello { session_tag: [u8; 16], joiner_id: [u8; 32], spake_msg: [u8; 33] },
+    Reply { host_id: [u8; 32], spake_msg: [u8; 33], host_mac: [u8; 32] },
+    Confirm { joiner_mac: [u8; 32], sealed_info: Vec<u8> },
+    Complete { sealed_info: Vec<u8> },
+    Reject { code: u16, text: String },
+}
+
+impl Message {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "Hello",
+            Message::Reply { .. } => "Reply",
+            Message::Confirm { .. } => "Confirm",
+            Message::Complete { .. } => "Complete",
+            Message::Reject { .. } => "Reject",
+        }
+    }
+
+    /// A Reject whose text is truncated at a character boundary to 255 bytes.
+    pub fn reject(code: u16, text: &str) -> Self {
+        let mut end = text.len().min(255);
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        Message::Reject { code, text: text[..end].to_owned() }
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Message::Hello { session_tag, joiner_id, spake_msg } => {
+                out.push(0x01);
+                out.extend_from_slice(session_tag);
+                out.extend_from_slice(joiner_id);
+                out.extend_from_slice(spake_msg);
+            }
+            Message::Reply { host_id, spake_msg, host_mac } => {
+                out.push(0x02);
+                out.extend_from_slice(host_id);
+                out.extend_from_slice(spake_msg);
+                out.extend_from_slice(host_mac);
+            }
+            Message::Confirm { joiner_mac, sealed_info } => {
+                out.push(0x03);
+                out.extend_from_slice(joiner_mac);
+                out.extend_from_slice(&(sealed_info.len() as u16).to_be_bytes());
+                out.extend_from_slice(sealed_info);
+            }
+            Message::Complete { sealed_info } => {
+                out.push(0x04);
+                out.extend_from_slice(&(sealed_info.len() as u16).to_be_bytes());
+                out.extend_from_slice(sealed_info);
+            }
+            Message::Reject { code, text } => {
+                out.push(0x7f);
+                out.extend_from_slice(&code.to_be_bytes());
+                out.push(text.len() as u8);
+                out.extend_from_slice(text.as_bytes());
+            }
+        }
+        out
+    }
+
+    pub fn decode(body: &[u8]) -> Result<Self, ProtoError> {
+        if body.len() > MAX_MESSAGE {
+            return Err(ProtoError::new(reject::TOO_LARGE, format!("{} > {MAX_MESSAGE} bytes", body.len())));
+        }
+        let Some(&t) = body.first() else {
+            return Err(malformed("empty message"));
+        };
+        let arr = |r: std::ops::Range<usize>| body[r].to_vec();
+        match t {
+            0x01 => {
+                if body.len() != 82 {
+                    return Err(malformed("Hello: wrong length"));
+                }
+                if body[49] != SIDE_A {
+                    return Err(malformed("Hello: SPAKE2 message is not from side A"));
+                }
+                Ok(Message::Hello {
+                    session_tag: body[1..17].try_into().expect("16"),
+                    joiner_id: body[17..49].try_into().expect("32"),
+                    spake_msg: body[49..82].try_into().expect("33"),
+                })
+            }
+            0x02 => {
+                if body.len() != 98 {
+                    return Err(malformed("Reply: wrong length"));
+                }
+                if body[33] != SIDE_B {
+                    return Err(malformed("Reply: SPAKE2 message is not from side B"));
+                }
+                Ok(Message::Reply {
+                    host_id: body[1..33].try_into().expect("32"),
+                    spake_msg: body[33..66].try_into().expect("33"),
+                    host_mac: body[66..98].try_into().expect("32"),
+                })
+            }
+            0x03 => {
+                if body.len() < 33 {
+                    return Err(malformed("truncated Confirm"));
+                }
+                Ok(Message::Confirm {
+                    joiner_mac: body[1..33].try_into().expect("32"),
+                    sealed_info: sealed_field(body, 33, "Confirm")?,
+                })
+            }
+            0x04 => Ok(Message::Complete { sealed_info: sealed_field(body, 1, "Complete")? }),
+            0x7f => {
+                if body.len() < 4 || body.len() != 4 + body[3] as usize {
+                    return Err(malformed("Reject: wrong length"));
+                }
+                let text = String::from_utf8(arr(4..body.len())).map_err(|_| malformed("Reject: text is not UTF-8"))?;
+                Ok(Message::Reject { code: u16::from_be_bytes([body[1], body[2]]), text })
+            }
+            other => Err(malformed(format!("unknown message type 0x{other:02x}"))),
+        }
+    }
+}
+
+fn sealed_field(body: &[u8], at: usize, name: &str) -> Result<Vec<u8>, ProtoError> {
+    if body.len() < at + 2 {
+        return Err(malformed(format!("truncated {name}")));
+    }
+    let n = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
+    if !(MIN_SEALED..=MAX_SEALED).contains(&n) {
+        return Err(malformed(format!("{name}: sealed info length {n} out of range")));
+    }
+    if body.len() != at + 2 + n {
+        return Err(malformed(format!("{name}: wrong length")));
+    }
+    Ok(body[at + 2..].to_vec())
+}
