@@ -49,7 +49,8 @@ from .protocol import (
     decode_header,
     encode_header,
 )
-from .registry import REGISTRY_FILE, DeviceRegistry, PairedDevice
+from .protocol.device import FIELD_LIMITS
+from .registry import REGISTRY_FILE, DeviceRegistry, PairedDevice, sanitize_text
 from .transport import (
     DEFAULT_MAX_MESSAGE,
     Connection,
@@ -133,6 +134,7 @@ class Node:
         self._hints: dict[EndpointId, EndpointAddr] = {}
         self._conns: dict[int, _ConnState] = {}
         self._seen: dict[EndpointId, SeenIds] = {}
+        self._sas: dict[EndpointId, str] = {}
         self._subscribers: set[asyncio.Queue[NodeEvent | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._unknown_conns = 0
@@ -181,8 +183,10 @@ class Node:
             self.registry = DeviceRegistry(self.data_dir / REGISTRY_FILE)
             self._devices = {d.endpoint_id: d for d in self.registry.list()}
             self.info = DeviceInfo(
-                name=name or os.uname().nodename, device_type=device_type, os=os_name,
-                app_version=app_version,
+                name=sanitize_text(name or os.uname().nodename, FIELD_LIMITS["name"][1]) or "device",
+                device_type=device_type,
+                os=sanitize_text(os_name, FIELD_LIMITS["os"][1]),
+                app_version=sanitize_text(app_version, FIELD_LIMITS["app_version"][1]),
             )
             self.endpoint = await Endpoint.bind(
                 secret_key=key,
@@ -267,6 +271,11 @@ class Node:
         self._emit(NodeEvent("unpaired", dev.endpoint_id, dev.name))
         return dev
 
+    def last_sas(self, device: EndpointId) -> str:
+        """The short authentication string of this session's pairing with ``device`` (compare
+        it on both screens); empty if it was not paired in this session."""
+        return self._sas.get(device, "")
+
     def rename(self, ref: DeviceRef, name: str) -> PairedDevice:
         """Gives a paired device a new local name."""
         dev = self.registry.rename(self.device(ref).endpoint_id, name)
@@ -334,6 +343,7 @@ class Node:
             PairedDevice.from_pairing(peer, r.peer_info, r.keys, time.time())
         )
         self._devices[peer] = dev
+        self._sas[peer] = r.sas
         self._seen.pop(peer, None)
         # Channels of an existing connection were built with the old keys.
         for st in self._conns.values():

@@ -1,0 +1,177 @@
+"""Transport benchmark: this binding against plain Rust iroh, side by side, in one run.
+
+Both contenders run the same workloads on loopback with relays off, client and server in one
+process: the Rust one is `iroh-pair-node bench` (rust/node), the Python one is this module's
+`--worker` mode, each in a fresh process. Cells alternate between contenders and repeat; the
+table gives medians and the ratio Python/Rust. Absolute numbers on a shared machine are noise;
+the ratios, measured side by side, are the result.
+
+    python bench/transport.py [--repeats 3] [--count 3000] [--queued 5000] [--mib 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ALPN = b"iroh-pair-bench/1"
+REQUEST = 200
+REPLY = 64
+
+
+def rust_binary() -> Path:
+    env = os.environ.get("IROH_PAIR_NODE")
+    p = Path(env) if env else ROOT / "target" / "release" / "iroh-pair-node"
+    if not p.exists():
+        sys.exit(f"{p} not found: cargo build --release -p iroh-pair-node")
+    return p
+
+
+# ----------------------------------------------------------------------------- python worker
+
+
+async def _pair() -> tuple[object, object, object, object]:
+    from iroh_pair.transport import Endpoint
+
+    server = await Endpoint.bind(alpns=[ALPN])
+    client = await Endpoint.bind()
+    accept = asyncio.ensure_future(server.accept())
+    conn = await client.connect(server.addr(), ALPN, timeout=10)
+    sconn = await accept
+    return server, client, conn, sconn
+
+
+async def _worker(workload: str, count: int, mib: int) -> dict[str, float | int | str]:
+    from iroh_pair.transport import Connection, Endpoint
+
+    server, client, conn, sconn = await _pair()
+    assert isinstance(conn, Connection) and isinstance(sconn, Connection)
+    assert isinstance(server, Endpoint) and isinstance(client, Endpoint)
+    reply = bytes([7]) * REPLY
+    payload = bytes([1]) * REQUEST
+    out: dict[str, float | int | str] = {"workload": workload}
+    if workload in ("sequential", "queued"):
+        sconn.serve(lambda req: reply)
+        for _ in range(50):
+            await conn.request(payload)
+    if workload == "sequential":
+        lat = []
+        start = time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            r = await conn.request(payload)
+            lat.append(time.perf_counter() - t)
+            assert len(r) == REPLY
+        total = time.perf_counter() - start
+        lat.sort()
+        out.update(
+            count=count,
+            msg_per_s=count / total,
+            p50_us=lat[len(lat) // 2] * 1e6,
+            p99_us=lat[int(len(lat) * 0.99)] * 1e6,
+        )
+    elif workload == "queued":
+        start = time.perf_counter()
+        await asyncio.gather(*(conn.request(payload) for _ in range(count)))
+        out.update(count=count, msg_per_s=count / (time.perf_counter() - start))
+    elif workload == "bulk":
+
+        async def sink() -> int:
+            send, recv = await sconn.accept_bi()
+            n = 0
+            while data := await recv.read(1 << 20):
+                n += len(data)
+            await send.write_all(n.to_bytes(8, "big"))
+            send.finish()
+            return n
+
+        task = asyncio.ensure_future(sink())
+        chunk = bytes(1 << 20)
+        start = time.perf_counter()
+        send, recv = await conn.open_bi()
+        for _ in range(mib):
+            await send.write_all(chunk)
+        send.finish()
+        got = int.from_bytes(await recv.read_to_end(8), "big")
+        total = time.perf_counter() - start
+        assert got == mib << 20 and await task == got
+        out.update(mib=mib, mib_per_s=mib / total)
+    await client.close()
+    await server.close()
+    return out
+
+
+# ----------------------------------------------------------------------------- driver
+
+
+def _run(cmd: list[str]) -> dict[str, float | int | str]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd} failed: {p.stderr[-2000:]}")
+    return dict(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, float | int | str]:
+    count = args.queued if workload == "queued" else args.count
+    if contender == "rust":
+        return _run([str(rust_binary()), "bench", workload, "--count", str(count), "--mib", str(args.mib)])
+    return _run(
+        [sys.executable, __file__, "--worker", workload, "--count", str(count), "--mib", str(args.mib)]
+    )
+
+
+METRICS = {
+    "sequential": [("p50_us", "sequential p50 (us)", "lower"), ("msg_per_s", "sequential msg/s", "higher")],
+    "queued": [("msg_per_s", "queued msg/s", "higher")],
+    "bulk": [("mib_per_s", "one stream MiB/s", "higher")],
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--count", type=int, default=3000, help="sequential requests per cell")
+    ap.add_argument("--queued", type=int, default=5000, help="requests queued at once")
+    ap.add_argument("--mib", type=int, default=64, help="MiB on one stream")
+    ap.add_argument("--workloads", default="sequential,queued,bulk")
+    ap.add_argument("--json", type=Path, help="also write every sample to this file")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.worker:
+        print(json.dumps(asyncio.run(_worker(args.worker, args.count, args.mib))))
+        return
+    samples: dict[tuple[str, str], list[dict[str, float | int | str]]] = {}
+    workloads = args.workloads.split(",")
+    for rep in range(args.repeats):
+        for w in workloads:
+            for c in ("rust", "python") if rep % 2 == 0 else ("python", "rust"):
+                r = cell(c, w, args)
+                samples.setdefault((c, w), []).append(r)
+                print(f"  [{rep + 1}/{args.repeats}] {c:6} {w:10} {json.dumps(r)}", file=sys.stderr)
+    rows = []
+    print(f"\n{'metric':24} {'plain Rust':>12} {'iroh-pair':>12} {'ratio':>8}")
+    for w in workloads:
+        for key, label, better in METRICS[w]:
+            rust = statistics.median(float(s[key]) for s in samples[("rust", w)])
+            py = statistics.median(float(s[key]) for s in samples[("python", w)])
+            ratio = py / rust
+            rows.append({"metric": label, "rust": rust, "python": py, "ratio": ratio, "better": better})
+            note = "x Rust" if better == "lower" else "of Rust"
+            shown = f"{ratio:.2f}x" if better == "lower" else f"{ratio * 100:.0f}%"
+            print(f"{label:24} {rust:12.1f} {py:12.1f} {shown:>8} {note}")
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "samples": [
+            {"contender": c, "workload": w, **s} for (c, w), ss in samples.items() for s in ss
+        ]}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
