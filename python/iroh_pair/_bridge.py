@@ -48,24 +48,8 @@ class Bridge:
         return next(self._tokens)
 
     def _drain(self) -> None:
-        futures = self._futures
-        for token, ok, value, persistent in self.native.drain():
-            fut = futures.pop(token, None)
-            if fut is not None:
-                if not fut.done():
-                    if ok:
-                        fut.set_result(value)
-                    else:
-                        fut.set_exception(value)
-                continue
-            callbacks = self._streams.get(token)
-            if callbacks is None:
-                continue  # cancelled meanwhile
-            if persistent:
-                callbacks[0](ok, value)
-            else:
-                del self._streams[token]
-                callbacks[1](ok, value)
+        # Resolves futures and calls subscription callbacks natively (see Bridge::drain).
+        self.native.drain(self._futures, self._streams)
 
     async def wait(self, token: int) -> Any:
         """Waits for the result of the pending operation ``token``. Cancelling the wait aborts

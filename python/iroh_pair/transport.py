@@ -347,13 +347,13 @@ class Connection:
                 return
             _respond(incoming, reply)
 
-        def on_request(incoming: _native.IncomingRequest) -> None:
-            try:
-                reply = handler(incoming.request)
-            except Exception:
-                log.exception("request handler failed")
-                _reject(incoming)
+        def on_item(ok: bool, value: Any) -> None:
+            # The native drain called ``handler`` and sent every bytes reply itself; here are
+            # the rest: (incoming, result) for other results, or the handler's exception.
+            if not ok:
+                log.error("request handler failed", exc_info=value)
                 return
+            incoming, reply = value
             if inspect.isawaitable(reply):
                 t = loop.create_task(run_async(incoming, reply))
                 tasks.add(t)
@@ -361,7 +361,7 @@ class Connection:
             else:
                 _respond(incoming, reply)
 
-        return self._serve(on_request, tasks, max_request, frame_timeout)
+        return self._serve(on_item, tasks, max_request, frame_timeout, handler)
 
     def serve_streams(
         self,
@@ -373,23 +373,22 @@ class Connection:
         """Like :meth:`serve`, but hands each accepted stream (its first frame read) to
         ``on_stream``, which answers it, refuses it, or takes its streams for an exchange of
         several messages. ``on_stream`` runs inline on the loop and must not block."""
-        return self._serve(
-            lambda n: on_stream(IncomingStream(n)), set(), max_first_frame, frame_timeout
-        )
+        def on_item(ok: bool, incoming: Any) -> None:
+            if ok:
+                on_stream(IncomingStream(incoming))
+
+        return self._serve(on_item, set(), max_first_frame, frame_timeout, None)
 
     def _serve(
         self,
-        on_request: Callable[[_native.IncomingRequest], None],
+        on_item: Callable[[bool, Any], None],
         tasks: set[asyncio.Task[None]],
         max_first_frame: int,
         frame_timeout: float,
+        handler: Handler | None,
     ) -> asyncio.Future[CloseInfo]:
         b = get_bridge()
         done: asyncio.Future[CloseInfo] = b.loop.create_future()
-
-        def on_item(ok: bool, incoming: Any) -> None:
-            if ok:
-                on_request(incoming)
 
         def on_end(ok: bool, value: Any) -> None:
             if done.done():
@@ -401,7 +400,7 @@ class Connection:
                 done.set_exception(value)
 
         token = b.subscribe(on_item, on_end)
-        self._n.serve(b.native, token, max_first_frame, frame_timeout)
+        self._n.serve(b.native, token, max_first_frame, frame_timeout, handler)
 
         def stop(fut: asyncio.Future[CloseInfo]) -> None:
             if fut.cancelled():

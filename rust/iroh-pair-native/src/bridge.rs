@@ -11,6 +11,7 @@
 //! Tokio threads never take the GIL: the queue holds plain Rust values (`Outcome`), and nothing
 //! a task owns or drops is a Python object.
 
+use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
@@ -19,10 +20,13 @@ use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Waker};
 
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use bytes::Bytes;
+use pyo3::intern;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
 
+use crate::connection::IncomingOut;
 use crate::error::Error;
 
 /// The one tokio runtime shared by every endpoint and bridge in the process.
@@ -46,7 +50,7 @@ pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 pub type Outcome = Result<Box<dyn ToPy>, Error>;
 
 /// Conversion of an operation's result into a Python object, done on the asyncio loop's thread.
-pub trait ToPy: Send + 'static {
+pub trait ToPy: Any + Send + 'static {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>>;
 }
 
@@ -240,6 +244,8 @@ impl Shared {
 pub struct Bridge {
     pub shared: Arc<Shared>,
     aborts: Mutex<HashMap<u64, AbortHandle>>,
+    /// Native request handlers of serve loops (touched on the loop's thread only).
+    handlers: Mutex<HashMap<u64, Py<PyAny>>>,
 }
 
 /// Returned by an operation that did not complete at once: its result will arrive through
@@ -276,6 +282,7 @@ impl Bridge {
                 wakeups: AtomicU64::new(0),
             }),
             aborts: Mutex::new(HashMap::new()),
+            handlers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -284,14 +291,22 @@ impl Bridge {
         self.shared.wake.read_fd
     }
 
-    /// Takes every queued completion: a list of `(token, ok, value, persistent)` tuples, where
-    /// `value` is the result when `ok` and an exception instance otherwise.
-    fn drain<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+    /// Delivers every queued completion, on the loop's thread: a one-shot result resolves the
+    /// future `futures[token]` (popped; skipped when already done, i.e. cancelled); an item of a
+    /// subscription calls `streams[token][0](ok, value)`, its last one `streams[token][1](ok,
+    /// value)`. A request of a serve loop with a native handler calls the handler here and sends
+    /// a `bytes` reply at once, with no Python frame in between. Returns how many were handled.
+    fn drain(
+        &self,
+        py: Python<'_>,
+        futures: &Bound<'_, PyDict>,
+        streams: &Bound<'_, PyDict>,
+    ) -> PyResult<usize> {
         self.shared.wake.clear();
         let items = std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        let list = PyList::empty(py);
-        if items.is_empty() {
-            return Ok(list);
+        let n = items.len();
+        if n == 0 {
+            return Ok(0);
         }
         {
             let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
@@ -300,30 +315,20 @@ impl Bridge {
             }
         }
         for c in items {
-            let (ok, value) = match c.outcome {
-                Ok(v) => match v.to_py(py) {
-                    Ok(obj) => (true, obj),
-                    Err(e) => (false, e.into_value(py).into_any()),
-                },
-                Err(e) => (false, PyErr::from(e).into_value(py).into_any()),
-            };
-            let t = PyTuple::new(
-                py,
-                [
-                    c.token.into_pyobject(py)?.into_any(),
-                    pyo3::types::PyBool::new(py, ok).to_owned().into_any(),
-                    value.into_bound(py),
-                    pyo3::types::PyBool::new(py, c.persistent).to_owned().into_any(),
-                ],
-            )?;
-            list.append(t)?;
+            if let Err(e) = self.deliver(py, c, futures, streams) {
+                // A callback failed: report it like asyncio does, and go on with the rest.
+                e.write_unraisable(py, None);
+            }
         }
-        Ok(list)
+        Ok(n)
     }
-
     /// Aborts the task started under `token` (the Python future was cancelled). Returns whether
     /// a running task was found.
     fn cancel(&self, token: u64) -> bool {
+        self.handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&token);
         let handle = self
             .aborts
             .lock()
@@ -354,6 +359,116 @@ impl Bridge {
 }
 
 impl Bridge {
+    fn deliver(
+        &self,
+        py: Python<'_>,
+        c: Completion,
+        futures: &Bound<'_, PyDict>,
+        streams: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let token = c.token;
+        if c.persistent {
+            if let Ok(v) = &c.outcome {
+                let r: &dyn Any = &**v;
+                if r.is::<IncomingOut>() {
+                    let handler = self
+                        .handlers
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&token)
+                        .map(|h| h.clone_ref(py));
+                    if let Some(handler) = handler {
+                        let Ok(v) = c.outcome else { unreachable!() };
+                        let any: Box<dyn Any + Send> = v;
+                        let inc = *any.downcast::<IncomingOut>().expect("checked above");
+                        return self.handle_request(py, token, inc, handler, streams);
+                    }
+                }
+            }
+        }
+        let (ok, value) = match c.outcome {
+            Ok(v) => match v.to_py(py) {
+                Ok(obj) => (true, obj),
+                Err(e) => (false, e.into_value(py).into_any()),
+            },
+            Err(e) => (false, PyErr::from(e).into_value(py).into_any()),
+        };
+        let key = token.into_pyobject(py)?;
+        if !c.persistent {
+            if let Some(fut) = futures.get_item(&key)? {
+                futures.del_item(&key)?;
+                if !fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+                    let method = if ok {
+                        intern!(py, "set_result")
+                    } else {
+                        intern!(py, "set_exception")
+                    };
+                    fut.call_method1(method, (value,))?;
+                }
+                return Ok(());
+            }
+        }
+        let Some(callbacks) = streams.get_item(&key)? else {
+            return Ok(()); // cancelled meanwhile
+        };
+        if c.persistent {
+            callbacks.get_item(0)?.call1((ok, value))?;
+        } else {
+            streams.del_item(&key)?;
+            self.handlers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&token);
+            callbacks.get_item(1)?.call1((ok, value))?;
+        }
+        Ok(())
+    }
+
+    /// Runs a serve loop's native handler on one request. A `bytes`-like reply is sent at once;
+    /// anything else (an awaitable) goes to the subscription's Python callback as
+    /// `(incoming, result)`, and a handler exception refuses the request and goes there too.
+    fn handle_request(
+        &self,
+        py: Python<'_>,
+        token: u64,
+        inc: IncomingOut,
+        handler: Py<PyAny>,
+        streams: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let request = PyBytes::new(py, &inc.request);
+        let result = handler.call1(py, (request,));
+        let callback = |ok: bool, value: Bound<'_, PyAny>| -> PyResult<()> {
+            if let Some(cbs) = streams.get_item(token)? {
+                cbs.get_item(0)?.call1((ok, value))?;
+            }
+            Ok(())
+        };
+        match result {
+            Ok(r) => {
+                let r = r.into_bound(py);
+                if let Ok(b) = r.cast::<PyBytes>() {
+                    inc.respond(Bytes::copy_from_slice(b.as_bytes()));
+                    Ok(())
+                } else {
+                    let obj = Box::new(inc).to_py(py)?.into_bound(py);
+                    callback(true, PyTuple::new(py, [obj, r])?.into_any())
+                }
+            }
+            Err(e) => {
+                inc.reject(crate::streams::codes::HANDLER_ERROR);
+                callback(false, e.into_value(py).into_bound(py).into_any())
+            }
+        }
+    }
+
+    /// Registers the native handler of the serve loop started under `token`.
+    pub fn set_handler(&self, token: u64, handler: Py<PyAny>) {
+        self.handlers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, handler);
+    }
+
     /// Starts `fut` for `token`: polls it once here and returns its value when it is ready at
     /// once, or spawns it on the runtime and returns `PENDING`.
     pub fn submit<F, T>(&self, py: Python<'_>, token: u64, fut: F) -> PyResult<Py<PyAny>>

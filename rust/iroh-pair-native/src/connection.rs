@@ -110,11 +110,47 @@ pub struct IncomingRequest {
     counters: Arc<Counters>,
 }
 
-struct IncomingOut {
-    request: Bytes,
+pub struct IncomingOut {
+    pub request: Bytes,
     send: SendState,
     recv: iroh::endpoint::RecvStream,
     counters: Arc<Counters>,
+}
+
+impl IncomingOut {
+    /// Sends the whole reply (see `respond_on`).
+    pub fn respond(self, data: Bytes) {
+        drop(self.recv);
+        respond_on(self.send, data, &self.counters);
+    }
+
+    /// Refuses the request with `code` (see `reject_on`).
+    pub fn reject(self, code: u64) {
+        reject_on(self.send, Some(self.recv), code);
+    }
+}
+
+/// Writes `data` as the whole reply and finishes: at once when the flow-control window is open
+/// (polled here, inline), otherwise on the runtime. Never waits.
+fn respond_on(mut send: SendState, data: Bytes, counters: &Counters) {
+    Counters::bump(&counters.requests_served);
+    let fut = async move {
+        if send.write_all_chunks(&mut [data]).await.is_ok() {
+            let _ = send.finish();
+        }
+    };
+    let mut fut = Box::pin(fut);
+    if crate::bridge::poll_once(fut.as_mut()).is_none() {
+        crate::bridge::RUNTIME.spawn(fut);
+    }
+}
+
+/// Resets the reply and stops the request with `code`.
+fn reject_on(mut send: SendState, recv: Option<iroh::endpoint::RecvStream>, code: u64) {
+    let _ = send.reset(code);
+    if let Some(mut r) = recv {
+        let _ = r.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
+    }
 }
 
 impl ToPy for IncomingOut {
@@ -155,18 +191,9 @@ impl IncomingRequest {
     /// completes on the runtime (at once when the flow-control window is open).
     fn respond(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = copy_bytes(data)?;
-        let mut send = self.take_send()?;
+        let send = self.take_send()?;
         drop(self.recv.lock().unwrap_or_else(|e| e.into_inner()).take());
-        Counters::bump(&self.counters.requests_served);
-        let fut = async move {
-            if send.write_all_chunks(&mut [data]).await.is_ok() {
-                let _ = send.finish();
-            }
-        };
-        let mut fut = Box::pin(fut);
-        if crate::bridge::poll_once(fut.as_mut()).is_none() {
-            crate::bridge::RUNTIME.spawn(fut);
-        }
+        respond_on(send, data, &self.counters);
         Ok(())
     }
 
@@ -174,11 +201,9 @@ impl IncomingRequest {
     /// The caller's `request` fails with `RemoteError(code)`.
     #[pyo3(signature = (code = codes::HANDLER_ERROR))]
     fn reject(&self, code: u64) -> PyResult<()> {
-        let mut send = self.take_send()?;
-        send.reset(code)?;
-        if let Some(mut r) = self.recv.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = r.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
-        }
+        varint_check(code)?;
+        let send = self.take_send()?;
+        reject_on(send, self.recv.lock().unwrap_or_else(|e| e.into_inner()).take(), code);
         Ok(())
     }
 
@@ -452,10 +477,22 @@ impl Connection {
     /// first frame (at most `max_request` bytes, within `frame_timeout` seconds), and emits an
     /// `IncomingRequest` under the persistent `token`. Ends (a last, non-persistent completion)
     /// when the connection closes. Do not mix with `accept_bi` on the same connection.
-    #[pyo3(signature = (bridge, token, max_request, frame_timeout = 30.0))]
-    fn serve(&self, bridge: &Bridge, token: u64, max_request: usize, frame_timeout: f64) -> PyResult<()> {
+    /// With a `handler`, the bridge calls it on each request's bytes while draining and sends
+    /// a `bytes` reply at once (see `Bridge::handle_request`).
+    #[pyo3(signature = (bridge, token, max_request, frame_timeout = 30.0, handler = None))]
+    fn serve(
+        &self,
+        bridge: &Bridge,
+        token: u64,
+        max_request: usize,
+        frame_timeout: f64,
+        handler: Option<Py<PyAny>>,
+    ) -> PyResult<()> {
         let frame_timeout = Duration::try_from_secs_f64(frame_timeout)
             .map_err(|_| Error::Value(format!("frame_timeout must be positive, got {frame_timeout}")))?;
+        if let Some(h) = handler {
+            bridge.set_handler(token, h);
+        }
         let conn = self.conn.clone();
         let counters = self.counters.clone();
         bridge.spawn_stream(token, move |shared| async move {
@@ -508,6 +545,12 @@ impl Connection {
             self.is_closed()
         )
     }
+}
+
+fn varint_check(code: u64) -> Result<(), Error> {
+    VarInt::from_u64(code)
+        .map(|_| ())
+        .map_err(|_| Error::Value(format!("error code {code} does not fit a QUIC varint")))
 }
 
 /// In a request, the peer resetting or stopping the stream is its refusal of the request.
