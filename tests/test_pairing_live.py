@@ -1,0 +1,240 @@
+"""Attacks on pairing over real iroh endpoints on loopback: replay, man in the middle, identity
+claims, races, expiry. (The in-memory state machines are covered in test_pairing_protocol.py.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from iroh_pair import errors
+from iroh_pair.code import PairingCode
+from iroh_pair.node import Node
+from iroh_pair.pairing import PairingFailed, channel_binding, run_joiner
+from iroh_pair.protocol import (
+    ALPN,
+    MAX_MESSAGE,
+    PAIR_KIND,
+    DeviceInfo,
+    JoinerHandshake,
+    PairingOffer,
+    RejectCode,
+    SendMessage,
+    encode_header,
+    wire,
+)
+from iroh_pair.transport import Connection, Endpoint, EndpointAddr, RecvStream, SecretKey, SendStream
+
+LOCAL = dict(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
+INFO = DeviceInfo(name="attacker")
+
+
+async def open_node(path: Path, name: str) -> Node:
+    return await Node.open(path, name=name, **LOCAL)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+async def host(tmp_path: Path) -> AsyncIterator[Node]:
+    n = await open_node(tmp_path / "host", "host")
+    try:
+        yield n
+    finally:
+        await n.close()
+
+
+async def until_idle(offer: PairingOffer) -> None:
+    for _ in range(200):
+        if not offer.busy(time.monotonic()):
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError("the host's pairing session did not end")
+
+
+async def dial(ep: Endpoint, code: PairingCode) -> Connection:
+    return await ep.connect(EndpointAddr.from_ticket(code.ticket), ALPN, timeout=5)
+
+
+async def no_pairing(host: Node) -> None:
+    assert host.devices() == []
+
+
+async def test_claimed_id_must_match_the_connection(host: Node) -> None:
+    hosted = await host.host_pairing()
+    async with await Endpoint.bind() as ep:
+        conn = await dial(ep, hosted.code)
+        forged = SecretKey.generate().public().to_bytes()  # claims another device's id
+
+        async def keep(_: object) -> None:
+            raise AssertionError("must not pair")
+
+        with pytest.raises(PairingFailed) as e:
+            await run_joiner(conn, hosted.code, local_id=forged, info=INFO, on_paired=keep)
+        assert e.value.code == RejectCode.ID_MISMATCH and e.value.by_peer
+    await no_pairing(host)
+
+
+async def _half_handshake(ep: Endpoint, code: PairingCode) -> tuple[bytes, bytes]:
+    """An honest joiner that sends M1, gets M2, computes M3 but vanishes instead of sending it.
+    Returns the recorded (first frame, M3)."""
+    conn = await dial(ep, code)
+    hs = JoinerHandshake(code, joiner_id=ep.id.to_bytes(), host_id=conn.remote_id.to_bytes(),
+                         channel_binding=channel_binding(conn), joiner_info=INFO)
+    send, recv = await conn.open_bi()
+    first = encode_header(PAIR_KIND) + hs.start()
+    await send.write_frame(first)
+    m2 = await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), 5)
+    assert m2 is not None
+    events = hs.receive(m2)
+    m3 = next(ev.body for ev in events if isinstance(ev, SendMessage))
+    conn.close(0, b"gone")
+    return first, m3
+
+
+async def test_recorded_messages_replayed_on_a_new_connection_do_not_pair(host: Node) -> None:
+    hosted = await host.host_pairing()
+    key = SecretKey.generate()
+    async with await Endpoint.bind(secret_key=key) as ep:
+        first, m3 = await _half_handshake(ep, hosted.code)
+    await until_idle(hosted.offer)
+    assert hosted.offer.attempts_used == 1  # vanishing after the host's reply used an attempt
+    async with await Endpoint.bind(secret_key=key) as ep2:  # same EndpointId, new connection
+        conn = await dial(ep2, hosted.code)
+        send, recv = await conn.open_bi()
+        await send.write_frame(first)
+        m2 = await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), 5)
+        assert m2 is not None and wire.decode(m2).__class__ is wire.Reply
+        await send.write_frame(m3)
+        reply = await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), 5)
+        assert reply is not None
+        msg = wire.decode(reply)
+        assert isinstance(msg, wire.Reject) and msg.code == RejectCode.WRONG_CODE
+    await no_pairing(host)
+    assert not hosted.done  # the code is still valid: one attempt left
+    await until_idle(hosted.offer)
+    async with await Endpoint.bind(secret_key=key) as ep3:  # the right words still pair
+        conn = await dial(ep3, hosted.code)
+        stored: list[object] = []
+
+        async def keep(r: object) -> None:
+            stored.append(r)
+
+        await run_joiner(conn, hosted.code, local_id=ep3.id.to_bytes(), info=INFO, on_paired=keep)
+        assert stored
+    assert (await hosted.wait(5)).endpoint_id == key.public()
+
+
+async def _relay_frames(
+    src: RecvStream, dst: SendStream, rewrite: object, done: asyncio.Event
+) -> None:
+    try:
+        while (f := await src.read_frame(MAX_MESSAGE)) is not None:
+            await dst.write_frame(rewrite(f))  # type: ignore[operator]
+    except errors.IrohPairError:
+        pass
+    finally:
+        done.set()
+
+
+async def test_man_in_the_middle_fails_confirmation(host: Node, tmp_path: Path) -> None:
+    """M sits between an honest joiner and the honest host, under its own id, rewriting every
+    id claim so neither side sees an id mismatch: confirmation fails on both."""
+    hosted = await host.host_pairing()
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    mitm = await Endpoint.bind(alpns=[ALPN])
+    try:
+        mid = mitm.id.to_bytes()
+        # The joiner is given a code that points at M (the words and tag are the host's).
+        evil_code = PairingCode(hosted.code.words, hosted.code.tag, mitm.ticket())
+        to_host = await dial(mitm, hosted.code)
+        done = asyncio.Event()
+
+        async def serve_joiner() -> None:
+            conn = await mitm.accept()
+            assert conn is not None
+            js, jr = await conn.accept_bi()
+            hs, hr = await to_host.open_bi()
+
+            def up(f: bytes) -> bytes:  # joiner -> host: claim to be M
+                if f.startswith(encode_header(PAIR_KIND)):
+                    n = len(encode_header(PAIR_KIND))
+                    m = wire.decode(f[n:])
+                    assert isinstance(m, wire.Hello)
+                    return f[:n] + wire.encode(wire.Hello(m.session_tag, mid, m.spake_msg))
+                return f
+
+            def down(f: bytes) -> bytes:  # host -> joiner: claim to be M
+                m = wire.decode(f)
+                if isinstance(m, wire.Reply):
+                    return wire.encode(wire.Reply(mid, m.spake_msg, m.host_mac))
+                return f
+
+            await asyncio.gather(_relay_frames(jr, hs, up, done), _relay_frames(hr, js, down, done))
+
+        relay = asyncio.ensure_future(serve_joiner())
+        with pytest.raises(PairingFailed) as e:
+            await joiner.join(evil_code, timeout=15)
+        assert e.value.code == RejectCode.WRONG_CODE  # confirmation, not an id mismatch
+        relay.cancel()
+        assert joiner.devices() == []
+        await no_pairing(host)
+    finally:
+        await joiner.close()
+        await mitm.close()
+
+
+async def test_mitm_who_knows_the_code_shows_different_sas(host: Node, tmp_path: Path) -> None:
+    """Knowing the code, M can pair with each side on its own: the two SAS strings differ, so
+    comparing screens exposes it."""
+    hosted = await host.host_pairing()
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    mitm = await open_node(tmp_path / "mitm", "mitm")
+    try:
+        fake = await mitm.host_pairing()
+        # M's own offer, but with the host's secret words (it learned the code).
+        fake_code = PairingCode(hosted.code.words, fake.code.tag, mitm.ticket())
+        offer = PairingOffer.create(fake_code, now=time.monotonic())
+        mitm._offers.remove(offer.tag)
+        mitm._offers.add(offer)
+        mitm._hosted[offer.tag] = (offer, mitm._hosted[offer.tag][1])
+        await asyncio.gather(joiner.join(fake_code), mitm.join(hosted.code))
+        sas_joiner = joiner.last_sas(mitm.id)
+        sas_host = host.last_sas(mitm.id)
+        assert len(sas_joiner) == len(sas_host) == 6
+        assert sas_joiner != sas_host
+    finally:
+        await joiner.close()
+        await mitm.close()
+
+
+async def test_two_joiners_racing_at_most_one_pairs(host: Node, tmp_path: Path) -> None:
+    for round_ in range(5):
+        hosted = await host.host_pairing()
+        js = [await open_node(tmp_path / f"r{round_}-{i}", f"j{i}") for i in range(2)]
+        try:
+            results = await asyncio.gather(*(j.join(hosted.code, timeout=15) for j in js), return_exceptions=True)
+            ok = [r for r in results if not isinstance(r, BaseException)]
+            assert len(ok) <= 1, results
+            for r in results:
+                if isinstance(r, BaseException):
+                    assert isinstance(r, (PairingFailed, errors.IrohPairError)), r
+        finally:
+            for j in js:
+                await j.close()
+
+
+async def test_expired_code_fails(host: Node, tmp_path: Path) -> None:
+    hosted = await host.host_pairing(ttl=0.3)
+    await asyncio.sleep(0.5)
+    with pytest.raises(PairingFailed):
+        await hosted.wait(1)
+    joiner = await open_node(tmp_path / "late", "late")
+    try:
+        with pytest.raises((PairingFailed, errors.ConnectionLost)):
+            await joiner.join(hosted.code, timeout=10)
+        assert joiner.devices() == []
+    finally:
+        await joiner.close()
+    await no_pairing(host)
