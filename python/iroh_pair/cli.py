@@ -90,6 +90,16 @@ async def open_node(args: argparse.Namespace) -> Node:
     return await Node.open(args.data_dir, name=args.name, **network_options(args))
 
 
+def report_stats(node: Node, args: argparse.Namespace) -> None:
+    """With --stats: the endpoint's native counters (connections, streams) as the last line."""
+    if args.stats:
+        stats = node.endpoint.stats()
+        if args.json:
+            print(json.dumps({"event": "stats", "stats": stats}), flush=True)
+        else:
+            print("stats: " + ", ".join(f"{k}={v}" for k, v in stats.items()), file=sys.stderr)
+
+
 async def cmd_id(args: argparse.Namespace) -> int:
     async with await open_node(args) as node:
         print(node.id)
@@ -133,6 +143,9 @@ async def _listen(node: Node, args: argparse.Namespace, count: int | None) -> No
 
     node.on_message(on_message)
     await done.wait()
+    # The sender reads last (our reply), so it closes: wait for that rather than cutting the
+    # reply off by closing first.
+    await node.wait_disconnected(timeout=5.0)
 
 
 async def cmd_host(args: argparse.Namespace) -> int:
@@ -179,6 +192,7 @@ async def cmd_send(args: argparse.Namespace) -> int:
             print(json.dumps({"event": "delivered", "to": str(dev.endpoint_id)}), flush=True)
         else:
             print(f"delivered to {safe_display(dev.name, 40)}", file=sys.stderr)
+        report_stats(node, args)
     return EXIT_OK
 
 
@@ -189,6 +203,7 @@ async def cmd_listen(args: argparse.Namespace) -> int:
         else:
             print(f"listening as {node.id} (Ctrl-C to stop)", file=sys.stderr)
         await _listen(node, args, args.count)
+        report_stats(node, args)
     return EXIT_OK
 
 
@@ -206,6 +221,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="this device's name, shown to peers (default: the host name)")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    p.add_argument("--stats", action="store_true",
+                   help="print the connection and stream counters when the command ends")
     net = p.add_argument_group("network (default: n0's public relays and address lookup)")
     net.add_argument("--local", action="store_true", help="loopback only: no relays, no lookup")
     net.add_argument("--relay", action="append", metavar="URL", help="a self-hosted relay (repeatable)")

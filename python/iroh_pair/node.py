@@ -585,6 +585,16 @@ class Node:
         except IrohPairError:
             pass
 
+    async def wait_disconnected(self, timeout: float | None = None) -> bool:
+        """Waits until every connection has been closed (by the peers: the side that reads
+        last closes); returns False if some were still open after ``timeout`` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._conns:
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
     # ------------------------------------------------------------------ events
 
     async def events(self) -> AsyncIterator[NodeEvent]:
