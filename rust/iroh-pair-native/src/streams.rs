@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tokio::sync::Mutex;
 
-use crate::bridge::{Bridge, OptBytesOut, Plain, PyBytesOut};
+use crate::bridge::{Bridge, OptBytesOut, Plain, PyBytesOut, ToPy};
 use crate::error::Error;
 
 /// Application error codes this package uses on streams (documented in docs/PROTOCOL.md).
@@ -43,6 +43,29 @@ pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     }
     let buf = PyBuffer::<u8>::get(obj)?;
     Ok(Bytes::from(buf.to_vec(obj.py())?))
+}
+
+/// Chunks of received data, joined into one Python `bytes` (one copy) on the loop's thread.
+struct ChunksOut(Vec<Bytes>);
+
+impl ToPy for ChunksOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if self.0.len() == 1 {
+            return Ok(PyBytes::new(py, &self.0[0]).into_any().unbind());
+        }
+        let len = self.0.iter().map(Bytes::len).sum();
+        let chunks = self.0;
+        Ok(PyBytes::new_with(py, len, |buf| {
+            let mut at = 0;
+            for c in &chunks {
+                buf[at..at + c.len()].copy_from_slice(c);
+                at += c.len();
+            }
+            Ok(())
+        })?
+        .into_any()
+        .unbind())
+    }
 }
 
 /// A send stream that resets itself when dropped unfinished.
@@ -260,12 +283,38 @@ impl RecvStream {
         self.id
     }
 
-    /// Up to `n` bytes, as soon as some are available; `b""` at the end of the stream.
+    /// Up to `n` bytes, as soon as some are available; `b""` at the end of the stream. Takes
+    /// every chunk already received (up to `n`) in one go, so bulk reads cost few operations.
     fn read(&self, py: Python<'_>, bridge: &Bridge, token: u64, n: usize) -> PyResult<Py<PyAny>> {
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
-            let chunk = inner.lock().await.read_chunk(n).await?;
-            Ok(PyBytesOut(chunk.unwrap_or_default()))
+            let mut recv = inner.lock().await;
+            let Some(first) = recv.read_chunk(n).await? else {
+                return Ok(ChunksOut(Vec::new()));
+            };
+            let mut got = first.len();
+            let mut chunks = vec![first];
+            while got < n {
+                // Only what is already here: never wait for more once we have some.
+                let more = std::future::poll_fn(|cx| {
+                    let fut = recv.read_chunk(n - got);
+                    let mut fut = std::pin::pin!(fut);
+                    match fut.as_mut().poll(cx) {
+                        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                        std::task::Poll::Pending => std::task::Poll::Ready(None),
+                    }
+                })
+                .await;
+                match more {
+                    Some(Ok(Some(chunk))) => {
+                        got += chunk.len();
+                        chunks.push(chunk);
+                    }
+                    // Nothing more yet, the end, or an error (reported by the next read).
+                    _ => break,
+                }
+            }
+            Ok(ChunksOut(chunks))
         })
     }
 
