@@ -12,7 +12,8 @@
 //! * a listener without `bind_addr` binds `127.0.0.1` (upstream: `::`, every interface);
 //! * `dns.port = 0` picks a free port that is free for both UDP and TCP;
 //! * no `[metrics]` section means metrics off (upstream: on, at 127.0.0.1:9117);
-//! * no `[mainline]` section means the public DHT is never used (as upstream).
+//! * no `[mainline]` section means the public DHT is never used (as upstream);
+//! * `"."` is appended to `dns.origins` if missing (upstream needs it for its SOA record).
 //!
 //! Once both listeners are bound it prints one JSON line on stdout:
 //! `{"event":"ready","http_addr":"127.0.0.1:P","pkarr_url":"http://127.0.0.1:P/pkarr",
@@ -105,6 +106,11 @@ async fn main() -> Result<()> {
     let mainline = config.mainline.as_ref().is_some_and(|m| m.enabled);
     if mainline {
         eprintln!("iroh-pair-dns: WARNING: [mainline] enabled: unknown keys are looked up on the public DHT");
+    }
+    // iroh-dns-server keeps its static records (SOA, NS, A) in a zone rooted at "."; without
+    // "." among the origins it fails with "SOA record must be present: .".
+    if !config.dns.origins.iter().any(|o| o == ".") {
+        config.dns.origins.push(".".to_string());
     }
     let origins = config.dns.origins.clone();
 
