@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from iroh_pair.node import Node
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPN = b"iroh-pair-test/1"
@@ -21,3 +25,15 @@ def node_binary() -> Path | None:
             return p
     found = shutil.which("iroh-pair-node")
     return Path(found) if found else None
+
+#: Node options for loopback-only tests: no relays, no address lookup, no portmapper.
+LOCAL_NODE: dict[str, object] = dict(
+    relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
+)
+
+
+async def open_local_node(path: Path, name: str) -> Node:
+    """A Node in ``path`` reachable on loopback only."""
+    from iroh_pair.node import Node
+
+    return await Node.open(path, name=name, **LOCAL_NODE)  # type: ignore[arg-type]

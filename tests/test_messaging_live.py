@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import open_local_node
 
 from iroh_pair import errors
 from iroh_pair.messaging import CHANNEL_BINDING_LABEL, MessageChannel, derive_subkey, nonce
@@ -15,11 +16,9 @@ from iroh_pair.protocol import ALPN, StreamErrorCode, encode_header
 from iroh_pair.registry import PairedDevice
 from iroh_pair.transport import Connection
 
-LOCAL = dict(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
 
 
-async def open_node(path: Path, name: str) -> Node:
-    return await Node.open(path, name=name, **LOCAL)  # type: ignore[arg-type]
+open_node = open_local_node
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import open_local_node
 
 from iroh_pair import errors
 from iroh_pair.code import PairingCode
@@ -16,11 +17,9 @@ from iroh_pair.protocol import ALPN, PairingOffer, RejectCode, StreamErrorCode
 from iroh_pair.registry import DeviceRegistry
 from iroh_pair.transport import Endpoint
 
-LOCAL = dict(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
 
 
-async def open_node(path: Path, name: str) -> Node:
-    return await Node.open(path, name=name, **LOCAL)  # type: ignore[arg-type]
+open_node = open_local_node
 
 
 @pytest.fixture

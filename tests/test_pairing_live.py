@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from helpers import open_local_node
 
 from iroh_pair import errors
 from iroh_pair.code import PairingCode
@@ -28,12 +29,10 @@ from iroh_pair.protocol import (
 )
 from iroh_pair.transport import Connection, Endpoint, EndpointAddr, RecvStream, SecretKey, SendStream
 
-LOCAL = dict(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
 INFO = DeviceInfo(name="attacker")
 
 
-async def open_node(path: Path, name: str) -> Node:
-    return await Node.open(path, name=name, **LOCAL)  # type: ignore[arg-type]
+open_node = open_local_node
 
 
 @pytest.fixture

@@ -87,7 +87,8 @@ def ensure_data_dir(path: str | os.PathLike[str]) -> Path:
     return p
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Makes a rename or new file in ``path`` durable (fsync of the directory)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     except OSError:  # pragma: no cover - platforms without directory fds
@@ -164,7 +165,7 @@ def load_or_create_secret_key(data_dir: str | os.PathLike[str]) -> SecretKey:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
-    _fsync_dir(d)
+    fsync_dir(d)
     return key
 
 

@@ -34,6 +34,7 @@ from typing import TypeVar
 
 from iroh_pair._native import EndpointId
 from iroh_pair.errors import IrohPairError
+from iroh_pair.identity import fsync_dir
 from iroh_pair.kdf import SessionKeys
 from iroh_pair.protocol.device import FIELD_LIMITS, DeviceInfo
 
@@ -257,19 +258,6 @@ def _from_row(row: _Row) -> PairedDevice:
     )
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
-
-
 # --------------------------------------------------------------------------------------------
 # the registry
 
@@ -400,7 +388,7 @@ class DeviceRegistry:
                     os.unlink(p)
                 except FileNotFoundError:
                     pass
-        _fsync_dir(d)
+        fsync_dir(d)
 
     # -- plumbing -----------------------------------------------------------------------------
 
