@@ -1,7 +1,5 @@
-//! `iroh-pair-node`: a peer on iroh directly, with no Python in it.
-//!
-//! It is the performance ceiling of the benchmarks (`bench`), and a peer that is not the
-//! binding for the transport tests (`echo`, `send-raw`). Output is JSON lines on stdout.
+//! The raw modes, unchanged: the performance ceiling of the benchmarks (`bench`), and a peer
+//! that is not the binding for the transport tests (`echo`, `send-raw`).
 //!
 //! Every mode binds to 127.0.0.1 with relays, address lookup and the portmapper off.
 
@@ -13,7 +11,7 @@ use iroh::endpoint::{Connection, PortmapperConfig, RecvStream, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMode};
 use iroh_tickets::endpoint::EndpointTicket;
 
-const USAGE: &str = "usage:
+pub const USAGE: &str = "usage:
   iroh-pair-node echo --alpn ALPN
       serve raw echo: every bidirectional stream gets back exactly the bytes it carried
   iroh-pair-node send-raw TICKET --alpn ALPN --bytes N
@@ -21,13 +19,13 @@ const USAGE: &str = "usage:
   iroh-pair-node bench WORKLOAD [--count N] [--mib M]
       WORKLOAD: sequential | queued | bulk | connect-per-message";
 
-fn arg(args: &[String], name: &str) -> Option<String> {
+pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
         .position(|a| a == name)
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-async fn bind(alpns: Vec<Vec<u8>>) -> Result<Endpoint> {
+pub async fn bind(alpns: Vec<Vec<u8>>) -> Result<Endpoint> {
     Endpoint::builder(presets::Minimal)
         .alpns(alpns)
         .relay_mode(RelayMode::Disabled)
@@ -44,31 +42,7 @@ fn pattern(i: u64) -> u8 {
     (i.wrapping_mul(2654435761) >> 7) as u8
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.first().map(String::as_str) {
-        Some("echo") => echo(arg(&args, "--alpn").context("--alpn is required")?).await,
-        Some("send-raw") => {
-            let ticket = args.get(1).context("send-raw needs a TICKET")?;
-            let alpn = arg(&args, "--alpn").context("--alpn is required")?;
-            let n: u64 = arg(&args, "--bytes").unwrap_or("1000".into()).parse()?;
-            send_raw(ticket, alpn, n).await
-        }
-        Some("bench") => {
-            let workload = args.get(1).context("bench needs a WORKLOAD")?.clone();
-            let count: usize = arg(&args, "--count").unwrap_or("2000".into()).parse()?;
-            let mib: usize = arg(&args, "--mib").unwrap_or("64".into()).parse()?;
-            bench(&workload, count, mib).await
-        }
-        _ => {
-            eprintln!("{USAGE}");
-            std::process::exit(2);
-        }
-    }
-}
-
-async fn echo(alpn: String) -> Result<()> {
+pub async fn echo(alpn: String) -> Result<()> {
     let ep = bind(vec![alpn.into_bytes()]).await?;
     println!(
         "{{\"event\":\"ready\",\"id\":\"{}\",\"ticket\":\"{}\"}}",
@@ -90,7 +64,7 @@ async fn echo(alpn: String) -> Result<()> {
     Ok(())
 }
 
-async fn send_raw(ticket: &str, alpn: String, n: u64) -> Result<()> {
+pub async fn send_raw(ticket: &str, alpn: String, n: u64) -> Result<()> {
     let addr: EndpointAddr = ticket.parse::<EndpointTicket>()?.into();
     let ep = bind(vec![]).await?;
     let conn = ep.connect(addr, alpn.as_bytes()).await?;
@@ -104,7 +78,10 @@ async fn send_raw(ticket: &str, alpn: String, n: u64) -> Result<()> {
     let reader = async { Ok(recv.read_to_end(usize::MAX).await?) };
     let ((), back) = tokio::try_join!(writer, reader)?;
     let ok = back == data;
-    println!("{{\"event\":\"sent\",\"bytes\":{n},\"echoed\":{},\"match\":{ok}}}", back.len());
+    println!(
+        "{{\"event\":\"sent\",\"bytes\":{n},\"echoed\":{},\"match\":{ok}}}",
+        back.len()
+    );
     conn.close(0u32.into(), b"done");
     ep.close().await;
     if !ok {
@@ -159,7 +136,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
+pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
     const ALPN: &[u8] = b"iroh-pair-bench/1";
     let server = bind(vec![ALPN.to_vec()]).await?;
     let client = bind(vec![]).await?;

@@ -37,7 +37,10 @@ pub fn decode_tag(text: &str) -> Result<[u8; SESSION_TAG_LEN], CodeError> {
 }
 
 fn check_ticket(ticket: &str) -> Result<(), CodeError> {
-    if ticket.is_empty() || ticket.len() > MAX_TICKET || !ticket.chars().all(|c| ('!'..='~').contains(&c)) {
+    if ticket.is_empty()
+        || ticket.len() > MAX_TICKET
+        || !ticket.chars().all(|c| ('!'..='~').contains(&c))
+    {
         return Err(CodeError::BadTicket);
     }
     Ok(())
@@ -48,7 +51,11 @@ impl PairingCode {
         check_ticket(ticket)?;
         let mut tag = [0u8; SESSION_TAG_LEN];
         getrandom::fill(&mut tag).expect("the OS random number generator failed");
-        Ok(Self { words: generate_words(word_count)?, tag, ticket: ticket.to_owned() })
+        Ok(Self {
+            words: generate_words(word_count)?,
+            tag,
+            ticket: ticket.to_owned(),
+        })
     }
 
     pub fn parse(text: &str) -> Result<Self, CodeError> {
@@ -60,7 +67,11 @@ impl PairingCode {
         let words = normalize_words(words)?;
         let tag = decode_tag(tag)?;
         check_ticket(ticket)?;
-        Ok(Self { words, tag, ticket: ticket.to_owned() })
+        Ok(Self {
+            words,
+            tag,
+            ticket: ticket.to_owned(),
+        })
     }
 
     pub fn password(&self) -> Vec<u8> {
@@ -70,6 +81,12 @@ impl PairingCode {
 
 impl std::fmt::Display for PairingCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}.{}", self.words.join("-"), encode_tag(&self.tag), self.ticket)
+        write!(
+            f,
+            "{}.{}.{}",
+            self.words.join("-"),
+            encode_tag(&self.tag),
+            self.ticket
+        )
     }
 }

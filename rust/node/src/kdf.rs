@@ -111,8 +111,14 @@ impl PairingKeys {
 
     pub fn session_keys(&self, role: Role) -> SessionKeys {
         match role {
-            Role::Host => SessionKeys { send: self.host_to_joiner, receive: self.joiner_to_host },
-            Role::Joiner => SessionKeys { send: self.joiner_to_host, receive: self.host_to_joiner },
+            Role::Host => SessionKeys {
+                send: self.host_to_joiner,
+                receive: self.joiner_to_host,
+            },
+            Role::Joiner => SessionKeys {
+                send: self.joiner_to_host,
+                receive: self.host_to_joiner,
+            },
         }
     }
 }

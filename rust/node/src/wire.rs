@@ -1,8 +1,8 @@
 //! Envelope (§2), framing (§3), pairing messages (§6), device info (§6.1), sealing (§7.7),
 //! and the code tables of §10.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::ChaCha20Poly1305;
+use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
 pub const ENVELOPE_VERSION: u8 = 1;
 pub const MAX_KIND_LEN: usize = 32;
@@ -51,11 +51,16 @@ pub mod reject {
 
     /// A received code this version does not know is UNSPECIFIED.
     pub fn from_wire(code: u16) -> u16 {
-        if (1..=13).contains(&code) { code } else { UNSPECIFIED }
+        if (1..=13).contains(&code) {
+            code
+        } else {
+            UNSPECIFIED
+        }
     }
 }
 
 /// QUIC application close codes (§10.2).
+#[allow(dead_code)]
 pub mod close {
     pub const OK: u32 = 0;
     pub const PAIRING_FAILED: u32 = 2;
@@ -106,7 +111,10 @@ pub struct ProtoError {
 
 impl ProtoError {
     pub fn new(code: u16, reason: impl Into<String>) -> Self {
-        Self { code, reason: reason.into() }
+        Self {
+            code,
+            reason: reason.into(),
+        }
     }
 }
 
@@ -124,7 +132,9 @@ fn malformed(what: impl Into<String>) -> ProtoError {
 
 pub fn valid_kind(kind: &str) -> bool {
     (1..=MAX_KIND_LEN).contains(&kind.len())
-        && kind.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        && kind
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
 }
 
 /// The envelope header of a stream of `kind`.
@@ -141,7 +151,10 @@ pub fn decode_header(data: &[u8]) -> Result<(String, usize), ProtoError> {
         return Err(malformed("envelope prefix is 2 bytes"));
     }
     if data[0] != ENVELOPE_VERSION {
-        return Err(malformed(format!("unsupported envelope version {}", data[0])));
+        return Err(malformed(format!(
+            "unsupported envelope version {}",
+            data[0]
+        )));
     }
     let n = data[1] as usize;
     if !(1..=MAX_KIND_LEN).contains(&n) || data.len() < 2 + n {
@@ -186,13 +199,21 @@ impl DeviceInfo {
     pub fn validate(&self) -> Result<(), String> {
         for (i, (value, (lo, hi))) in self.fields().iter().zip(FIELD_LIMITS).enumerate() {
             if !(lo..=hi).contains(&value.len()) {
-                return Err(format!("device info field {i} must be {lo}..{hi} UTF-8 bytes"));
+                return Err(format!(
+                    "device info field {i} must be {lo}..{hi} UTF-8 bytes"
+                ));
             }
             if value.chars().any(char::is_control) {
-                return Err(format!("device info field {i} contains a control character"));
+                return Err(format!(
+                    "device info field {i} contains a control character"
+                ));
             }
         }
-        if !self.device_type.bytes().all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-')) {
+        if !self
+            .device_type
+            .bytes()
+            .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+        {
             return Err("device_type is a token of [a-z0-9._-]".into());
         }
         Ok(())
@@ -211,10 +232,17 @@ impl DeviceInfo {
         let mut values = Vec::with_capacity(4);
         let mut pos = 0;
         for _ in 0..4 {
-            let n = *data.get(pos).ok_or_else(|| malformed("truncated device info"))? as usize;
-            let raw = data.get(pos + 1..pos + 1 + n).ok_or_else(|| malformed("truncated device info"))?;
+            let n = *data
+                .get(pos)
+                .ok_or_else(|| malformed("truncated device info"))? as usize;
+            let raw = data
+                .get(pos + 1..pos + 1 + n)
+                .ok_or_else(|| malformed("truncated device info"))?;
             pos += 1 + n;
-            values.push(String::from_utf8(raw.to_vec()).map_err(|_| malformed("device info is not UTF-8"))?);
+            values.push(
+                String::from_utf8(raw.to_vec())
+                    .map_err(|_| malformed("device info is not UTF-8"))?,
+            );
         }
         if pos != data.len() {
             return Err(malformed("trailing bytes after device info"));
@@ -234,7 +262,13 @@ impl DeviceInfo {
 /// ChaCha20-Poly1305 with a zero nonce and AAD = TH (§7.7).
 pub fn seal(key: &[u8; 32], plaintext: &[u8], aad: &[u8]) -> Vec<u8> {
     ChaCha20Poly1305::new(key.into())
-        .encrypt(&[0u8; 12].into(), Payload { msg: plaintext, aad })
+        .encrypt(
+            &[0u8; 12].into(),
+            Payload {
+                msg: plaintext,
+                aad,
+            },
+        )
         .expect("sealing cannot fail")
 }
 
@@ -251,11 +285,27 @@ pub const SIDE_B: u8 = 0x42;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Message {
-    Hello { session_tag: [u8; 16], joiner_id: [u8; 32], spake_msg: [u8; 33] },
-    Reply { host_id: [u8; 32], spake_msg: [u8; 33], host_mac: [u8; 32] },
-    Confirm { joiner_mac: [u8; 32], sealed_info: Vec<u8> },
-    Complete { sealed_info: Vec<u8> },
-    Reject { code: u16, text: String },
+    Hello {
+        session_tag: [u8; 16],
+        joiner_id: [u8; 32],
+        spake_msg: [u8; 33],
+    },
+    Reply {
+        host_id: [u8; 32],
+        spake_msg: [u8; 33],
+        host_mac: [u8; 32],
+    },
+    Confirm {
+        joiner_mac: [u8; 32],
+        sealed_info: Vec<u8>,
+    },
+    Complete {
+        sealed_info: Vec<u8>,
+    },
+    Reject {
+        code: u16,
+        text: String,
+    },
 }
 
 impl Message {
@@ -275,25 +325,39 @@ impl Message {
         while !text.is_char_boundary(end) {
             end -= 1;
         }
-        Message::Reject { code, text: text[..end].to_owned() }
+        Message::Reject {
+            code,
+            text: text[..end].to_owned(),
+        }
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         match self {
-            Message::Hello { session_tag, joiner_id, spake_msg } => {
+            Message::Hello {
+                session_tag,
+                joiner_id,
+                spake_msg,
+            } => {
                 out.push(0x01);
                 out.extend_from_slice(session_tag);
                 out.extend_from_slice(joiner_id);
                 out.extend_from_slice(spake_msg);
             }
-            Message::Reply { host_id, spake_msg, host_mac } => {
+            Message::Reply {
+                host_id,
+                spake_msg,
+                host_mac,
+            } => {
                 out.push(0x02);
                 out.extend_from_slice(host_id);
                 out.extend_from_slice(spake_msg);
                 out.extend_from_slice(host_mac);
             }
-            Message::Confirm { joiner_mac, sealed_info } => {
+            Message::Confirm {
+                joiner_mac,
+                sealed_info,
+            } => {
                 out.push(0x03);
                 out.extend_from_slice(joiner_mac);
                 out.extend_from_slice(&(sealed_info.len() as u16).to_be_bytes());
@@ -316,7 +380,10 @@ impl Message {
 
     pub fn decode(body: &[u8]) -> Result<Self, ProtoError> {
         if body.len() > MAX_MESSAGE {
-            return Err(ProtoError::new(reject::TOO_LARGE, format!("{} > {MAX_MESSAGE} bytes", body.len())));
+            return Err(ProtoError::new(
+                reject::TOO_LARGE,
+                format!("{} > {MAX_MESSAGE} bytes", body.len()),
+            ));
         }
         let Some(&t) = body.first() else {
             return Err(malformed("empty message"));
@@ -358,13 +425,19 @@ impl Message {
                     sealed_info: sealed_field(body, 33, "Confirm")?,
                 })
             }
-            0x04 => Ok(Message::Complete { sealed_info: sealed_field(body, 1, "Complete")? }),
+            0x04 => Ok(Message::Complete {
+                sealed_info: sealed_field(body, 1, "Complete")?,
+            }),
             0x7f => {
                 if body.len() < 4 || body.len() != 4 + body[3] as usize {
                     return Err(malformed("Reject: wrong length"));
                 }
-                let text = String::from_utf8(arr(4..body.len())).map_err(|_| malformed("Reject: text is not UTF-8"))?;
-                Ok(Message::Reject { code: u16::from_be_bytes([body[1], body[2]]), text })
+                let text = String::from_utf8(arr(4..body.len()))
+                    .map_err(|_| malformed("Reject: text is not UTF-8"))?;
+                Ok(Message::Reject {
+                    code: u16::from_be_bytes([body[1], body[2]]),
+                    text,
+                })
             }
             other => Err(malformed(format!("unknown message type 0x{other:02x}"))),
         }
@@ -377,7 +450,9 @@ fn sealed_field(body: &[u8], at: usize, name: &str) -> Result<Vec<u8>, ProtoErro
     }
     let n = u16::from_be_bytes([body[at], body[at + 1]]) as usize;
     if !(MIN_SEALED..=MAX_SEALED).contains(&n) {
-        return Err(malformed(format!("{name}: sealed info length {n} out of range")));
+        return Err(malformed(format!(
+            "{name}: sealed info length {n} out of range"
+        )));
     }
     if body.len() != at + 2 + n {
         return Err(malformed(format!("{name}: wrong length")));

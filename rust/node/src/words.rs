@@ -27,7 +27,10 @@ impl std::fmt::Display for CodeError {
             CodeError::Malformed => write!(f, "a pairing code looks like words.tag.ticket"),
             CodeError::UnknownWord(w) => write!(f, "not a pairing code word: {w:?}"),
             CodeError::BadWordCount(n) => {
-                write!(f, "a pairing code has {MIN_WORDS}..{MAX_WORDS} words, got {n}")
+                write!(
+                    f,
+                    "a pairing code has {MIN_WORDS}..{MAX_WORDS} words, got {n}"
+                )
             }
             CodeError::BadSessionTag => write!(f, "bad session tag"),
             CodeError::BadTicket => write!(f, "bad ticket"),
@@ -45,7 +48,13 @@ pub fn wordlist() -> &'static [&'static str] {
 
 fn index() -> &'static HashMap<&'static str, usize> {
     static INDEX: OnceLock<HashMap<&'static str, usize>> = OnceLock::new();
-    INDEX.get_or_init(|| wordlist().iter().enumerate().map(|(i, w)| (*w, i)).collect())
+    INDEX.get_or_init(|| {
+        wordlist()
+            .iter()
+            .enumerate()
+            .map(|(i, w)| (*w, i))
+            .collect()
+    })
 }
 
 fn is_separator(c: char) -> bool {

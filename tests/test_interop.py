@@ -1,0 +1,333 @@
+"""Cross-language interop: the Python `Node` against the plain-Rust `iroh-pair-node`.
+
+The Rust binary shares no code with the package (only docs/PROTOCOL.md and the vector files):
+pairing in both roles, SAS agreement, sealed requests both ways on the pairing connection, a
+wrong code, and tampered / replayed messages, all on 127.0.0.1 with relays, address lookup and
+the portmapper off. The Rust side's own vector checks run in `cargo test -p iroh-pair-node`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from iroh_pair.code import PairingCode
+from iroh_pair.errors import RemoteError
+from iroh_pair.messaging import new_message_id
+from iroh_pair.node import Node, NodeEvent, PairingFailed
+from iroh_pair.protocol import ALPN, RejectCode, StreamErrorCode, encode_header
+from iroh_pair.registry import PairedDevice
+from iroh_pair.transport import EndpointAddr
+
+LOCAL: dict[str, Any] = dict(
+    relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
+)
+TIMEOUT = 30.0
+
+
+class RustNode:
+    """One `iroh-pair-node` process; its JSON lines are read with timeouts."""
+
+    def __init__(self, proc: asyncio.subprocess.Process) -> None:
+        self.proc = proc
+        self.lines: list[dict[str, Any]] = []
+        self._taken: set[int] = set()
+
+    @classmethod
+    async def start(cls, binary: Path, *args: str) -> RustNode:
+        proc = await asyncio.create_subprocess_exec(
+            str(binary),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        return cls(proc)
+
+    async def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        try:
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), TIMEOUT)
+        except TimeoutError:
+            raise AssertionError(f"no line from the Rust node in time; so far: {self.lines}") from None
+        if not raw:
+            raise AssertionError(f"the Rust node exited; output so far: {self.lines}")
+        line: dict[str, Any] = json.loads(raw)
+        self.lines.append(line)
+        return line
+
+    async def event(self, name: str) -> dict[str, Any]:
+        """The first line with ``"event": name`` not returned before (lines of other events
+        stay available, so the order of events from concurrent tasks does not matter)."""
+        i = 0
+        while True:
+            while i < len(self.lines):
+                line = self.lines[i]
+                if i not in self._taken and line.get("event") == name:
+                    self._taken.add(i)
+                    return line
+                if line.get("event") == "error":
+                    raise AssertionError(f"the Rust node failed: {line}")
+                i += 1
+            await self._read()
+
+    async def wait(self) -> int:
+        """Reads to the end and returns the exit status."""
+        while True:
+            try:
+                await self._read()
+            except AssertionError:
+                break
+        return await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+        await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def rust(binary: Path, *args: str) -> AsyncIterator[RustNode]:
+    node = await RustNode.start(binary, *args)
+    try:
+        yield node
+    finally:
+        await node.stop()
+
+
+@contextlib.asynccontextmanager
+async def py_node(path: Path, name: str) -> AsyncIterator[Node]:
+    node = await Node.open(path, name=name, **LOCAL)
+    node.on_message(lambda dev, data: b"py got " + data)
+    try:
+        yield node
+    finally:
+        await node.close()
+
+
+async def paired_sas(node: Node, events: list[NodeEvent]) -> str:
+    """The SAS of the node's first "paired" event."""
+    for _ in range(200):
+        for ev in events:
+            if ev.kind == "paired":
+                return ev.detail
+        await asyncio.sleep(0.02)
+    raise AssertionError("no paired event")
+
+
+def collect(node: Node) -> tuple[list[NodeEvent], asyncio.Task[None]]:
+    events: list[NodeEvent] = []
+
+    async def run() -> None:
+        async for ev in node.events():
+            events.append(ev)
+
+    return events, asyncio.ensure_future(run())
+
+
+def rust_device(state: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads((state / "devices.json").read_text())
+    devices: list[dict[str, Any]] = data["devices"]
+    assert len(devices) == 1
+    return devices[0]
+
+
+def check_keys(dev: PairedDevice, stored: dict[str, Any]) -> None:
+    """The Rust side stored the mirror image of our directional keys."""
+    assert stored["send"] == dev.keys.receive.hex()
+    assert stored["receive"] == dev.keys.send.hex()
+
+
+def wrong_words(code: PairingCode) -> str:
+    words = list(code.words)
+    words[0] = "zoo" if words[0] != "zoo" else "abandon"
+    return str(PairingCode(tuple(words), code.tag, code.ticket))
+
+
+async def test_python_host_rust_joiner(rust_node: Path, tmp_path: Path) -> None:
+    async with py_node(tmp_path / "py", "py-host") as host:
+        events, task = collect(host)
+        hosted = await host.host_pairing()
+        state = tmp_path / "rs"
+        async with rust(
+            rust_node, "join", str(hosted.code), "--state", str(state), "--name", "rusty",
+            "--serve", "--then-request", "hello python",
+        ) as r:
+            ready = await r.event("ready")
+            paired = await r.event("paired")
+            dev = await hosted.wait(TIMEOUT)
+            assert str(dev.endpoint_id) == ready["id"]
+            assert paired["peer"] == str(host.id) and paired["name"] == "py-host"
+            assert dev.name == "rusty" and paired["role"] == "joiner"
+            assert paired["sas"] == await paired_sas(host, events)
+            check_keys(dev, rust_device(state))
+            # Rust -> Python on the pairing connection
+            reply = await r.event("reply")
+            assert reply["text"] == "py got hello python"
+            # Python -> Rust on the same connection
+            assert await host.request(dev, b"hello rust", timeout=TIMEOUT) == b"rust got hello rust"
+            msg = await r.event("message")
+            assert msg["text"] == "hello rust" and msg["peer"] == str(host.id)
+            assert msg["stats"]["connections_dialed"] == 1
+            assert msg["stats"]["connections_accepted"] == 0
+            assert host.endpoint.stats()["connections_accepted"] == 1
+            assert host.counters["messages_delivered"] == 1
+        task.cancel()
+
+
+async def test_rust_host_python_joiner(rust_node: Path, tmp_path: Path) -> None:
+    state = tmp_path / "rs"
+    async with rust(
+        rust_node, "host", "--state", str(state), "--name", "rusty", "--serve",
+        "--then-request", "hello python",
+    ) as r:
+        ready = await r.event("ready")
+        code = (await r.event("code"))["code"]
+        async with py_node(tmp_path / "py", "py-joiner") as joiner:
+            events, task = collect(joiner)
+            dev = await joiner.join(code, timeout=TIMEOUT)
+            assert str(dev.endpoint_id) == ready["id"] and dev.name == "rusty"
+            paired = await r.event("paired")
+            assert paired["peer"] == str(joiner.id) and paired["name"] == "py-joiner"
+            assert paired["role"] == "host"
+            assert paired["sas"] == await paired_sas(joiner, events)
+            check_keys(dev, rust_device(state))
+            # Python -> Rust, then Rust -> Python, on the pairing connection
+            assert await joiner.request(dev, b"hello rust", timeout=TIMEOUT) == b"rust got hello rust"
+            msg = await r.event("message")
+            assert msg["text"] == "hello rust"
+            reply = await r.event("reply")
+            assert reply["text"] == "py got hello python"
+            # one connection, accepted by the Rust host, dialed by Python
+            assert reply["stats"]["connections_accepted"] == 1
+            assert reply["stats"]["connections_dialed"] == 0
+            assert joiner.endpoint.stats()["connections_accepted"] == 0
+            assert joiner.counters["messages_delivered"] == 1
+            task.cancel()
+
+
+async def test_wrong_code_python_host_rust_joiner(
+    rust_node: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="iroh_pair.node")
+    async with py_node(tmp_path / "py", "py-host") as host:
+        hosted = await host.host_pairing()
+        async with rust(rust_node, "join", wrong_words(hosted.code), "--state", str(tmp_path / "rs")) as r:
+            failed = await r.event("failed")
+            assert failed["code"] == int(RejectCode.WRONG_CODE) == 10
+            assert failed["by_peer"] is False  # the joiner detects it (host MAC)
+            assert await r.wait() == 1
+        for _ in range(100):
+            if "WRONG_CODE" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "WRONG_CODE" in caplog.text
+        assert hosted.offer.attempts_used == 1 and not hosted.done
+        assert host.devices() == []
+
+
+async def test_wrong_code_rust_host_python_joiner(rust_node: Path, tmp_path: Path) -> None:
+    async with rust(rust_node, "host", "--state", str(tmp_path / "rs")) as r:
+        code = PairingCode.parse((await r.event("code"))["code"])
+        async with py_node(tmp_path / "py", "py-joiner") as joiner:
+            with pytest.raises(PairingFailed) as e:
+                await joiner.join(wrong_words(code), timeout=TIMEOUT)
+            assert e.value.code == RejectCode.WRONG_CODE and not e.value.by_peer
+            failed = await r.event("failed")
+            assert failed["code"] == 10 and failed["by_peer"] is True
+            assert joiner.devices() == []
+            # the code is still good for the right words (2 attempts left)
+            dev = await joiner.join(str(code), timeout=TIMEOUT)
+            assert (await r.event("paired"))["peer"] == str(joiner.id)
+            assert dev.endpoint_id in [d.endpoint_id for d in joiner.devices()]
+
+
+async def test_tampered_and_replayed_rust_to_python(rust_node: Path, tmp_path: Path) -> None:
+    state = tmp_path / "rs"
+    async with py_node(tmp_path / "py", "py-host") as host:
+        hosted = await host.host_pairing()
+        async with rust(rust_node, "join", str(hosted.code), "--state", str(state)) as r:
+            await r.event("paired")
+            assert await r.wait() == 0
+        dev = await hosted.wait(TIMEOUT)
+        target = ("--state", str(state), "--peer-addr", host.ticket())
+        # a good request from a new process (new connection, new subkeys)
+        async with rust(rust_node, "request", str(host.id), "ping", *target) as r:
+            assert (await r.event("reply"))["text"] == "py got ping"
+        async with rust(rust_node, "request", str(host.id), "bad", "--tamper", *target) as r:
+            refused = await r.event("refused")
+            assert refused["code"] == int(StreamErrorCode.TAMPERED) == 16
+        assert host.rejections == {"TAMPERED": 1}
+        async with rust(rust_node, "request", str(host.id), "twice", "--replay", *target) as r:
+            assert (await r.event("reply"))["text"] == "py got twice"
+            refused = await r.event("refused")
+            assert refused["code"] == int(StreamErrorCode.REPLAYED) == 17
+        assert host.rejections == {"TAMPERED": 1, "REPLAYED": 1}
+        assert host.counters["messages_delivered"] == 2
+        assert host.counters["messages_rejected"] == 2
+        assert dev.name == "iroh-pair-node"
+
+
+async def test_tampered_replayed_duplicate_python_to_rust(rust_node: Path, tmp_path: Path) -> None:
+    """The Rust receiver refuses bad sealed messages with the spec's stream error codes."""
+    async with py_node(tmp_path / "py", "py-host") as host:
+        hosted = await host.host_pairing()
+        async with rust(rust_node, "join", str(hosted.code), "--state", str(tmp_path / "rs"), "--serve") as r:
+            await r.event("paired")
+            dev = await hosted.wait(TIMEOUT)
+            assert await host.request(dev, b"one", timeout=TIMEOUT) == b"rust got one"
+            conn = host.cache.peek(dev.endpoint_id, ALPN)
+            assert conn is not None
+            channel = host._channel(conn, dev)
+
+            async def refused(payload: bytes) -> int:
+                with pytest.raises(RemoteError) as e:
+                    await conn.request(payload, max_response=1 << 20, timeout=TIMEOUT)
+                return e.value.code
+
+            mid = new_message_id()
+            good = encode_header("msg") + channel.seal("msg", b"two", message_id=mid)
+            bad = bytearray(encode_header("msg") + channel.seal("msg", b"three"))
+            bad[-1] ^= 1
+            assert await refused(bytes(bad)) == StreamErrorCode.TAMPERED
+            reply = await conn.request(good, max_response=1 << 20, timeout=TIMEOUT)
+            assert channel.open("msg", reply, reply_to=mid).plaintext == b"rust got two"
+            assert await refused(good) == StreamErrorCode.REPLAYED
+            again = encode_header("msg") + channel.seal("msg", b"two", message_id=mid)
+            assert await refused(again) == StreamErrorCode.DUPLICATE
+            other = encode_header("sync") + channel.seal("sync", b"four")
+            assert await refused(other) == StreamErrorCode.UNKNOWN_KIND
+            names = [(await r.event("rejected_incoming"))["name"] for _ in range(3)]
+            assert names == ["TAMPERED", "REPLAYED", "DUPLICATE"]
+            assert await host.request(dev, b"five", timeout=TIMEOUT) == b"rust got five"
+            msg = await r.event("message")
+            while msg["text"] != "five":
+                msg = await r.event("message")  # "one", "two", then "five"
+            assert msg["stats"]["rejections"] == {"TAMPERED": 1, "REPLAYED": 1, "DUPLICATE": 1}
+            assert msg["stats"]["messages_delivered"] == 3
+            assert host.endpoint.stats()["connections_accepted"] == 1
+
+
+async def test_python_dials_rust_serve_after_pairing(rust_node: Path, tmp_path: Path) -> None:
+    """A paired device reconnects: the Rust `serve` mode admits it on a new connection."""
+    state = tmp_path / "rs"
+    async with py_node(tmp_path / "py", "py-host") as host:
+        hosted = await host.host_pairing()
+        async with rust(rust_node, "join", str(hosted.code), "--state", str(state)) as r:
+            await r.event("paired")
+            assert await r.wait() == 0
+        dev = await hosted.wait(TIMEOUT)
+        async with rust(rust_node, "serve", "--state", str(state)) as r:
+            ready = await r.event("ready")
+            assert ready["id"] == str(dev.endpoint_id)
+            host._hints[dev.endpoint_id] = EndpointAddr.from_ticket(ready["ticket"])
+            assert await host.request(dev, b"again", timeout=TIMEOUT) == b"rust got again"
+            msg = await r.event("message")
+            assert msg["text"] == "again" and msg["stats"]["connections_accepted"] == 1
