@@ -83,6 +83,10 @@ def test_envelope() -> None:
     body = x(V["envelope"]["frame_body"])
     assert encode_frame(body) == x(V["envelope"]["frame"])
     assert FrameBuffer().feed(x(V["envelope"]["frame"])) == [body]
+    # the first frame of a pair stream: the header, then M1, in one frame (§2)
+    first = encode_frame(encode_header("pair") + body)
+    assert first == x(V["envelope"]["first_frame"])
+    assert decode_header(FrameBuffer().feed(first)[0]) == ("pair", 6)
 
 
 def test_code() -> None:

@@ -142,7 +142,8 @@ def generate() -> dict[str, Any]:
         "description": "iroh-pair/1 pairing test vectors; see docs/PROTOCOL.md. Hex unless noted.",
         "alpn": ALPN.decode(),
         "envelope": {"kind": "pair", "header": h(header),
-                     "frame_body": h(hello), "frame": h(len(hello).to_bytes(4, "big") + hello)},
+                     "frame_body": h(hello), "frame": h(len(hello).to_bytes(4, "big") + hello),
+                     "first_frame": h((len(header) + len(hello)).to_bytes(4, "big") + header + hello)},
         "code": {
             "words": words,
             "password": h(password),
