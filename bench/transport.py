@@ -82,6 +82,28 @@ async def _worker(workload: str, count: int, mib: int) -> dict[str, float | int 
         start = time.perf_counter()
         await asyncio.gather(*(conn.request(payload) for _ in range(count)))
         out.update(count=count, msg_per_s=count / (time.perf_counter() - start))
+    elif workload == "connect-per-message":
+        # What the cache prevents: a new connection for every message.
+        sconn.serve(lambda req: reply)
+        addr = server.addr()
+
+        async def accept_loop() -> None:
+            while (c := await server.accept()) is not None:
+                c.serve(lambda req: reply)
+
+        acceptor = asyncio.ensure_future(accept_loop())
+        lat = []
+        start = time.perf_counter()
+        for _ in range(count):
+            t = time.perf_counter()
+            c = await client.connect(addr, ALPN, timeout=10)
+            assert len(await c.request(payload)) == REPLY
+            c.close(0, b"done")
+            lat.append(time.perf_counter() - t)
+        total = time.perf_counter() - start
+        acceptor.cancel()
+        lat.sort()
+        out.update(count=count, msg_per_s=count / total, p50_us=lat[len(lat) // 2] * 1e6)
     elif workload == "bulk":
 
         async def sink() -> int:
@@ -120,7 +142,7 @@ def _run(cmd: list[str]) -> dict[str, float | int | str]:
 
 
 def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, float | int | str]:
-    count = args.queued if workload == "queued" else args.count
+    count = {"queued": args.queued, "connect-per-message": args.connects}.get(workload, args.count)
     if contender == "rust":
         return _run([str(rust_binary()), "bench", workload, "--count", str(count), "--mib", str(args.mib)])
     return _run(
@@ -132,6 +154,10 @@ METRICS = {
     "sequential": [("p50_us", "sequential p50 (us)", "lower"), ("msg_per_s", "sequential msg/s", "higher")],
     "queued": [("msg_per_s", "queued msg/s", "higher")],
     "bulk": [("mib_per_s", "one stream MiB/s", "higher")],
+    "connect-per-message": [
+        ("p50_us", "conn-per-msg p50 (us)", "lower"),
+        ("msg_per_s", "conn-per-msg msg/s", "higher"),
+    ],
 }
 
 
@@ -141,7 +167,8 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=3000, help="sequential requests per cell")
     ap.add_argument("--queued", type=int, default=5000, help="requests queued at once")
     ap.add_argument("--mib", type=int, default=64, help="MiB on one stream")
-    ap.add_argument("--workloads", default="sequential,queued,bulk")
+    ap.add_argument("--connects", type=int, default=300, help="messages with a new connection each")
+    ap.add_argument("--workloads", default="sequential,queued,bulk,connect-per-message")
     ap.add_argument("--json", type=Path, help="also write every sample to this file")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -167,6 +194,12 @@ def main() -> None:
             note = "x Rust" if better == "lower" else "of Rust"
             shown = f"{ratio:.2f}x" if better == "lower" else f"{ratio * 100:.0f}%"
             print(f"{label:24} {rust:12.1f} {py:12.1f} {shown:>8} {note}")
+    if "sequential" in workloads and "connect-per-message" in workloads:
+        print("\ncached stream per message vs a new connection per message (msg/s):")
+        for c, name in (("rust", "plain Rust"), ("python", "iroh-pair")):
+            cached = statistics.median(float(s["msg_per_s"]) for s in samples[(c, "sequential")])
+            per = statistics.median(float(s["msg_per_s"]) for s in samples[(c, "connect-per-message")])
+            print(f"  {name:10} {cached:10.1f} vs {per:8.1f}: {cached / per:5.1f}x")
     if args.json:
         args.json.write_text(json.dumps({"rows": rows, "samples": [
             {"contender": c, "workload": w, **s} for (c, w), ss in samples.items() for s in ss

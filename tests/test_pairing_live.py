@@ -237,3 +237,62 @@ async def test_expired_code_fails(host: Node, tmp_path: Path) -> None:
     finally:
         await joiner.close()
     await no_pairing(host)
+
+
+async def test_scripted_host_with_bad_mac_is_refused_by_the_joiner(tmp_path: Path) -> None:
+    """A host that answers with a corrupted confirmation MAC, and never rejects: the joiner's
+    own check refuses it, and it stores nothing."""
+    from iroh_pair.protocol import HostHandshake, decode_header
+
+    async with await Endpoint.bind(alpns=[ALPN]) as evil:
+        code = PairingCode.generate(evil.ticket())
+        offer = PairingOffer.create(code, now=time.monotonic())
+        joiner = await open_node(tmp_path / "joiner", "joiner")
+        sent_back: list[bytes] = []
+
+        async def scripted_host() -> None:
+            conn = await evil.accept()
+            assert conn is not None
+            send, recv = await conn.accept_bi()
+            first = await recv.read_frame(MAX_MESSAGE)
+            assert first is not None
+            _, n = decode_header(first)
+            hs = HostHandshake(offer, host_id=evil.id.to_bytes(), remote_id=conn.remote_id.to_bytes(),
+                               channel_binding=channel_binding(conn), host_info=INFO)
+            m2 = next(ev.body for ev in hs.receive(first[n:], time.monotonic()) if isinstance(ev, SendMessage))
+            reply = wire.decode(m2)
+            assert isinstance(reply, wire.Reply)
+            bad_mac = bytes([reply.host_mac[0] ^ 1]) + reply.host_mac[1:]
+            await send.write_frame(wire.encode(wire.Reply(reply.host_id, reply.spake_msg, bad_mac)))
+            while (f := await recv.read_frame(MAX_MESSAGE)) is not None:
+                sent_back.append(f)
+
+        task = asyncio.ensure_future(scripted_host())
+        try:
+            with pytest.raises(PairingFailed) as e:
+                await joiner.join(code, timeout=10)
+            assert e.value.code == RejectCode.WRONG_CODE and not e.value.by_peer
+            assert joiner.devices() == []
+            await asyncio.wait_for(task, 5)
+            # the joiner sent its Reject, never a Confirm carrying its device info
+            assert [type(wire.decode(f)) for f in sent_back] == [wire.Reject]
+        finally:
+            task.cancel()
+            await joiner.close()
+
+
+async def test_wrong_session_tag_is_not_counted(host: Node) -> None:
+    hosted = await host.host_pairing()
+    other_tag = bytes(b ^ 0xFF for b in hosted.code.tag)
+    forged = PairingCode(hosted.code.words, other_tag, hosted.code.ticket)
+    async with await Endpoint.bind() as ep:
+        conn = await dial(ep, hosted.code)
+
+        async def keep(_: object) -> None:
+            raise AssertionError("must not pair")
+
+        with pytest.raises(PairingFailed) as e:
+            await run_joiner(conn, forged, local_id=ep.id.to_bytes(), info=INFO, on_paired=keep)
+        assert e.value.code == RejectCode.BAD_TAG
+    assert hosted.offer.attempts_used == 0
+    await no_pairing(host)

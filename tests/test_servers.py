@@ -506,3 +506,39 @@ def test_demo_devices_restart_and_talk_by_id_alone(tmp_path: Path) -> None:
     cols = [r[1].lower() for r in con.execute("PRAGMA table_info(devices)")]
     con.close()
     assert cols and not [c for c in cols if any(w in c for w in ("addr", "ip", "port", "relay"))]
+
+
+@inner
+async def test_node_events_say_relay_or_direct(servers: LocalServers, tmp_path: Path) -> None:
+    """A restarted node dials its paired device by id alone; its events say over which path."""
+    from iroh_pair.node import Node, NodeEvent
+
+    opts = dict(servers.endpoint_options(), bind_addrs=("127.0.0.1:0",), portmapper=False)
+    a = await Node.open(tmp_path / "a", name="a", **opts)
+    b = await Node.open(tmp_path / "b", name="b", **opts)
+    try:
+        a.on_message(lambda dev, data: b"a got " + data)
+        hosted = await a.host_pairing()
+        await b.join(hosted.code)
+        await b.close()
+        b = await Node.open(tmp_path / "b", name="b", **opts)  # restarted: new port, no address
+        events: list[NodeEvent] = []
+
+        async def collect() -> None:
+            async for ev in b.events():
+                events.append(ev)
+
+        watcher = asyncio.ensure_future(collect())
+        await asyncio.sleep(0)
+        reply = await poll("request by id", lambda: b.request("a", b"hi", timeout=5), 30)
+        assert reply == b"a got hi"
+        deadline = time.monotonic() + 5
+        while not any(e.kind == "path_changed" and e.path == "direct" for e in events) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        watcher.cancel()
+        connected = [e for e in events if e.kind == "connected"]
+        assert connected and connected[0].path in ("relay", "direct")
+        print("node events:", [(e.kind, e.path) for e in events])
+    finally:
+        await b.close()
+        await a.close()
