@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Waker};
 
-use pyo3::prelude::*;
 use bytes::Bytes;
 use pyo3::intern;
+use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
@@ -303,7 +303,8 @@ impl Bridge {
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<usize> {
         self.shared.wake.clear();
-        let items = std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
+        let items =
+            std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
         let n = items.len();
         if n == 0 {
             return Ok(0);
@@ -367,23 +368,21 @@ impl Bridge {
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
         let token = c.token;
-        if c.persistent {
-            if let Ok(v) = &c.outcome {
-                let r: &dyn Any = &**v;
-                if r.is::<IncomingOut>() {
-                    let handler = self
-                        .handlers
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .get(&token)
-                        .map(|h| h.clone_ref(py));
-                    if let Some(handler) = handler {
-                        let Ok(v) = c.outcome else { unreachable!() };
-                        let any: Box<dyn Any + Send> = v;
-                        let inc = *any.downcast::<IncomingOut>().expect("checked above");
-                        return self.handle_request(py, token, inc, handler, streams);
-                    }
-                }
+        if c.persistent
+            && let Ok(v) = &c.outcome
+            && (&**v as &dyn Any).is::<IncomingOut>()
+        {
+            let handler = self
+                .handlers
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&token)
+                .map(|h| h.clone_ref(py));
+            if let Some(handler) = handler {
+                let Ok(v) = c.outcome else { unreachable!() };
+                let any: Box<dyn Any + Send> = v;
+                let inc = *any.downcast::<IncomingOut>().expect("checked above");
+                return self.handle_request(py, token, inc, handler, streams);
             }
         }
         let (ok, value) = match c.outcome {
@@ -394,19 +393,19 @@ impl Bridge {
             Err(e) => (false, PyErr::from(e).into_value(py).into_any()),
         };
         let key = token.into_pyobject(py)?;
-        if !c.persistent {
-            if let Some(fut) = futures.get_item(&key)? {
-                futures.del_item(&key)?;
-                if !fut.call_method0(intern!(py, "done"))?.is_truthy()? {
-                    let method = if ok {
-                        intern!(py, "set_result")
-                    } else {
-                        intern!(py, "set_exception")
-                    };
-                    fut.call_method1(method, (value,))?;
-                }
-                return Ok(());
+        if !c.persistent
+            && let Some(fut) = futures.get_item(&key)?
+        {
+            futures.del_item(&key)?;
+            if !fut.call_method0(intern!(py, "done"))?.is_truthy()? {
+                let method = if ok {
+                    intern!(py, "set_result")
+                } else {
+                    intern!(py, "set_exception")
+                };
+                fut.call_method1(method, (value,))?;
             }
+            return Ok(());
         }
         let Some(callbacks) = streams.get_item(&key)? else {
             return Ok(()); // cancelled meanwhile

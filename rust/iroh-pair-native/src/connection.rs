@@ -14,7 +14,9 @@ use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out};
 use crate::endpoint::Counters;
 use crate::error::Error;
 use crate::keys::EndpointId;
-use crate::streams::{RecvStream, SendState, SendStream, codes, copy_bytes, frame_header, read_frame};
+use crate::streams::{
+    RecvStream, SendState, SendStream, codes, copy_bytes, frame_header, read_frame,
+};
 
 /// A live QUIC connection to one peer on one ALPN.
 #[pyclass(module = "iroh_pair._native", frozen)]
@@ -36,7 +38,9 @@ impl ToPy for BiOut {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let s = Py::new(py, self.0)?;
         let r = Py::new(py, self.1)?;
-        Ok(PyTuple::new(py, [s.into_any(), r.into_any()])?.into_any().unbind())
+        Ok(PyTuple::new(py, [s.into_any(), r.into_any()])?
+            .into_any()
+            .unbind())
     }
 }
 
@@ -62,7 +66,10 @@ impl ToPy for CloseOut {
 }
 
 fn path_id(id: iroh::endpoint::PathId) -> u64 {
-    id.to_string().trim_start_matches(|c: char| !c.is_ascii_digit()).parse().unwrap_or(0)
+    id.to_string()
+        .trim_start_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .unwrap_or(0)
 }
 
 fn addr_kind(a: &TransportAddr) -> &'static str {
@@ -203,7 +210,11 @@ impl IncomingRequest {
     fn reject(&self, code: u64) -> PyResult<()> {
         varint_check(code)?;
         let send = self.take_send()?;
-        reject_on(send, self.recv.lock().unwrap_or_else(|e| e.into_inner()).take(), code);
+        reject_on(
+            send,
+            self.recv.lock().unwrap_or_else(|e| e.into_inner()).take(),
+            code,
+        );
         Ok(())
     }
 
@@ -377,19 +388,25 @@ impl Connection {
         bridge.spawn_stream(token, move |shared| async move {
             while let Some(ev) = events.next().await {
                 let o = match ev {
-                    PathEvent::Opened { id, remote_addr, .. } => PathEventOut {
+                    PathEvent::Opened {
+                        id, remote_addr, ..
+                    } => PathEventOut {
                         kind: "opened",
                         id: Some(path_id(id)),
                         transport: Some(addr_kind(&remote_addr)),
                         addr: Some(addr_str(&remote_addr)),
                     },
-                    PathEvent::Closed { id, remote_addr, .. } => PathEventOut {
+                    PathEvent::Closed {
+                        id, remote_addr, ..
+                    } => PathEventOut {
                         kind: "closed",
                         id: Some(path_id(id)),
                         transport: Some(addr_kind(&remote_addr)),
                         addr: Some(addr_str(&remote_addr)),
                     },
-                    PathEvent::Selected { id, remote_addr, .. } => PathEventOut {
+                    PathEvent::Selected {
+                        id, remote_addr, ..
+                    } => PathEventOut {
                         kind: "selected",
                         id: Some(path_id(id)),
                         transport: Some(addr_kind(&remote_addr)),
@@ -488,8 +505,11 @@ impl Connection {
         frame_timeout: f64,
         handler: Option<Py<PyAny>>,
     ) -> PyResult<()> {
-        let frame_timeout = Duration::try_from_secs_f64(frame_timeout)
-            .map_err(|_| Error::Value(format!("frame_timeout must be positive, got {frame_timeout}")))?;
+        let frame_timeout = Duration::try_from_secs_f64(frame_timeout).map_err(|_| {
+            Error::Value(format!(
+                "frame_timeout must be positive, got {frame_timeout}"
+            ))
+        })?;
         if let Some(h) = handler {
             bridge.set_handler(token, h);
         }

@@ -38,7 +38,11 @@ impl Counters {
 }
 
 fn secs(what: &str, v: f64) -> Result<Duration, Error> {
-    Duration::try_from_secs_f64(v).map_err(|_| Error::Value(format!("{what} must be a positive number of seconds, got {v}")))
+    Duration::try_from_secs_f64(v).map_err(|_| {
+        Error::Value(format!(
+            "{what} must be a positive number of seconds, got {v}"
+        ))
+    })
 }
 
 /// A bound iroh endpoint.
@@ -89,9 +93,10 @@ impl Endpoint {
                 }
                 let mut urls = Vec::new();
                 for u in &relay_urls {
-                    urls.push(RelayUrl::from_str(u).map_err(|e| {
-                        Error::Value(format!("bad relay URL {u:?}: {e}"))
-                    })?);
+                    urls.push(
+                        RelayUrl::from_str(u)
+                            .map_err(|e| Error::Value(format!("bad relay URL {u:?}: {e}")))?,
+                    );
                 }
                 b.relay_mode(RelayMode::custom(urls))
             }
@@ -156,14 +161,16 @@ impl Endpoint {
             }
             if let Some(i) = idle_timeout {
                 let d = secs("idle_timeout", i)?;
-                t = t.max_idle_timeout(Some(IdleTimeout::try_from(d).map_err(|e| {
-                    Error::Value(format!("idle_timeout out of range: {e}"))
-                })?));
+                t = t.max_idle_timeout(Some(
+                    IdleTimeout::try_from(d)
+                        .map_err(|e| Error::Value(format!("idle_timeout out of range: {e}")))?,
+                ));
             }
             if let Some(m) = max_bi_streams {
-                t = t.max_concurrent_bidi_streams(VarInt::from_u64(m).map_err(|e| {
-                    Error::Value(format!("max_bi_streams out of range: {e}"))
-                })?);
+                t = t.max_concurrent_bidi_streams(
+                    VarInt::from_u64(m)
+                        .map_err(|e| Error::Value(format!("max_bi_streams out of range: {e}")))?,
+                );
             }
             b = b.transport_config(t.build());
         }
@@ -189,7 +196,11 @@ impl Endpoint {
 
     /// The local UDP sockets, as `"ip:port"` strings.
     fn bound_sockets(&self) -> Vec<String> {
-        self.ep.bound_sockets().iter().map(|s| s.to_string()).collect()
+        self.ep
+            .bound_sockets()
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
     }
 
     /// Waits until the endpoint is connected to its home relay (never completes with relays off).

@@ -28,7 +28,10 @@ pub enum Error {
     /// A request's peer refused it (reset or stop): its handler failed or it rejected the request.
     Remote(u64),
     StreamClosed(String),
-    FrameTooLarge { length: u64, limit: u64 },
+    FrameTooLarge {
+        length: u64,
+        limit: u64,
+    },
     Truncated(String),
     Timeout(String),
     InvalidKey(String),
@@ -62,7 +65,10 @@ impl fmt::Display for Error {
             Error::Remote(c) => write!(f, "the peer refused the request with code {c}"),
             Error::StreamClosed(m) => write!(f, "stream closed: {m}"),
             Error::FrameTooLarge { length, limit } => {
-                write!(f, "frame of {length} bytes is larger than the limit of {limit} bytes")
+                write!(
+                    f,
+                    "frame of {length} bytes is larger than the limit of {limit} bytes"
+                )
             }
             Error::Truncated(m) => write!(f, "stream ended early: {m}"),
             Error::Timeout(m) => write!(f, "timed out: {m}"),
@@ -219,4 +225,3 @@ impl From<Error> for PyErr {
         Python::attach(|py| make(py, &e).unwrap_or_else(|err| err))
     }
 }
-

@@ -46,7 +46,10 @@ impl SecretKey {
     /// The key from its 32 raw bytes.
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
-        Ok(Self(iroh::SecretKey::from_bytes(&key_bytes(data, "a secret key")?)))
+        Ok(Self(iroh::SecretKey::from_bytes(&key_bytes(
+            data,
+            "a secret key",
+        )?)))
     }
 
     /// The 32 raw bytes (keep them secret).
@@ -66,7 +69,7 @@ impl SecretKey {
 
 /// The identity of an endpoint: an Ed25519 public key. Hashable and ordered by its bytes.
 #[pyclass(module = "iroh_pair._native", frozen)]
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct EndpointId(pub IrohId);
 
 #[pymethods]
@@ -118,7 +121,12 @@ impl EndpointId {
         };
         let a = self.0.as_bytes();
         let b = other.get().0.as_bytes();
-        Ok(op.matches(a.cmp(b)).into_pyobject(py)?.to_owned().into_any().unbind())
+        Ok(op
+            .matches(a.cmp(b))
+            .into_pyobject(py)?
+            .to_owned()
+            .into_any()
+            .unbind())
     }
 
     fn __bytes__<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
@@ -186,7 +194,11 @@ impl EndpointAddr {
     fn without_ip_addrs(&self) -> Self {
         Self(IrohAddr::from_parts(
             self.0.id,
-            self.0.addrs.iter().filter(|a| !matches!(a, TransportAddr::Ip(_))).cloned(),
+            self.0
+                .addrs
+                .iter()
+                .filter(|a| !matches!(a, TransportAddr::Ip(_)))
+                .cloned(),
         ))
     }
 

@@ -31,7 +31,8 @@ pub mod codes {
 }
 
 fn varint(code: u64) -> Result<VarInt, Error> {
-    VarInt::from_u64(code).map_err(|_| Error::Value(format!("error code {code} does not fit a QUIC varint")))
+    VarInt::from_u64(code)
+        .map_err(|_| Error::Value(format!("error code {code} does not fit a QUIC varint")))
 }
 
 /// Copies any bytes-like object into Rust-owned `Bytes`, once. The copy is deliberate: the bytes
@@ -76,7 +77,10 @@ pub struct SendState {
 
 impl SendState {
     pub fn new(stream: IrohSend) -> Self {
-        Self { stream, done: false }
+        Self {
+            stream,
+            done: false,
+        }
     }
 
     pub fn finish(&mut self) -> Result<(), Error> {
@@ -109,7 +113,9 @@ impl SendState {
 impl Drop for SendState {
     fn drop(&mut self) {
         if !self.done {
-            let _ = self.stream.reset(VarInt::from_u32(codes::STREAM_DROPPED as u32));
+            let _ = self
+                .stream
+                .reset(VarInt::from_u32(codes::STREAM_DROPPED as u32));
         }
     }
 }
@@ -202,7 +208,13 @@ impl SendStream {
     }
 
     /// Writes some of `data`; returns how many bytes were accepted.
-    fn write(&self, py: Python<'_>, bridge: &Bridge, token: u64, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn write(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let data = copy_bytes(data)?;
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
@@ -213,7 +225,13 @@ impl SendStream {
     }
 
     /// Writes all of `data`. Cancelled midway, the stream is reset with `STREAM_CANCELLED`.
-    fn write_all(&self, py: Python<'_>, bridge: &Bridge, token: u64, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn write_all(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let data = copy_bytes(data)?;
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
@@ -223,12 +241,22 @@ impl SendStream {
     }
 
     /// Writes `data` as one frame: a u32 big-endian length, then the bytes.
-    fn write_frame(&self, py: Python<'_>, bridge: &Bridge, token: u64, data: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    fn write_frame(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        data: &Bound<'_, PyAny>,
+    ) -> PyResult<Py<PyAny>> {
         let data = copy_bytes(data)?;
         let header = frame_header(data.len(), u32::MAX as usize)?;
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
-            inner.lock().await.write_all_chunks(&mut [header, data]).await?;
+            inner
+                .lock()
+                .await
+                .write_all_chunks(&mut [header, data])
+                .await?;
             Ok(Plain(()))
         })
     }
@@ -319,7 +347,13 @@ impl RecvStream {
     }
 
     /// Exactly `n` bytes; `TruncatedFrame` if the stream ends first.
-    fn read_exact(&self, py: Python<'_>, bridge: &Bridge, token: u64, n: usize) -> PyResult<Py<PyAny>> {
+    fn read_exact(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        n: usize,
+    ) -> PyResult<Py<PyAny>> {
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let mut buf = vec![0u8; n];
@@ -329,7 +363,13 @@ impl RecvStream {
     }
 
     /// Everything up to the end of the stream; `FrameTooLarge` beyond `limit` bytes.
-    fn read_to_end(&self, py: Python<'_>, bridge: &Bridge, token: u64, limit: usize) -> PyResult<Py<PyAny>> {
+    fn read_to_end(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        limit: usize,
+    ) -> PyResult<Py<PyAny>> {
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let data = inner
@@ -343,7 +383,13 @@ impl RecvStream {
     }
 
     /// One frame, or `None` at a clean end of stream.
-    fn read_frame(&self, py: Python<'_>, bridge: &Bridge, token: u64, max_len: usize) -> PyResult<Py<PyAny>> {
+    fn read_frame(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        max_len: usize,
+    ) -> PyResult<Py<PyAny>> {
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let f = read_frame(&mut *inner.lock().await, max_len).await?;
@@ -353,10 +399,9 @@ impl RecvStream {
 
     /// Tells the peer to stop sending, with `code`.
     fn stop(&self, code: u64) -> PyResult<()> {
-        let mut r = self
-            .inner
-            .try_lock()
-            .map_err(|_| Error::StreamClosed("a read on this stream is still in progress".into()))?;
+        let mut r = self.inner.try_lock().map_err(|_| {
+            Error::StreamClosed("a read on this stream is still in progress".into())
+        })?;
         r.stop(varint(code)?)
             .map_err(|_| Error::StreamClosed("the stream was already stopped".into()))?;
         Ok(())
