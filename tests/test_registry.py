@@ -42,9 +42,8 @@ from iroh_pair.registry import (
     sanitize_text,
 )
 
-from helpers import ROOT
 
-ENV = {**os.environ, "PYTHONPATH": str(ROOT / "python")}
+ENV = dict(os.environ)  # children import the same package as this run (the installed wheel in CI)
 
 
 def _id() -> EndpointId:
