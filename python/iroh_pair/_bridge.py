@@ -24,8 +24,8 @@ __all__ = ["Bridge", "get_bridge", "call"]
 
 T = TypeVar("T")
 
-#: Called with ``(ok, value)`` for each item of a persistent subscription, and with
-#: ``(ok, value, True)``-style end through ``on_end``.
+#: A subscription's callbacks get ``(ok, value)``: ``on_item`` for each item, ``on_end`` once
+#: for the last one; ``value`` is an exception instance when ``ok`` is False.
 StreamCallback = Callable[[bool, Any], None]
 
 
