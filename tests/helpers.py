@@ -37,3 +37,60 @@ async def open_local_node(path: Path, name: str) -> Node:
     from iroh_pair.node import Node
 
     return await Node.open(path, name=name, **LOCAL_NODE)  # type: ignore[arg-type]
+
+
+def skip_or_fail(reason: str) -> None:
+    """Skips, or fails under ``IROH_PAIR_REQUIRE_ALL`` (CI), where a missing piece is a defect."""
+    import pytest
+
+    if os.environ.get("IROH_PAIR_REQUIRE_ALL"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def interfaces() -> list[str]:
+    """The network interfaces of this process's namespace (/proc/net/dev is per namespace)."""
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    return [line.split(":", 1)[0].strip() for line in lines]
+
+
+def rerun_in_netns(module: Path, marker_env: str, setup: str, timeout: float = 540) -> None:
+    """Re-runs the tests of ``module`` (except ``test_in_network_namespace``) under
+    ``unshare --net`` after the shell commands ``setup``, with ``marker_env=1``; fails unless the
+    inner run passed with no skip. Its output is printed (pytest ``-s`` shows it)."""
+    import signal
+    import subprocess
+    import sys
+
+    import pytest
+
+    unshare, ip = shutil.which("unshare"), shutil.which("ip")
+    if not unshare or not ip:
+        skip_or_fail("needs unshare (util-linux) and ip (iproute2)")
+    assert unshare is not None
+    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=30)
+    if probe.returncode != 0:
+        skip_or_fail(f"cannot create a network namespace (needs root/CAP_SYS_ADMIN): {probe.stderr.strip()}")
+    env = dict(os.environ)  # the same interpreter and package as this run (the installed wheel in CI)
+    script = (
+        f'{setup} && {marker_env}=1 exec "$0" -m pytest "$1" -p no:cacheprovider -q -s -rs '
+        '-k "not test_in_network_namespace"'
+    )
+    cmd = [unshare, "--net", "sh", "-c", script, sys.executable, str(module.resolve())]
+    # A session of its own, so that on a timeout the whole tree (pytest and whatever it
+    # started) is killed, not just the first process.
+    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+        print(out)
+        pytest.fail(f"the tests inside the namespace did not finish within {timeout:g} s")
+    print(out)
+    print(err, file=sys.stderr)
+    assert p.returncode == 0, f"tests inside the network namespace failed (exit {p.returncode}):\n{out[-6000:]}"
+    summary = out.strip().splitlines()[-1]
+    # an inner skip means a missing piece: it must not pass silently
+    assert " passed" in summary and "skipped" not in summary and "deselected" in summary, summary

@@ -19,7 +19,6 @@ import asyncio
 import hashlib
 import json
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -35,7 +34,7 @@ from iroh_pair import errors
 from iroh_pair.servers import DNS_BIN, RELAY_BIN, LocalServers, ServerStartError, find_binary
 from iroh_pair.transport import Connection, Endpoint, EndpointId, LookupConfig, SecretKey
 
-from helpers import ALPN, ROOT
+from helpers import ALPN, interfaces, rerun_in_netns, skip_or_fail
 
 IN_NETNS = os.environ.get("IROH_PAIR_IN_NETNS") == "1"
 BIG = 16 * 1024 * 1024
@@ -43,22 +42,10 @@ BIG = 16 * 1024 * 1024
 inner = pytest.mark.skipif(not IN_NETNS, reason="runs inside the loopback-only netns (see test_in_network_namespace)")
 
 
-def _skip_or_fail(reason: str) -> None:
-    if os.environ.get("IROH_PAIR_REQUIRE_ALL"):
-        pytest.fail(reason)
-    pytest.skip(reason)
-
-
 def _need_binaries() -> None:
     missing = [n for n in (RELAY_BIN, DNS_BIN) if find_binary(n) is None]
     if missing:
-        _skip_or_fail(f"not built: {missing} (cargo build --release -p iroh-pair-relay -p iroh-pair-dns)")
-
-
-def _interfaces() -> list[str]:
-    """The network interfaces of this process's namespace (/proc/net/dev is per namespace)."""
-    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
-    return [line.split(":", 1)[0].strip() for line in lines]
+        skip_or_fail(f"not built: {missing} (cargo build --release -p iroh-pair-relay -p iroh-pair-dns)")
 
 
 # -- the wrapper ---------------------------------------------------------------------------------
@@ -70,34 +57,7 @@ def test_in_network_namespace() -> None:
     if IN_NETNS:
         pytest.skip("already inside the namespace")
     _need_binaries()
-    unshare, ip = shutil.which("unshare"), shutil.which("ip")
-    if not unshare or not ip:
-        _skip_or_fail("needs unshare (util-linux) and ip (iproute2)")
-    assert unshare is not None
-    probe = subprocess.run([unshare, "--net", "true"], capture_output=True, text=True, timeout=30)
-    if probe.returncode != 0:
-        _skip_or_fail(f"cannot create a network namespace (needs root/CAP_SYS_ADMIN): {probe.stderr.strip()}")
-    env = dict(os.environ)  # the same interpreter and package as this run (the installed wheel in CI)
-    script = 'ip link set lo up && IROH_PAIR_IN_NETNS=1 exec "$0" -m pytest "$1" -p no:cacheprovider -q -s -rs -k "not test_in_network_namespace"'
-    cmd = [unshare, "--net", "sh", "-c", script, sys.executable, str(Path(__file__).resolve())]
-    # A session of its own, so that on a timeout the whole tree (pytest and the servers it
-    # started) is killed, not just the first process.
-    p = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=540)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-        print(out)
-        pytest.fail("the tests inside the namespace did not finish within 540 s")
-    r = subprocess.CompletedProcess(cmd, p.returncode, out, err)
-    print(r.stdout)
-    print(r.stderr, file=sys.stderr)
-    assert r.returncode == 0, f"tests inside the network namespace failed (exit {r.returncode}):\n{r.stdout[-6000:]}"
-    summary = r.stdout.strip().splitlines()[-1]
-    # an inner skip means a missing piece: it must not pass silently
-    assert " passed" in summary and "skipped" not in summary and "deselected" in summary, summary
+    rerun_in_netns(Path(__file__), "IROH_PAIR_IN_NETNS", "ip link set lo up")
 
 
 # -- fixtures and helpers (inside the namespace) ------------------------------------------------
@@ -105,7 +65,7 @@ def test_in_network_namespace() -> None:
 
 @pytest.fixture
 async def servers() -> AsyncIterator[LocalServers]:
-    assert _interfaces() == ["lo"], f"IROH_PAIR_IN_NETNS=1 but interfaces are {_interfaces()}"
+    assert interfaces() == ["lo"], f"IROH_PAIR_IN_NETNS=1 but interfaces are {interfaces()}"
     _need_binaries()
     async with LocalServers(start_timeout=30) as s:
         yield s

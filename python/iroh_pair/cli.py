@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import IrohPairError
+from .lan import looks_spoken
 from .node import Node, PairingFailed
 from .registry import PairedDevice, safe_display
 from .transport import LookupConfig
@@ -37,6 +38,10 @@ def network_options(args: argparse.Namespace) -> dict[str, Any]:
     opts: dict[str, Any] = {}
     if args.local:
         opts.update(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
+    if lan_mode(args):
+        if args.local:
+            raise UsageError("--lan and --local exclude each other (mDNS needs a LAN interface)")
+        opts.update(relay="disabled", lookup="none", bind_addrs=(), portmapper=False, mdns=True)
     if args.relay:
         opts["relay"] = list(args.relay)
     if args.pkarr_url or args.dns_origin:
@@ -52,6 +57,12 @@ def network_options(args: argparse.Namespace) -> dict[str, Any]:
 
 class UsageError(Exception):
     pass
+
+
+def lan_mode(args: argparse.Namespace) -> bool:
+    """``--lan`` (before or after the command), or joining with a spoken LAN code."""
+    code = getattr(args, "code", None)
+    return bool(getattr(args, "lan", False)) or (isinstance(code, str) and looks_spoken(code))
 
 
 def describe(dev: PairedDevice) -> str:
@@ -150,9 +161,16 @@ async def _listen(node: Node, args: argparse.Namespace, count: int | None) -> No
 
 async def cmd_host(args: argparse.Namespace) -> int:
     async with await open_node(args) as node:
-        hosted = await node.host_pairing(ttl=args.ttl, words=args.words)
+        hosted = await node.host_pairing(ttl=args.ttl, words=args.words, lan=lan_mode(args))
+        spoken = None if hosted.spoken is None else str(hosted.spoken)
         if args.json:
-            print(json.dumps({"event": "code", "code": str(hosted.code), "id": str(node.id)}), flush=True)
+            print(json.dumps({"event": "code", "code": str(hosted.code), "spoken": spoken,
+                              "id": str(node.id)}), flush=True)
+        elif spoken is not None:
+            print(f"pairing code for a device on this LAN (single use, expires in {args.ttl:.0f} s):",
+                  file=sys.stderr)
+            print(spoken, flush=True)
+            print(f"from another network use the full code: {hosted.code}", file=sys.stderr)
         else:
             print(f"pairing code (single use, expires in {args.ttl:.0f} s):", file=sys.stderr)
             print(str(hosted.code), flush=True)
@@ -225,6 +243,9 @@ def parser() -> argparse.ArgumentParser:
                    help="print the connection and stream counters when the command ends")
     net = p.add_argument_group("network (default: n0's public relays and address lookup)")
     net.add_argument("--local", action="store_true", help="loopback only: no relays, no lookup")
+    net.add_argument("--lan", action="store_true",
+                     help="LAN mode: find devices over mDNS, no server needed (no public relays or "
+                          "lookup unless --relay/--pkarr-url); host prints a short spoken code")
     net.add_argument("--relay", action="append", metavar="URL", help="a self-hosted relay (repeatable)")
     net.add_argument("--pkarr-url", help="self-hosted address lookup: pkarr relay URL")
     net.add_argument("--dns-origin", help="self-hosted address lookup: DNS origin domain")
@@ -237,9 +258,12 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--ttl", type=float, default=300.0, help="seconds the code is valid (default 300)")
     h.add_argument("--words", type=int, default=3, help="secret words in the code (default 3)")
     h.add_argument("--listen", action="store_true", help="after pairing, keep printing messages")
+    h.add_argument("--lan", action="store_true", default=argparse.SUPPRESS,
+                   help="LAN mode, with a code to read aloud (e.g. 7-ocean-tiger-river)")
     h.set_defaults(fn=cmd_host)
     j = sub.add_parser("join", help="pair with the device that shows CODE")
-    j.add_argument("code")
+    j.add_argument("code", help="the full code, or a spoken LAN code like 7-ocean-tiger-river")
+    j.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     j.add_argument("--timeout", type=float, default=60.0)
     j.set_defaults(fn=cmd_join)
     sub.add_parser("devices", help="list paired devices").set_defaults(fn=cmd_devices)
@@ -247,9 +271,11 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("device", help="name, EndpointId or id prefix")
     s.add_argument("text")
     s.add_argument("--timeout", type=float, default=30.0)
+    s.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     s.set_defaults(fn=cmd_send)
     li = sub.add_parser("listen", help="print messages from paired devices")
     li.add_argument("--count", type=int, help="exit after this many messages")
+    li.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     li.set_defaults(fn=cmd_listen)
     u = sub.add_parser("unpair", help="forget DEVICE")
     u.add_argument("device")

@@ -29,6 +29,7 @@ from typing import Literal, Union
 from . import identity
 from .cache import ConnectionCache
 from .code import PairingCode
+from .lan import LanCode, looks_spoken
 from .errors import IrohPairError, RemoteError
 from .messaging import MessageChannel, MessageErrorCode, MessageRejected, SeenIds, new_message_id
 from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
@@ -51,6 +52,7 @@ from .protocol import (
 )
 from .protocol.device import FIELD_LIMITS
 from .registry import REGISTRY_FILE, DeviceRegistry, PairedDevice, sanitize_text
+from ._native import MdnsAnnouncement
 from .transport import (
     DEFAULT_MAX_MESSAGE,
     Connection,
@@ -61,7 +63,16 @@ from .transport import (
     LookupConfig,
 )
 
-__all__ = ["Node", "NodeEvent", "HostedPairing", "MessageHandler", "DEFAULT_KIND", "PairingFailed"]
+__all__ = [
+    "Node",
+    "NodeEvent",
+    "HostedPairing",
+    "MessageHandler",
+    "DEFAULT_KIND",
+    "PairingFailed",
+    "NameplateNotFound",
+    "AmbiguousNameplate",
+]
 
 log = logging.getLogger("iroh_pair.node")
 
@@ -78,8 +89,10 @@ DeviceRef = Union[str, EndpointId, PairedDevice]
 class NodeEvent:
     """Something that happened to a device.
 
-    ``kind`` is "paired", "unpaired", "connected", "path_changed" or "disconnected". ``path``
-    is "direct" or "relay" (for connected and path_changed) when known.
+    ``kind`` is "paired", "unpaired", "connected", "path_changed", "disconnected", or, for a
+    node opened with ``mdns=True``, "lan_appeared" and "lan_left" (a paired device's mDNS
+    announcements were seen, or expired). ``path`` is "direct" or "relay" (for connected and
+    path_changed) when known.
     """
 
     kind: str
@@ -96,13 +109,33 @@ class _ConnState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
 
+class NameplateNotFound(IrohPairError):
+    """No host announces this LAN code's nameplate on this LAN (wrong number, host gone, or not
+    on the same LAN)."""
+
+
+class AmbiguousNameplate(IrohPairError):
+    """More than one device announces this nameplate: the joiner refuses to guess (trying the
+    words on a stranger would give it a guess at them). The host should make a new code."""
+
+
 class HostedPairing:
     """A pairing code this node is hosting. ``await wait()`` gives the paired device; it fails
-    with :class:`PairingFailed` when the code expires, burns or is cancelled."""
+    with :class:`PairingFailed` when the code expires, burns or is cancelled.
 
-    def __init__(self, code: PairingCode, offer: PairingOffer, fut: asyncio.Future[PairedDevice]):
+    ``code`` is the full code (``str()`` to share it); in LAN mode ``spoken`` is the short code
+    to read aloud (``str(hosted.spoken)``, e.g. ``7-ocean-tiger-river``)."""
+
+    def __init__(
+        self,
+        code: PairingCode,
+        offer: PairingOffer,
+        fut: asyncio.Future[PairedDevice],
+        spoken: LanCode | None = None,
+    ):
         self.code = code
         self.offer = offer
+        self.spoken = spoken
         self._fut = fut
 
     async def wait(self, timeout: float | None = None) -> PairedDevice:
@@ -131,6 +164,10 @@ class Node:
         self._handlers: dict[str, MessageHandler] = {}
         self._offers = OfferBook()
         self._hosted: dict[bytes, tuple[PairingOffer, asyncio.Future[PairedDevice]]] = {}
+        self._announcements: dict[bytes, MdnsAnnouncement] = {}
+        self._on_lan: set[EndpointId] = set()
+        self._lan_reported: set[EndpointId] = set()
+        self.lan_lookup_timeout = 10.0
         self._hints: dict[EndpointId, EndpointAddr] = {}
         self._conns: dict[int, _ConnState] = {}
         self._seen: dict[EndpointId, SeenIds] = {}
@@ -164,6 +201,7 @@ class Node:
         lookup: Literal["none", "n0"] | LookupConfig = "n0",
         bind_addrs: Sequence[str] = (),
         portmapper: bool = True,
+        mdns: bool = False,
         keep_alive: float | None = None,
         idle_timeout: float | None = None,
     ) -> Node:
@@ -174,6 +212,8 @@ class Node:
         The defaults use n0's public relays and address lookup; pass ``relay``/``lookup`` for
         self-hosted servers (see docs/SELF_HOSTING.md), or ``relay="disabled"``,
         ``lookup="none"``, ``bind_addrs=("127.0.0.1:0",)`` for a loopback-only node.
+        ``mdns=True`` adds LAN discovery (no server needed; see :meth:`Endpoint.bind`): paired
+        devices on the same LAN are found by id, and ``host_pairing(lan=True)`` codes work.
         """
         self = cls()
         self.data_dir = identity.ensure_data_dir(Path(data_dir).expanduser())
@@ -195,6 +235,7 @@ class Node:
                 lookup=lookup,
                 bind_addrs=bind_addrs,
                 portmapper=portmapper,
+                mdns=mdns,
                 keep_alive=keep_alive,
                 idle_timeout=idle_timeout,
             )
@@ -205,6 +246,8 @@ class Node:
             raise
         self.cache = ConnectionCache(self.endpoint.id, self._dial)
         self._spawn(self._accept_loop())
+        if mdns:
+            self._spawn(self._watch_lan())
         log.info("node %s opened in %s", self.id.fmt_short(), self.data_dir)
         return self
 
@@ -217,6 +260,9 @@ class Node:
             if not fut.done():
                 fut.set_exception(PairingFailed(RejectCode.CANCELLED, "the node closed"))
                 fut.exception()
+        for announcement in self._announcements.values():
+            announcement.close()
+        self._announcements.clear()
         for t in list(self._tasks):
             t.cancel()
         await self.cache.aclose()
@@ -284,11 +330,29 @@ class Node:
 
     # ------------------------------------------------------------------ pairing
 
-    async def host_pairing(self, *, ttl: float = 300.0, words: int = 3) -> HostedPairing:
+    async def host_pairing(
+        self, *, ttl: float = 300.0, words: int = 3, lan: bool = False
+    ) -> HostedPairing:
         """Starts hosting a one-time pairing code (single use, expires after ``ttl`` seconds,
-        burned after 3 wrong attempts). Share ``hosted.code`` (``str()`` is its full form)."""
-        code = PairingCode.generate(self.ticket(), word_count=words)
+        burned after 3 wrong attempts). Share ``hosted.code`` (``str()`` is its full form).
+
+        ``lan=True`` also gives a short code to read aloud, ``hosted.spoken`` (nameplate and
+        words, e.g. ``7-ocean-tiger-river``), for a joiner on the same LAN: the nameplate is
+        announced over mDNS with this node's id until the code is used, burned or expires."""
+        spoken: LanCode | None = None
+        if lan:
+            taken = {o.tag for o in self._offers}
+            while True:
+                spoken = LanCode.generate(word_count=words)
+                code = spoken.pairing_code(self.id.to_bytes(), self.ticket())
+                if code.tag not in taken:
+                    break
+        else:
+            code = PairingCode.generate(self.ticket(), word_count=words)
         offer = PairingOffer.create(code, now=time.monotonic(), ttl=ttl)
+        if spoken is not None:
+            self._announcements[offer.tag] = self.endpoint.mdns_announce(spoken.service)
+            log.info("announcing nameplate %d on the LAN", spoken.nameplate)
         self._offers.add(offer)
         fut: asyncio.Future[PairedDevice] = asyncio.get_running_loop().create_future()
         self._hosted[offer.tag] = (offer, fut)
@@ -298,7 +362,7 @@ class Node:
             self._end_offer(offer, PairingFailed(RejectCode.EXPIRED, "the code expired"))
 
         self._spawn(expire())
-        return HostedPairing(code, offer, fut)
+        return HostedPairing(code, offer, fut, spoken)
 
     @property
     def hosting(self) -> bool:
@@ -307,6 +371,9 @@ class Node:
 
     def _end_offer(self, offer: PairingOffer, outcome: PairedDevice | Exception) -> None:
         self._offers.remove(offer.tag)
+        announcement = self._announcements.pop(offer.tag, None)
+        if announcement is not None:
+            announcement.close()
         entry = self._hosted.pop(offer.tag, None)
         if entry is None or entry[1].done():
             return
@@ -316,11 +383,21 @@ class Node:
             entry[1].set_exception(outcome)
             entry[1].exception()  # retrieved: a code nobody waits on is not an error
 
-    async def join(self, code: str | PairingCode, *, timeout: float = 60.0) -> PairedDevice:
-        """Pairs with the host that created ``code``. Raises :class:`PairingFailed`
-        (``code.code`` says why: ``WRONG_CODE`` for wrong words, ``BURNED``, ``EXPIRED``, ...)
-        or a transport error when the host cannot be reached."""
-        pc = code if isinstance(code, PairingCode) else PairingCode.parse(code)
+    async def join(
+        self, code: str | PairingCode | LanCode, *, timeout: float = 60.0
+    ) -> PairedDevice:
+        """Pairs with the host that created ``code``: a full code, or a spoken LAN code
+        (``7-ocean-tiger-river``), whose host is found on this LAN over mDNS first. Raises
+        :class:`PairingFailed` (``code.code`` says why: ``WRONG_CODE`` for wrong words,
+        ``BURNED``, ``EXPIRED``, ...), :class:`NameplateNotFound` or
+        :class:`AmbiguousNameplate` for a LAN code, or a transport error when the host cannot
+        be reached."""
+        if isinstance(code, str) and looks_spoken(code):
+            code = LanCode.parse(code)
+        if isinstance(code, LanCode):
+            pc = await self._resolve_nameplate(code)
+        else:
+            pc = code if isinstance(code, PairingCode) else PairingCode.parse(code)
         addr = EndpointAddr.from_ticket(pc.ticket)
         if addr.id == self.id:
             raise ValueError("this code was created by this node")
@@ -337,6 +414,22 @@ class Node:
 
         return await asyncio.wait_for(attempt(), timeout)
 
+    async def _resolve_nameplate(self, code: LanCode) -> PairingCode:
+        """Finds the host announcing ``code``'s nameplate on the LAN (exactly one)."""
+        found = await self.endpoint.mdns_browse(code.service, timeout=self.lan_lookup_timeout)
+        if not found:
+            raise NameplateNotFound(
+                f"no device on this LAN announces nameplate {code.nameplate} "
+                f"(looked for {self.lan_lookup_timeout:g} s)"
+            )
+        if len(found) > 1:
+            raise AmbiguousNameplate(
+                f"{len(found)} devices announce nameplate {code.nameplate}; ask the host for a new code"
+            )
+        host = found[0]
+        log.info("nameplate %d is %s", code.nameplate, host.id.fmt_short())
+        return code.pairing_code(host.id.to_bytes(), host.to_ticket())
+
     def _store(self, r: PairingResult) -> PairedDevice:
         peer = EndpointId.from_bytes(r.peer_id)
         dev = self.registry.add_or_replace(
@@ -350,6 +443,7 @@ class Node:
             if st.conn.remote_id == peer:
                 st.channel = None
         self._emit(NodeEvent("paired", peer, dev.name, detail=r.sas))
+        self._report_lan(peer)
         log.info("paired with %s (%s)", dev.name, peer.fmt_short())
         return dev
 
@@ -609,6 +703,31 @@ class Node:
                 yield ev
         finally:
             self._subscribers.discard(q)
+
+    async def _watch_lan(self) -> None:
+        """Turns mDNS discoveries of paired devices into lan_appeared / lan_left events."""
+        async for ev in self.endpoint.lan_events():
+            if ev.event == "discovered":
+                self._on_lan.add(ev.id)
+                self._report_lan(ev.id)
+            else:
+                self._on_lan.discard(ev.id)
+                dev = self._devices.get(ev.id)
+                if ev.id in self._lan_reported and dev is not None:
+                    self._emit(NodeEvent("lan_left", dev.endpoint_id, dev.name))
+                self._lan_reported.discard(ev.id)
+
+    def _report_lan(self, peer: EndpointId) -> None:
+        """lan_appeared, once per stay, for a paired device seen on the LAN (also when a device
+        already seen becomes paired)."""
+        dev = self._devices.get(peer)
+        if dev is not None and peer in self._on_lan and peer not in self._lan_reported:
+            self._lan_reported.add(peer)
+            self._emit(NodeEvent("lan_appeared", dev.endpoint_id, dev.name))
+
+    def on_lan(self, ref: DeviceRef) -> bool:
+        """Whether a paired device's mDNS announcements are currently seen (``mdns=True``)."""
+        return self.device(ref).endpoint_id in self._on_lan
 
     def _emit(self, ev: NodeEvent) -> None:
         for q in self._subscribers:

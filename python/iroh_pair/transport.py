@@ -34,6 +34,7 @@ __all__ = [
     "CloseInfo",
     "PathInfo",
     "PathEvent",
+    "LanEvent",
     "LookupConfig",
     "Handler",
     "IncomingStream",
@@ -444,6 +445,15 @@ class Connection:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class LanEvent:
+    """A device seen or lost on the LAN (see :meth:`Endpoint.lan_events`)."""
+
+    event: Literal["discovered", "expired"]
+    id: EndpointId
+    addrs: tuple[str, ...]
+
+
 class IncomingStream:
     """A stream the peer opened, with its first frame already read (see
     :meth:`Connection.serve_streams`). Answer it exactly once: :meth:`respond`, :meth:`reject`
@@ -514,6 +524,7 @@ class Endpoint:
         clear_ip: bool = False,
         portmapper: bool = False,
         lookup: Literal["none", "n0"] | LookupConfig = "none",
+        mdns: bool = False,
         keep_alive: float | None = None,
         idle_timeout: float | None = None,
         max_bi_streams: int | None = None,
@@ -524,6 +535,11 @@ class Endpoint:
         off, bound to 127.0.0.1 on a free port. For production pass ``relay="default"``,
         ``lookup="n0"`` and ``bind_addrs=()`` (all interfaces), or your own servers:
         ``relay=[url, ...]`` and ``lookup=LookupConfig(...)``.
+
+        ``mdns=True`` adds LAN discovery with no server (n0's mDNS address lookup, beside any
+        ``lookup``): the endpoint advertises its id and addresses on the LAN and finds other ids
+        there; :meth:`lan_events` reports devices appearing and leaving. It needs an address on
+        a multicast-capable interface, so pair it with ``bind_addrs=()`` or a LAN address.
 
         ``clear_ip=True`` with no ``bind_addrs`` gives a relay-only endpoint. ``keep_alive`` and
         ``idle_timeout`` (seconds) override iroh's QUIC defaults (5 s and 30 s);
@@ -552,6 +568,7 @@ class Endpoint:
             bind_addrs=[] if clear_ip and tuple(bind_addrs) == ("127.0.0.1:0",) else list(bind_addrs),
             clear_ip=clear_ip,
             portmapper=portmapper,
+            mdns=mdns,
             keep_alive=keep_alive,
             idle_timeout=idle_timeout,
             max_bi_streams=max_bi_streams,
@@ -608,6 +625,44 @@ class Endpoint:
     async def close(self) -> None:
         """Closes all connections gracefully and stops the endpoint."""
         await call(self._n.close)
+
+    async def lan_events(self) -> AsyncGenerator[LanEvent, None]:
+        """Devices seen (``"discovered"``, again when their addresses change) or lost
+        (``"expired"``) on the LAN through mDNS, until the generator is closed. Needs
+        ``mdns=True`` at :meth:`bind` (:class:`ValueError` otherwise)."""
+        b = get_bridge()
+        queue: asyncio.Queue[LanEvent | None] = asyncio.Queue()
+
+        def on_item(ok: bool, ev: Any) -> None:
+            if ok:
+                queue.put_nowait(LanEvent(ev["event"], ev["id"], tuple(ev["addrs"])))
+
+        def on_end(ok: bool, value: Any) -> None:
+            queue.put_nowait(None)
+
+        token = b.subscribe(on_item, on_end)
+        try:
+            self._n.lan_events(b.native, token)
+        except BaseException:
+            b.unsubscribe(token)
+            raise
+        try:
+            while (ev := await queue.get()) is not None:
+                yield ev
+        finally:
+            b.unsubscribe(token)
+
+    def mdns_announce(self, service: str) -> _native.MdnsAnnouncement:
+        """Starts announcing this endpoint (id and addresses only) on the LAN under the DNS-SD
+        service ``service`` (1-15 letters, digits, hyphens) until the returned object's
+        ``close()``. Used for the LAN nameplate; works without ``mdns=True``."""
+        return self._n.mdns_announce(service)
+
+    async def mdns_browse(self, service: str, *, timeout: float = 5.0, settle: float = 0.5) -> list[EndpointAddr]:
+        """The endpoints announcing ``service`` on the LAN (not this one): empty if none was seen
+        within ``timeout`` seconds; after the first, waits ``settle`` more for others."""
+        found: list[EndpointAddr] = await call(self._n.mdns_browse, service, timeout, settle)
+        return found
 
     def stats(self) -> dict[str, int]:
         """The native counters: connections accepted and dialed, streams by kind, requests served."""

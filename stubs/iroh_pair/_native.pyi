@@ -17,6 +17,7 @@ __all__ = [
     "FRAME_TOO_LARGE",
     "HANDLER_ERROR",
     "IncomingRequest",
+    "MdnsAnnouncement",
     "PENDING",
     "Pending",
     "RecvStream",
@@ -111,6 +112,7 @@ class Endpoint:
         pkarr_url: str | None = None,
         dns_origin: str | None = None,
         dns_server: str | None = None,
+        mdns: bool = False,
         keep_alive: float | None = None,
         idle_timeout: float | None = None,
         max_bi_streams: int | None = None,
@@ -133,6 +135,19 @@ class Endpoint:
     def accept(self, bridge: Bridge, token: int) -> Pending: ...
     def close(self, bridge: Bridge, token: int) -> None | Pending: ...
     def stats(self) -> dict[str, int]: ...
+    def lan_events(self, bridge: Bridge, token: int) -> None: ...
+    def mdns_announce(self, service: str) -> MdnsAnnouncement: ...
+    def mdns_browse(
+        self, bridge: Bridge, token: int, service: str, timeout: float, settle: float = 0.5
+    ) -> Pending: ...
+
+@final
+class MdnsAnnouncement:
+    @property
+    def active(self) -> bool: ...
+    @property
+    def service(self) -> str: ...
+    def close(self) -> None: ...
 
 @final
 class Connection:

@@ -17,6 +17,8 @@ use crate::bridge::{Bridge, ClassOut, Plain, RUNTIME};
 use crate::connection::Connection;
 use crate::error::Error;
 use crate::keys::{EndpointAddr, EndpointId, SecretKey};
+use crate::mdns::MdnsAnnouncement;
+use iroh_mdns_address_lookup::MdnsAddressLookup;
 
 /// Counted natively, per endpoint, so that tests can check what really went over the wire.
 #[derive(Default)]
@@ -50,6 +52,9 @@ fn secs(what: &str, v: f64) -> Result<Duration, Error> {
 pub struct Endpoint {
     pub ep: iroh::Endpoint,
     pub counters: Arc<Counters>,
+    /// The endpoint's own mDNS address lookup, when bound with `mdns=True`; dropped on close
+    /// (the Python object may outlive the endpoint, its announcements must not).
+    mdns: std::sync::Mutex<Option<MdnsAddressLookup>>,
 }
 
 #[pymethods]
@@ -59,7 +64,7 @@ impl Endpoint {
     #[pyo3(signature = (bridge, token, *, secret_key = None, alpns = Vec::new(), relay = "disabled".to_string(),
         relay_urls = Vec::new(), bind_addrs = Vec::new(), clear_ip = false, portmapper = false,
         lookup = "none".to_string(), pkarr_url = None, dns_origin = None, dns_server = None,
-        keep_alive = None, idle_timeout = None, max_bi_streams = None))]
+        mdns = false, keep_alive = None, idle_timeout = None, max_bi_streams = None))]
     #[allow(clippy::too_many_arguments)]
     fn bind(
         py: Python<'_>,
@@ -76,6 +81,7 @@ impl Endpoint {
         pkarr_url: Option<String>,
         dns_origin: Option<String>,
         dns_server: Option<String>,
+        mdns: bool,
         keep_alive: Option<f64>,
         idle_timeout: Option<f64>,
         max_bi_streams: Option<u64>,
@@ -176,9 +182,19 @@ impl Endpoint {
         }
         bridge.submit(py, token, async move {
             let ep = b.bind().await.map_err(|e| Error::Bind(e.to_string()))?;
+            let mdns = if mdns {
+                let m = crate::mdns::build(ep.id(), None, true)?;
+                ep.address_lookup()
+                    .map_err(|e| Error::Bind(e.to_string()))?
+                    .add(m.clone());
+                Some(m)
+            } else {
+                None
+            };
             Ok(ClassOut(Endpoint {
                 ep,
                 counters: Arc::new(Counters::default()),
+                mdns: std::sync::Mutex::new(mdns),
             }))
         })
     }
@@ -279,10 +295,57 @@ impl Endpoint {
     /// Closes every connection gracefully and stops the endpoint.
     fn close(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
+        let mdns = self.mdns.lock().unwrap_or_else(|e| e.into_inner()).take();
         bridge.submit(py, token, async move {
             ep.close().await;
+            // Stop every lookup service (mDNS announcing above all) with the endpoint.
+            if let Ok(services) = ep.address_lookup() {
+                services.clear();
+            }
+            drop(mdns);
             Ok(Plain(()))
         })
+    }
+
+    /// Subscribes to LAN discovery events under `token` (a persistent token): dicts with
+    /// `event` ("discovered" or "expired"), `id` and `addrs`. Needs `mdns=True` at bind.
+    fn lan_events(&self, bridge: &Bridge, token: u64) -> PyResult<()> {
+        let mdns = self.mdns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let Some(m) = mdns else {
+            return Err(Error::Value("this endpoint was bound without mdns=True".into()).into());
+        };
+        crate::mdns::subscribe(bridge, token, m);
+        Ok(())
+    }
+
+    /// Starts announcing this endpoint over mDNS under `service` (a DNS-SD service name of at
+    /// most 15 characters). Works whether or not the endpoint was bound with `mdns=True`.
+    fn mdns_announce(&self, service: String) -> PyResult<MdnsAnnouncement> {
+        check_service(&service)?;
+        Ok(MdnsAnnouncement::start(&self.ep, service)?)
+    }
+
+    /// Browses the LAN for endpoints announcing `service`: a list of their addresses, empty if
+    /// none was seen within `timeout`; after the first, waits `settle` more for others.
+    #[pyo3(signature = (bridge, token, service, timeout, settle = 0.5))]
+    fn mdns_browse(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        service: String,
+        timeout: f64,
+        settle: f64,
+    ) -> PyResult<Py<PyAny>> {
+        check_service(&service)?;
+        let (timeout, settle) = (secs("timeout", timeout)?, secs("settle", settle)?);
+        let own = self.ep.id();
+        bridge.spawn(token, async move {
+            crate::mdns::browse(own, service, timeout, settle)
+                .await
+                .map(crate::mdns::AddrListOut)
+        });
+        Ok(crate::bridge::pending(py))
     }
 
     /// Whether `close` has been called.
@@ -316,6 +379,22 @@ impl Endpoint {
             self.ep.id().fmt_short(),
             self.ep.is_closed()
         )
+    }
+}
+
+/// DNS-SD service names: 1 to 15 characters, letters, digits and inner hyphens (RFC 6335).
+fn check_service(s: &str) -> Result<(), Error> {
+    let ok = (1..=15).contains(&s.len())
+        && s.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+        && s.bytes().any(|c| c.is_ascii_alphabetic());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Value(format!(
+            "bad mDNS service name {s:?}: 1-15 letters, digits or inner hyphens"
+        )))
     }
 }
 

@@ -11,6 +11,7 @@ mod connection;
 mod endpoint;
 mod error;
 mod keys;
+mod mdns;
 mod streams;
 
 #[pymodule]
@@ -23,6 +24,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keys::EndpointAddr>()?;
     m.add_class::<endpoint::Endpoint>()?;
     m.add_class::<connection::Connection>()?;
+    m.add_class::<mdns::MdnsAnnouncement>()?;
     m.add_class::<connection::IncomingRequest>()?;
     m.add_class::<streams::SendStream>()?;
     m.add_class::<streams::RecvStream>()?;
