@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -83,6 +84,29 @@ async def test_sas_strings_agree(nodes: tuple[Node, Node]) -> None:
     await asyncio.wait_for(asyncio.gather(*tasks), 5)
     assert len(seen_h[0]) == 6 and seen_h[0].isdigit()
     assert seen_h == seen_j
+
+
+async def test_host_closing_right_after_wait_does_not_fail_the_joiner(tmp_path: Path) -> None:
+    """hosted.wait() returns only once the joiner has the host's last message, so a host that
+    closes at once (as `iroh-pair host` does) never leaves the joiner with CONNECTION_LOST.
+    The joiner is the CLI in another process (in one process the timing rarely shows it)."""
+    failures = []
+    for i in range(12):
+        host = await open_local_node(tmp_path / f"h{i}", f"host{i}")
+        hosted = await host.host_pairing()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "iroh_pair", "--data-dir", str(tmp_path / f"j{i}"), "--local",
+            "--json", "join", str(hosted.code), "--timeout", "20",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await hosted.wait(30)
+        finally:
+            await host.close()
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        if proc.returncode != 0:
+            failures.append(err.decode()[-300:])
+    assert failures == []
 
 
 async def test_wrong_code_fails_on_both_sides_and_stores_nothing(nodes: tuple[Node, Node]) -> None:

@@ -450,11 +450,10 @@ class Node:
     async def _host(self, conn: Connection, incoming: IncomingStream, m1: bytes) -> None:
         send, recv = incoming.take_streams()
 
+        done: list[tuple[PairingOffer | None, PairedDevice]] = []
+
         async def stored(r: PairingResult) -> None:
-            dev = self._store(r)
-            offer = self._offer_of(r)
-            if offer is not None:
-                self._end_offer(offer, dev)
+            done.append((self._offer_of(r), self._store(r)))
 
         def count() -> None:
             self.counters["pairing_messages_received"] += 1
@@ -463,6 +462,10 @@ class Node:
             conn, send, recv, m1, offers=self._offers, local_id=self.id.to_bytes(),
             info=self.info, on_paired=stored, counts=count,
         )
+        # hosted.wait() returns only now that the joiner has the host's Complete.
+        for offer, dev in done:
+            if offer is not None:
+                self._end_offer(offer, dev)
         if isinstance(out, Failed):
             log.info("pairing attempt from %s failed: %s", conn.remote_id.fmt_short(), out.code.name)
             for offer, _ in list(self._hosted.values()):

@@ -157,11 +157,13 @@ async def run_host(
     on_paired: OnPaired,
     clock: Callable[[], float] = time.monotonic,
     counts: Callable[[], None] | None = None,
+    delivery_timeout: float = 5.0,
 ) -> PairingResult | Failed:
     """Answers one joiner on a ``pair`` stream whose first message (M1) was already read.
 
     Returns the result or the failure (a host serves many attempts, so failures are values,
-    not exceptions). ``counts`` is called once per pairing message received.
+    not exceptions). ``counts`` is called once per pairing message received. On success it
+    returns once the joiner acknowledged the last message (or after ``delivery_timeout``).
     """
     hs = HostHandshake(
         offers,
@@ -192,6 +194,14 @@ async def run_host(
         if outcome is None:
             outcome = hs.failure or hs.result
         assert outcome is not None
+        if isinstance(outcome, PairingResult):
+            # Report "paired" only once the joiner has the Complete: a host that closes right
+            # after would otherwise discard it unsent, and the joiner would fail.
+            _finish(send)
+            try:
+                await asyncio.wait_for(send.stopped(), delivery_timeout)
+            except (TimeoutError, TransportError) as e:
+                log.debug("the Complete was not acknowledged: %r", e)
         return outcome
     except BaseException:
         hs.abort(RejectCode.CANCELLED)
