@@ -10,7 +10,7 @@ import pytest
 from helpers import open_local_node
 
 from iroh_pair import errors
-from iroh_pair.messaging import CHANNEL_BINDING_LABEL, MessageChannel, derive_subkey, nonce
+from iroh_pair.messaging import CHANNEL_BINDING_LABEL, MessageChannel, derive_subkey, new_message_id, nonce
 from iroh_pair.node import Node
 from iroh_pair.protocol import ALPN, StreamErrorCode, encode_header
 from iroh_pair.registry import PairedDevice
@@ -88,6 +88,26 @@ async def test_retry_with_same_message_id_is_delivered_once(
         await conn.request(head + ch.seal("msg", b"once", message_id=mid), timeout=5)
     assert e.value.code == StreamErrorCode.DUPLICATE
     assert got == [b"once"]
+
+
+async def test_node_send_retried_with_one_message_id_is_handled_once(
+    paired: tuple[Node, Node, PairedDevice],
+) -> None:
+    """The application-level retry of Node.send/request: same message_id, handled once."""
+    host, joiner, dev = paired
+    got: list[bytes] = []
+    host.on_message(lambda d, data: got.append(data))
+    mid = new_message_id()
+    for _ in range(3):
+        await joiner.send(dev, b"exactly once", message_id=mid)  # retries after "no answer"
+    assert got == [b"exactly once"]
+    with pytest.raises(errors.RemoteError) as e:
+        await joiner.request(dev, b"exactly once", message_id=mid)
+    assert e.value.code == StreamErrorCode.DUPLICATE
+    with pytest.raises(ValueError):
+        await joiner.send(dev, b"x", message_id=b"short")
+    await joiner.send(dev, b"another")  # a fresh id by default
+    assert got == [b"exactly once", b"another"]
 
 
 async def test_nonces_never_repeat_across_reconnects_and_restarts(tmp_path: Path) -> None:

@@ -52,6 +52,11 @@ def network_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["bind_addrs"] = tuple(args.bind)
     if args.no_portmapper:
         opts["portmapper"] = False
+    if args.ca_cert:
+        try:
+            opts["ca_certs"] = b"".join(Path(f).read_bytes() for f in args.ca_cert)
+        except OSError as e:
+            raise UsageError(f"cannot read --ca-cert: {e}") from None
     return opts
 
 
@@ -252,6 +257,8 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument("--dns-server", metavar="IP:PORT", help="DNS server to resolve lookups with")
     net.add_argument("--bind", action="append", metavar="IP:PORT", help="local address to bind (repeatable)")
     net.add_argument("--no-portmapper", action="store_true", help="do not probe the gateway for port mapping")
+    net.add_argument("--ca-cert", action="append", metavar="PEM",
+                     help="trust this CA certificate for self-hosted servers (repeatable)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("id", help="print this device's EndpointId").set_defaults(fn=cmd_id)
     h = sub.add_parser("host", help="create a pairing code and wait for the other device")

@@ -31,7 +31,14 @@ from .cache import ConnectionCache
 from .code import PairingCode
 from .lan import LanCode, looks_spoken
 from .errors import IrohPairError, RemoteError
-from .messaging import MessageChannel, MessageErrorCode, MessageRejected, SeenIds, new_message_id
+from .messaging import (
+    MESSAGE_ID_LEN,
+    MessageChannel,
+    MessageErrorCode,
+    MessageRejected,
+    SeenIds,
+    new_message_id,
+)
 from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
 from .pairing import PairingFailed, run_host, run_joiner
 from .protocol import (
@@ -168,6 +175,9 @@ class Node:
         self._on_lan: set[EndpointId] = set()
         self._lan_reported: set[EndpointId] = set()
         self.lan_lookup_timeout = 10.0
+        #: How long host_pairing waits for the home relay (codes made before carry no relay).
+        self.online_timeout = 10.0
+        self._uses_relay = False
         self._hints: dict[EndpointId, EndpointAddr] = {}
         self._conns: dict[int, _ConnState] = {}
         self._seen: dict[EndpointId, SeenIds] = {}
@@ -202,6 +212,7 @@ class Node:
         bind_addrs: Sequence[str] = (),
         portmapper: bool = True,
         mdns: bool = False,
+        ca_certs: bytes | None = None,
         keep_alive: float | None = None,
         idle_timeout: float | None = None,
     ) -> Node:
@@ -214,6 +225,7 @@ class Node:
         ``lookup="none"``, ``bind_addrs=("127.0.0.1:0",)`` for a loopback-only node.
         ``mdns=True`` adds LAN discovery (no server needed; see :meth:`Endpoint.bind`): paired
         devices on the same LAN are found by id, and ``host_pairing(lan=True)`` codes work.
+        ``ca_certs`` (PEM) trusts the private certificate of self-hosted servers.
         """
         self = cls()
         self.data_dir = identity.ensure_data_dir(Path(data_dir).expanduser())
@@ -236,6 +248,7 @@ class Node:
                 bind_addrs=bind_addrs,
                 portmapper=portmapper,
                 mdns=mdns,
+                ca_certs=ca_certs,
                 keep_alive=keep_alive,
                 idle_timeout=idle_timeout,
             )
@@ -244,6 +257,7 @@ class Node:
                 self.registry.close()
             self._lock.release()
             raise
+        self._uses_relay = relay != "disabled"
         self.cache = ConnectionCache(self.endpoint.id, self._dial)
         self._spawn(self._accept_loop())
         if mdns:
@@ -335,10 +349,19 @@ class Node:
     ) -> HostedPairing:
         """Starts hosting a one-time pairing code (single use, expires after ``ttl`` seconds,
         burned after 3 wrong attempts). Share ``hosted.code`` (``str()`` is its full form).
+        With relays on, it first waits (``online_timeout``, 10 s) for the home relay, so that
+        the code's ticket can reach this node from behind a NAT.
 
         ``lan=True`` also gives a short code to read aloud, ``hosted.spoken`` (nameplate and
         words, e.g. ``7-ocean-tiger-river``), for a joiner on the same LAN: the nameplate is
         announced over mDNS with this node's id until the code is used, burned or expires."""
+        if self._uses_relay:
+            # Behind a NAT the ticket is only useful with the relay in it: wait for it.
+            try:
+                await asyncio.wait_for(self.endpoint.online(), self.online_timeout)
+            except TimeoutError:
+                log.warning("no home relay after %g s: the code holds direct addresses only",
+                            self.online_timeout)
         spoken: LanCode | None = None
         if lan:
             taken = {o.tag for o in self._offers}
@@ -493,15 +516,26 @@ class Node:
         self._handlers[kind] = handler
 
     async def request(
-        self, device: DeviceRef, data: bytes, *, kind: str = DEFAULT_KIND, timeout: float | None = 30.0
+        self,
+        device: DeviceRef,
+        data: bytes,
+        *,
+        kind: str = DEFAULT_KIND,
+        timeout: float | None = 30.0,
+        message_id: bytes | None = None,
     ) -> bytes:
         """Sends ``data`` to a paired device and returns its handler's reply (decrypted).
 
         Dials by EndpointId only when no connection is live; a request that fails on a dead
         connection is retried once on a new one, under the same message id (the receiver
-        drops duplicates)."""
+        drops duplicates). An application that retries after an error should pass the same
+        ``message_id`` (16 bytes, e.g. :func:`iroh_pair.messaging.new_message_id`) each time:
+        the receiver then handles the message at most once, and a retry of a message already
+        handled fails with :class:`~iroh_pair.errors.RemoteError` code ``DUPLICATE``."""
         dev = self.device(device)
-        mid = new_message_id()
+        if message_id is not None and len(message_id) != MESSAGE_ID_LEN:
+            raise ValueError(f"a message id is {MESSAGE_ID_LEN} bytes")
+        mid = new_message_id() if message_id is None else bytes(message_id)
         channels: list[MessageChannel] = []
 
         def seal(conn: Connection) -> bytes:
@@ -517,11 +551,19 @@ class Node:
         return channels[-1].open(kind, reply, reply_to=mid).plaintext
 
     async def send(
-        self, device: DeviceRef, data: bytes, *, kind: str = DEFAULT_KIND, timeout: float | None = 30.0
+        self,
+        device: DeviceRef,
+        data: bytes,
+        *,
+        kind: str = DEFAULT_KIND,
+        timeout: float | None = 30.0,
+        message_id: bytes | None = None,
     ) -> None:
-        """Sends ``data`` one way; returns once the peer's node has received and handled it."""
+        """Sends ``data`` one way; returns once the peer's node has received and handled it.
+        Retrying with the same ``message_id`` after an error delivers it exactly once (a
+        retry of a message that was already handled returns normally)."""
         try:
-            await self.request(device, data, kind=kind, timeout=timeout)
+            await self.request(device, data, kind=kind, timeout=timeout, message_id=message_id)
         except RemoteError as e:
             if e.code != MessageErrorCode.DUPLICATE:
                 raise  # a duplicate was delivered before: done

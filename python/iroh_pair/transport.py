@@ -525,6 +525,7 @@ class Endpoint:
         portmapper: bool = False,
         lookup: Literal["none", "n0"] | LookupConfig = "none",
         mdns: bool = False,
+        ca_certs: bytes | None = None,
         keep_alive: float | None = None,
         idle_timeout: float | None = None,
         max_bi_streams: int | None = None,
@@ -540,6 +541,11 @@ class Endpoint:
         ``lookup``): the endpoint advertises its id and addresses on the LAN and finds other ids
         there; :meth:`lan_events` reports devices appearing and leaving. It needs an address on
         a multicast-capable interface, so pair it with ``bind_addrs=()`` or a LAN address.
+
+        ``ca_certs`` (a PEM bundle) adds trusted roots for the endpoint's own TLS clients, beside
+        the built-in web roots: a self-hosted relay or pkarr server with a private certificate.
+        The relay's QUIC address discovery (how an endpoint behind NAT learns its public
+        address, needed for hole punching) is always TLS, even for an ``http://`` relay URL.
 
         ``clear_ip=True`` with no ``bind_addrs`` gives a relay-only endpoint. ``keep_alive`` and
         ``idle_timeout`` (seconds) override iroh's QUIC defaults (5 s and 30 s);
@@ -569,6 +575,7 @@ class Endpoint:
             clear_ip=clear_ip,
             portmapper=portmapper,
             mdns=mdns,
+            ca_certs=None if ca_certs is None else bytes(ca_certs),
             keep_alive=keep_alive,
             idle_timeout=idle_timeout,
             max_bi_streams=max_bi_streams,

@@ -113,6 +113,7 @@ class Endpoint:
         dns_origin: str | None = None,
         dns_server: str | None = None,
         mdns: bool = False,
+        ca_certs: bytes | None = None,
         keep_alive: float | None = None,
         idle_timeout: float | None = None,
         max_bi_streams: int | None = None,

@@ -64,7 +64,7 @@ impl Endpoint {
     #[pyo3(signature = (bridge, token, *, secret_key = None, alpns = Vec::new(), relay = "disabled".to_string(),
         relay_urls = Vec::new(), bind_addrs = Vec::new(), clear_ip = false, portmapper = false,
         lookup = "none".to_string(), pkarr_url = None, dns_origin = None, dns_server = None,
-        mdns = false, keep_alive = None, idle_timeout = None, max_bi_streams = None))]
+        mdns = false, ca_certs = None, keep_alive = None, idle_timeout = None, max_bi_streams = None))]
     #[allow(clippy::too_many_arguments)]
     fn bind(
         py: Python<'_>,
@@ -82,6 +82,7 @@ impl Endpoint {
         dns_origin: Option<String>,
         dns_server: Option<String>,
         mdns: bool,
+        ca_certs: Option<Vec<u8>>,
         keep_alive: Option<f64>,
         idle_timeout: Option<f64>,
         max_bi_streams: Option<u64>,
@@ -122,6 +123,19 @@ impl Endpoint {
             b = b
                 .bind_addr(sa)
                 .map_err(|e| Error::Value(format!("bad bind address {a:?}: {e}")))?;
+        }
+        if let Some(pem) = ca_certs {
+            // Extra roots for the endpoint's own HTTPS/QUIC clients (relay, pkarr, QUIC address
+            // discovery at the relay), beside the built-in web PKI roots.
+            use rustls_pki_types::CertificateDer;
+            use rustls_pki_types::pem::PemObject;
+            let roots = CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Error::Value(format!("ca_certs is not a PEM bundle: {e}")))?;
+            if roots.is_empty() {
+                return Err(Error::Value("ca_certs holds no PEM certificate".into()).into());
+            }
+            b = b.ca_tls_config(iroh::tls::CaTlsConfig::default().with_extra_roots(roots));
         }
         if !portmapper {
             b = b.portmapper_config(PortmapperConfig::Disabled);
