@@ -18,7 +18,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,97 +37,14 @@ def rust_binary() -> Path:
 # ----------------------------------------------------------------------------- python worker
 
 
-async def _pair() -> tuple[object, object, object, object]:
-    from iroh_pair.transport import Endpoint
-
-    server = await Endpoint.bind(alpns=[ALPN])
-    client = await Endpoint.bind()
-    accept = asyncio.ensure_future(server.accept())
-    conn = await client.connect(server.addr(), ALPN, timeout=10)
-    sconn = await accept
-    return server, client, conn, sconn
-
-
 async def _worker(workload: str, count: int, mib: int) -> dict[str, float | int | str]:
-    from iroh_pair.transport import Connection, Endpoint
+    # The same cell as bench/run.py's "iroh-pair raw" contender (bench/irohpair.py).
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench.irohpair import raw_worker
 
-    server, client, conn, sconn = await _pair()
-    assert isinstance(conn, Connection) and isinstance(sconn, Connection)
-    assert isinstance(server, Endpoint) and isinstance(client, Endpoint)
-    reply = bytes([7]) * REPLY
-    payload = bytes([1]) * REQUEST
-    out: dict[str, float | int | str] = {"workload": workload}
-    if workload in ("sequential", "queued"):
-        sconn.serve(lambda req: reply)
-        for _ in range(50):
-            await conn.request(payload)
-    if workload == "sequential":
-        lat = []
-        start = time.perf_counter()
-        for _ in range(count):
-            t = time.perf_counter()
-            r = await conn.request(payload)
-            lat.append(time.perf_counter() - t)
-            assert len(r) == REPLY
-        total = time.perf_counter() - start
-        lat.sort()
-        out.update(
-            count=count,
-            msg_per_s=count / total,
-            p50_us=lat[len(lat) // 2] * 1e6,
-            p99_us=lat[int(len(lat) * 0.99)] * 1e6,
-        )
-    elif workload == "queued":
-        start = time.perf_counter()
-        await asyncio.gather(*(conn.request(payload) for _ in range(count)))
-        out.update(count=count, msg_per_s=count / (time.perf_counter() - start))
-    elif workload == "connect-per-message":
-        # What the cache prevents: a new connection for every message.
-        sconn.serve(lambda req: reply)
-        addr = server.addr()
-
-        async def accept_loop() -> None:
-            while (c := await server.accept()) is not None:
-                c.serve(lambda req: reply)
-
-        acceptor = asyncio.ensure_future(accept_loop())
-        lat = []
-        start = time.perf_counter()
-        for _ in range(count):
-            t = time.perf_counter()
-            c = await client.connect(addr, ALPN, timeout=10)
-            assert len(await c.request(payload)) == REPLY
-            c.close(0, b"done")
-            lat.append(time.perf_counter() - t)
-        total = time.perf_counter() - start
-        acceptor.cancel()
-        lat.sort()
-        out.update(count=count, msg_per_s=count / total, p50_us=lat[len(lat) // 2] * 1e6)
-    elif workload == "bulk":
-
-        async def sink() -> int:
-            send, recv = await sconn.accept_bi()
-            n = 0
-            while data := await recv.read(1 << 20):
-                n += len(data)
-            await send.write_all(n.to_bytes(8, "big"))
-            send.finish()
-            return n
-
-        task = asyncio.ensure_future(sink())
-        chunk = bytes(1 << 20)
-        start = time.perf_counter()
-        send, recv = await conn.open_bi()
-        for _ in range(mib):
-            await send.write_all(chunk)
-        send.finish()
-        got = int.from_bytes(await recv.read_to_end(8), "big")
-        total = time.perf_counter() - start
-        assert got == mib << 20 and await task == got
-        out.update(mib=mib, mib_per_s=mib / total)
-    await client.close()
-    await server.close()
-    return out
+    r = await raw_worker(workload, count, mib)
+    return {k: v for k, v in r.items() if isinstance(v, (float, int, str))}
 
 
 # ----------------------------------------------------------------------------- driver

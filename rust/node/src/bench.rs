@@ -16,8 +16,10 @@ pub const USAGE: &str = "usage:
       serve raw echo: every bidirectional stream gets back exactly the bytes it carried
   iroh-pair-node send-raw TICKET --alpn ALPN --bytes N
       send N deterministic bytes on one stream, read the echo, check it
-  iroh-pair-node bench WORKLOAD [--count N] [--mib M]
-      WORKLOAD: sequential | queued | bulk | connect-per-message";
+  iroh-pair-node bench WORKLOAD [--count N] [--mib M] [--samples] [--peer TICKET]
+      WORKLOAD: sequential | queued | bulk | connect-per-message | idle-connections
+      --samples adds every latency (us) as \"lat_us\"; idle-connections holds N connections
+      to the echo server at --peer (another process) and reports the RSS growth per connection";
 
 pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -128,6 +130,53 @@ async fn request(conn: &Connection, payload: &Bytes) -> Result<Vec<u8>> {
     Ok(recv.read_to_end(1 << 20).await?)
 }
 
+/// This process's resident set size in KiB (Linux: VmRSS of /proc/self/status).
+fn rss_kib() -> Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc/self/status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("bad VmRSS line")?
+        .parse()?)
+}
+
+/// RSS growth per idle connection: one warm-up connection to `ticket`'s echo server (kept),
+/// then `count` more, held idle for a second before measuring.
+async fn idle_connections(ticket: &str, count: usize) -> Result<String> {
+    const ECHO_ALPN: &[u8] = b"iroh-pair-bench/1";
+    let addr: EndpointAddr = ticket.parse::<EndpointTicket>()?.into();
+    let client = bind(vec![]).await?;
+    let warm = client.connect(addr.clone(), ECHO_ALPN).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = rss_kib()?;
+    let mut conns = Vec::with_capacity(count);
+    for _ in 0..count {
+        conns.push(client.connect(addr.clone(), ECHO_ALPN).await?);
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_kib()?;
+    let open = conns.iter().filter(|c| c.close_reason().is_none()).count();
+    for c in conns.iter().chain([&warm]) {
+        c.close(0u32.into(), b"done");
+    }
+    tokio::time::timeout(Duration::from_secs(5), client.close())
+        .await
+        .ok();
+    Ok(format!(
+        "{{\"workload\":\"idle-connections\",\"count\":{count},\"open\":{open},\"rss_before_kib\":{before},\"rss_after_kib\":{after},\"kib_per_conn\":{:.2}}}",
+        (after as f64 - before as f64) / count as f64
+    ))
+}
+
+fn samples_json(lat: &[f64]) -> String {
+    let all: Vec<String> = lat.iter().map(|s| format!("{:.1}", s * 1e6)).collect();
+    format!(",\"lat_us\":[{}]", all.join(","))
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -138,6 +187,13 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
     const ALPN: &[u8] = b"iroh-pair-bench/1";
+    let args: Vec<String> = std::env::args().collect();
+    let with_samples = args.iter().any(|a| a == "--samples");
+    if workload == "idle-connections" {
+        let ticket = arg(&args, "--peer").context("idle-connections needs --peer TICKET")?;
+        println!("{}", idle_connections(&ticket, count).await?);
+        return Ok(());
+    }
     let server = bind(vec![ALPN.to_vec()]).await?;
     let client = bind(vec![]).await?;
     let accept_ep = server.clone();
@@ -181,9 +237,14 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
                 }
             }
             let total = start.elapsed().as_secs_f64();
+            let samples = if with_samples {
+                samples_json(&lat)
+            } else {
+                String::new()
+            };
             lat.sort_by(f64::total_cmp);
             format!(
-                "{{\"workload\":\"sequential\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1}}}",
+                "{{\"workload\":\"sequential\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1}{samples}}}",
                 count as f64 / total,
                 percentile(&lat, 0.5) * 1e6,
                 percentile(&lat, 0.99) * 1e6
@@ -221,11 +282,17 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
                 lat.push(t.elapsed().as_secs_f64());
             }
             let total = start.elapsed().as_secs_f64();
+            let samples = if with_samples {
+                samples_json(&lat)
+            } else {
+                String::new()
+            };
             lat.sort_by(f64::total_cmp);
             format!(
-                "{{\"workload\":\"connect-per-message\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1}}}",
+                "{{\"workload\":\"connect-per-message\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1}{samples}}}",
                 count as f64 / total,
-                percentile(&lat, 0.5) * 1e6
+                percentile(&lat, 0.5) * 1e6,
+                percentile(&lat, 0.99) * 1e6
             )
         }
         "bulk" => {

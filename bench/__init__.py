@@ -1,0 +1,1 @@
+"""The benchmark suite (bench/run.py) and the transport comparison (bench/transport.py)."""
