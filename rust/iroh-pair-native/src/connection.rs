@@ -23,11 +23,44 @@ use crate::streams::{
 pub struct Connection {
     pub conn: iroh::endpoint::Connection,
     pub counters: Arc<Counters>,
+    opener: Arc<Opener>,
 }
 
 impl Connection {
     pub fn new(conn: iroh::endpoint::Connection, counters: Arc<Counters>) -> Self {
-        Self { conn, counters }
+        Self {
+            conn,
+            counters,
+            opener: Arc::default(),
+        }
+    }
+}
+
+/// Lets one caller at a time wait for stream credit, the others queue in FIFO order.
+///
+/// When the peer's stream limit is reached, noq parks every `open_bi` caller on one `Notify`
+/// and wakes *all* of them (`notify_waiters`) whenever credit arrives: with 5,000 requests
+/// queued that is thousands of polls, each taking the connection lock, for every stream
+/// opened. Behind this lock only the head of the queue waits in noq, and tokio's mutex wakes
+/// exactly one waiter when it passes the turn on.
+#[derive(Default)]
+struct Opener {
+    bi: tokio::sync::Mutex<()>,
+    uni: tokio::sync::Mutex<()>,
+}
+
+impl Opener {
+    async fn bi(
+        &self,
+        conn: &iroh::endpoint::Connection,
+    ) -> Result<(iroh::endpoint::SendStream, iroh::endpoint::RecvStream), Error> {
+        let _turn = self.bi.lock().await;
+        Ok(conn.open_bi().await?)
+    }
+
+    async fn uni(&self, conn: &iroh::endpoint::Connection) -> Result<iroh::endpoint::SendStream, Error> {
+        let _turn = self.uni.lock().await;
+        Ok(conn.open_uni().await?)
     }
 }
 
@@ -274,10 +307,10 @@ impl Connection {
 
     /// Opens a bidirectional stream. (The peer learns of it with the first data written.)
     fn open_bi(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
-        let conn = self.conn.clone();
+        let (conn, opener) = (self.conn.clone(), self.opener.clone());
         let counters = self.counters.clone();
         bridge.submit(py, token, async move {
-            let (s, r) = conn.open_bi().await?;
+            let (s, r) = opener.bi(&conn).await?;
             Counters::bump(&counters.bi_opened);
             Ok(BiOut(SendStream::new(s), RecvStream::new(r)))
         })
@@ -296,10 +329,10 @@ impl Connection {
 
     /// Opens a unidirectional stream.
     fn open_uni(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
-        let conn = self.conn.clone();
+        let (conn, opener) = (self.conn.clone(), self.opener.clone());
         let counters = self.counters.clone();
         bridge.submit(py, token, async move {
-            let s = conn.open_uni().await?;
+            let s = opener.uni(&conn).await?;
             Counters::bump(&counters.uni_opened);
             Ok(ClassOut(SendStream::new(s)))
         })
@@ -462,10 +495,10 @@ impl Connection {
                     .map_err(|_| Error::Value(format!("timeout must be positive, got {t}")))
             })
             .transpose()?;
-        let conn = self.conn.clone();
+        let (conn, opener) = (self.conn.clone(), self.opener.clone());
         let counters = self.counters.clone();
         let work = async move {
-            let (s, mut recv) = conn.open_bi().await?;
+            let (s, mut recv) = opener.bi(&conn).await?;
             Counters::bump(&counters.bi_opened);
             let mut send = SendState::new(s);
             send.write_all_chunks(&mut [header, payload])
