@@ -169,6 +169,29 @@ async def test_dial_by_id_through_mdns_alone() -> None:
 
 
 @inner
+async def test_lan_events_report_a_device_this_endpoint_dialed_first() -> None:
+    """iroh's mDNS lookup keeps ids it resolved for a dial out of its own events; lan_events
+    listens separately, so a device dialed before anyone watched is still reported."""
+    a = await Endpoint.bind(alpns=[ALPN], bind_addrs=(), mdns=True)
+    b = await Endpoint.bind(bind_addrs=(), mdns=True)
+    try:
+        acc = asyncio.ensure_future(a.accept())
+        conn = await b.connect(a.id, ALPN, timeout=15)  # resolved through mDNS
+        assert await asyncio.wait_for(acc, 5) is not None
+        assert conn.remote_id == a.id
+
+        async def first_seen() -> None:
+            async for ev in b.lan_events():
+                if ev.id == a.id and ev.event == "discovered":
+                    return
+
+        await asyncio.wait_for(first_seen(), 15)
+    finally:
+        await a.close()
+        await b.close()
+
+
+@inner
 async def test_browse_finds_announcement_and_stops_after_close() -> None:
     a = await Endpoint.bind(bind_addrs=())
     b = await Endpoint.bind(bind_addrs=())

@@ -55,6 +55,10 @@ pub struct Endpoint {
     /// The endpoint's own mDNS address lookup, when bound with `mdns=True`; dropped on close
     /// (the Python object may outlive the endpoint, its announcements must not).
     mdns: std::sync::Mutex<Option<MdnsAddressLookup>>,
+    /// A second, listen-only mDNS instance behind `lan_events`, made on first use: the
+    /// endpoint's own instance does not report ids it resolved for a dial, so a device this
+    /// endpoint dialed first would never be reported as seen on the LAN.
+    lan_watch: std::sync::Mutex<Option<MdnsAddressLookup>>,
 }
 
 #[pymethods]
@@ -209,6 +213,7 @@ impl Endpoint {
                 ep,
                 counters: Arc::new(Counters::default()),
                 mdns: std::sync::Mutex::new(mdns),
+                lan_watch: std::sync::Mutex::new(None),
             }))
         })
     }
@@ -310,13 +315,14 @@ impl Endpoint {
     fn close(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
         let mdns = self.mdns.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let lan_watch = self.lan_watch.lock().unwrap_or_else(|e| e.into_inner()).take();
         bridge.submit(py, token, async move {
             ep.close().await;
             // Stop every lookup service (mDNS announcing above all) with the endpoint.
             if let Ok(services) = ep.address_lookup() {
                 services.clear();
             }
-            drop(mdns);
+            drop((mdns, lan_watch));
             Ok(Plain(()))
         })
     }
@@ -324,11 +330,22 @@ impl Endpoint {
     /// Subscribes to LAN discovery events under `token` (a persistent token): dicts with
     /// `event` ("discovered" or "expired"), `id` and `addrs`. Needs `mdns=True` at bind.
     fn lan_events(&self, bridge: &Bridge, token: u64) -> PyResult<()> {
-        let mdns = self.mdns.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let Some(m) = mdns else {
+        if self.mdns.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
             return Err(Error::Value("this endpoint was bound without mdns=True".into()).into());
+        }
+        let watch = {
+            let mut w = self.lan_watch.lock().unwrap_or_else(|e| e.into_inner());
+            match &*w {
+                Some(m) => m.clone(),
+                None => {
+                    let _rt = RUNTIME.enter();
+                    let m = crate::mdns::build(self.ep.id(), None, false)?;
+                    *w = Some(m.clone());
+                    m
+                }
+            }
         };
-        crate::mdns::subscribe(bridge, token, m);
+        crate::mdns::subscribe(bridge, token, watch);
         Ok(())
     }
 
