@@ -1,0 +1,527 @@
+#!/usr/bin/env python3
+"""One iroh-pair node inside a lab device (or on loopback): pairs, messages, reports JSON lines.
+
+Started by the lab harness (``rust/lab``, ``iroh-pair-lab``) in a device's network namespace, or
+by ``bench/soak.py`` on loopback. It uses only the package's public API: :class:`Node` with the
+lab's relay and lookup servers, ``host_pairing``/``join``, ``request``, ``on_message``,
+``events``, and the connection's ``paths()``/``path_events()``.
+
+Every line on stdout is one JSON object with ``event`` and ``at`` (seconds since the agent
+started). Commands arrive on stdin, one per line: ``stop`` (finish and exit; EOF means the
+same) and ``mark NAME`` (record the time of NAME, e.g. ``link_up``).
+
+Roles:
+
+* ``host``: hosts a pairing code (prints ``code``), waits for the joiner (``paired``), answers
+  messages until ``stop``, then prints ``done`` with what it received.
+* ``join``: joins with ``--code`` (``paired``), then does its ``--work``:
+
+  - ``direct``: keeps requests flowing until the selected path is direct (``direct``);
+  - ``relayed``: watches the paths for ``--observe`` s, sends ``--transfer-mib`` MiB (in
+    4 MiB messages, each answered with its SHA-256) and ``--requests`` requests;
+  - ``steady``: numbered messages until ``stop``; prints ``steady`` after 20 and
+    ``recovered`` at the first one through after ``mark link_up``;
+  - ``soak``: numbered messages for ``--minutes``, a ``sample`` line every ``--sample-every``
+    seconds (messages, latency p50/p99, RSS).
+
+Application-level exactly-once: ``Node.send``/``request`` do not take a message id (each call
+seals a fresh one; only the library's own single retry reuses it), so a message retried after a
+failed attempt is a new message to the receiver's duplicate filter (``SeenIds``). The payload
+therefore carries a sequence number (``seq:N:``); the sender retries a number until it is
+acknowledged, and the receiver applies each number once and counts repeated deliveries.
+
+Network options: ``--relay URL --pkarr-url URL --dns-origin DOMAIN --dns-server IP:PORT`` (the
+lab's servers) and ``--ca-cert FILE`` (the lab CA, PEM: trusted for the relay's QUIC address
+discovery, which is how a node behind NAT learns its public address), or ``--local`` (loopback
+only: no relay, no lookup).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import statistics
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from iroh_pair.errors import IrohPairError
+from iroh_pair.node import Node, NodeEvent
+from iroh_pair.protocol import ALPN
+from iroh_pair.registry import PairedDevice
+from iroh_pair.transport import Connection, LookupConfig
+
+T0 = time.monotonic()
+CHUNK = 4 * 1024 * 1024
+
+
+def now() -> float:
+    return round(time.monotonic() - T0, 3)
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One JSON line on stdout."""
+    print(json.dumps({"event": event, "at": now(), **fields}), flush=True)
+
+
+def rss_kb() -> int:
+    """This process's resident set size in KiB (Linux /proc)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def percentile(xs: list[float], q: float) -> float | None:
+    if not xs:
+        return None
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 2)
+
+
+class PathWatch:
+    """Follows the peer's connection in the node's cache (a new one after a redial): every path
+    event, every path kind ever listed by ``paths()``, and the selected kind over time."""
+
+    def __init__(self, node: Node, peer: PairedDevice) -> None:
+        self.node = node
+        self.peer = peer
+        self.log: list[dict[str, Any]] = []
+        self.kinds_listed: set[str] = set()
+        self.selected_seq: list[str] = []  # distinct consecutive selected kinds
+        self.conn_ids: list[int] = []
+        self.direct_at: float | None = None
+        self._watched: Connection | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._changed = asyncio.Event()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._poll()))
+
+    def stop(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+
+    def selected(self) -> str | None:
+        conn = self._watched
+        if conn is None:
+            return None
+        for p in conn.paths():
+            if p.selected:
+                return p.kind
+        return None
+
+    def _note(self, conn: Connection) -> None:
+        for p in conn.paths():
+            self.kinds_listed.add(p.kind)
+            if p.selected:
+                if not self.selected_seq or self.selected_seq[-1] != p.kind:
+                    self.selected_seq.append(p.kind)
+                    self.log.append({"at": now(), "selected": p.kind, "addr": p.addr})
+                    emit("path", selected=p.kind, addr=p.addr, conn=conn.stable_id)
+                    self._changed.set()
+                if p.kind == "direct" and self.direct_at is None:
+                    self.direct_at = time.monotonic()
+
+    async def _poll(self) -> None:
+        while True:
+            conn = self.node.cache.peek(self.peer.endpoint_id, ALPN)
+            if conn is not None and conn is not self._watched:
+                self._watched = conn
+                self.conn_ids.append(conn.stable_id)
+                emit("connection", conn=conn.stable_id, side=conn.side, n=len(self.conn_ids))
+                self._tasks.append(asyncio.create_task(self._events(conn)))
+            if self._watched is not None and not self._watched.is_closed:
+                self._note(self._watched)
+            await asyncio.sleep(0.1)
+
+    async def _events(self, conn: Connection) -> None:
+        with contextlib.suppress(IrohPairError):
+            async for ev in conn.path_events():
+                if ev.event == "snapshot":
+                    entry: dict[str, Any] = {
+                        "at": now(), "event": "snapshot",
+                        "paths": [f"{p.kind}{'*' if p.selected else ''}" for p in ev.paths],
+                    }
+                    for p in ev.paths:
+                        self.kinds_listed.add(p.kind)
+                else:
+                    entry = {"at": now(), "event": ev.event, "kind": ev.kind, "addr": ev.addr}
+                    if ev.kind:
+                        self.kinds_listed.add(ev.kind)
+                self.log.append(entry)
+                # the line's own "event" is "path_event"; the path event's name goes in "what"
+                emit("path_event", conn=conn.stable_id, what=entry["event"],
+                     **{k: v for k, v in entry.items() if k not in ("at", "event")})
+                if not conn.is_closed:
+                    self._note(conn)
+
+    async def wait_direct(self, limit: float) -> bool:
+        deadline = time.monotonic() + limit
+        while self.direct_at is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(left, 0.2)):
+                    await self._changed.wait()
+        return True
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "selected_sequence": self.selected_seq,
+            "kinds_listed": sorted(self.kinds_listed),
+            "direct_ever_listed": "direct" in self.kinds_listed,
+            "direct_ever_selected": "direct" in self.selected_seq,
+            "connections_seen": len(self.conn_ids),
+            "path_log": self.log[-60:],
+        }
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace, node: Node) -> None:
+        self.args = args
+        self.node = node
+        self.peer: PairedDevice | None = None
+        self.watch: PathWatch | None = None
+        self.marks: dict[str, float] = {}
+        self.stop = asyncio.Event()
+        self.node_events: Counter[str] = Counter()
+        self.rss: list[tuple[float, int]] = []
+        # receiver side
+        self.deliveries: Counter[int] = Counter()
+        self.blob_bytes = 0
+        self.requests_answered = 0
+
+    # ---------------------------------------------------------------- plumbing
+
+    async def read_commands(self) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+        while line := await reader.readline():
+            cmd = line.decode().strip().split()
+            if not cmd:
+                continue
+            if cmd[0] == "stop":
+                break
+            if cmd[0] == "mark" and len(cmd) == 2:
+                self.marks[cmd[1]] = time.monotonic()
+                emit("marked", name=cmd[1])
+        self.stop.set()
+
+    async def follow_events(self) -> None:
+        ev: NodeEvent
+        async for ev in self.node.events():
+            self.node_events[ev.kind] += 1
+            emit("node_event", kind=ev.kind, path=ev.path, detail=ev.detail[:120])
+
+    async def sample_rss(self) -> None:
+        while True:
+            self.rss.append((now(), rss_kb()))
+            await asyncio.sleep(self.args.sample_every)
+
+    def paired(self, dev: PairedDevice) -> None:
+        self.peer = dev
+        self.watch = PathWatch(self.node, dev)
+        self.watch.start()
+        emit("paired", peer=str(dev.endpoint_id), name=dev.name, sas=self.node.last_sas(dev.endpoint_id))
+
+    def common(self) -> dict[str, Any]:
+        st = self.node.cache.stats()
+        return {
+            "label": self.args.label,
+            "cache": {k: getattr(st, k) for k in ("dials", "dial_failures", "adoptions", "evictions",
+                                                   "retries", "duplicates", "live")},
+            "node_events": dict(self.node_events),
+            "counters": dict(self.node.counters),
+            "paths": self.watch.summary() if self.watch else None,
+            "rss_kb": self.rss,
+            # what the endpoint knows of itself at the end: with QUIC address discovery at the
+            # relay this includes the NAT-mapped public address
+            "ip_addrs": self.node.endpoint.addr().ip_addrs,
+        }
+
+    # ---------------------------------------------------------------- host
+
+    def handle(self, dev: PairedDevice, data: bytes) -> bytes:
+        if data.startswith(b"seq:"):
+            n = int(data.split(b":", 2)[1])
+            self.deliveries[n] += 1  # the application applies n only on its first delivery
+            return b"ack:%d" % n
+        if data.startswith(b"blob:"):
+            self.blob_bytes += len(data) - 5
+            return hashlib.sha256(data[5:]).digest()
+        self.requests_answered += 1
+        return b"echo:" + data
+
+    async def run_host(self) -> None:
+        self.node.on_message(self.handle)
+        # The code carries the endpoint's ticket: wait until the endpoint has its home relay,
+        # or the ticket holds only private addresses the joiner cannot reach.
+        t = time.monotonic()
+        if not self.args.local:  # without a relay there is no "online"
+            async with asyncio.timeout(30):
+                await self.node.endpoint.online()
+        addr = self.node.endpoint.addr()
+        emit("online", seconds=round(time.monotonic() - t, 3), relay_urls=addr.relay_urls, ip_addrs=addr.ip_addrs)
+        hosted = await self.node.host_pairing(ttl=120)
+        emit("code", code=str(hosted.code))
+        self.paired(await hosted.wait(90))
+        await self.stop.wait()
+        ids = sorted(self.deliveries)
+        top = ids[-1] if ids else -1
+        missing = sorted(set(range(top + 1)) - set(ids))
+        emit(
+            "done",
+            role="host",
+            received={
+                "unique": len(ids),
+                "deliveries": sum(self.deliveries.values()),
+                "repeated_deliveries": sum(c - 1 for c in self.deliveries.values()),
+                "applied": len(ids),  # once per id, by construction of handle()
+                "max_id": top,
+                "missing": missing[:50],
+                "missing_count": len(missing),
+            },
+            blob_bytes=self.blob_bytes,
+            requests_answered=self.requests_answered,
+            **self.common(),
+        )
+
+    # ---------------------------------------------------------------- joiner
+
+    async def run_join(self) -> None:
+        started = time.monotonic()
+        dev = await self.node.join(self.args.code, timeout=60)
+        paired_at = time.monotonic()
+        self.paired(dev)
+        addr = self.node.endpoint.addr()
+        emit("addrs", relay_urls=addr.relay_urls, ip_addrs=addr.ip_addrs)
+        work = {"direct": self.work_direct, "relayed": self.work_relayed,
+                "steady": self.work_steady, "soak": self.work_soak}[self.args.work]
+        result = await work(dev, started, paired_at)
+        emit("done", role="join", work=self.args.work, pair_s=round(paired_at - started, 3),
+             **result, **self.common())
+
+    async def ping(self, dev: PairedDevice, i: int, timeout: float = 5.0) -> float:
+        t = time.monotonic()
+        msg = b"ping:%d" % i
+        reply = await self.node.request(dev, msg, timeout=timeout)
+        if reply != b"echo:" + msg:
+            raise AssertionError(f"bad reply {reply[:40]!r}")
+        return time.monotonic() - t
+
+    async def traffic(self, dev: PairedDevice, every: float, errors: list[str]) -> None:
+        i = 0
+        while True:
+            try:
+                await self.ping(dev, i)
+            except (IrohPairError, TimeoutError) as e:
+                errors.append(repr(e)[:200])
+            i += 1
+            await asyncio.sleep(every)
+
+    async def work_direct(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
+        assert self.watch is not None
+        errors: list[str] = []
+        t = asyncio.create_task(self.traffic(dev, 0.1, errors))
+        try:
+            ok = await self.watch.wait_direct(self.args.direct_timeout)
+        finally:
+            t.cancel()
+        out: dict[str, Any] = {"direct": ok, "traffic_errors": errors[:5]}
+        if ok and self.watch.direct_at is not None:
+            out["time_to_direct_s"] = round(self.watch.direct_at - paired_at, 3)
+            out["time_to_direct_from_join_s"] = round(self.watch.direct_at - started, 3)
+            emit("direct", time_to_direct_s=out["time_to_direct_s"], sequence=self.watch.selected_seq)
+            rtts = [await self.ping(dev, 10_000 + i) for i in range(20)]
+            out["direct_rtt_p50_ms"] = ms(percentile(rtts, 0.5))
+            out["selected_after_pings"] = self.watch.selected()
+        return out
+
+    async def work_relayed(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
+        assert self.watch is not None
+        errors: list[str] = []
+        t = asyncio.create_task(self.traffic(dev, 0.1, errors))
+        await asyncio.sleep(self.args.observe)
+        t.cancel()
+        emit("observed", selected=self.watch.selected(), sequence=self.watch.selected_seq)
+        total = self.args.transfer_mib * 1024 * 1024
+        sent = 0
+        hashes_ok = True
+        t0 = time.monotonic()
+        while sent < total:
+            chunk = os.urandom(min(CHUNK, total - sent))
+            reply = await self.node.request(dev, b"blob:" + chunk, timeout=120)
+            hashes_ok &= reply == hashlib.sha256(chunk).digest()
+            sent += len(chunk)
+        secs = time.monotonic() - t0
+        emit("transfer", bytes=sent, seconds=round(secs, 3), mib_per_s=round(sent / 2**20 / secs, 2),
+             selected=self.watch.selected())
+        rtts = [await self.ping(dev, i, timeout=10) for i in range(self.args.requests)]
+        return {
+            "traffic_errors": errors[:5],
+            "transfer_bytes": sent,
+            "transfer_s": round(secs, 3),
+            "transfer_mib_per_s": round(sent / 2**20 / secs, 2),
+            "transfer_hashes_ok": hashes_ok,
+            "requests_ok": len(rtts),
+            "request_p50_ms": ms(percentile(rtts, 0.5)),
+            "request_p99_ms": ms(percentile(rtts, 0.99)),
+            "selected_at_end": self.watch.selected(),
+        }
+
+    async def send_numbered(self, dev: PairedDevice, n: int, stats: dict[str, Any]) -> float:
+        """Sends message ``n`` until it is acknowledged; returns its latency (last attempt)."""
+        payload = b"seq:%d:" % n + b"x" * 64
+        attempt = 0
+        while True:
+            attempt += 1
+            t = time.monotonic()
+            try:
+                reply = await self.node.request(dev, payload, timeout=self.args.attempt_timeout)
+            except (IrohPairError, TimeoutError) as e:
+                stats["failed_attempts"] += 1
+                if len(stats["errors"]) < 8:
+                    stats["errors"].append(f"{now()}: {type(e).__name__}: {str(e)[:150]}")
+                await asyncio.sleep(0.2)
+                continue
+            if reply != b"ack:%d" % n:
+                raise AssertionError(f"message {n}: bad ack {reply[:40]!r}")
+            if attempt > 1:
+                stats["retried_messages"] += 1
+            return time.monotonic() - t
+
+    async def work_steady(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
+        stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "errors": []}
+        last_ack = time.monotonic()
+        max_gap = 0.0
+        recovered: float | None = None
+        n = 0
+        while not self.stop.is_set():
+            await self.send_numbered(dev, n, stats)
+            acked = time.monotonic()
+            max_gap = max(max_gap, acked - last_ack)
+            last_ack = acked
+            n += 1
+            if n == 20:
+                emit("steady", acked=n)
+            up = self.marks.get("link_up")
+            if recovered is None and up is not None:
+                recovered = acked - up
+                down = self.marks.get("link_down")
+                emit("recovered", after_link_up_s=round(recovered, 3), n=n,
+                     since_link_down_s=round(acked - down, 3) if down else None,
+                     selected=self.watch.selected() if self.watch else None)
+            await asyncio.sleep(self.args.interval)
+        return {"sent": n, "acked": n, **stats, "max_gap_s": round(max_gap, 3),
+                "recovery_after_link_up_s": None if recovered is None else round(recovered, 3),
+                "selected_at_end": self.watch.selected() if self.watch else None}
+
+    async def work_soak(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
+        stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "errors": []}
+        end = time.monotonic() + self.args.minutes * 60
+        next_sample = time.monotonic() + self.args.sample_every
+        window: list[float] = []
+        all_lat: list[float] = []
+        samples: list[dict[str, Any]] = []
+        n = 0
+        while time.monotonic() < end and not self.stop.is_set():
+            lat = await self.send_numbered(dev, n, stats)
+            n += 1
+            window.append(lat)
+            all_lat.append(lat)
+            if time.monotonic() >= next_sample:
+                s = {"at": now(), "messages": n, "window": len(window), "p50_ms": ms(percentile(window, 0.5)),
+                     "p99_ms": ms(percentile(window, 0.99)), "rss_kb": rss_kb(),
+                     "selected": self.watch.selected() if self.watch else None}
+                samples.append(s)
+                emit("sample", **s)
+                window = []
+                next_sample += self.args.sample_every
+            await asyncio.sleep(self.args.interval)
+        return {"sent": n, "acked": n, **stats, "samples": samples,
+                "p50_ms": ms(percentile(all_lat, 0.5)), "p99_ms": ms(percentile(all_lat, 0.99)),
+                "mean_ms": ms(statistics.fmean(all_lat)) if all_lat else None,
+                "selected_at_end": self.watch.selected() if self.watch else None}
+
+
+def node_options(args: argparse.Namespace) -> dict[str, Any]:
+    if args.local:
+        return {"relay": "disabled", "lookup": "none", "bind_addrs": ("127.0.0.1:0",), "portmapper": False}
+    if not (args.relay and args.pkarr_url and args.dns_origin):
+        raise SystemExit("need --relay, --pkarr-url and --dns-origin (or --local)")
+    return {
+        "relay": [args.relay],
+        "lookup": LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server),
+        "bind_addrs": (),  # every interface of the device
+        "portmapper": False,
+        "ca_certs": Path(args.ca_cert).read_bytes() if args.ca_cert else None,
+    }
+
+
+async def amain(args: argparse.Namespace) -> int:
+    node = await Node.open(args.data, name=args.label, **node_options(args))
+    agent = Agent(args, node)
+    tasks = [asyncio.create_task(c) for c in (agent.read_commands(), agent.follow_events(), agent.sample_rss())]
+    emit("open", id=str(node.id), role=args.role, addrs=node.endpoint.bound_sockets())
+    try:
+        if args.role == "host":
+            await agent.run_host()
+        else:
+            await agent.run_join()
+        return 0
+    except Exception as e:  # reported to the harness, which fails the scenario
+        emit("error", error=f"{type(e).__name__}: {e}"[:2000])
+        return 1
+    finally:
+        if agent.watch:
+            agent.watch.stop()
+        for t in tasks:
+            t.cancel()
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(10):
+                await node.close()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--role", choices=("host", "join"), required=True)
+    p.add_argument("--label", default="agent")
+    p.add_argument("--data", required=True, help="the node's data directory")
+    p.add_argument("--relay")
+    p.add_argument("--pkarr-url")
+    p.add_argument("--dns-origin")
+    p.add_argument("--dns-server")
+    p.add_argument("--ca-cert", help="extra trusted CA (PEM) for the relay's QUIC address discovery")
+    p.add_argument("--local", action="store_true", help="loopback only: no relay, no lookup")
+    p.add_argument("--code", help="join: the host's pairing code")
+    p.add_argument("--work", choices=("direct", "relayed", "steady", "soak"), default="direct")
+    p.add_argument("--direct-timeout", type=float, default=30.0)
+    p.add_argument("--observe", type=float, default=8.0)
+    p.add_argument("--transfer-mib", type=int, default=16)
+    p.add_argument("--requests", type=int, default=100)
+    p.add_argument("--interval", type=float, default=0.05, help="pause between numbered messages")
+    p.add_argument("--attempt-timeout", type=float, default=5.0)
+    p.add_argument("--minutes", type=float, default=1.0)
+    p.add_argument("--sample-every", type=float, default=5.0)
+    args = p.parse_args()
+    if args.role == "join" and not args.code:
+        p.error("--role join needs --code")
+    return asyncio.run(amain(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
