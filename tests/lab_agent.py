@@ -24,11 +24,12 @@ Roles:
   - ``soak``: numbered messages for ``--minutes``, a ``sample`` line every ``--sample-every``
     seconds (messages, latency p50/p99, RSS).
 
-Application-level exactly-once: ``Node.send``/``request`` do not take a message id (each call
-seals a fresh one; only the library's own single retry reuses it), so a message retried after a
-failed attempt is a new message to the receiver's duplicate filter (``SeenIds``). The payload
-therefore carries a sequence number (``seq:N:``); the sender retries a number until it is
-acknowledged, and the receiver applies each number once and counts repeated deliveries.
+Application-level exactly-once: the sender retries each message until it is acknowledged,
+always under the same ``message_id`` (``Node.request(..., message_id=...)``), so the receiving
+node's duplicate filter hands it to the application at most once; a retry of a message that
+was handled but whose reply was lost comes back as ``RemoteError(DUPLICATE)``, which counts as
+delivered. The payload also carries a sequence number (``seq:N:``) so that the receiver can
+count deliveries per message and report any repeat: that is what the outage test checks.
 
 Network options: ``--relay URL --pkarr-url URL --dns-origin DOMAIN --dns-server IP:PORT`` (the
 lab's servers) and ``--ca-cert FILE`` (the lab CA, PEM: trusted for the relay's QUIC address
@@ -51,7 +52,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import IrohPairError, RemoteError
+from iroh_pair.messaging import MessageErrorCode, new_message_id
 from iroh_pair.node import Node, NodeEvent
 from iroh_pair.protocol import ALPN
 from iroh_pair.registry import PairedDevice
@@ -386,12 +388,20 @@ class Agent:
     async def send_numbered(self, dev: PairedDevice, n: int, stats: dict[str, Any]) -> float:
         """Sends message ``n`` until it is acknowledged; returns its latency (last attempt)."""
         payload = b"seq:%d:" % n + b"x" * 64
+        mid = new_message_id()
         attempt = 0
         while True:
             attempt += 1
             t = time.monotonic()
             try:
-                reply = await self.node.request(dev, payload, timeout=self.args.attempt_timeout)
+                reply = await self.node.request(
+                    dev, payload, timeout=self.args.attempt_timeout, message_id=mid
+                )
+            except RemoteError as e:
+                if e.code != MessageErrorCode.DUPLICATE:
+                    raise
+                stats["duplicates_answered"] += 1  # handled before; only the reply was lost
+                return time.monotonic() - t
             except (IrohPairError, TimeoutError) as e:
                 stats["failed_attempts"] += 1
                 if len(stats["errors"]) < 8:
@@ -405,7 +415,8 @@ class Agent:
             return time.monotonic() - t
 
     async def work_steady(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
-        stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "errors": []}
+        stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "duplicates_answered": 0,
+                                 "errors": []}
         last_ack = time.monotonic()
         max_gap = 0.0
         recovered: float | None = None
@@ -431,7 +442,8 @@ class Agent:
                 "selected_at_end": self.watch.selected() if self.watch else None}
 
     async def work_soak(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
-        stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "errors": []}
+        stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "duplicates_answered": 0,
+                                 "errors": []}
         end = time.monotonic() + self.args.minutes * 60
         next_sample = time.monotonic() + self.args.sample_every
         window: list[float] = []

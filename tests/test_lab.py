@@ -196,6 +196,7 @@ def test_link_outage_exactly_once() -> None:
     show("outage", down_s=round(result["outage"]["down_s"], 2), recovered_after_link_up_s=rec["after_link_up_s"],
          max_gap_s=join["max_gap_s"], sent=join["sent"], unique_received=got["unique"],
          repeated_deliveries=got["repeated_deliveries"], app_retries=join["retried_messages"],
+         duplicates_answered=join["duplicates_answered"],
          failed_attempts=join["failed_attempts"], cache_retries=join["cache"]["retries"],
          connections_joiner=join["paths"]["connections_seen"], path_after=join["selected_at_end"])
     assert result["outage"]["down_s"] >= 4.9
