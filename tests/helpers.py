@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iroh_pair.node import Node
@@ -94,3 +94,13 @@ def rerun_in_netns(module: Path, marker_env: str, setup: str, timeout: float = 5
     summary = out.strip().splitlines()[-1]
     # an inner skip means a missing piece: it must not pass silently
     assert " passed" in summary and "skipped" not in summary and "deselected" in summary, summary
+
+
+def lab_events(lines: list[dict[str, Any]], src: str, event: str) -> list[dict[str, Any]]:
+    """The JSON lines of the lab harness from ``src`` with this ``event``."""
+    return [x for x in lines if x.get("src") == src and x.get("event") == event]
+
+
+def show(tag: str, title: str, **numbers: Any) -> None:
+    """Prints a test's key numbers on one line (``pytest -s`` shows them)."""
+    print(f"\n[{tag}] {title}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))

@@ -24,7 +24,8 @@ import pytest
 
 from iroh_pair.servers import DNS_BIN, RELAY_BIN, find_binary
 
-from helpers import ROOT
+import helpers
+from helpers import ROOT, lab_events
 
 AGENT = ROOT / "tests" / "lab_agent.py"
 MiB = 1024 * 1024
@@ -88,12 +89,11 @@ def run_lab(scenario: str, *extra: str, timeout: float = 180.0) -> tuple[dict[st
     return result, lines
 
 
-def events(lines: list[dict[str, Any]], src: str, event: str) -> list[dict[str, Any]]:
-    return [x for x in lines if x.get("src") == src and x.get("event") == event]
+events = lab_events
 
 
 def show(title: str, **numbers: Any) -> None:
-    print(f"\n[lab] {title}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
+    helpers.show("lab", title, **numbers)
 
 
 def public_addrs(result: dict[str, Any], side: str, router: str) -> list[str]:

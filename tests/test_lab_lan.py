@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from helpers import ROOT
+import helpers
+from helpers import ROOT, lab_events
 from lab_lan_agent import DnsError, parse_dns
 
 AGENT = ROOT / "tests" / "lab_lan_agent.py"
@@ -106,12 +107,11 @@ def run_lab(scenario: str, timeout: float = 200.0) -> tuple[dict[str, Any], list
     return result, lines
 
 
-def events(lines: list[dict[str, Any]], src: str, event: str) -> list[dict[str, Any]]:
-    return [x for x in lines if x.get("src") == src and x.get("event") == event]
+events = lab_events
 
 
 def show(title: str, **numbers: Any) -> None:
-    print(f"\n[lab-lan] {title}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
+    helpers.show("lab-lan", title, **numbers)
 
 
 def port_of(sockets: list[str]) -> int:

@@ -25,12 +25,13 @@ use std::process::ExitStatus;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use patchbay::{Device, Lab, Nat, Router};
+use patchbay::{Device, Nat, Router};
 use serde_json::{Value, json};
 
 use crate::Args;
 use crate::agent::Proc;
 use crate::out::{emit, now};
+use crate::world::{LanKind, Net};
 
 /// The LAN scenarios (one [`crate::scenario::Scenario::Lan`] variant each).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,8 +104,7 @@ const EXIT: Duration = Duration::from_secs(30);
 /// A lab of LANs only (no public host, no servers). Fields drop in order: the lab (its
 /// namespaces, after the scenario's processes, which are locals declared later), then files.
 struct LanLab {
-    lab: Lab,
-    topology: Vec<Value>,
+    net: Net,
     workdir: PathBuf,
     python: PathBuf,
     agent: PathBuf,
@@ -112,17 +112,12 @@ struct LanLab {
 
 impl LanLab {
     async fn new(args: &Args, label: &str) -> Result<Self> {
-        let lab = Lab::builder()
-            .label(label)
-            .build()
-            .await
-            .context("creating the lab")?;
+        let net = Net::new(label).await?;
         let workdir =
             std::env::temp_dir().join(format!("iroh-pair-lab-lan-{}", std::process::id()));
         std::fs::create_dir_all(&workdir)?;
         Ok(Self {
-            lab,
-            topology: Vec::new(),
+            net,
             workdir,
             python: args.python.clone(),
             agent: args.agent.clone(),
@@ -131,48 +126,15 @@ impl LanLab {
 
     /// A LAN: a home router (Moderate NAT) behind the IX.
     async fn router(&mut self, name: &str) -> Result<Router> {
-        let r = self
-            .lab
-            .add_router(name)
-            .nat(Nat::Moderate)
-            .build()
-            .await
-            .with_context(|| format!("router {name}"))?;
-        self.topology
-            .push(json!({"router": name, "nat": Nat::Moderate.to_string(),
-            "cidr": r.downstream_cidr().map(|c| c.to_string()),
-            "public_ip": r.uplink_ip().map(|i| i.to_string()), "devices": []}));
-        Ok(r)
+        self.net.lan(name, LanKind::nat(Nat::Moderate)).await
     }
 
-    /// A device on `router`'s LAN.
     async fn device(&mut self, name: &str, router: &Router) -> Result<Device> {
-        let d = self
-            .lab
-            .add_device(name)
-            .uplink(router.id())
-            .build()
-            .await
-            .with_context(|| format!("device {name}"))?;
-        let ip = d.ip().map(|i| i.to_string());
-        if let Some(r) = self
-            .topology
-            .iter_mut()
-            .find(|r| r["router"] == router.name())
-            && let Some(devs) = r["devices"].as_array_mut()
-        {
-            devs.push(json!({"name": name, "ip": ip}));
-        }
-        Ok(d)
+        self.net.device(name, router).await
     }
 
     fn topology(&self) -> Value {
-        let v = Value::from(self.topology.clone());
-        emit(
-            "lab",
-            json!({"event": "topology", "routers": v, "servers": "none"}),
-        );
-        v
+        self.net.topology()
     }
 
     fn data(&self, dev: &Device, kind: &str) -> String {

@@ -142,11 +142,11 @@ async fn pair(
 /// Scenario 1: two Moderate NATs; the joiner waits for a direct path.
 async fn holepunch(args: &Args) -> Result<Value> {
     let mut w = World::new(args, "holepunch").await?;
-    let r1 = w.lan("home1", LanKind::nat(Nat::Moderate)).await?;
-    let r2 = w.lan("home2", LanKind::nat(Nat::Moderate)).await?;
-    let a = w.device("host", &r1).await?;
-    let b = w.device("joiner", &r2).await?;
-    let topology = w.topology();
+    let r1 = w.net.lan("home1", LanKind::nat(Nat::Moderate)).await?;
+    let r2 = w.net.lan("home2", LanKind::nat(Nat::Moderate)).await?;
+    let a = w.net.device("host", &r1).await?;
+    let b = w.net.device("joiner", &r2).await?;
+    let topology = w.net.topology();
     let (h, mut j) = pair(
         &w,
         &a,
@@ -163,11 +163,11 @@ async fn holepunch(args: &Args) -> Result<Value> {
 /// Scenarios 2 and 3: the connection must stay relayed; a transfer and requests over it.
 async fn relayed(args: &Args, host_lan: LanKind, join_lan: LanKind) -> Result<Value> {
     let mut w = World::new(args, args.scenario.name()).await?;
-    let r1 = w.lan("lan-host", host_lan).await?;
-    let r2 = w.lan("lan-join", join_lan).await?;
-    let a = w.device("host", &r1).await?;
-    let b = w.device("joiner", &r2).await?;
-    let topology = w.topology();
+    let r1 = w.net.lan("lan-host", host_lan).await?;
+    let r2 = w.net.lan("lan-join", join_lan).await?;
+    let a = w.net.device("host", &r1).await?;
+    let b = w.net.device("joiner", &r2).await?;
+    let topology = w.net.topology();
     let work = strings(&[
         "--work",
         "relayed",
@@ -189,11 +189,11 @@ async fn relayed(args: &Args, host_lan: LanKind, join_lan: LanKind) -> Result<Va
 /// `--outage` seconds and comes back; every message must be delivered exactly once.
 async fn outage(args: &Args) -> Result<Value> {
     let mut w = World::new(args, "outage").await?;
-    let r1 = w.lan("home1", LanKind::nat(Nat::Moderate)).await?;
-    let r2 = w.lan("home2", LanKind::nat(Nat::Moderate)).await?;
-    let a = w.device("host", &r1).await?;
-    let b = w.device("joiner", &r2).await?;
-    let topology = w.topology();
+    let r1 = w.net.lan("home1", LanKind::nat(Nat::Moderate)).await?;
+    let r2 = w.net.lan("home2", LanKind::nat(Nat::Moderate)).await?;
+    let a = w.net.device("host", &r1).await?;
+    let b = w.net.device("joiner", &r2).await?;
+    let topology = w.net.topology();
     let (mut h, mut j) = pair(
         &w,
         &a,
@@ -251,16 +251,18 @@ async fn soak(args: &Args) -> Result<Value> {
     let mut devs = Vec::new();
     for i in 0..args.pairs {
         let r1 = w
+            .net
             .lan(&format!("home-h{i}"), LanKind::nat(Nat::Moderate))
             .await?;
         let r2 = w
+            .net
             .lan(&format!("home-j{i}"), LanKind::nat(Nat::Moderate))
             .await?;
-        let a = w.device(&format!("host{i}"), &r1).await?;
-        let b = w.device(&format!("join{i}"), &r2).await?;
+        let a = w.net.device(&format!("host{i}"), &r1).await?;
+        let b = w.net.device(&format!("join{i}"), &r2).await?;
         devs.push((a, b));
     }
-    let topology = w.topology();
+    let topology = w.net.topology();
     let minutes = args.minutes.to_string();
     let work = strings(&[
         "--work",

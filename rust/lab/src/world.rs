@@ -54,13 +54,74 @@ impl LanKind {
     }
 }
 
-/// A running lab: the patchbay network, the servers, and where agents keep their data.
+/// The patchbay network and a record of what was built in it (the `topology` event): routers
+/// with their NAT and firewall, and the devices on each LAN (several per LAN are fine).
+pub struct Net {
+    pub lab: Lab,
+    topology: Vec<Value>,
+}
+
+impl Net {
+    pub async fn new(label: &str) -> Result<Self> {
+        let lab = Lab::builder()
+            .label(label)
+            .build()
+            .await
+            .context("creating the lab")?;
+        Ok(Self {
+            lab,
+            topology: Vec::new(),
+        })
+    }
+
+    /// A router for a LAN of its own behind the IX.
+    pub async fn lan(&mut self, name: &str, kind: LanKind) -> Result<Router> {
+        let mut b = self.lab.add_router(name).nat(kind.nat);
+        if kind.block_udp {
+            b = b.firewall_custom(|f| f.block_inbound().allow_udp(&[DNS_PORT]));
+        }
+        let r = b.build().await.with_context(|| format!("router {name}"))?;
+        self.topology.push(json!({"router": name, "nat": kind.nat.to_string(), "block_udp": kind.block_udp,
+                                  "cidr": r.downstream_cidr().map(|c| c.to_string()),
+                                  "public_ip": r.uplink_ip().map(|i| i.to_string()), "devices": []}));
+        Ok(r)
+    }
+
+    /// A device on `router`'s LAN (interface `eth0`).
+    pub async fn device(&mut self, name: &str, router: &Router) -> Result<Device> {
+        let d = self
+            .lab
+            .add_device(name)
+            .uplink(router.id())
+            .build()
+            .await
+            .with_context(|| format!("device {name}"))?;
+        let ip = d.ip().map(|i| i.to_string());
+        if let Some(r) = self
+            .topology
+            .iter_mut()
+            .find(|r| r["router"] == router.name())
+            && let Some(devs) = r["devices"].as_array_mut()
+        {
+            devs.push(json!({"name": name, "ip": ip}));
+        }
+        Ok(d)
+    }
+
+    /// The topology built so far, also printed as a `topology` event.
+    pub fn topology(&self) -> Value {
+        let v = Value::from(self.topology.clone());
+        emit("lab", json!({"event": "topology", "routers": v}));
+        v
+    }
+}
+
+/// A running lab: the network, the servers, and where agents keep their data.
 /// Fields drop in order: server processes first, then the lab (its namespaces), then files.
 pub struct World {
     servers: Vec<Proc>,
-    pub lab: Lab,
+    pub net: Net,
     pub server_ip: std::net::Ipv4Addr,
-    topology: Vec<Value>,
     /// The lab CA's certificate (PEM), trusted by every agent.
     ca_cert: PathBuf,
     workdir: PathBuf,
@@ -72,18 +133,9 @@ impl World {
     /// Builds the public part: router `dc`, device `servers`, and the relay and lookup servers
     /// on it (waits for their ready lines).
     pub async fn new(args: &Args, label: &str) -> Result<Self> {
-        let lab = Lab::builder()
-            .label(label)
-            .build()
-            .await
-            .context("creating the lab")?;
-        let dc = lab.add_router("dc").build().await.context("router dc")?;
-        let host = lab
-            .add_device("servers")
-            .uplink(dc.id())
-            .build()
-            .await
-            .context("device servers")?;
+        let mut net = Net::new(label).await?;
+        let dc = net.lan("dc", LanKind::nat(Nat::None)).await?;
+        let host = net.device("servers", &dc).await?;
         let ip = host
             .ip()
             .context("the servers device has no IPv4 address")?;
@@ -92,11 +144,8 @@ impl World {
         let (ca_cert, relay_cert, relay_key) = make_certs(&workdir, ip)?;
         let mut world = Self {
             servers: Vec::new(),
-            lab,
+            net,
             server_ip: ip,
-            topology: vec![
-                json!({"router": "dc", "nat": "none", "devices": [{"name": "servers", "ip": ip.to_string()}]}),
-            ],
             ca_cert,
             workdir,
             python: args.python.clone(),
@@ -151,46 +200,6 @@ impl World {
 
     pub fn relay_url(&self) -> String {
         format!("http://{}:{RELAY_PORT}/", self.server_ip)
-    }
-
-    /// A router for a LAN of its own behind the IX.
-    pub async fn lan(&mut self, name: &str, kind: LanKind) -> Result<Router> {
-        let mut b = self.lab.add_router(name).nat(kind.nat);
-        if kind.block_udp {
-            b = b.firewall_custom(|f| f.block_inbound().allow_udp(&[DNS_PORT]));
-        }
-        let r = b.build().await.with_context(|| format!("router {name}"))?;
-        self.topology.push(json!({"router": name, "nat": kind.nat.to_string(), "block_udp": kind.block_udp,
-                                  "public_ip": r.uplink_ip().map(|i| i.to_string()), "devices": []}));
-        Ok(r)
-    }
-
-    /// A device on `router`'s LAN (interface `eth0`).
-    pub async fn device(&mut self, name: &str, router: &Router) -> Result<Device> {
-        let d = self
-            .lab
-            .add_device(name)
-            .uplink(router.id())
-            .build()
-            .await
-            .with_context(|| format!("device {name}"))?;
-        let ip = d.ip().map(|i| i.to_string());
-        if let Some(r) = self
-            .topology
-            .iter_mut()
-            .find(|r| r["router"] == router.name())
-            && let Some(devs) = r["devices"].as_array_mut()
-        {
-            devs.push(json!({"name": name, "ip": ip}));
-        }
-        Ok(d)
-    }
-
-    /// The topology built so far (also printed as a `topology` event).
-    pub fn topology(&self) -> Value {
-        let v = Value::from(self.topology.clone());
-        emit("lab", json!({"event": "topology", "routers": v}));
-        v
     }
 
     /// Starts the agent on `dev` with `role` ("host" or "join") and extra arguments; it gets
