@@ -2,11 +2,14 @@
 //!
 //! Every native operation that may wait is started from Python with a token. It is first polled
 //! once on the calling thread: when it can complete at once (data already buffered, flow-control
-//! window open) its result is returned directly, with no thread hop. Otherwise it is spawned on
-//! the shared multi-thread runtime; when it finishes, the tokio worker pushes `(token, outcome)`
-//! onto this bridge's queue and, only if the queue was empty, writes to one eventfd (a pipe on
-//! other platforms) that the asyncio loop watches with `add_reader`. The loop then drains every
-//! queued completion in one call and converts them to Python objects on its own thread.
+//! window open) its result is returned directly, with no thread hop. Otherwise it stays parked,
+//! costing the runtime nothing, until iroh (or a timer) wakes it; only then is it spawned on the
+//! shared multi-thread runtime, from the waking thread, so starting an operation never has to
+//! wake a tokio worker just to poll a future that is still waiting. When it finishes, the tokio
+//! worker pushes `(token, outcome)` onto this bridge's queue and, only if the queue was empty,
+//! writes to one eventfd (a pipe on other platforms) that the asyncio loop watches with
+//! `add_reader`. The loop then drains every queued completion in one call and converts them to
+//! Python objects on its own thread.
 //!
 //! Tokio threads never take the GIL: the queue holds plain Rust values (`Outcome`), and nothing
 //! a task owns or drops is a Python object.
@@ -17,7 +20,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use pyo3::intern;
@@ -196,6 +199,87 @@ impl Drop for WakeFd {
     }
 }
 
+type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
+
+/// Where a started operation is: parked until its first wake-up, then a tokio task.
+enum Slot {
+    /// Polled once inline, not parked yet.
+    Empty,
+    /// Woken before it was parked: spawn it as soon as it is.
+    Woken,
+    Parked(BoxTask),
+    Running(AbortHandle),
+    Cancelled,
+}
+
+/// An operation that did not complete inline. Its waker is this struct: the first wake-up
+/// spawns the parked future on the runtime (on the waking thread, usually the tokio worker that
+/// drives the connection), and the tokio task's own waker takes over from there.
+struct Parked(Mutex<Slot>);
+
+impl Parked {
+    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Hands over the future that was polled inline with this waker.
+    fn park(&self, task: BoxTask) {
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, Slot::Empty) {
+            Slot::Empty => *slot = Slot::Parked(task),
+            Slot::Woken => *slot = Slot::Running(RUNTIME.spawn(task).abort_handle()),
+            other => *slot = other, // cancelled meanwhile: `task` is dropped
+        }
+    }
+
+    /// Aborts the task, or drops the parked future here (inside the runtime's context, since
+    /// it may hold timers).
+    fn cancel(&self) {
+        let parked = match std::mem::replace(&mut *self.slot(), Slot::Cancelled) {
+            Slot::Parked(task) => Some(task),
+            Slot::Running(handle) => {
+                handle.abort();
+                None
+            }
+            _ => None,
+        };
+        if let Some(task) = parked {
+            let _rt = RUNTIME.enter();
+            drop(task);
+        }
+    }
+}
+
+impl Wake for Parked {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let mut slot = self.slot();
+        match std::mem::replace(&mut *slot, Slot::Empty) {
+            Slot::Empty => *slot = Slot::Woken,
+            Slot::Parked(task) => *slot = Slot::Running(RUNTIME.spawn(task).abort_handle()),
+            other => *slot = other, // already running or cancelled: the task's own waker rules
+        }
+    }
+}
+
+/// How `Bridge::cancel` stops an operation.
+enum Cancel {
+    Task(AbortHandle),
+    Parked(Arc<Parked>),
+}
+
+impl Cancel {
+    fn cancel(self) {
+        match self {
+            Cancel::Task(h) => h.abort(),
+            Cancel::Parked(p) => p.cancel(),
+        }
+    }
+}
+
 /// The part of a bridge that tokio tasks hold: the queue and the wake-up fd. No Python objects.
 pub struct Shared {
     queue: Mutex<Vec<Completion>>,
@@ -243,7 +327,7 @@ impl Shared {
 #[pyclass(module = "iroh_pair._native", frozen)]
 pub struct Bridge {
     pub shared: Arc<Shared>,
-    aborts: Mutex<HashMap<u64, AbortHandle>>,
+    aborts: Mutex<HashMap<u64, Cancel>>,
     /// Native request handlers of serve loops (touched on the loop's thread only).
     handlers: Mutex<HashMap<u64, Py<PyAny>>>,
 }
@@ -337,7 +421,7 @@ impl Bridge {
             .remove(&token);
         match handle {
             Some(h) => {
-                h.abort();
+                h.cancel();
                 true
             }
             None => false,
@@ -469,24 +553,37 @@ impl Bridge {
     }
 
     /// Starts `fut` for `token`: polls it once here and returns its value when it is ready at
-    /// once, or spawns it on the runtime and returns `PENDING`.
+    /// once; otherwise parks it until its first wake-up (see `Parked`) and returns `PENDING`.
     pub fn submit<F, T>(&self, py: Python<'_>, token: u64, fut: F) -> PyResult<Py<PyAny>>
     where
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: ToPy,
     {
+        let parked = Arc::new(Parked(Mutex::new(Slot::Empty)));
         let mut fut = Box::pin(fut);
         {
             let _rt = RUNTIME.enter();
-            let mut cx = Context::from_waker(Waker::noop());
-            if let Poll::Ready(r) = fut.as_mut().poll(&mut cx) {
+            let waker = Waker::from(parked.clone());
+            if let Poll::Ready(r) = fut.as_mut().poll(&mut Context::from_waker(&waker)) {
                 return match r {
                     Ok(v) => Box::new(v).to_py(py),
                     Err(e) => Err(e.into()),
                 };
             }
         }
-        self.spawn(token, fut);
+        let shared = self.shared.clone();
+        parked.park(Box::pin(async move {
+            let outcome = fut.await.map(|v| Box::new(v) as Box<dyn ToPy>);
+            shared.push(Completion {
+                token,
+                persistent: false,
+                outcome,
+            });
+        }));
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, Cancel::Parked(parked));
         Ok(pending(py))
     }
 
@@ -508,7 +605,7 @@ impl Bridge {
         self.aborts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(token, handle.abort_handle());
+            .insert(token, Cancel::Task(handle.abort_handle()));
     }
 
     /// Spawns a long-running task that emits many results under `token` (see `Shared::emit`).
@@ -522,7 +619,7 @@ impl Bridge {
         self.aborts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(token, handle.abort_handle());
+            .insert(token, Cancel::Task(handle.abort_handle()));
     }
 }
 

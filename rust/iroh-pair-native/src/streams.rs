@@ -37,13 +37,93 @@ fn varint(code: u64) -> Result<VarInt, Error> {
 
 /// Copies any bytes-like object into Rust-owned `Bytes`, once. The copy is deliberate: the bytes
 /// outlive this call on tokio threads, which must never touch (or release) a Python buffer, and a
-/// mutable buffer could change under a retransmission.
+/// mutable buffer could change under a retransmission. Large copies go into recycled buffers
+/// (see `pool`), so a bulk sender does not fault in fresh pages for every write.
 pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(Bytes::copy_from_slice(b.as_bytes()));
+        return Ok(pool::copy(b.as_bytes()));
     }
     let buf = PyBuffer::<u8>::get(obj)?;
+    if buf.is_c_contiguous() && buf.readonly() {
+        // SAFETY: a read-only, C-contiguous buffer of `len_bytes()` bytes, held (and the GIL
+        // with it) for the duration of the copy.
+        let src = unsafe {
+            std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
+        };
+        return Ok(pool::copy(src));
+    }
     Ok(Bytes::from(buf.to_vec(obj.py())?))
+}
+
+/// Recycled buffers for copies of large writes: a bulk sender would otherwise get fresh memory
+/// from the allocator for every write (and fault its pages in) while iroh frees the acknowledged
+/// ones on another thread. Bounded to `MAX_POOLED` bytes; small copies are plain allocations.
+mod pool {
+    use std::sync::Mutex;
+
+    use bytes::Bytes;
+
+    const MIN: usize = 64 * 1024;
+    const MAX_POOLED: usize = 8 * 1024 * 1024;
+
+    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+
+    struct Pooled(Vec<u8>);
+
+    impl AsRef<[u8]> for Pooled {
+        fn as_ref(&self) -> &[u8] {
+            &self.0
+        }
+    }
+
+    impl Drop for Pooled {
+        fn drop(&mut self) {
+            let buf = std::mem::take(&mut self.0);
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            let held: usize = free.iter().map(Vec::capacity).sum();
+            if held + buf.capacity() <= MAX_POOLED {
+                free.push(buf);
+            }
+        }
+    }
+
+    /// `src` as `Bytes`, copied once.
+    pub fn copy(src: &[u8]) -> Bytes {
+        if src.len() < MIN || src.len() > MAX_POOLED {
+            return Bytes::copy_from_slice(src);
+        }
+        let reused = {
+            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
+            free.iter()
+                .position(|b| b.capacity() >= src.len())
+                .map(|i| free.swap_remove(i))
+        };
+        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(src.len()));
+        buf.clear();
+        buf.extend_from_slice(src);
+        Bytes::from_owner(Pooled(buf))
+    }
+}
+
+/// Builds a Python `bytes` of the given chunks, joined: one copy, no zero-filling first.
+pub fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
+    if let [one] = chunks {
+        return Ok(PyBytes::new(py, one).into_any().unbind());
+    }
+    let len: usize = chunks.iter().map(Bytes::len).sum();
+    // SAFETY: `PyBytes_FromStringAndSize(NULL, len)` returns a new, uninitialised bytes object
+    // of `len` bytes (or NULL with an exception set, turned into an error here); every byte of
+    // it is written below before the object is visible to any Python code.
+    unsafe {
+        let obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let obj = Bound::from_owned_ptr_or_err(py, obj)?;
+        let mut at = pyo3::ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();
+        for c in chunks {
+            std::ptr::copy_nonoverlapping(c.as_ptr(), at, c.len());
+            at = at.add(c.len());
+        }
+        Ok(obj.unbind())
+    }
 }
 
 /// Chunks of received data, joined into one Python `bytes` (one copy) on the loop's thread.
@@ -51,21 +131,7 @@ struct ChunksOut(Vec<Bytes>);
 
 impl ToPy for ChunksOut {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if self.0.len() == 1 {
-            return Ok(PyBytes::new(py, &self.0[0]).into_any().unbind());
-        }
-        let len = self.0.iter().map(Bytes::len).sum();
-        let chunks = self.0;
-        Ok(PyBytes::new_with(py, len, |buf| {
-            let mut at = 0;
-            for c in &chunks {
-                buf[at..at + c.len()].copy_from_slice(c);
-                at += c.len();
-            }
-            Ok(())
-        })?
-        .into_any()
-        .unbind())
+        join_to_py(py, &self.0)
     }
 }
 
