@@ -51,18 +51,6 @@ class Bridge:
         # Resolves futures and calls subscription callbacks natively (see Bridge::drain).
         self.native.drain(self._futures, self._streams)
 
-    async def wait(self, token: int) -> Any:
-        """Waits for the result of the pending operation ``token``. Cancelling the wait aborts
-        the native task."""
-        fut: asyncio.Future[Any] = self.loop.create_future()
-        self._futures[token] = fut
-        try:
-            return await fut
-        except asyncio.CancelledError:
-            self._futures.pop(token, None)
-            self.native.cancel(token)
-            raise
-
     def subscribe(self, on_item: StreamCallback, on_end: StreamCallback) -> int:
         """Registers callbacks for a persistent subscription; returns its token."""
         token = self.token()
@@ -128,10 +116,20 @@ PENDING: Any = _native.PENDING
 
 
 async def call(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Starts a native operation ``op(bridge, token, *args)`` and returns its result."""
+    """Starts a native operation ``op(bridge, token, *args, **kwargs)`` and returns its result:
+    at once when it completed inline, else when the bridge delivers it. Cancelling the wait
+    aborts the native task. (The wait is not a coroutine of its own: this is the hot path of
+    every native operation.)"""
     b = get_bridge()
     token = next(b._tokens)
     r = op(b.native, token, *args, **kwargs)
-    if r is PENDING:
-        return await b.wait(token)
-    return r
+    if r is not PENDING:
+        return r
+    fut = b.loop.create_future()
+    b._futures[token] = fut
+    try:
+        return await fut
+    except asyncio.CancelledError:
+        b._futures.pop(token, None)
+        b.native.cancel(token)
+        raise

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from . import _native
-from ._bridge import PENDING, call, get_bridge
+from ._bridge import call, get_bridge
 from ._native import EndpointAddr, EndpointId, SecretKey
 
 __all__ = [
@@ -308,12 +308,8 @@ class Connection:
         reset), :class:`~iroh_pair.errors.RemoteError` when the peer's handler refused it, and
         :class:`~iroh_pair.errors.FrameTooLarge` for a reply over ``max_response`` bytes.
         """
-        b = get_bridge()
-        token = next(b._tokens)
-        r = self._n.request(b.native, token, payload, max_response, timeout)
-        if r is PENDING:
-            r = await b.wait(token)
-        return r  # type: ignore[return-value]
+        r: bytes = await call(self._n.request, payload, max_response, timeout)
+        return r
 
     async def send(
         self, payload: bytes | bytearray | memoryview, *, timeout: float | None = None
