@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import sys
 import tempfile
 import time
 from typing import TYPE_CHECKING
@@ -23,26 +24,54 @@ from bench.common import ALPN, REPLY, REQUEST, WARMUP, Result, emit, idle_result
 
 if TYPE_CHECKING:
     from iroh_pair.node import Node
+    from iroh_pair.transport import Connection, Endpoint
 
 #: Concurrent bidirectional streams per connection: iroh's default, which the package keeps.
 STREAM_LIMIT = 100
 
 
-async def raw_worker(workload: str, count: int, mib: int, samples: bool = False) -> Result:
-    """One cell of the raw binding: sequential | queued | bulk | connect-per-message."""
-    from iroh_pair.transport import Endpoint
-
-    server = await Endpoint.bind(alpns=[ALPN])
-    client = await Endpoint.bind()
-    accept = asyncio.ensure_future(server.accept())
-    conn = await client.connect(server.addr(), ALPN, timeout=10)
-    sconn = await accept
-    assert sconn is not None
+async def serve_raw(ep: Endpoint, workload: str) -> None:
+    """The server half of a raw cell, for every connection ``ep`` accepts: a bulk stream is
+    counted and the count sent back; anything else is served requests (``REPLY`` bytes each)."""
     reply = bytes([7]) * REPLY
+    sinks: set[asyncio.Task[None]] = set()
+
+    async def sink(conn: Connection) -> None:
+        send, recv = await conn.accept_bi()
+        n = 0
+        while data := await recv.read(1 << 20):
+            n += len(data)
+        await send.write_all(n.to_bytes(8, "big"))
+        send.finish()
+
+    while (conn := await ep.accept()) is not None:
+        if workload == "bulk":
+            t = asyncio.ensure_future(sink(conn))
+            sinks.add(t)
+            t.add_done_callback(sinks.discard)
+        else:
+            conn.serve(lambda req: reply)
+
+
+async def raw_worker(
+    workload: str, count: int, mib: int, samples: bool = False, peer: str | None = None
+) -> Result:
+    """One cell of the raw binding: sequential | queued | bulk | connect-per-message. The server
+    shares this process, or with ``peer`` (a ticket) is a :func:`raw_server` in another one."""
+    from iroh_pair.transport import Endpoint, EndpointAddr
+
+    server = None
+    if peer is None:
+        server = await Endpoint.bind(alpns=[ALPN])
+        serving = asyncio.ensure_future(serve_raw(server, workload))
+        addr = server.addr()
+    else:
+        addr = EndpointAddr.from_ticket(peer)
+    client = await Endpoint.bind()
+    conn = await client.connect(addr, ALPN, timeout=10)
     payload = bytes([1]) * REQUEST
     out: Result = {"workload": workload}
     if workload in ("sequential", "queued"):
-        sconn.serve(lambda req: reply)
         for _ in range(WARMUP):
             await conn.request(payload)
     if workload == "sequential":
@@ -60,14 +89,6 @@ async def raw_worker(workload: str, count: int, mib: int, samples: bool = False)
         out.update(count=count, msg_per_s=round(count / (time.perf_counter() - start), 1))
     elif workload == "connect-per-message":
         # What the cache prevents: a new connection for every message.
-        sconn.serve(lambda req: reply)
-        addr = server.addr()
-
-        async def accept_loop() -> None:
-            while (c := await server.accept()) is not None:
-                c.serve(lambda req: reply)
-
-        acceptor = asyncio.ensure_future(accept_loop())
         lat = []
         start = time.perf_counter()
         for _ in range(count):
@@ -76,21 +97,8 @@ async def raw_worker(workload: str, count: int, mib: int, samples: bool = False)
             assert len(await c.request(payload)) == REPLY
             c.close(0, b"done")
             lat.append(time.perf_counter() - t)
-        total = time.perf_counter() - start
-        acceptor.cancel()
-        out.update(latency_summary(lat, total, samples))
+        out.update(latency_summary(lat, time.perf_counter() - start, samples))
     elif workload == "bulk":
-
-        async def sink() -> int:
-            send, recv = await sconn.accept_bi()
-            n = 0
-            while data := await recv.read(1 << 20):
-                n += len(data)
-            await send.write_all(n.to_bytes(8, "big"))
-            send.finish()
-            return n
-
-        task = asyncio.ensure_future(sink())
         chunk = bytes(1 << 20)
         start = time.perf_counter()
         send, recv = await conn.open_bi()
@@ -99,13 +107,27 @@ async def raw_worker(workload: str, count: int, mib: int, samples: bool = False)
         send.finish()
         got = int.from_bytes(await recv.read_to_end(8), "big")
         total = time.perf_counter() - start
-        assert got == mib << 20 and await task == got
+        assert got == mib << 20, f"the server counted {got} bytes"
         out.update(mib=mib, mib_per_s=round(mib / total, 1))
     else:
         raise ValueError(f"unknown workload {workload!r}")
     await client.close()
-    await server.close()
+    if server is not None:
+        serving.cancel()
+        await server.close()
     return out
+
+
+async def raw_server(workload: str) -> None:
+    """The server of a two-process raw cell: prints its ticket, serves until stdin closes."""
+    from iroh_pair.transport import Endpoint
+
+    ep = await Endpoint.bind(alpns=[ALPN])
+    serving = asyncio.ensure_future(serve_raw(ep, workload))
+    emit({"event": "ready", "ticket": ep.ticket()})
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    serving.cancel()
+    await ep.close()
 
 
 async def layer_worker(workload: str, count: int, samples: bool = False) -> Result:

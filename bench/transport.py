@@ -6,7 +6,11 @@ process: the Rust one is `iroh-pair-node bench` (rust/node), the Python one is t
 table gives medians and the ratio Python/Rust. Absolute numbers on a shared machine are noise;
 the ratios, measured side by side, are the result.
 
-    python bench/transport.py [--repeats 3] [--count 3000] [--queued 5000] [--mib 64]
+With `--split` the server of every cell is another process of the same contender
+(`iroh-pair-node bench-server`, or `--server` here), as two peers are deployed: then this
+binding's asyncio thread serves one side only, as plain Rust's runtime does in each process.
+
+    python bench/transport.py [--repeats 3] [--count 3000] [--queued 5000] [--mib 64] [--split]
 """
 
 from __future__ import annotations
@@ -37,14 +41,22 @@ def rust_binary() -> Path:
 # ----------------------------------------------------------------------------- python worker
 
 
-async def _worker(workload: str, count: int, mib: int) -> dict[str, float | int | str]:
+async def _worker(workload: str, count: int, mib: int, peer: str | None) -> dict[str, float | int | str]:
     # The same cell as bench/run.py's "iroh-pair raw" contender (bench/irohpair.py).
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))
     from bench.irohpair import raw_worker
 
-    r = await raw_worker(workload, count, mib)
+    r = await raw_worker(workload, count, mib, peer=peer)
     return {k: v for k, v in r.items() if isinstance(v, (float, int, str))}
+
+
+async def _server(workload: str) -> None:
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from bench.irohpair import raw_server
+
+    await raw_server(workload)
 
 
 # ----------------------------------------------------------------------------- driver
@@ -57,13 +69,36 @@ def _run(cmd: list[str]) -> dict[str, float | int | str]:
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
+def _with_server(server_cmd: list[str], client_cmd: list[str]) -> dict[str, float | int | str]:
+    """Runs ``client_cmd + ["--peer", ticket]`` against a server process started first; the
+    server ends when its stdin closes."""
+    server = subprocess.Popen(server_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{server_cmd} exited before it was ready")
+        return _run([*client_cmd, "--peer", json.loads(line)["ticket"]])
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+
+
 def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, float | int | str]:
     count = {"queued": args.queued, "connect-per-message": args.connects}.get(workload, args.count)
+    sizes = ["--count", str(count), "--mib", str(args.mib)]
     if contender == "rust":
-        return _run([str(rust_binary()), "bench", workload, "--count", str(count), "--mib", str(args.mib)])
-    return _run(
-        [sys.executable, __file__, "--worker", workload, "--count", str(count), "--mib", str(args.mib)]
-    )
+        client = [str(rust_binary()), "bench", workload, *sizes]
+        server = [str(rust_binary()), "bench-server", workload]
+    else:
+        client = [sys.executable, __file__, "--worker", workload, *sizes]
+        server = [sys.executable, __file__, "--server", workload]
+    return _with_server(server, client) if args.split else _run(client)
 
 
 METRICS = {
@@ -86,10 +121,16 @@ def main() -> None:
     ap.add_argument("--connects", type=int, default=300, help="messages with a new connection each")
     ap.add_argument("--workloads", default="sequential,queued,bulk,connect-per-message")
     ap.add_argument("--json", type=Path, help="also write every sample to this file")
+    ap.add_argument("--split", action="store_true", help="run each cell's server in another process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--server", help=argparse.SUPPRESS)
+    ap.add_argument("--peer", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.server:
+        asyncio.run(_server(args.server))
+        return
     if args.worker:
-        print(json.dumps(asyncio.run(_worker(args.worker, args.count, args.mib))))
+        print(json.dumps(asyncio.run(_worker(args.worker, args.count, args.mib, args.peer))))
         return
     samples: dict[tuple[str, str], list[dict[str, float | int | str]]] = {}
     workloads = args.workloads.split(",")

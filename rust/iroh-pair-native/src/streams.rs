@@ -126,12 +126,39 @@ pub fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
     }
 }
 
-/// Chunks of received data, joined into one Python `bytes` (one copy) on the loop's thread.
-struct ChunksOut(Vec<Bytes>);
+/// Appends to `chunks` what `recv` already holds, never waiting, until they make `n` bytes.
+/// The end of the stream or an error is left for the next read to report.
+fn take_ready(recv: &mut IrohRecv, chunks: &mut Vec<Bytes>, n: usize) {
+    let mut got: usize = chunks.iter().map(Bytes::len).sum();
+    while got < n {
+        match crate::bridge::poll_once(recv.read_chunk(n - got)) {
+            Some(Ok(Some(chunk))) => {
+                got += chunk.len();
+                chunks.push(chunk);
+            }
+            _ => break,
+        }
+    }
+}
+
+/// The result of `read(n)`: chunks of received data, joined into one Python `bytes` (one copy)
+/// on the loop's thread. Before joining, the loop's thread tops them up with whatever arrived
+/// since the read completed (up to `n` bytes): the hop to the loop takes long enough for more
+/// packets to land, and taking them now saves a whole read each.
+struct ChunksOut {
+    chunks: Vec<Bytes>,
+    top_up: Option<(Arc<Mutex<IrohRecv>>, usize)>,
+}
 
 impl ToPy for ChunksOut {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        join_to_py(py, &self.0)
+        let ChunksOut { mut chunks, top_up } = *self;
+        if let Some((recv, n)) = top_up
+            && let Ok(mut recv) = recv.try_lock()
+        {
+            take_ready(&mut recv, &mut chunks, n);
+        }
+        join_to_py(py, &chunks)
     }
 }
 
@@ -384,31 +411,18 @@ impl RecvStream {
         bridge.submit(py, token, async move {
             let mut recv = inner.lock().await;
             let Some(first) = recv.read_chunk(n).await? else {
-                return Ok(ChunksOut(Vec::new()));
+                return Ok(ChunksOut {
+                    chunks: Vec::new(),
+                    top_up: None,
+                });
             };
-            let mut got = first.len();
             let mut chunks = vec![first];
-            while got < n {
-                // Only what is already here: never wait for more once we have some.
-                let more = std::future::poll_fn(|cx| {
-                    let fut = recv.read_chunk(n - got);
-                    let mut fut = std::pin::pin!(fut);
-                    match fut.as_mut().poll(cx) {
-                        std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
-                        std::task::Poll::Pending => std::task::Poll::Ready(None),
-                    }
-                })
-                .await;
-                match more {
-                    Some(Ok(Some(chunk))) => {
-                        got += chunk.len();
-                        chunks.push(chunk);
-                    }
-                    // Nothing more yet, the end, or an error (reported by the next read).
-                    _ => break,
-                }
-            }
-            Ok(ChunksOut(chunks))
+            take_ready(&mut recv, &mut chunks, n);
+            drop(recv);
+            Ok(ChunksOut {
+                chunks,
+                top_up: Some((inner, n)),
+            })
         })
     }
 

@@ -19,7 +19,11 @@ pub const USAGE: &str = "usage:
   iroh-pair-node bench WORKLOAD [--count N] [--mib M] [--samples] [--peer TICKET]
       WORKLOAD: sequential | queued | bulk | connect-per-message | idle-connections
       --samples adds every latency (us) as \"lat_us\"; idle-connections holds N connections
-      to the echo server at --peer (another process) and reports the RSS growth per connection";
+      to the echo server at --peer (another process) and reports the RSS growth per connection;
+      the other workloads with --peer run against a bench-server in another process
+  iroh-pair-node bench-server WORKLOAD
+      the server half of `bench WORKLOAD --peer TICKET`: prints its ticket, serves until stdin
+      closes";
 
 pub fn arg(args: &[String], name: &str) -> Option<String> {
     args.iter()
@@ -185,21 +189,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i]
 }
 
-pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
-    const ALPN: &[u8] = b"iroh-pair-bench/1";
-    let args: Vec<String> = std::env::args().collect();
-    let with_samples = args.iter().any(|a| a == "--samples");
-    if workload == "idle-connections" {
-        let ticket = arg(&args, "--peer").context("idle-connections needs --peer TICKET")?;
-        println!("{}", idle_connections(&ticket, count).await?);
-        return Ok(());
-    }
-    let server = bind(vec![ALPN.to_vec()]).await?;
-    let client = bind(vec![]).await?;
-    let accept_ep = server.clone();
-    let bulk = workload == "bulk";
+/// The server half of `bench`: bulk streams are counted and the count sent back; any other
+/// stream is a framed request answered with `REPLY` bytes.
+fn serve_bench(ep: Endpoint, bulk: bool) {
     tokio::spawn(async move {
-        while let Some(incoming) = accept_ep.accept().await {
+        while let Some(incoming) = ep.accept().await {
             let Ok(conn) = incoming.await else { continue };
             if bulk {
                 tokio::spawn(async move {
@@ -218,7 +212,42 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
             }
         }
     });
-    let addr = server.addr();
+}
+
+/// `bench-server WORKLOAD`: the server of a two-process `bench --peer`, until stdin closes.
+pub async fn bench_server(workload: &str) -> Result<()> {
+    const ALPN: &[u8] = b"iroh-pair-bench/1";
+    let ep = bind(vec![ALPN.to_vec()]).await?;
+    serve_bench(ep.clone(), workload == "bulk");
+    println!(
+        "{{\"event\":\"ready\",\"ticket\":\"{}\"}}",
+        EndpointTicket::new(ep.addr())
+    );
+    let mut sink = Vec::new();
+    tokio::io::AsyncReadExt::read_to_end(&mut tokio::io::stdin(), &mut sink).await?;
+    ep.close().await;
+    Ok(())
+}
+
+pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
+    const ALPN: &[u8] = b"iroh-pair-bench/1";
+    let args: Vec<String> = std::env::args().collect();
+    let with_samples = args.iter().any(|a| a == "--samples");
+    if workload == "idle-connections" {
+        let ticket = arg(&args, "--peer").context("idle-connections needs --peer TICKET")?;
+        println!("{}", idle_connections(&ticket, count).await?);
+        return Ok(());
+    }
+    // With --peer the server is another process (`bench-server`); else it shares this one.
+    let (addr, server) = match arg(&args, "--peer") {
+        Some(ticket) => (ticket.parse::<EndpointTicket>()?.into(), None),
+        None => {
+            let server = bind(vec![ALPN.to_vec()]).await?;
+            serve_bench(server.clone(), workload == "bulk");
+            (server.addr(), Some(server))
+        }
+    };
+    let client = bind(vec![]).await?;
     let payload = Bytes::from(vec![1u8; REQUEST]);
     let result = match workload {
         "sequential" => {
@@ -320,7 +349,9 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
     println!("{result}");
     tokio::time::timeout(Duration::from_secs(5), async {
         client.close().await;
-        server.close().await;
+        if let Some(server) = server {
+            server.close().await;
+        }
     })
     .await
     .ok();

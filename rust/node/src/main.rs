@@ -128,6 +128,9 @@ async fn main() -> Result<()> {
                 .parse()?;
             bench::send_raw(ticket, alpn, n).await
         }
+        Some("bench-server") => {
+            bench::bench_server(raw.get(1).context("bench-server needs a WORKLOAD")?).await
+        }
         Some("bench") => {
             let workload = raw.get(1).context("bench needs a WORKLOAD")?.clone();
             let count: usize = bench::arg(&raw, "--count")
