@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 
 import pytest
@@ -344,6 +345,48 @@ async def test_cancelled_request_never_delivers_truncated(pair: tuple[Endpoint, 
             await cb.request(b"q" * (64 << 20))
     assert await cb.request(b"next", timeout=10) == b"ok"
     assert all(n in (4, 64 << 20) for n in seen), seen
+    serving.cancel()
+
+
+async def test_request_is_a_future_started_at_once(pair: tuple[Endpoint, Endpoint]) -> None:
+    a, b = pair
+    ca, cb = await connected(a, b)
+    seen: list[bytes] = []
+    gate = asyncio.Event()
+
+    async def held(req: bytes) -> bytes:
+        await gate.wait()
+        return req
+
+    def handler(req: bytes) -> bytes | Awaitable[bytes]:
+        seen.append(req)
+        return held(req) if req == b"cancel me" else req + b"!"
+
+    serving = ca.serve(handler)
+    fut = cb.request(b"eager", timeout=5)
+    assert isinstance(fut, asyncio.Future)
+    deadline = time.monotonic() + 5
+    while not seen and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    assert seen == [b"eager"], "the request went out before anyone awaited it"
+    assert await fut == b"eager!"
+    # An argument refused while starting fails the future, not the call.
+    bad = cb.request(b"x", timeout=-1.0)
+    with pytest.raises(ValueError, match="timeout"):
+        await bad
+    # Cancelling the future itself aborts the request: its stream is reset, never finished.
+    stuck = cb.request(b"cancel me", timeout=5)
+    while b"cancel me" not in seen and time.monotonic() < deadline + 5:
+        await asyncio.sleep(0.01)
+    assert stuck.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stuck
+    deadline = time.monotonic() + 5
+    while debug_stats()["pending_tokens"] > 1 and time.monotonic() < deadline:  # 1: the serve loop
+        await asyncio.sleep(0.01)
+    assert debug_stats()["pending_tokens"] == 1
+    assert await cb.request(b"after", timeout=5) == b"after!"
+    gate.set()
     serving.cancel()
 
 

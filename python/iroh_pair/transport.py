@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Union
 
 from . import _native
-from ._bridge import call, get_bridge
+from ._bridge import call, get_bridge, start
 from ._native import EndpointAddr, EndpointId, SecretKey
 
 __all__ = [
@@ -295,21 +295,26 @@ class Connection:
         """Transport statistics."""
         return self._n.stats()
 
-    async def request(
+    def request(
         self,
         payload: bytes | bytearray | memoryview,
         *,
         max_response: int = DEFAULT_MAX_MESSAGE,
         timeout: float | None = None,
-    ) -> bytes:
-        """Sends ``payload`` on a new stream and returns the reply, in one native call.
+    ) -> asyncio.Future[bytes]:
+        """Sends ``payload`` on a new stream; the returned future resolves with the reply.
 
-        Raises :class:`~iroh_pair.errors.Timeout` after ``timeout`` seconds (the stream is then
-        reset), :class:`~iroh_pair.errors.RemoteError` when the peer's handler refused it, and
-        :class:`~iroh_pair.errors.FrameTooLarge` for a reply over ``max_response`` bytes.
+        One native call, started at once (not when awaited): ``await conn.request(data)``.
+        Returning a future rather than a coroutine spares every request a coroutine, and under
+        ``asyncio.gather`` a task. Cancelling the future, or a task awaiting it, aborts the
+        request and resets its stream.
+
+        The future fails with :class:`~iroh_pair.errors.Timeout` after ``timeout`` seconds
+        (the stream is then reset), :class:`~iroh_pair.errors.RemoteError` when the peer's
+        handler refused it, and :class:`~iroh_pair.errors.FrameTooLarge` for a reply over
+        ``max_response`` bytes.
         """
-        r: bytes = await call(self._n.request, payload, max_response, timeout)
-        return r
+        return start(self._n.request, payload, max_response, timeout)
 
     async def send(
         self, payload: bytes | bytearray | memoryview, *, timeout: float | None = None
