@@ -333,12 +333,10 @@ class ConnectionCache(Generic[P, C]):
         :raises Exception: whatever the dialer raised (e.g. :class:`~iroh_pair.errors.ConnectError`);
             the failure is not cached.
         """
-        self._check_open()
         key = (peer_id, alpn)
-        rec = self._live_record(key)
-        if rec is not None:
-            self._reuses += 1
-            return rec.conn
+        conn = self._reuse(key)
+        if conn is not None:
+            return conn
         task = self._dialing.get(key)
         if task is None:
             task = asyncio.get_running_loop().create_task(
@@ -412,23 +410,30 @@ class ConnectionCache(Generic[P, C]):
         """
         to = self._default_timeout if isinstance(timeout, _DefaultType) else timeout
         limit = self._default_max_response if max_response is None else max_response
-        conn = await self.get(peer_id, alpn)
-        try:
-            return await self._request_on(conn, payload, limit, to)
-        except (TimeoutError, ConnectionLost) as exc:
-            self._evict_failed(conn, exc)
-            if not idempotent or self._closed:
-                raise
-            self._retries += 1
-            log.debug(
-                "retrying request to %s after %s", _fmt_key((peer_id, alpn)), type(exc).__name__
-            )
-        conn = await self.get(peer_id, alpn)
-        try:
-            return await self._request_on(conn, payload, limit, to)
-        except (TimeoutError, ConnectionLost) as exc:
-            self._evict_failed(conn, exc)
-            raise
+        key = (peer_id, alpn)
+        # One coroutine for the whole request, with no await on the way when the connection is
+        # cached: this is the hot path of every message.
+        for attempt in (1, 2):
+            conn = self._reuse(key)
+            if conn is None:
+                conn = await self.get(peer_id, alpn)
+            rec = self._records.get(id(conn))  # counted as in flight, for draining
+            try:
+                if rec is not None:
+                    rec.acquire()
+                try:
+                    data = payload(conn) if callable(payload) else payload
+                    return await conn.request(data, max_response=limit, timeout=to)
+                finally:
+                    if rec is not None:
+                        rec.release()
+            except (TimeoutError, ConnectionLost) as exc:
+                self._evict_failed(conn, exc)
+                if attempt == 2 or not idempotent or self._closed:
+                    raise
+                self._retries += 1
+                log.debug("retrying request to %s after %s", _fmt_key(key), type(exc).__name__)
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def send(
         self,
@@ -562,6 +567,15 @@ class ConnectionCache(Generic[P, C]):
     def _check_open(self) -> None:
         if self._closed:
             raise CacheClosedError("the connection cache is closed")
+
+    def _reuse(self, key: tuple[P, bytes]) -> C | None:
+        """The cached live connection for ``key``, counted as a reuse; ``None`` on a miss."""
+        self._check_open()
+        rec = self._live_record(key)
+        if rec is None:
+            return None
+        self._reuses += 1
+        return rec.conn
 
     def _live_record(self, key: tuple[P, bytes]) -> _Record[C] | None:
         """The live record for ``key``, evicting it first if its connection has closed."""
@@ -698,20 +712,3 @@ class ConnectionCache(Generic[P, C]):
         log.debug("closing duplicate %s connection %s", rec.conn.side, _fmt_key(rec.key))
         rec.conn.close(CLOSE_DUPLICATE, b"duplicate connection")
 
-    async def _request_on(
-        self,
-        conn: C,
-        payload: bytes | Callable[[C], bytes],
-        max_response: int,
-        timeout: float | None,
-    ) -> bytes:
-        """``conn.request(...)``, counted as in flight on ``conn`` for draining."""
-        rec = self._records.get(id(conn))
-        if rec is not None:
-            rec.acquire()
-        try:
-            data = payload(conn) if callable(payload) else payload
-            return await conn.request(data, max_response=max_response, timeout=timeout)
-        finally:
-            if rec is not None:
-                rec.release()

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
+from typing import Any
 
 from .cache import ConnectionCache
 from .errors import IrohPairError
@@ -68,7 +69,7 @@ class RequestPeer:
         one, dials go by EndpointId alone through the endpoint's address lookup."""
         self._hints[addr.id] = addr
 
-    async def request(
+    def request(
         self,
         peer: EndpointId,
         alpn: bytes,
@@ -77,14 +78,13 @@ class RequestPeer:
         timeout: float | None = None,
         idempotent: bool = True,
         max_response: int = DEFAULT_MAX_MESSAGE,
-    ) -> bytes:
-        """Sends ``payload`` to ``peer`` on a new stream of the cached connection; returns the
-        reply. See :meth:`ConnectionCache.request` for timeouts and the retry rule."""
+    ) -> Coroutine[Any, Any, bytes]:
+        """Sends ``payload`` to ``peer`` on a new stream of the cached connection; the coroutine
+        returns the reply. See :meth:`ConnectionCache.request` for timeouts and the retry rule.
+        (It is the cache's coroutine itself, not one wrapped around it.)"""
         if timeout is None:
-            return await self.cache.request(
-                peer, alpn, payload, idempotent=idempotent, max_response=max_response
-            )
-        return await self.cache.request(
+            return self.cache.request(peer, alpn, payload, idempotent=idempotent, max_response=max_response)
+        return self.cache.request(
             peer, alpn, payload, timeout=timeout, idempotent=idempotent, max_response=max_response
         )
 
