@@ -168,6 +168,32 @@ async def test_frames_and_exact_reads(pair: tuple[Endpoint, Endpoint]) -> None:
     assert await recv.read_to_end(10) == b""
 
 
+async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint]) -> None:
+    # A read waiting when data arrives completes on tokio, then takes what landed meanwhile
+    # (on the loop's thread): up to n bytes in all, in order, and the end only after the data.
+    a, b = pair
+    ca, cb = await connected(a, b)
+    send, _ = await cb.open_bi()
+    await send.write_all(b"x")  # a stream is announced to the peer by its first byte
+    _, recv = await ca.accept_bi()
+    assert await recv.read(1) == b"x"
+    for n, size in ((5000, 300_000), (1, 3000), (70_000, 300_000)):
+        data = os.urandom(size)
+        first = asyncio.ensure_future(recv.read(n))
+        await asyncio.sleep(0.02)
+        assert not first.done()
+        await send.write_all(data)
+        got = [await first]
+        total = len(got[0])
+        while total < size:
+            got.append(await recv.read(n))
+            total += len(got[-1])
+        assert all(0 < len(g) <= n for g in got), (n, sorted({len(g) for g in got})[-3:])
+        assert b"".join(got) == data
+    send.finish()
+    assert await recv.read(10) == b""
+
+
 async def test_read_frame_too_large_before_allocating(pair: tuple[Endpoint, Endpoint]) -> None:
     a, b = pair
     ca, cb = await connected(a, b)
