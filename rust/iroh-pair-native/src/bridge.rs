@@ -571,20 +571,30 @@ impl Bridge {
                 };
             }
         }
+        parked.park(Box::pin(self.completing(token, fut)));
+        self.aborts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(token, Cancel::Parked(parked));
+        Ok(pending(py))
+    }
+
+    /// `fut`, then its outcome pushed onto the queue under `token`: the task an operation
+    /// runs as once it leaves the calling thread.
+    fn completing<F, T>(&self, token: u64, fut: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: ToPy,
+    {
         let shared = self.shared.clone();
-        parked.park(Box::pin(async move {
+        async move {
             let outcome = fut.await.map(|v| Box::new(v) as Box<dyn ToPy>);
             shared.push(Completion {
                 token,
                 persistent: false,
                 outcome,
             });
-        }));
-        self.aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, Cancel::Parked(parked));
-        Ok(pending(py))
+        }
     }
 
     /// Spawns `fut` without trying it inline first (for work that certainly waits).
@@ -593,15 +603,7 @@ impl Bridge {
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: ToPy,
     {
-        let shared = self.shared.clone();
-        let handle = RUNTIME.spawn(async move {
-            let outcome = fut.await.map(|v| Box::new(v) as Box<dyn ToPy>);
-            shared.push(Completion {
-                token,
-                persistent: false,
-                outcome,
-            });
-        });
+        let handle = RUNTIME.spawn(self.completing(token, fut));
         self.aborts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
