@@ -194,6 +194,32 @@ async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint])
     assert await recv.read(10) == b""
 
 
+async def test_concurrent_reads_keep_the_order(pair: tuple[Endpoint, Endpoint]) -> None:
+    # Two reads waiting on one stream: the first must not top up with bytes that come after
+    # what the second one took.
+    a, b = pair
+    ca, cb = await connected(a, b)
+    send, _ = await cb.open_bi()
+    await send.write_all(b"x")
+    _, recv = await ca.accept_bi()
+    assert await recv.read(1) == b"x"
+    data = os.urandom(2_000_000)
+    for _ in range(5):
+        first = asyncio.ensure_future(recv.read(1 << 20))
+        second = asyncio.ensure_future(recv.read(1 << 20))
+        await asyncio.sleep(0.02)
+        writer = asyncio.ensure_future(send.write_all(data))  # more than the stream's window
+        got = [await first, await second]
+        total = sum(map(len, got))
+        while total < len(data):
+            got.append(await recv.read(1 << 20))
+            total += len(got[-1])
+        await writer
+        assert b"".join(got) == data
+    send.finish()
+    assert await recv.read(10) == b""
+
+
 async def test_read_frame_too_large_before_allocating(pair: tuple[Endpoint, Endpoint]) -> None:
     a, b = pair
     ca, cb = await connected(a, b)

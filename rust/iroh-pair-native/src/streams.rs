@@ -5,6 +5,7 @@
 //! were complete.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use iroh::endpoint::{RecvStream as IrohRecv, SendStream as IrohSend, VarInt};
@@ -106,7 +107,7 @@ mod pool {
 }
 
 /// Builds a Python `bytes` of the given chunks, joined: one copy, no zero-filling first.
-pub fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
+fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
     if let [one] = chunks {
         return Ok(PyBytes::new(py, one).into_any().unbind());
     }
@@ -141,22 +142,30 @@ fn take_ready(recv: &mut IrohRecv, chunks: &mut Vec<Bytes>, n: usize) {
     }
 }
 
-/// The result of `read(n)`: chunks of received data, joined into one Python `bytes` (one copy)
-/// on the loop's thread. Before joining, the loop's thread tops them up with whatever arrived
-/// since the read completed (up to `n` bytes): the hop to the loop takes long enough for more
-/// packets to land, and taking them now saves a whole read each.
+/// The result of `read(n)`: the first chunk that arrived, then, on the loop's thread when it is
+/// converted, every chunk received by then (up to `n` bytes in all), joined into one Python
+/// `bytes` (one copy). Gathering them there rather than when the first one arrives takes the
+/// packets that landed during the hop to the loop too, which saves a whole read each.
 struct ChunksOut {
-    chunks: Vec<Bytes>,
-    top_up: Option<(Arc<Mutex<IrohRecv>>, usize)>,
+    first: Option<Bytes>,
+    recv: Arc<Mutex<IrohRecv>>,
+    n: usize,
+    /// This read's number, and the stream's count of reads started (see `RecvStream::reads`).
+    seq: u64,
+    reads: Arc<AtomicU64>,
 }
 
 impl ToPy for ChunksOut {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let ChunksOut { mut chunks, top_up } = *self;
-        if let Some((recv, n)) = top_up
-            && let Ok(mut recv) = recv.try_lock()
+        let Some(first) = self.first else {
+            return Ok(PyBytes::new(py, b"").into_any().unbind()); // the end of the stream
+        };
+        let mut chunks = vec![first];
+        // A later read (concurrent reads) may already hold the chunks that follow: leave them.
+        if self.reads.load(Ordering::Relaxed) == self.seq
+            && let Ok(mut recv) = self.recv.try_lock()
         {
-            take_ready(&mut recv, &mut chunks, n);
+            take_ready(&mut recv, &mut chunks, self.n);
         }
         join_to_py(py, &chunks)
     }
@@ -384,6 +393,9 @@ impl SendStream {
 pub struct RecvStream {
     pub inner: Arc<Mutex<IrohRecv>>,
     pub id: u64,
+    /// Reads started on this stream so far (on the loop's thread): a finished `read` tops up
+    /// only if no later read has started, so concurrent reads never reorder the data.
+    reads: Arc<AtomicU64>,
 }
 
 impl RecvStream {
@@ -392,7 +404,13 @@ impl RecvStream {
         Self {
             inner: Arc::new(Mutex::new(r)),
             id,
+            reads: Arc::default(),
         }
+    }
+
+    /// Counts a read starting; returns its number.
+    fn start_read(&self) -> u64 {
+        self.reads.fetch_add(1, Ordering::Relaxed) + 1
     }
 }
 
@@ -408,20 +426,15 @@ impl RecvStream {
     /// every chunk already received (up to `n`) in one go, so bulk reads cost few operations.
     fn read(&self, py: Python<'_>, bridge: &Bridge, token: u64, n: usize) -> PyResult<Py<PyAny>> {
         let inner = self.inner.clone();
+        let (seq, reads) = (self.start_read(), self.reads.clone());
         bridge.submit(py, token, async move {
-            let mut recv = inner.lock().await;
-            let Some(first) = recv.read_chunk(n).await? else {
-                return Ok(ChunksOut {
-                    chunks: Vec::new(),
-                    top_up: None,
-                });
-            };
-            let mut chunks = vec![first];
-            take_ready(&mut recv, &mut chunks, n);
-            drop(recv);
+            let first = inner.lock().await.read_chunk(n).await?;
             Ok(ChunksOut {
-                chunks,
-                top_up: Some((inner, n)),
+                first,
+                recv: inner,
+                n,
+                seq,
+                reads,
             })
         })
     }
@@ -434,6 +447,7 @@ impl RecvStream {
         token: u64,
         n: usize,
     ) -> PyResult<Py<PyAny>> {
+        self.start_read();
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let mut buf = vec![0u8; n];
@@ -450,6 +464,7 @@ impl RecvStream {
         token: u64,
         limit: usize,
     ) -> PyResult<Py<PyAny>> {
+        self.start_read();
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let data = inner
@@ -470,6 +485,7 @@ impl RecvStream {
         token: u64,
         max_len: usize,
     ) -> PyResult<Py<PyAny>> {
+        self.start_read();
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let f = read_frame(&mut *inner.lock().await, max_len).await?;
