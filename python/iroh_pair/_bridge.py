@@ -116,23 +116,9 @@ PENDING: Any = _native.PENDING
 
 
 async def call(op: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Starts a native operation ``op(bridge, token, *args, **kwargs)`` and returns its result:
-    at once when it completed inline, else when the bridge delivers it. Cancelling the wait
-    aborts the native task. (The wait is not a coroutine of its own: this is the hot path of
-    every native operation.)"""
-    b = get_bridge()
-    token = next(b._tokens)
-    r = op(b.native, token, *args, **kwargs)
-    if r is not PENDING:
-        return r
-    fut = b.loop.create_future()
-    b._futures[token] = fut
-    try:
-        return await fut
-    except asyncio.CancelledError:
-        b._futures.pop(token, None)
-        b.native.cancel(token)
-        raise
+    """Starts a native operation ``op(bridge, token, *args, **kwargs)`` and returns its result
+    (see :func:`start`; cancelling the wait aborts the native task)."""
+    return await start(op, *args, **kwargs)
 
 
 class Operation(asyncio.Future[Any]):
@@ -153,8 +139,9 @@ class Operation(asyncio.Future[Any]):
         return super().cancel(msg)
 
 
-def start(op: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
-    """Starts a native operation ``op(bridge, token, *args)`` at once and returns its future.
+def start(op: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[Any]:
+    """Starts a native operation ``op(bridge, token, *args, **kwargs)`` at once and returns its
+    future: already done when the operation completed inline, else an :class:`Operation`.
 
     Unlike :func:`call`, no coroutine (and, under ``gather``, no task) stands between the caller
     and the result: for the many small operations of a busy connection that is a third of the
@@ -163,7 +150,7 @@ def start(op: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
     b = get_bridge()
     token = next(b._tokens)
     try:
-        r = op(b.native, token, *args)
+        r = op(b.native, token, *args, **kwargs)
     except Exception as e:
         done = b.loop.create_future()
         done.set_exception(e)

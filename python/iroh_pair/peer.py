@@ -83,7 +83,9 @@ class RequestPeer:
         returns the reply. See :meth:`ConnectionCache.request` for timeouts and the retry rule.
         (It is the cache's coroutine itself, not one wrapped around it.)"""
         if timeout is None:
-            return self.cache.request(peer, alpn, payload, idempotent=idempotent, max_response=max_response)
+            return self.cache.request(
+                peer, alpn, payload, idempotent=idempotent, max_response=max_response
+            )
         return self.cache.request(
             peer, alpn, payload, timeout=timeout, idempotent=idempotent, max_response=max_response
         )
