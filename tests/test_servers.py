@@ -502,3 +502,36 @@ async def test_node_events_say_relay_or_direct(servers: LocalServers, tmp_path: 
     finally:
         await b.close()
         await a.close()
+
+
+@inner
+async def test_wait_reachable_then_found_by_id_at_once(servers: LocalServers, tmp_path: Path) -> None:
+    """``Node.wait_reachable`` returns once the lookup server has the node's record with its
+    home relay: a device started right after finds it by id on the first try, no retry. With
+    the lookup server down it gives up after ``online_timeout`` and says so."""
+    from iroh_pair.node import Node
+
+    opts = dict(servers.endpoint_options(), bind_addrs=("127.0.0.1:0",), portmapper=False)
+    a = await Node.open(tmp_path / "a", name="a", **opts)
+    c = await bind(servers, bind_addrs=("127.0.0.1:0",))
+    try:
+        assert await a.wait_reachable()
+        home = a.endpoint.addr().relay_urls
+        assert home, "online, so there is a home relay"
+        found = await c.lookup(a.id)
+        assert found.id == a.id and set(home) <= set(found.relay_urls)
+        with pytest.raises(errors.ConnectError):
+            await c.lookup(SecretKey.generate().public())
+
+        await servers.stop_dns()
+        d = await Node.open(tmp_path / "d", name="d", **opts)
+        try:
+            d.online_timeout = 2.0
+            t = time.monotonic()
+            assert not await d.wait_reachable()
+            assert time.monotonic() - t < 6.0
+        finally:
+            await d.close()
+    finally:
+        await c.close()
+        await a.close()

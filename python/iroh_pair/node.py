@@ -30,7 +30,7 @@ from . import identity
 from .cache import ConnectionCache
 from .code import PairingCode
 from .lan import LanCode, looks_spoken
-from .errors import IrohPairError, RemoteError
+from .errors import ConnectError, IrohPairError, RemoteError
 from .messaging import (
     MESSAGE_ID_LEN,
     MessageChannel,
@@ -178,6 +178,7 @@ class Node:
         #: How long host_pairing waits for the home relay (codes made before carry no relay).
         self.online_timeout = 10.0
         self._uses_relay = False
+        self._uses_lookup = False
         self._hints: dict[EndpointId, EndpointAddr] = {}
         self._conns: dict[int, _ConnState] = {}
         self._seen: dict[EndpointId, SeenIds] = {}
@@ -258,6 +259,7 @@ class Node:
             self._lock.release()
             raise
         self._uses_relay = relay != "disabled"
+        self._uses_lookup = lookup != "none"
         self.cache = ConnectionCache(self.endpoint.id, self._dial)
         self._spawn(self._accept_loop())
         if mdns:
@@ -341,6 +343,42 @@ class Node:
         dev = self.registry.rename(self.device(ref).endpoint_id, name)
         self._devices[dev.endpoint_id] = dev
         return dev
+
+    async def wait_reachable(self) -> bool:
+        """Waits (at most ``online_timeout``, 10 s, in all) until paired devices can find this
+        node by id alone: with relays on, until it has a home relay; with address lookup on,
+        until the lookup service returns this node's record (with that relay). A listener
+        reports itself ready after this, so that a sender started at once does not find a
+        missing record. Returns False (and logs a warning) when the time runs out; True at
+        once with relays and lookup both off."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.online_timeout
+        try:
+            async with asyncio.timeout_at(deadline):
+                if self._uses_relay:
+                    await self.endpoint.online()
+                if self._uses_lookup:
+                    await self._wait_published()
+        except TimeoutError:
+            log.warning("not reachable by id after %g s: %s", self.online_timeout,
+                        "no home relay" if self._uses_relay and not self.endpoint.addr().relay_urls
+                        else "this node's record is not on the lookup service yet")
+            return False
+        return True
+
+    async def _wait_published(self) -> None:
+        home = set(self.endpoint.addr().relay_urls)
+        delay = 0.05
+        while True:
+            try:
+                found = await self.endpoint.lookup(self.id, fresh=True)
+                if home <= set(found.relay_urls):
+                    log.debug("lookup returns this node's record: %s", found.relay_urls)
+                    return
+            except ConnectError as e:
+                log.debug("own record not found yet: %s", e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
 
     # ------------------------------------------------------------------ pairing
 

@@ -615,6 +615,14 @@ class Endpoint:
         """Waits until the endpoint is connected to its home relay."""
         await call(self._n.online)
 
+    async def lookup(self, id: EndpointId, *, fresh: bool = False) -> EndpointAddr:
+        """Asks the address lookup services (DNS, pkarr, mDNS) for ``id``'s published
+        record and returns the first one found. ``fresh=True`` clears the DNS cache first
+        (a "not found" is cached too). Raises :class:`~iroh_pair.errors.ConnectError` when no
+        service knows ``id``; no timeout of its own (wrap it in ``asyncio.timeout``)."""
+        found: EndpointAddr = await call(self._n.lookup, id, fresh)
+        return found
+
     async def connect(self, target: Target, alpn: bytes, *, timeout: float | None = 10.0) -> Connection:
         """Dials ``target`` (an :class:`EndpointAddr`, an :class:`EndpointId` found through
         address lookup, or a ticket string) on ``alpn``.

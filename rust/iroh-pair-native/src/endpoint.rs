@@ -19,6 +19,7 @@ use crate::error::Error;
 use crate::keys::{EndpointAddr, EndpointId, SecretKey};
 use crate::mdns::MdnsAnnouncement;
 use iroh_mdns_address_lookup::MdnsAddressLookup;
+use n0_future::StreamExt;
 
 /// Counted natively, per endpoint, so that tests can check what really went over the wire.
 #[derive(Default)]
@@ -245,6 +246,40 @@ impl Endpoint {
             ep.online().await;
             Ok(Plain(()))
         })
+    }
+
+    /// Asks the address lookup services for `id`: the first record found, as an address. With
+    /// `fresh`, the DNS resolver's cache is cleared first (a negative answer is cached too).
+    #[pyo3(signature = (bridge, token, id, fresh = false))]
+    fn lookup(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        id: &EndpointId,
+        fresh: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let ep = self.ep.clone();
+        let id = id.0;
+        bridge.spawn(token, async move {
+            let services = ep
+                .address_lookup()
+                .map_err(|e| Error::Connect(n0_error_chain(&e)))?;
+            if fresh && let Ok(dns) = ep.dns_resolver() {
+                dns.clear_cache();
+            }
+            let mut found = std::pin::pin!(services.resolve(id));
+            let mut errors = Vec::new();
+            while let Some(item) = found.next().await {
+                match item {
+                    Ok(Ok(item)) => return Ok(ClassOut(EndpointAddr(item.into_endpoint_addr()))),
+                    Ok(Err(e)) => errors.push(n0_error_chain(&e)),
+                    Err(e) => return Err(Error::Connect(n0_error_chain(&e))),
+                }
+            }
+            Err(Error::Connect(format!("no address found for {id}: {}", errors.join("; "))))
+        });
+        Ok(crate::bridge::pending(py))
     }
 
     /// Dials `target` on `alpn`. `timeout` (seconds) bounds the whole dial, lookup included.
