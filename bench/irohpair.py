@@ -39,13 +39,17 @@ async def serve_raw(ep: Endpoint, workload: str) -> None:
     async def sink(conn: Connection) -> None:
         send, recv = await conn.accept_bi()
         n = 0
-        while data := await recv.read(1 << 20):
-            n += len(data)
+        if workload == "bulk":  # as plain Rust reads: the chunks received, not copied
+            while chunks := await recv.read_chunks(1 << 20):
+                n += sum(map(len, chunks))
+        else:  # "bulk-copy": read into bytes
+            while data := await recv.read(1 << 20):
+                n += len(data)
         await send.write_all(n.to_bytes(8, "big"))
         send.finish()
 
     while (conn := await ep.accept()) is not None:
-        if workload == "bulk":
+        if workload.startswith("bulk"):
             t = asyncio.ensure_future(sink(conn))
             sinks.add(t)
             t.add_done_callback(sinks.discard)
@@ -56,9 +60,12 @@ async def serve_raw(ep: Endpoint, workload: str) -> None:
 async def raw_worker(
     workload: str, count: int, mib: int, samples: bool = False, peer: str | None = None
 ) -> Result:
-    """One cell of the raw binding: sequential | queued | bulk | connect-per-message. The server
-    shares this process, or with ``peer`` (a ticket) is a :func:`raw_server` in another one."""
-    from iroh_pair.transport import Endpoint, EndpointAddr
+    """One cell of the raw binding: sequential | queued | bulk | bulk-copy | connect-per-message.
+    The server shares this process, or with ``peer`` (a ticket) is a :func:`raw_server` in
+    another one. ``bulk`` moves data as plain Rust's bench does, without copies (one Chunk
+    written ``mib`` times, chunks read as received); ``bulk-copy`` writes and reads ``bytes``
+    (one copy into the binding, one out)."""
+    from iroh_pair.transport import Chunk, Endpoint, EndpointAddr
 
     server = None
     if peer is None:
@@ -98,8 +105,8 @@ async def raw_worker(
             c.close(0, b"done")
             lat.append(time.perf_counter() - t)
         out.update(latency_summary(lat, time.perf_counter() - start, samples))
-    elif workload == "bulk":
-        chunk = bytes(1 << 20)
+    elif workload.startswith("bulk"):
+        chunk: bytes | Chunk = bytes(1 << 20) if workload == "bulk-copy" else Chunk(bytes(1 << 20))
         start = time.perf_counter()
         send, recv = await conn.open_bi()
         for _ in range(mib):

@@ -6,6 +6,11 @@ process: the Rust one is `iroh-pair-node bench` (rust/node), the Python one is t
 table gives medians and the ratio Python/Rust. Absolute numbers on a shared machine are noise;
 the ratios, measured side by side, are the result.
 
+One stream is measured two ways: `bulk` moves the data as the Rust bench does, without copies
+(one `Chunk` written again and again, like Rust's `Bytes::clone`; chunks read with
+`read_chunks`, like `read_chunk`); `bulk-copy` (shown as "... bytes API") writes and reads
+`bytes`, one copy into the binding and one out, against the same plain-Rust cell.
+
 With `--split` the server of every cell is another process of the same contender
 (`iroh-pair-node bench-server`, or `--server` here), as two peers are deployed: then this
 binding's asyncio thread serves one side only, as plain Rust's runtime does in each process.
@@ -93,8 +98,9 @@ def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, f
     count = {"queued": args.queued, "connect-per-message": args.connects}.get(workload, args.count)
     sizes = ["--count", str(count), "--mib", str(args.mib)]
     if contender == "rust":
-        client = [str(rust_binary()), "bench", workload, *sizes]
-        server = [str(rust_binary()), "bench-server", workload]
+        rust_workload = "bulk" if workload == "bulk-copy" else workload  # Rust has one bulk way
+        client = [str(rust_binary()), "bench", rust_workload, *sizes]
+        server = [str(rust_binary()), "bench-server", rust_workload]
     else:
         client = [sys.executable, __file__, "--worker", workload, *sizes]
         server = [sys.executable, __file__, "--server", workload]
@@ -105,6 +111,7 @@ METRICS = {
     "sequential": [("p50_us", "sequential p50 (us)", "lower"), ("msg_per_s", "sequential msg/s", "higher")],
     "queued": [("msg_per_s", "queued msg/s", "higher")],
     "bulk": [("mib_per_s", "one stream MiB/s", "higher")],
+    "bulk-copy": [("mib_per_s", "... bytes API MiB/s", "higher")],
     "connect-per-message": [
         ("p50_us", "conn-per-msg p50 (us)", "lower"),
         ("msg_per_s", "conn-per-msg msg/s", "higher"),
@@ -119,7 +126,7 @@ def main() -> None:
     ap.add_argument("--queued", type=int, default=5000, help="requests queued at once")
     ap.add_argument("--mib", type=int, default=64, help="MiB on one stream")
     ap.add_argument("--connects", type=int, default=300, help="messages with a new connection each")
-    ap.add_argument("--workloads", default="sequential,queued,bulk,connect-per-message")
+    ap.add_argument("--workloads", default="sequential,queued,bulk,bulk-copy,connect-per-message")
     ap.add_argument("--json", type=Path, help="also write every sample to this file")
     ap.add_argument("--split", action="store_true", help="run each cell's server in another process")
     ap.add_argument("--worker", help=argparse.SUPPRESS)

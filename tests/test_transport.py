@@ -22,6 +22,7 @@ from iroh_pair.transport import (
     HANDLER_ERROR,
     STREAM_CANCELLED,
     STREAM_DROPPED,
+    Chunk,
     Connection,
     Endpoint,
     EndpointAddr,
@@ -218,6 +219,71 @@ async def test_concurrent_reads_keep_the_order(pair: tuple[Endpoint, Endpoint]) 
         assert b"".join(got) == data
     send.finish()
     assert await recv.read(10) == b""
+
+
+def test_chunk_is_read_only_bytes_like() -> None:
+    data = os.urandom(100_000)
+    c = Chunk(data)
+    assert len(c) == len(data) and bytes(c) == data and c == data and c == Chunk(c)
+    assert c == bytearray(data) and c != data[:-1] and c != 3
+    assert memoryview(c).tobytes() == data and memoryview(c).readonly
+    assert hashlib.sha256(c).digest() == hashlib.sha256(data).digest()
+    with pytest.raises(TypeError):
+        memoryview(c)[0] = 0
+    with pytest.raises(TypeError):
+        hash(c)  # compares by content like bytearray, so unhashable
+    with pytest.raises(TypeError):
+        Chunk(3)  # type: ignore[arg-type]
+    src = bytearray(b"abc")
+    copied = Chunk(src)
+    src[0] = ord("z")  # a chunk is a copy of a mutable buffer, never a view of it
+    assert copied == b"abc" and repr(copied) == "Chunk(3 bytes)"
+    assert Chunk(memoryview(b"abcdef")[::2]) == b"ace"  # non-contiguous buffers too
+
+
+async def test_read_chunks_and_write_a_chunk_without_a_copy(pair: tuple[Endpoint, Endpoint]) -> None:
+    # read_chunks gives up to n bytes, in order, as the chunks iroh received, [] at the end;
+    # the same chunks written to another stream arrive intact (forwarding), and a Chunk written
+    # many times (a bulk sender's one buffer) arrives every time.
+    a, b = pair
+    ca, cb = await connected(a, b)
+    send, _ = await cb.open_bi()
+    data = os.urandom(3_000_000)
+    writer = asyncio.ensure_future(send.write_all(data))
+    _, recv = await ca.accept_bi()
+    fwd_send, _ = await ca.open_bi()
+    await fwd_send.write_all(b"F")
+    _, fwd_recv = await cb.accept_bi()
+    forwarded = asyncio.ensure_future(fwd_recv.read_to_end(len(data) + 1))
+    reads: list[list[Chunk]] = []
+    while sum(len(c) for r in reads for c in r) < len(data):
+        reads.append(await recv.read_chunks(100_000))
+        assert reads[-1] and sum(map(len, reads[-1])) <= 100_000
+        for c in reads[-1]:
+            await fwd_send.write_all(c)
+    await writer
+    send.finish()
+    assert await recv.read_chunks() == []
+    assert b"".join(bytes(c) for r in reads for c in r) == data
+    fwd_send.finish()
+    assert await asyncio.wait_for(forwarded, 10) == b"F" + data
+
+    block = Chunk(os.urandom(1 << 20))
+    send2, _ = await cb.open_bi()
+
+    async def write() -> None:
+        for _ in range(8):
+            await send2.write_all(block)
+        await send2.write_frame(block)
+        send2.finish()
+
+    writing = asyncio.ensure_future(write())
+    _, r2 = await ca.accept_bi()
+    async with asyncio.timeout(20):
+        assert await r2.read_exact(8 << 20) == bytes(block) * 8
+        assert await r2.read_frame(2 << 20) == bytes(block)
+        assert await r2.read_chunks() == []
+        await writing
 
 
 async def test_read_frame_too_large_before_allocating(pair: tuple[Endpoint, Endpoint]) -> None:

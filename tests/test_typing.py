@@ -21,9 +21,12 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 def test_stubtest_native_module() -> None:
+    # The one allowlist entry (Chunk.__buffer__) is for Python 3.11, where the buffer protocol
+    # has no Python-level method; from 3.12 the method exists and the entry goes unused.
+    unused_ok = ("--ignore-unused-allowlist",) if sys.version_info >= (3, 12) else ()
     p = _run(
         "mypy.stubtest", "iroh_pair._native",
-        "--allowlist", str(ROOT / "stubs" / "stubtest-allowlist.txt"),
+        "--allowlist", str(ROOT / "stubs" / "stubtest-allowlist.txt"), *unused_ok,
     )
     assert p.returncode == 0, p.stdout + p.stderr
 

@@ -7,6 +7,7 @@
 use pyo3::prelude::*;
 
 mod bridge;
+mod chunk;
 mod connection;
 mod endpoint;
 mod error;
@@ -28,6 +29,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<connection::IncomingRequest>()?;
     m.add_class::<streams::SendStream>()?;
     m.add_class::<streams::RecvStream>()?;
+    m.add_class::<chunk::Chunk>()?;
     m.add_function(wrap_pyfunction!(endpoint::_debug_stats, m)?)?;
     m.add("STREAM_CANCELLED", streams::codes::STREAM_CANCELLED)?;
     m.add("STREAM_DROPPED", streams::codes::STREAM_DROPPED)?;

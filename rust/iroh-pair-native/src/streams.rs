@@ -15,6 +15,7 @@ use pyo3::types::PyBytes;
 use tokio::sync::Mutex;
 
 use crate::bridge::{Bridge, OptBytesOut, Plain, PyBytesOut, ToPy};
+use crate::chunk::Chunk;
 use crate::error::Error;
 
 /// Application error codes this package uses on streams (documented in docs/PROTOCOL.md).
@@ -39,8 +40,12 @@ fn varint(code: u64) -> Result<VarInt, Error> {
 /// Copies any bytes-like object into Rust-owned `Bytes`, once. The copy is deliberate: the bytes
 /// outlive this call on tokio threads, which must never touch (or release) a Python buffer, and a
 /// mutable buffer could change under a retransmission. Large copies go into recycled buffers
-/// (see `pool`), so a bulk sender does not fault in fresh pages for every write.
+/// (see `pool`), so a bulk sender does not fault in fresh pages for every write. A `Chunk` is
+/// Rust's already: it is shared, not copied.
 pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(c) = obj.cast::<Chunk>() {
+        return Ok(c.get().0.clone());
+    }
     if let Ok(b) = obj.cast::<PyBytes>() {
         return Ok(pool::copy(b.as_bytes()));
     }
@@ -108,6 +113,9 @@ mod pool {
 
 /// Builds a Python `bytes` of the given chunks, joined: one copy, no zero-filling first.
 fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
+    if chunks.is_empty() {
+        return Ok(PyBytes::new(py, b"").into_any().unbind());
+    }
     if let [one] = chunks {
         return Ok(PyBytes::new(py, one).into_any().unbind());
     }
@@ -142,10 +150,10 @@ fn take_ready(recv: &mut IrohRecv, chunks: &mut Vec<Bytes>, n: usize) {
     }
 }
 
-/// The result of `read(n)`: the first chunk that arrived, then, on the loop's thread when it is
-/// converted, every chunk received by then (up to `n` bytes in all), joined into one Python
-/// `bytes` (one copy). Gathering them there rather than when the first one arrives takes the
-/// packets that landed during the hop to the loop too, which saves a whole read each.
+/// The result of `read(n)` and `read_chunks(n)`: the first chunk that arrived, then, on the
+/// loop's thread when it is converted, every chunk received by then (up to `n` bytes in all).
+/// Gathering them there rather than when the first one arrives takes the packets that landed
+/// during the hop to the loop too, which saves a whole read each.
 struct ChunksOut {
     first: Option<Bytes>,
     recv: Arc<Mutex<IrohRecv>>,
@@ -153,21 +161,30 @@ struct ChunksOut {
     /// This read's number, and the stream's count of reads started (see `RecvStream::reads`).
     seq: u64,
     reads: Arc<AtomicU64>,
+    /// `read`: joined into one `bytes` (one copy); `read_chunks`: a list of `Chunk` (no copy).
+    as_chunks: bool,
 }
 
 impl ToPy for ChunksOut {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let Some(first) = self.first else {
-            return Ok(PyBytes::new(py, b"").into_any().unbind()); // the end of the stream
-        };
-        let mut chunks = vec![first];
-        // A later read (concurrent reads) may already hold the chunks that follow: leave them.
-        if self.reads.load(Ordering::Relaxed) == self.seq
-            && let Ok(mut recv) = self.recv.try_lock()
-        {
-            take_ready(&mut recv, &mut chunks, self.n);
+        let mut chunks = Vec::new();
+        if let Some(first) = self.first {
+            chunks.push(first);
+            // A later read (concurrent reads) may already hold the chunks that follow: leave them.
+            if self.reads.load(Ordering::Relaxed) == self.seq
+                && let Ok(mut recv) = self.recv.try_lock()
+            {
+                take_ready(&mut recv, &mut chunks, self.n);
+            }
+        } // else the end of the stream: b"" or []
+        if !self.as_chunks {
+            return join_to_py(py, &chunks);
         }
-        join_to_py(py, &chunks)
+        let list = pyo3::types::PyList::empty(py);
+        for c in chunks {
+            list.append(Chunk::untracked(py, c)?)?;
+        }
+        Ok(list.into_any().unbind())
     }
 }
 
@@ -412,6 +429,30 @@ impl RecvStream {
     fn start_read(&self) -> u64 {
         self.reads.fetch_add(1, Ordering::Relaxed) + 1
     }
+
+    /// `read` and `read_chunks`: waits for the first chunk, then gathers (see `ChunksOut`).
+    fn read_up_to(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        n: usize,
+        as_chunks: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let inner = self.inner.clone();
+        let (seq, reads) = (self.start_read(), self.reads.clone());
+        bridge.submit(py, token, async move {
+            let first = inner.lock().await.read_chunk(n).await?;
+            Ok(ChunksOut {
+                first,
+                recv: inner,
+                n,
+                seq,
+                reads,
+                as_chunks,
+            })
+        })
+    }
 }
 
 #[pymethods]
@@ -425,18 +466,19 @@ impl RecvStream {
     /// Up to `n` bytes, as soon as some are available; `b""` at the end of the stream. Takes
     /// every chunk already received (up to `n`) in one go, so bulk reads cost few operations.
     fn read(&self, py: Python<'_>, bridge: &Bridge, token: u64, n: usize) -> PyResult<Py<PyAny>> {
-        let inner = self.inner.clone();
-        let (seq, reads) = (self.start_read(), self.reads.clone());
-        bridge.submit(py, token, async move {
-            let first = inner.lock().await.read_chunk(n).await?;
-            Ok(ChunksOut {
-                first,
-                recv: inner,
-                n,
-                seq,
-                reads,
-            })
-        })
+        self.read_up_to(py, bridge, token, n, false)
+    }
+
+    /// Up to `n` bytes as the chunks iroh received them, without a copy; `[]` at the end of
+    /// the stream. Takes every chunk already received (up to `n` bytes) in one go.
+    fn read_chunks(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        n: usize,
+    ) -> PyResult<Py<PyAny>> {
+        self.read_up_to(py, bridge, token, n, true)
     }
 
     /// Exactly `n` bytes; `TruncatedFrame` if the stream ends first.
