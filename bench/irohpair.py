@@ -39,10 +39,13 @@ async def serve_raw(ep: Endpoint, workload: str) -> None:
     async def sink(conn: Connection) -> None:
         send, recv = await conn.accept_bi()
         n = 0
-        if workload == "bulk":  # as plain Rust reads: the chunks received, not copied
-            while chunks := await recv.read_chunks(1 << 20):
-                n += sum(map(len, chunks))
-        else:  # "bulk-copy": read into bytes
+        if workload == "bulk":  # a sized transfer: the length, then the data in 1 MiB blocks
+            left = int.from_bytes(await recv.read_exact(8), "big")
+            while left:
+                n += len(await recv.read_exact(min(left, 1 << 20)))
+                left -= min(left, 1 << 20)
+            assert await recv.read(1) == b"", "data past the announced length"
+        else:  # "bulk-copy": whatever arrives, until the end of the stream
             while data := await recv.read(1 << 20):
                 n += len(data)
         await send.write_all(n.to_bytes(8, "big"))
@@ -62,9 +65,10 @@ async def raw_worker(
 ) -> Result:
     """One cell of the raw binding: sequential | queued | bulk | bulk-copy | connect-per-message.
     The server shares this process, or with ``peer`` (a ticket) is a :func:`raw_server` in
-    another one. ``bulk`` moves data as plain Rust's bench does, without copies (one Chunk
-    written ``mib`` times, chunks read as received); ``bulk-copy`` writes and reads ``bytes``
-    (one copy into the binding, one out)."""
+    another one. ``bulk`` is a sized transfer: an 8-byte length, then one Chunk written ``mib``
+    times (not copied, as plain Rust's bench writes one ``Bytes``), read with ``read_exact`` in
+    1 MiB blocks (one copy, into ``bytes``). ``bulk-copy`` writes ``bytes`` (one copy in) and
+    reads with ``read(1 MiB)`` until the end of the stream (one copy out, a read per arrival)."""
     from iroh_pair.transport import Chunk, Endpoint, EndpointAddr
 
     server = None
@@ -109,6 +113,8 @@ async def raw_worker(
         chunk: bytes | Chunk = bytes(1 << 20) if workload == "bulk-copy" else Chunk(bytes(1 << 20))
         start = time.perf_counter()
         send, recv = await conn.open_bi()
+        if workload == "bulk":
+            await send.write_all((mib << 20).to_bytes(8, "big"))
         for _ in range(mib):
             await send.write_all(chunk)
         send.finish()

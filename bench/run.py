@@ -54,7 +54,7 @@ CONTENDERS = [
     Contender("rust", "plain Rust iroh", "rust/node `iroh-pair-node bench` on the iroh crate directly: the ceiling",
               "100 (iroh default)"),
     Contender("raw", "iroh-pair raw", "this package's binding: `Connection.request` / native `Connection.serve`; "
-              "one stream: a `Chunk` written and `read_chunks` (no copies, as the Rust bench)",
+              "one stream: a sized transfer, one `Chunk` written again and again, `read_exact` in 1 MiB blocks",
               "100 (iroh default)"),
     Contender("layer", "iroh-pair layer", "this package's cache/request layer: `RequestPeer` (cache, timeouts); "
               "pairing: `Node`", "100 (iroh default)"),

@@ -6,10 +6,11 @@ process: the Rust one is `iroh-pair-node bench` (rust/node), the Python one is t
 table gives medians and the ratio Python/Rust. Absolute numbers on a shared machine are noise;
 the ratios, measured side by side, are the result.
 
-One stream is measured two ways: `bulk` moves the data as the Rust bench does, without copies
-(one `Chunk` written again and again, like Rust's `Bytes::clone`; chunks read with
-`read_chunks`, like `read_chunk`); `bulk-copy` (shown as "... bytes API") writes and reads
-`bytes`, one copy into the binding and one out, against the same plain-Rust cell.
+One stream is measured two ways against the same plain-Rust cell: `bulk`, a sized transfer
+(an 8-byte length, then one `Chunk` written again and again, not copied, as the Rust bench
+writes one `Bytes`; read with `read_exact` in 1 MiB blocks, one copy into `bytes`), and
+`bulk-copy`, shown as "... read() until end" (`bytes` written, one copy in; `read(1 MiB)`
+until the end of the stream, one copy out and a read for every burst that arrives).
 
 With `--split` the server of every cell is another process of the same contender
 (`iroh-pair-node bench-server`, or `--server` here), as two peers are deployed: then this
@@ -111,7 +112,7 @@ METRICS = {
     "sequential": [("p50_us", "sequential p50 (us)", "lower"), ("msg_per_s", "sequential msg/s", "higher")],
     "queued": [("msg_per_s", "queued msg/s", "higher")],
     "bulk": [("mib_per_s", "one stream MiB/s", "higher")],
-    "bulk-copy": [("mib_per_s", "... bytes API MiB/s", "higher")],
+    "bulk-copy": [("mib_per_s", "... read() until end", "higher")],
     "connect-per-message": [
         ("p50_us", "conn-per-msg p50 (us)", "lower"),
         ("msg_per_s", "conn-per-msg msg/s", "higher"),

@@ -168,6 +168,25 @@ async def test_frames_and_exact_reads(pair: tuple[Endpoint, Endpoint]) -> None:
     s2.finish()
     assert await recv.read_to_end(10) == b""
 
+    # Many packets each: frames, exact reads and read_to_end join them in order; past the
+    # limit read_to_end refuses.
+    big = os.urandom(300_000)
+    send, _ = await cb.open_bi()
+    await send.write_frame(big)
+    await send.write_all(big)
+    await send.write_all(big)
+    send.finish()
+    _, r3 = await ca.accept_bi()
+    assert await r3.read_frame(len(big)) == big
+    assert await r3.read_exact(len(big)) == big
+    assert await r3.read_to_end(len(big)) == big
+    send, _ = await cb.open_bi()
+    await send.write_all(big)
+    send.finish()
+    _, r4 = await ca.accept_bi()
+    with pytest.raises(errors.FrameTooLarge):
+        await r4.read_to_end(len(big) - 1)
+
 
 async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint]) -> None:
     # A read waiting when data arrives completes on tokio, then takes what landed meanwhile

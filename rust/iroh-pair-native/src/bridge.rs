@@ -79,18 +79,6 @@ impl ToPy for PyBytesOut {
     }
 }
 
-/// `None`, or bytes: `read_frame` at a clean end of stream.
-pub struct OptBytesOut(pub Option<bytes::Bytes>);
-
-impl ToPy for OptBytesOut {
-    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        Ok(match self.0 {
-            Some(b) => pyo3::types::PyBytes::new(py, &b).into_any().unbind(),
-            None => py.None(),
-        })
-    }
-}
-
 /// A pyclass value created on the loop's thread.
 pub struct ClassOut<T>(pub T);
 
@@ -518,7 +506,7 @@ impl Bridge {
         handler: Py<PyAny>,
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
-        let request = PyBytes::new(py, &inc.request);
+        let request = crate::streams::join_to_py(py, &inc.request)?;
         let result = handler.call1(py, (request,));
         let callback = |ok: bool, value: Bound<'_, PyAny>| -> PyResult<()> {
             if let Some(cbs) = streams.get_item(token)? {

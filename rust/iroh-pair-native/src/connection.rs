@@ -151,7 +151,7 @@ pub struct IncomingRequest {
 }
 
 pub struct IncomingOut {
-    pub request: Bytes,
+    pub request: Vec<Bytes>,
     send: SendState,
     recv: iroh::endpoint::RecvStream,
     counters: Arc<Counters>,
@@ -199,7 +199,7 @@ impl ToPy for IncomingOut {
         Ok(Py::new(
             py,
             IncomingRequest {
-                request: PyBytes::new(py, &this.request).unbind(),
+                request: crate::streams::join_to_py(py, &this.request)?.unbind(),
                 send: Mutex::new(Some(this.send)),
                 recv: Mutex::new(Some(this.recv)),
                 counters: this.counters,

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use tokio::sync::Mutex;
 
-use crate::bridge::{Bridge, OptBytesOut, Plain, PyBytesOut, ToPy};
+use crate::bridge::{Bridge, Plain, ToPy};
 use crate::chunk::Chunk;
 use crate::error::Error;
 
@@ -112,12 +112,9 @@ mod pool {
 }
 
 /// Builds a Python `bytes` of the given chunks, joined: one copy, no zero-filling first.
-fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
-    if chunks.is_empty() {
-        return Ok(PyBytes::new(py, b"").into_any().unbind());
-    }
+pub fn join_to_py<'py>(py: Python<'py>, chunks: &[Bytes]) -> PyResult<Bound<'py, PyBytes>> {
     if let [one] = chunks {
-        return Ok(PyBytes::new(py, one).into_any().unbind());
+        return Ok(PyBytes::new(py, one));
     }
     let len: usize = chunks.iter().map(Bytes::len).sum();
     // SAFETY: `PyBytes_FromStringAndSize(NULL, len)` returns a new, uninitialised bytes object
@@ -131,8 +128,51 @@ fn join_to_py(py: Python<'_>, chunks: &[Bytes]) -> PyResult<Py<PyAny>> {
             std::ptr::copy_nonoverlapping(c.as_ptr(), at, c.len());
             at = at.add(c.len());
         }
-        Ok(obj.unbind())
+        Ok(obj.cast_into_unchecked())
     }
+}
+
+/// Received chunks that become one Python `bytes` on the loop's thread (one copy in all: the
+/// chunks are iroh's receive buffers, gathered without copying on the tokio side).
+pub struct JoinedOut(pub Vec<Bytes>);
+
+impl ToPy for JoinedOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(join_to_py(py, &self.0)?.into_any().unbind())
+    }
+}
+
+/// `None`, or a frame's bytes: `read_frame` at a clean end of stream.
+struct OptJoinedOut(Option<Vec<Bytes>>);
+
+impl ToPy for OptJoinedOut {
+    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match self.0 {
+            Some(chunks) => Box::new(JoinedOut(chunks)).to_py(py),
+            None => Ok(py.None()),
+        }
+    }
+}
+
+/// Exactly `n` bytes, as the chunks received (not copied). If the stream ends after `got < n`
+/// bytes, the error is `Truncated(early(got))`.
+pub async fn read_exact_chunks(
+    recv: &mut IrohRecv,
+    n: usize,
+    early: impl FnOnce(usize) -> String,
+) -> Result<Vec<Bytes>, Error> {
+    let mut chunks = Vec::new();
+    let mut got = 0;
+    while got < n {
+        match recv.read_chunk(n - got).await? {
+            Some(c) => {
+                got += c.len();
+                chunks.push(c);
+            }
+            None => return Err(Error::Truncated(early(got))),
+        }
+    }
+    Ok(chunks)
 }
 
 /// Appends to `chunks` what `recv` already holds, never waiting, until they make `n` bytes.
@@ -178,7 +218,7 @@ impl ToPy for ChunksOut {
             }
         } // else the end of the stream: b"" or []
         if !self.as_chunks {
-            return join_to_py(py, &chunks);
+            return Ok(join_to_py(py, &chunks)?.into_any().unbind());
         }
         let list = pyo3::types::PyList::empty(py);
         for c in chunks {
@@ -264,7 +304,7 @@ pub fn frame_header(len: usize, limit: usize) -> Result<Bytes, Error> {
 
 /// Reads one frame: `None` at a clean end of stream before any byte of it. The length is checked
 /// against `max_len` before anything is allocated for the body.
-pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<Bytes>, Error> {
+pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<Vec<Bytes>>, Error> {
     let mut header = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -285,14 +325,11 @@ pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<By
             limit: max_len as u64,
         });
     }
-    let mut body = vec![0u8; len];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        iroh::endpoint::ReadExactError::FinishedEarly(n) => Error::Truncated(format!(
-            "the stream ended {n} bytes into a frame of {len} bytes"
-        )),
-        other => other.into(),
-    })?;
-    Ok(Some(Bytes::from(body)))
+    let body = read_exact_chunks(recv, len, |n| {
+        format!("the stream ended {n} bytes into a frame of {len} bytes")
+    })
+    .await?;
+    Ok(Some(body))
 }
 
 /// The sending half of a QUIC stream.
@@ -492,9 +529,9 @@ impl RecvStream {
         self.start_read();
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
-            let mut buf = vec![0u8; n];
-            inner.lock().await.read_exact(&mut buf).await?;
-            Ok(PyBytesOut(Bytes::from(buf)))
+            let early = |got| format!("finished after {got} bytes of an exact read");
+            let chunks = read_exact_chunks(&mut *inner.lock().await, n, early).await?;
+            Ok(JoinedOut(chunks))
         })
     }
 
@@ -509,13 +546,19 @@ impl RecvStream {
         self.start_read();
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
-            let data = inner
-                .lock()
-                .await
-                .read_to_end(limit)
-                .await
-                .map_err(|e| crate::error::read_to_end_error(e, limit))?;
-            Ok(PyBytesOut(Bytes::from(data)))
+            let mut recv = inner.lock().await;
+            let (mut chunks, mut got) = (Vec::new(), 0);
+            while let Some(c) = recv.read_chunk(usize::MAX).await? {
+                got += c.len();
+                if got > limit {
+                    return Err(Error::FrameTooLarge {
+                        length: limit as u64 + 1, // at least: the rest is not read
+                        limit: limit as u64,
+                    });
+                }
+                chunks.push(c);
+            }
+            Ok(JoinedOut(chunks))
         })
     }
 
@@ -531,7 +574,7 @@ impl RecvStream {
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let f = read_frame(&mut *inner.lock().await, max_len).await?;
-            Ok(OptBytesOut(f))
+            Ok(OptJoinedOut(f))
         })
     }
 
