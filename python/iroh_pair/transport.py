@@ -175,7 +175,11 @@ class RecvStream:
         return self._n.id
 
     async def read(self, n: int = 65536) -> bytes:
-        """Up to ``n`` bytes as soon as any are available; ``b""`` at the end of the stream."""
+        """Up to ``n`` bytes as soon as any are available; ``b""`` at the end of the stream.
+
+        For bulk data of a known size prefer :meth:`read_exact` in large blocks (1 MiB): it
+        waits natively for the whole block, one wake-up of the loop per block instead of one
+        per burst of packets (on 2 cores, ~300 against ~250 MiB/s)."""
         r: bytes = await call(self._n.read, n)
         return r
 
