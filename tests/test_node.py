@@ -212,6 +212,14 @@ async def test_lock_excludes_second_node(tmp_path: Path) -> None:
     await again.close()
 
 
+async def test_loopback_node_is_reachable_at_once(nodes: tuple[Node, Node]) -> None:
+    # No relay, no lookup: nothing to wait for (the servers' tests cover the waiting).
+    a, _ = nodes
+    assert not a.uses_servers
+    async with asyncio.timeout(1):
+        assert await a.wait_reachable()
+
+
 async def test_registry_has_no_address_columns(nodes: tuple[Node, Node]) -> None:
     host, joiner = nodes
     hosted = await host.host_pairing()

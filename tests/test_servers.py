@@ -515,6 +515,7 @@ async def test_wait_reachable_then_found_by_id_at_once(servers: LocalServers, tm
     a = await Node.open(tmp_path / "a", name="a", **opts)
     c = await bind(servers, bind_addrs=("127.0.0.1:0",))
     try:
+        assert a.uses_servers
         assert await a.wait_reachable()
         home = a.endpoint.addr().relay_urls
         assert home, "online, so there is a home relay"

@@ -222,7 +222,9 @@ async def cmd_send(args: argparse.Namespace) -> int:
 async def cmd_listen(args: argparse.Namespace) -> int:
     async with await open_node(args) as node:
         # Report "listening" only once a sender started now can find this node by id.
-        await node.wait_reachable()
+        if node.uses_servers:
+            async with progress("getting reachable (relay, address lookup)", args.quiet or args.json):
+                await node.wait_reachable()
         if args.json:
             print(json.dumps({"event": "listening", "id": str(node.id)}), flush=True)
         else:

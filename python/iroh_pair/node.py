@@ -344,6 +344,12 @@ class Node:
         self._devices[dev.endpoint_id] = dev
         return dev
 
+    @property
+    def uses_servers(self) -> bool:
+        """Whether this node uses relays or address lookup (False for loopback-only and LAN
+        nodes without servers): then :meth:`wait_reachable` has something to wait for."""
+        return self._uses_relay or self._uses_lookup
+
     async def wait_reachable(self) -> bool:
         """Waits (at most ``online_timeout``, 10 s, in all) until paired devices can find this
         node by id alone: with relays on, until it has a home relay; with address lookup on,
