@@ -27,7 +27,9 @@ from iroh_pair.transport import (
     Endpoint,
     EndpointAddr,
     EndpointId,
+    RecvStream,
     SecretKey,
+    SendStream,
     debug_stats,
 )
 
@@ -41,6 +43,17 @@ async def connected(a: Endpoint, b: Endpoint) -> tuple[Connection, Connection]:
     ca = await asyncio.wait_for(accept, 5)
     assert ca is not None
     return ca, cb
+
+
+async def announced_stream(a: Endpoint, b: Endpoint) -> tuple[SendStream, RecvStream]:
+    """b opens a stream to a and writes one byte, which a reads (a stream is announced to the
+    peer by its first byte): (b's send half, a's receive half)."""
+    ca, cb = await connected(a, b)
+    send, _ = await cb.open_bi()
+    await send.write_all(b"x")
+    _, recv = await ca.accept_bi()
+    assert await recv.read(1) == b"x"
+    return send, recv
 
 
 async def test_keys_ids_and_tickets() -> None:
@@ -191,12 +204,7 @@ async def test_frames_and_exact_reads(pair: tuple[Endpoint, Endpoint]) -> None:
 async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint]) -> None:
     # A read waiting when data arrives completes on tokio, then takes what landed meanwhile
     # (on the loop's thread): up to n bytes in all, in order, and the end only after the data.
-    a, b = pair
-    ca, cb = await connected(a, b)
-    send, _ = await cb.open_bi()
-    await send.write_all(b"x")  # a stream is announced to the peer by its first byte
-    _, recv = await ca.accept_bi()
-    assert await recv.read(1) == b"x"
+    send, recv = await announced_stream(*pair)
     for n, size in ((5000, 300_000), (1, 3000), (70_000, 300_000)):
         data = os.urandom(size)
         first = asyncio.ensure_future(recv.read(n))
@@ -217,12 +225,7 @@ async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint])
 async def test_concurrent_reads_keep_the_order(pair: tuple[Endpoint, Endpoint]) -> None:
     # Two reads waiting on one stream: the first must not top up with bytes that come after
     # what the second one took.
-    a, b = pair
-    ca, cb = await connected(a, b)
-    send, _ = await cb.open_bi()
-    await send.write_all(b"x")
-    _, recv = await ca.accept_bi()
-    assert await recv.read(1) == b"x"
+    send, recv = await announced_stream(*pair)
     data = os.urandom(2_000_000)
     for _ in range(5):
         first = asyncio.ensure_future(recv.read(1 << 20))
