@@ -60,6 +60,11 @@ async def serve_raw(ep: Endpoint, workload: str) -> None:
             conn.serve(lambda req: reply)
 
 
+def datagrams(stats: dict[str, int]) -> int:
+    """UDP datagrams a connection sent and received."""
+    return stats["udp_tx_datagrams"] + stats["udp_rx_datagrams"]
+
+
 async def raw_worker(
     workload: str, count: int, mib: int, samples: bool = False, peer: str | None = None
 ) -> Result:
@@ -87,6 +92,7 @@ async def raw_worker(
             await conn.request(payload)
     if workload == "sequential":
         lat = []
+        before = conn.stats()
         start = time.perf_counter()
         for _ in range(count):
             t = time.perf_counter()
@@ -94,6 +100,7 @@ async def raw_worker(
             lat.append(time.perf_counter() - t)
             assert len(r) == REPLY
         out.update(latency_summary(lat, time.perf_counter() - start, samples))
+        out["datagrams_per_request"] = round((datagrams(conn.stats()) - datagrams(before)) / count, 2)
     elif workload == "queued":
         start = time.perf_counter()
         await asyncio.gather(*(conn.request(payload) for _ in range(count)))

@@ -109,7 +109,11 @@ def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, f
 
 
 METRICS = {
-    "sequential": [("p50_us", "sequential p50 (us)", "lower"), ("msg_per_s", "sequential msg/s", "higher")],
+    "sequential": [
+        ("p50_us", "sequential p50 (us)", "lower"),
+        ("msg_per_s", "sequential msg/s", "higher"),
+        ("datagrams_per_request", "UDP datagrams/request", "lower"),
+    ],
     "queued": [("msg_per_s", "queued msg/s", "higher")],
     "bulk": [("mib_per_s", "one stream MiB/s", "higher")],
     "bulk-copy": [("mib_per_s", "... read() until end", "higher")],
@@ -158,7 +162,8 @@ def main() -> None:
             rows.append({"metric": label, "rust": rust, "python": py, "ratio": ratio, "better": better})
             note = "x Rust" if better == "lower" else "of Rust"
             shown = f"{ratio:.2f}x" if better == "lower" else f"{ratio * 100:.0f}%"
-            print(f"{label:24} {rust:12.1f} {py:12.1f} {shown:>8} {note}")
+            digits = 2 if rust < 10 else 1
+            print(f"{label:24} {rust:12.{digits}f} {py:12.{digits}f} {shown:>8} {note}")
     if "sequential" in workloads and "connect-per-message" in workloads:
         print("\ncached stream per message vs a new connection per message (msg/s):")
         for c, name in (("rust", "plain Rust"), ("python", "iroh-pair")):

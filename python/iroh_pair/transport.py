@@ -310,7 +310,11 @@ class Connection:
         return _paths(self._n)
 
     def stats(self) -> dict[str, int]:
-        """Transport statistics."""
+        """This connection's counters since it opened: UDP datagrams and bytes
+        (``udp_tx_datagrams``, ``udp_rx_bytes``, ...), ``lost_packets``, and QUIC frames:
+        ``stream_frames_tx``/``_rx``, ``acks_tx``, ``pings_tx``, ``max_streams_tx``,
+        ``max_data_tx`` (connection and stream flow control), ``stop_sending_tx`` and
+        ``reset_stream_tx``."""
         return self._n.stats()
 
     def request(

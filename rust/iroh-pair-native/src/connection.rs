@@ -160,7 +160,7 @@ pub struct IncomingOut {
 impl IncomingOut {
     /// Sends the whole reply (see `respond_on`).
     pub fn respond(self, data: Bytes) {
-        drop(self.recv);
+        release_request(self.recv);
         respond_on(self.send, data, &self.counters);
     }
 
@@ -168,6 +168,15 @@ impl IncomingOut {
     pub fn reject(self, code: u64) {
         reject_on(self.send, Some(self.recv), code);
     }
+}
+
+/// Lets go of a request stream whose first frame was read. A request is normally one frame and
+/// the end of the stream, both in one packet: reading that end here (when it has arrived) spares
+/// the peer a STOP_SENDING, which iroh drops a `RecvStream` with when its end was not read, and
+/// which the peer would answer with a RESET_STREAM: two needless packets per request. A stream
+/// that goes on past its first frame is still stopped.
+fn release_request(mut recv: iroh::endpoint::RecvStream) {
+    let _ = crate::bridge::poll_once(recv.read_chunk(1));
 }
 
 /// Writes `data` as the whole reply and finishes: at once when the flow-control window is open
@@ -232,7 +241,9 @@ impl IncomingRequest {
     fn respond(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = copy_bytes(data)?;
         let send = self.take_send()?;
-        drop(self.recv.lock().unwrap_or_else(|e| e.into_inner()).take());
+        if let Some(recv) = self.recv.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            release_request(recv);
+        }
         respond_on(send, data, &self.counters);
         Ok(())
     }
@@ -470,6 +481,11 @@ impl Connection {
         d.set_item("stream_frames_tx", s.frame_tx.stream)?;
         d.set_item("stream_frames_rx", s.frame_rx.stream)?;
         d.set_item("pings_tx", s.frame_tx.ping)?;
+        d.set_item("acks_tx", s.frame_tx.acks + s.frame_tx.path_acks)?;
+        d.set_item("max_streams_tx", s.frame_tx.max_streams_bidi + s.frame_tx.max_streams_uni)?;
+        d.set_item("max_data_tx", s.frame_tx.max_data + s.frame_tx.max_stream_data)?;
+        d.set_item("stop_sending_tx", s.frame_tx.stop_sending)?;
+        d.set_item("reset_stream_tx", s.frame_tx.reset_stream)?;
         Ok(d)
     }
 

@@ -256,6 +256,7 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
                 request(&conn, &payload).await?;
             }
             let mut lat = Vec::with_capacity(count);
+            let before = conn.stats();
             let start = Instant::now();
             for _ in 0..count {
                 let t = Instant::now();
@@ -266,6 +267,12 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
                 }
             }
             let total = start.elapsed().as_secs_f64();
+            let after = conn.stats();
+            // UDP datagrams the connection sent and received, per request (both directions).
+            let datagrams = (after.udp_tx.datagrams + after.udp_rx.datagrams
+                - before.udp_tx.datagrams
+                - before.udp_rx.datagrams) as f64
+                / count as f64;
             let samples = if with_samples {
                 samples_json(&lat)
             } else {
@@ -273,7 +280,7 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
             };
             lat.sort_by(f64::total_cmp);
             format!(
-                "{{\"workload\":\"sequential\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1}{samples}}}",
+                "{{\"workload\":\"sequential\",\"count\":{count},\"msg_per_s\":{:.1},\"p50_us\":{:.1},\"p99_us\":{:.1},\"datagrams_per_request\":{datagrams:.2}{samples}}}",
                 count as f64 / total,
                 percentile(&lat, 0.5) * 1e6,
                 percentile(&lat, 0.99) * 1e6
