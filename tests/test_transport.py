@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from iroh_pair import errors
+from iroh_pair._bridge import get_bridge
 from iroh_pair.transport import (
     HANDLER_ERROR,
     STREAM_CANCELLED,
@@ -122,6 +123,44 @@ async def test_thousand_sequential_streams_one_connection(pair: tuple[Endpoint, 
     assert s["requests_served"] == 1000
     assert b.stats()["connections_dialed"] == 1
     serving.cancel()
+
+
+async def test_woken_operations_finish_on_the_loop_or_as_tasks(
+    pair: tuple[Endpoint, Endpoint],
+) -> None:
+    """An operation that waits is polled once more by the loop when first woken: a request
+    whose reply arrived completes there, with no tokio task. One that still waits (a read of
+    more than has arrived) goes on as a tokio task and completes all the same."""
+    a, b = pair
+    ca, cb = await connected(a, b)
+    serving = ca.serve(lambda req: req)
+    bridge = get_bridge()
+    completed0, _, resumed0, spawned0 = bridge.native.counters()
+    n = 200
+    for i in range(n):
+        assert await cb.request(i.to_bytes(4, "big"), timeout=5) == i.to_bytes(4, "big")
+    completed, _, resumed, spawned = bridge.native.counters()
+    assert completed - completed0 == 2 * n  # each request: served, then answered
+    # The reply can come in two packets (data, then the end): then the second poll waits.
+    assert resumed - resumed0 >= n // 2
+    assert spawned - spawned0 <= n // 2
+    serving.cancel()
+
+    send, _ = await cb.open_bi()
+    await send.write_all(b"x")
+    _, recv = await ca.accept_bi()
+    assert await recv.read(1) == b"x"
+    # 4 MiB is over iroh's stream window (1.25 MB): it cannot all be there at the second poll.
+    # The writer runs on a loop of its own (its own bridge), so only the read counts here.
+    spawned = bridge.native.counters()[3]
+    reading = asyncio.ensure_future(recv.read_exact(4 << 20))
+    await asyncio.sleep(0)
+    data = bytes(range(256)) * (4 << 12)
+    writer = threading.Thread(target=lambda: asyncio.run(send.write_all(data)))
+    writer.start()
+    assert await asyncio.wait_for(reading, 10) == data
+    writer.join(10)
+    assert bridge.native.counters()[3] == spawned + 1
 
 
 async def test_answered_requests_cost_no_stop_and_reset(pair: tuple[Endpoint, Endpoint]) -> None:

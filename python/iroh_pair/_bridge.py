@@ -76,10 +76,11 @@ class Bridge:
         return self.native.pending_count()
 
     def __repr__(self) -> str:
-        completed, wakeups = self.native.counters()
+        completed, wakeups, resumed, spawned = self.native.counters()
         return (
             f"<Bridge pending={self.pending()} futures={len(self._futures)} "
-            f"streams={len(self._streams)} completed={completed} wakeups={wakeups}>"
+            f"streams={len(self._streams)} completed={completed} wakeups={wakeups} "
+            f"resumed={resumed} spawned={spawned}>"
         )
 
 

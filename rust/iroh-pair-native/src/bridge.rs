@@ -3,13 +3,15 @@
 //! Every native operation that may wait is started from Python with a token. It is first polled
 //! once on the calling thread: when it can complete at once (data already buffered, flow-control
 //! window open) its result is returned directly, with no thread hop. Otherwise it stays parked,
-//! costing the runtime nothing, until iroh (or a timer) wakes it; only then is it spawned on the
-//! shared multi-thread runtime, from the waking thread, so starting an operation never has to
-//! wake a tokio worker just to poll a future that is still waiting. When it finishes, the tokio
-//! worker pushes `(token, outcome)` onto this bridge's queue and, only if the queue was empty,
-//! writes to one eventfd (a pipe on other platforms) that the asyncio loop watches with
-//! `add_reader`. The loop then drains every queued completion in one call and converts them to
-//! Python objects on its own thread.
+//! costing the runtime nothing, until iroh (or a timer) wakes it. The wake-up queues it for the
+//! loop, which polls it once more while draining (usually the awaited data is all there then);
+//! only an operation that still waits is spawned on the shared multi-thread runtime. So starting
+//! an operation never wakes a tokio worker just to poll a future that is still waiting, and most
+//! short operations never become tokio tasks. A tokio task that finishes pushes
+//! `(token, outcome)` onto this bridge's queue. One eventfd (a pipe on other platforms), which
+//! the asyncio loop watches with `add_reader`, is written when the queue turns non-empty while no
+//! drain is running; a drain takes batches until the queue is empty and converts them to Python
+//! objects on the loop's thread.
 //!
 //! Tokio threads never take the GIL: the queue holds plain Rust values (`Outcome`), and nothing
 //! a task owns or drops is a Python object.
@@ -111,6 +113,24 @@ struct Completion {
     outcome: Outcome,
 }
 
+/// What the queue carries to the loop's thread.
+enum Item {
+    /// A finished operation, or one result of a subscription.
+    Done(Completion),
+    /// A parked operation was woken: the loop polls it once more (see `Parked`).
+    Resume(Arc<Parked>),
+}
+
+/// The queue, and whether the loop is draining it right now (then a push needs no wake-up:
+/// the drain takes it before it returns).
+struct Queue {
+    items: Vec<Item>,
+    draining: bool,
+    /// The bridge is gone (its loop closed): items are dropped, not queued. A queued `Resume`
+    /// holds an operation whose task holds this queue's `Shared`: kept, it would be a cycle.
+    closed: bool,
+}
+
 /// The wake-up file descriptor: an eventfd on Linux, a non-blocking pipe elsewhere.
 struct WakeFd {
     read_fd: i32,
@@ -189,25 +209,66 @@ impl Drop for WakeFd {
 
 type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
-/// Where a started operation is: parked until its first wake-up, then a tokio task.
+/// Where a started operation is: parked until its first wake-up, polled once more on the
+/// loop's thread, and only then, if it still waits, a tokio task.
 enum Slot {
-    /// Polled once inline, not parked yet.
+    /// Being polled on the loop's thread (inline at the start, or resumed).
     Empty,
-    /// Woken before it was parked: spawn it as soon as it is.
+    /// Woken while it was being polled: it goes to the runtime next.
     Woken,
+    /// Waiting for its first wake-up.
     Parked(BoxTask),
+    /// Woken; a `Resume` for it is on the queue.
+    Queued(BoxTask),
     Running(AbortHandle),
+    /// Completed on the loop's thread.
+    Done,
     Cancelled,
 }
 
-/// An operation that did not complete inline. Its waker is this struct: the first wake-up
-/// spawns the parked future on the runtime (on the waking thread, usually the tokio worker that
-/// drives the connection), and the tokio task's own waker takes over from there.
-struct Parked(Mutex<Slot>);
+/// An operation that did not complete inline. Its waker is this struct. The first wake-up
+/// (usually iroh's connection driver, on a tokio worker, when the awaited data has arrived)
+/// queues the future for the loop, which polls it once more while draining: then the result
+/// is read where it is needed, with no tokio task in between and without waiting for the
+/// driver to finish its turn. A future that still waits after that goes to the runtime, whose
+/// own waker takes over, so the loop polls an operation at most twice.
+struct Parked {
+    slot: Mutex<Slot>,
+    shared: Arc<Shared>,
+}
 
 impl Parked {
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Polls the queued future on the loop's thread (while draining). Ready: its completion is
+    /// on the queue, where this drain picks it up. Still waiting: it becomes a tokio task.
+    fn resume(self: &Arc<Self>) {
+        let mut slot = self.slot();
+        let mut task = match std::mem::replace(&mut *slot, Slot::Empty) {
+            Slot::Queued(task) => task,
+            other => {
+                *slot = other; // cancelled meanwhile
+                return;
+            }
+        };
+        drop(slot);
+        let _rt = RUNTIME.enter();
+        let waker = Waker::from(self.clone());
+        let ready = task.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
+        let counter = if ready {
+            &self.shared.resumed
+        } else {
+            &self.shared.spawned
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let mut slot = self.slot();
+        *slot = match std::mem::replace(&mut *slot, Slot::Empty) {
+            _ if ready => Slot::Done,
+            Slot::Empty | Slot::Woken => Slot::Running(RUNTIME.spawn(task).abort_handle()),
+            other => other,
+        };
     }
 
     /// Hands over the future that was polled inline with this waker.
@@ -215,7 +276,10 @@ impl Parked {
         let mut slot = self.slot();
         match std::mem::replace(&mut *slot, Slot::Empty) {
             Slot::Empty => *slot = Slot::Parked(task),
-            Slot::Woken => *slot = Slot::Running(RUNTIME.spawn(task).abort_handle()),
+            Slot::Woken => {
+                self.shared.spawned.fetch_add(1, Ordering::Relaxed);
+                *slot = Slot::Running(RUNTIME.spawn(task).abort_handle());
+            }
             other => *slot = other, // cancelled meanwhile: `task` is dropped
         }
     }
@@ -224,7 +288,7 @@ impl Parked {
     /// it may hold timers).
     fn cancel(&self) {
         let parked = match std::mem::replace(&mut *self.slot(), Slot::Cancelled) {
-            Slot::Parked(task) => Some(task),
+            Slot::Parked(task) | Slot::Queued(task) => Some(task),
             Slot::Running(handle) => {
                 handle.abort();
                 None
@@ -247,8 +311,13 @@ impl Wake for Parked {
         let mut slot = self.slot();
         match std::mem::replace(&mut *slot, Slot::Empty) {
             Slot::Empty => *slot = Slot::Woken,
-            Slot::Parked(task) => *slot = Slot::Running(RUNTIME.spawn(task).abort_handle()),
-            other => *slot = other, // already running or cancelled: the task's own waker rules
+            Slot::Parked(task) => {
+                *slot = Slot::Queued(task);
+                drop(slot);
+                self.shared.push(Item::Resume(self.clone()));
+            }
+            // Already queued, running (the task's own waker rules), done or cancelled.
+            other => *slot = other,
         }
     }
 }
@@ -270,43 +339,99 @@ impl Cancel {
 
 /// The part of a bridge that tokio tasks hold: the queue and the wake-up fd. No Python objects.
 pub struct Shared {
-    queue: Mutex<Vec<Completion>>,
+    queue: Mutex<Queue>,
     wake: WakeFd,
     completed: AtomicU64,
     wakeups: AtomicU64,
+    /// Woken operations that the loop's second poll completed.
+    resumed: AtomicU64,
+    /// Operations that went on as tokio tasks.
+    spawned: AtomicU64,
 }
 
 impl Shared {
-    fn push(&self, c: Completion) {
-        let was_empty = {
-            let mut q = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-            let was_empty = q.is_empty();
-            q.push(c);
-            was_empty
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn push(&self, item: Item) {
+        if matches!(item, Item::Done(_)) {
+            self.completed.fetch_add(1, Ordering::Relaxed);
+        }
+        let wake = {
+            let mut q = self.queue();
+            if q.closed {
+                drop(q);
+                let _rt = RUNTIME.enter(); // a parked future may hold timers
+                drop(item);
+                return;
+            }
+            let wake = q.items.is_empty() && !q.draining;
+            q.items.push(item);
+            wake
         };
-        self.completed.fetch_add(1, Ordering::Relaxed);
-        if was_empty {
+        if wake {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
             self.wake.wake();
         }
     }
 
+    /// The next batch for a drain; `None` (and draining over) when the queue is empty.
+    fn next_batch(&self) -> Option<Vec<Item>> {
+        let mut q = self.queue();
+        if q.items.is_empty() {
+            q.draining = false;
+            return None;
+        }
+        q.draining = true;
+        Some(std::mem::take(&mut q.items))
+    }
+
     /// Delivers one result of a persistent subscription (a serve loop, path events).
     pub fn emit(&self, token: u64, outcome: Outcome) {
-        self.push(Completion {
+        self.push(Item::Done(Completion {
             token,
             persistent: true,
             outcome,
-        });
+        }));
     }
 
     /// Ends a persistent subscription: its last completion, delivered as a one-shot one.
     pub fn finish(&self, token: u64, outcome: Outcome) {
-        self.push(Completion {
+        self.push(Item::Done(Completion {
             token,
             persistent: false,
             outcome,
-        });
+        }));
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        let items = {
+            let mut q = self.shared.queue();
+            q.closed = true;
+            std::mem::take(&mut q.items)
+        };
+        let _rt = RUNTIME.enter();
+        drop(items);
+    }
+}
+
+/// Ends a drain whichever way it leaves (a panic included): draining is over, and anything
+/// left on the queue gets its wake-up, so nothing waits for a drain that is not coming.
+struct DrainGuard<'a>(&'a Shared);
+
+impl Drop for DrainGuard<'_> {
+    fn drop(&mut self) {
+        let pending = {
+            let mut q = self.0.queue();
+            q.draining = false;
+            !q.items.is_empty()
+        };
+        if pending {
+            self.0.wake.wake();
+        }
     }
 }
 
@@ -347,11 +472,17 @@ impl Bridge {
     fn py_new() -> PyResult<Self> {
         Ok(Self {
             shared: Arc::new(Shared {
-                queue: Mutex::new(Vec::with_capacity(256)),
+                queue: Mutex::new(Queue {
+                    items: Vec::with_capacity(256),
+                    draining: false,
+                    closed: false,
+                }),
                 wake: WakeFd::new()
                     .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
                 completed: AtomicU64::new(0),
                 wakeups: AtomicU64::new(0),
+                resumed: AtomicU64::new(0),
+                spawned: AtomicU64::new(0),
             }),
             aborts: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
@@ -375,22 +506,32 @@ impl Bridge {
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<usize> {
         self.shared.wake.clear();
-        let items =
-            std::mem::take(&mut *self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()));
-        let n = items.len();
-        if n == 0 {
-            return Ok(0);
-        }
-        {
-            let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
-            for c in items.iter().filter(|c| !c.persistent) {
-                aborts.remove(&c.token);
+        // Until the queue is empty: what tokio pushes meanwhile, and what resumed operations
+        // complete with, is taken in this same call, with no wake-up written for it.
+        let guard = DrainGuard(&self.shared);
+        let mut n = 0;
+        while let Some(items) = guard.0.next_batch() {
+            {
+                let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+                for item in &items {
+                    if let Item::Done(c) = item
+                        && !c.persistent
+                    {
+                        aborts.remove(&c.token);
+                    }
+                }
             }
-        }
-        for c in items {
-            if let Err(e) = self.deliver(py, c, futures, streams) {
-                // A callback failed: report it like asyncio does, and go on with the rest.
-                e.write_unraisable(py, None);
+            for item in items {
+                match item {
+                    Item::Resume(parked) => parked.resume(),
+                    Item::Done(c) => {
+                        n += 1;
+                        if let Err(e) = self.deliver(py, c, futures, streams) {
+                            // A callback failed: report it like asyncio does, and go on.
+                            e.write_unraisable(py, None);
+                        }
+                    }
+                }
             }
         }
         Ok(n)
@@ -421,12 +562,17 @@ impl Bridge {
         self.aborts.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// `(completions delivered through the queue, wake-ups written)`: their ratio is how many
-    /// completions one drain handled on average.
-    fn counters(&self) -> (u64, u64) {
+    /// `(completions delivered through the queue, wake-ups written, operations completed by
+    /// the loop's poll after their first wake-up, operations that went on as tokio tasks)`.
+    /// completions / wake-ups is how many completions one drain handled on average.
+    fn counters(&self) -> (u64, u64, u64, u64) {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let s = &self.shared;
         (
-            self.shared.completed.load(Ordering::Relaxed),
-            self.shared.wakeups.load(Ordering::Relaxed),
+            get(&s.completed),
+            get(&s.wakeups),
+            get(&s.resumed),
+            get(&s.spawned),
         )
     }
 }
@@ -547,7 +693,10 @@ impl Bridge {
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: ToPy,
     {
-        let parked = Arc::new(Parked(Mutex::new(Slot::Empty)));
+        let parked = Arc::new(Parked {
+            slot: Mutex::new(Slot::Empty),
+            shared: self.shared.clone(),
+        });
         let mut fut = Box::pin(fut);
         {
             let _rt = RUNTIME.enter();
@@ -577,11 +726,11 @@ impl Bridge {
         let shared = self.shared.clone();
         async move {
             let outcome = fut.await.map(|v| Box::new(v) as Box<dyn ToPy>);
-            shared.push(Completion {
+            shared.push(Item::Done(Completion {
                 token,
                 persistent: false,
                 outcome,
-            });
+            }));
         }
     }
 
@@ -591,6 +740,7 @@ impl Bridge {
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: ToPy,
     {
+        self.shared.spawned.fetch_add(1, Ordering::Relaxed);
         let handle = RUNTIME.spawn(self.completing(token, fut));
         self.aborts
             .lock()
