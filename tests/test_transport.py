@@ -129,8 +129,8 @@ async def test_woken_operations_finish_on_the_loop_or_as_tasks(
     pair: tuple[Endpoint, Endpoint],
 ) -> None:
     """An operation that waits is polled once more by the loop when first woken: a request
-    whose reply arrived completes there, with no tokio task. One that still waits (a read of
-    more than has arrived) goes on as a tokio task and completes all the same."""
+    whose reply arrived completes there, with no tokio task. One that still waits goes on as a
+    tokio task."""
     a, b = pair
     ca, cb = await connected(a, b)
     serving = ca.serve(lambda req: req)
@@ -146,13 +146,20 @@ async def test_woken_operations_finish_on_the_loop_or_as_tasks(
     assert spawned - spawned0 <= n // 2
     serving.cancel()
 
-    send, _ = await cb.open_bi()
-    await send.write_all(b"x")
-    _, recv = await ca.accept_bi()
-    assert await recv.read(1) == b"x"
-    # 4 MiB is over iroh's stream window (1.25 MB): it cannot all be there at the second poll.
-    # The writer runs on a loop of its own (its own bridge), so only the read counts here.
-    spawned = bridge.native.counters()[3]
+    send, recv = await announced_stream(a, b)
+    # Half of a small exact read arrives: the loop's poll finds it short, a task waits on.
+    _, _, resumed, spawned = bridge.native.counters()
+    reading = asyncio.ensure_future(recv.read_exact(2048))
+    await asyncio.sleep(0)
+    await send.write_all(b"a" * 1024)
+    await asyncio.sleep(0.2)
+    assert bridge.native.counters()[2:] == (resumed, spawned + 1)
+    await send.write_all(b"b" * 1024)
+    assert await asyncio.wait_for(reading, 5) == b"a" * 1024 + b"b" * 1024
+
+    # 4 MiB, over iroh's stream window (1.25 MB), cannot all be there at the second poll. The
+    # writer runs on a loop of its own (its own bridge), so only the read counts here.
+    _, _, resumed, spawned = bridge.native.counters()
     reading = asyncio.ensure_future(recv.read_exact(4 << 20))
     await asyncio.sleep(0)
     data = bytes(range(256)) * (4 << 12)
@@ -160,7 +167,7 @@ async def test_woken_operations_finish_on_the_loop_or_as_tasks(
     writer.start()
     assert await asyncio.wait_for(reading, 10) == data
     writer.join(10)
-    assert bridge.native.counters()[3] == spawned + 1
+    assert bridge.native.counters()[2:] == (resumed, spawned + 1)
 
 
 async def test_answered_requests_cost_no_stop_and_reset(pair: tuple[Endpoint, Endpoint]) -> None:
