@@ -130,7 +130,7 @@ async def test_woken_operations_finish_on_the_loop_or_as_tasks(
 ) -> None:
     """An operation that waits is polled once more by the loop when first woken: a request
     whose reply arrived completes there, with no tokio task. One that still waits goes on as a
-    tokio task."""
+    tokio task, as a large exact read does at once."""
     a, b = pair
     ca, cb = await connected(a, b)
     serving = ca.serve(lambda req: req)
@@ -157,8 +157,9 @@ async def test_woken_operations_finish_on_the_loop_or_as_tasks(
     await send.write_all(b"b" * 1024)
     assert await asyncio.wait_for(reading, 5) == b"a" * 1024 + b"b" * 1024
 
-    # 4 MiB, over iroh's stream window (1.25 MB), cannot all be there at the second poll. The
-    # writer runs on a loop of its own (its own bridge), so only the read counts here.
+    # An exact read over 64 KiB goes to a task at its first wake-up (4 MiB, over iroh's stream
+    # window of 1.25 MB, could not all be there). The writer runs on a loop of its own (its own
+    # bridge), so only the read counts here.
     _, _, resumed, spawned = bridge.native.counters()
     reading = asyncio.ensure_future(recv.read_exact(4 << 20))
     await asyncio.sleep(0)

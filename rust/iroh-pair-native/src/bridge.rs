@@ -235,7 +235,12 @@ enum Slot {
 struct Parked {
     slot: Mutex<Slot>,
     shared: Arc<Shared>,
+    /// Whether the first wake-up goes through the loop (else straight to the runtime).
+    resume: bool,
 }
+
+/// The largest transfer whose operation the loop polls again at its first wake-up.
+const RESUME_MAX: usize = 64 * 1024;
 
 impl Parked {
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
@@ -311,10 +316,14 @@ impl Wake for Parked {
         let mut slot = self.slot();
         match std::mem::replace(&mut *slot, Slot::Empty) {
             Slot::Empty => *slot = Slot::Woken,
-            Slot::Parked(task) => {
+            Slot::Parked(task) if self.resume => {
                 *slot = Slot::Queued(task);
                 drop(slot);
                 self.shared.push(Item::Resume(self.clone()));
+            }
+            Slot::Parked(task) => {
+                self.shared.spawned.fetch_add(1, Ordering::Relaxed);
+                *slot = Slot::Running(RUNTIME.spawn(task).abort_handle());
             }
             // Already queued, running (the task's own waker rules), done or cancelled.
             other => *slot = other,
@@ -693,9 +702,28 @@ impl Bridge {
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: ToPy,
     {
+        self.submit_sized(py, token, fut, 0)
+    }
+
+    /// `submit` for an operation that moves exactly `bytes` bytes. One over `RESUME_MAX` (a
+    /// large exact read or whole write) rarely completes at its first wake-up: it goes straight
+    /// to the runtime then, without the round trip through the loop (measured: a sized 128 MiB
+    /// transfer in 1 MiB blocks lost ~9% of its rate to that round trip).
+    pub fn submit_sized<F, T>(
+        &self,
+        py: Python<'_>,
+        token: u64,
+        fut: F,
+        bytes: usize,
+    ) -> PyResult<Py<PyAny>>
+    where
+        F: Future<Output = Result<T, Error>> + Send + 'static,
+        T: ToPy,
+    {
         let parked = Arc::new(Parked {
             slot: Mutex::new(Slot::Empty),
             shared: self.shared.clone(),
+            resume: bytes <= RESUME_MAX,
         });
         let mut fut = Box::pin(fut);
         {

@@ -389,11 +389,12 @@ impl SendStream {
         data: &Bound<'_, PyAny>,
     ) -> PyResult<Py<PyAny>> {
         let data = copy_bytes(data)?;
-        let inner = self.inner.clone();
-        bridge.submit(py, token, async move {
+        let (inner, len) = (self.inner.clone(), data.len());
+        let fut = async move {
             inner.lock().await.write_all_chunks(&mut [data]).await?;
             Ok(Plain(()))
-        })
+        };
+        bridge.submit_sized(py, token, fut, len)
     }
 
     /// Writes `data` as one frame: a u32 big-endian length, then the bytes.
@@ -406,15 +407,16 @@ impl SendStream {
     ) -> PyResult<Py<PyAny>> {
         let data = copy_bytes(data)?;
         let header = frame_header(data.len(), u32::MAX as usize)?;
-        let inner = self.inner.clone();
-        bridge.submit(py, token, async move {
+        let (inner, len) = (self.inner.clone(), data.len());
+        let fut = async move {
             inner
                 .lock()
                 .await
                 .write_all_chunks(&mut [header, data])
                 .await?;
             Ok(Plain(()))
-        })
+        };
+        bridge.submit_sized(py, token, fut, len)
     }
 
     /// Ends the stream: the peer reads everything written, then the end.
@@ -528,11 +530,12 @@ impl RecvStream {
     ) -> PyResult<Py<PyAny>> {
         self.start_read();
         let inner = self.inner.clone();
-        bridge.submit(py, token, async move {
+        let fut = async move {
             let early = |got| format!("finished after {got} bytes of an exact read");
             let chunks = read_exact_chunks(&mut *inner.lock().await, n, early).await?;
             Ok(JoinedOut(chunks))
-        })
+        };
+        bridge.submit_sized(py, token, fut, n)
     }
 
     /// Everything up to the end of the stream; `FrameTooLarge` beyond `limit` bytes.
