@@ -427,6 +427,9 @@ impl Drop for Bridge {
     }
 }
 
+/// How many queued items one drain takes at most before it lets the loop run.
+const DRAIN_MAX: usize = 4096;
+
 /// Ends a drain whichever way it leaves (a panic included): draining is over, and anything
 /// left on the queue gets its wake-up, so nothing waits for a drain that is not coming.
 struct DrainGuard<'a>(&'a Shared);
@@ -516,10 +519,16 @@ impl Bridge {
     ) -> PyResult<usize> {
         self.shared.wake.clear();
         // Until the queue is empty: what tokio pushes meanwhile, and what resumed operations
-        // complete with, is taken in this same call, with no wake-up written for it.
+        // complete with, is taken in this same call, with no wake-up written for it. Up to
+        // `DRAIN_MAX` items, so a steady stream of completions cannot starve the rest of the
+        // loop (the futures resolved here resume their tasks only after this call returns); what
+        // is left gets a wake-up from the guard.
         let guard = DrainGuard(&self.shared);
-        let mut n = 0;
-        while let Some(items) = guard.0.next_batch() {
+        let (mut n, mut taken) = (0, 0);
+        while taken < DRAIN_MAX
+            && let Some(items) = guard.0.next_batch()
+        {
+            taken += items.len();
             {
                 let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
                 for item in &items {
