@@ -286,8 +286,9 @@ async def test_frames_and_exact_reads(pair: tuple[Endpoint, Endpoint]) -> None:
 
 
 async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint]) -> None:
-    # A read waiting when data arrives completes on tokio, then takes what landed meanwhile
-    # (on the loop's thread): up to n bytes in all, in order, and the end only after the data.
+    # A read waiting when data arrives completes at its first wake-up (polled again by the loop,
+    # or as a tokio task), then takes what landed meanwhile (on the loop's thread): up to n
+    # bytes in all, in order, and the end only after the data.
     send, recv = await announced_stream(*pair)
     for n, size in ((5000, 300_000), (1, 3000), (70_000, 300_000)):
         data = os.urandom(size)

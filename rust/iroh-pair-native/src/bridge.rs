@@ -262,18 +262,21 @@ impl Parked {
         let _rt = RUNTIME.enter();
         let waker = Waker::from(self.clone());
         let ready = task.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
-        let counter = if ready {
-            &self.shared.resumed
-        } else {
-            &self.shared.spawned
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
         let mut slot = self.slot();
         *slot = match std::mem::replace(&mut *slot, Slot::Empty) {
-            _ if ready => Slot::Done,
-            Slot::Empty | Slot::Woken => Slot::Running(RUNTIME.spawn(task).abort_handle()),
+            _ if ready => {
+                self.shared.resumed.fetch_add(1, Ordering::Relaxed);
+                Slot::Done
+            }
+            Slot::Empty | Slot::Woken => self.run(task),
             other => other,
         };
+    }
+
+    /// Spawns the operation on the runtime, where the task's own waker takes over.
+    fn run(&self, task: BoxTask) -> Slot {
+        self.shared.spawned.fetch_add(1, Ordering::Relaxed);
+        Slot::Running(RUNTIME.spawn(task).abort_handle())
     }
 
     /// Hands over the future that was polled inline with this waker.
@@ -281,10 +284,7 @@ impl Parked {
         let mut slot = self.slot();
         match std::mem::replace(&mut *slot, Slot::Empty) {
             Slot::Empty => *slot = Slot::Parked(task),
-            Slot::Woken => {
-                self.shared.spawned.fetch_add(1, Ordering::Relaxed);
-                *slot = Slot::Running(RUNTIME.spawn(task).abort_handle());
-            }
+            Slot::Woken => *slot = self.run(task),
             other => *slot = other, // cancelled meanwhile: `task` is dropped
         }
     }
@@ -321,10 +321,7 @@ impl Wake for Parked {
                 drop(slot);
                 self.shared.push(Item::Resume(self.clone()));
             }
-            Slot::Parked(task) => {
-                self.shared.spawned.fetch_add(1, Ordering::Relaxed);
-                *slot = Slot::Running(RUNTIME.spawn(task).abort_handle());
-            }
+            Slot::Parked(task) => *slot = self.run(task),
             // Already queued, running (the task's own waker rules), done or cancelled.
             other => *slot = other,
         }
