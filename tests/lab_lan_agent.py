@@ -24,9 +24,11 @@ Modes (``--mode``):
   phase of the following packets; ``attack`` reads the nameplate from the captured service
   names and tries a join with three random words (``attack`` line with the outcome).
 * ``endpoint-serve`` / ``endpoint-dial``: raw endpoints (no Node): the first accepts and echoes;
-  the second first watches the LAN for ``--peer`` (at most ``--listen`` s), then dials it by id
-  with ``--timeout`` and prints ``dial`` (ok, or the error's type and how long it took), with the
-  LAN devices it saw over mDNS.
+  on ``stop ID...`` it waits (at most ``--listen`` s) until mDNS has shown it those ids, then
+  prints ``done`` with the LAN devices it saw. The second first watches the LAN for ``--peer``
+  (at most ``--listen`` s), then dials it by id with ``--timeout`` and prints ``dial`` (ok, or
+  the error's type and how long it took), with the LAN devices it saw over mDNS; it stays on
+  the LAN, still announcing itself, until its stdin closes.
 """
 
 from __future__ import annotations
@@ -458,10 +460,14 @@ async def run_endpoint(args: argparse.Namespace) -> int:
 
             server = asyncio.create_task(serve())
             reader = await stdin_reader()
+            expected: list[str] = []
             while line := await reader.readline():
-                if line.strip() == b"stop":
+                if line.split()[:1] == [b"stop"]:
+                    expected = [w.decode() for w in line.split()[1:]]
                     break
             server.cancel()
+            # mDNS answers may be lost or late: give the named devices time to be heard
+            await wait_for(lambda: all(i in seen for i in expected), args.listen)
             emit("done", lan_seen=seen)
             return 0
         target = EndpointId.parse(args.peer)
@@ -482,6 +488,9 @@ async def run_endpoint(args: argparse.Namespace) -> int:
         out["elapsed_s"] = round(time.monotonic() - t, 3)
         out["lan_seen"] = seen
         emit("dial", **out)
+        reader = await stdin_reader()  # stay on the LAN, announcing, until the lab is done
+        while await reader.readline():
+            pass
         return 0
     finally:
         watcher.cancel()
@@ -515,7 +524,8 @@ def main() -> int:
     p.add_argument("--wait", type=float, default=60.0, help="host/join: how long pairing may take")
     p.add_argument("--timeout", type=float, default=10.0, help="endpoint-dial: the connect timeout")
     p.add_argument("--listen", type=float, default=5.0,
-                   help="endpoint-dial: at most this long, watch the LAN for the target before dialing")
+                   help="endpoint-dial: at most this long, watch the LAN for the target before dialing; "
+                        "endpoint-serve: at most this long, wait to hear the ids named by stop")
     p.add_argument("--iface-ip", help="capture: the device's IPv4 address (joins the group there)")
     args = p.parse_args()
     if args.mode in ("host", "join", "serve", "reconnect", "capture") and not args.data:

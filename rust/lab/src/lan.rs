@@ -418,14 +418,19 @@ async fn isolated(args: &Args) -> Result<Value> {
     let b = l.device("b", &r1).await?;
     let c = l.device("c", &r2).await?;
     let topology = l.topology();
-    let mut server = l.agent(&a, "a", "endpoint-serve", &[])?;
+    let mut server = l.agent(&a, "a", "endpoint-serve", &["--listen", "15"])?;
     let open = server.wait_event("open", STEP).await?;
     let id = text(&open, "id")?.to_string();
     let dial = ["--peer", id.as_str(), "--timeout", "10"];
     let mut same = l.agent(&b, "b", "endpoint-dial", &dial)?;
     let mut other = l.agent(&c, "c", "endpoint-dial", &dial)?;
+    let same_id = text(&same.wait_event("open", STEP).await?, "id")?.to_string();
     let same_lan = same.wait_event("dial", STEP).await?;
     let other_lan = other.wait_event("dial", STEP).await?;
+    // Both dialers stay up (and announce) until they exit: the server gets time to hear b,
+    // while c, on the other LAN, has the same time to be (wrongly) heard.
+    server.send(&format!("stop {same_id}")).await?;
+    let served = server.wait_event("done", EXIT).await?;
     for p in [same, other] {
         let label = p.label.clone();
         let status = p.exit(EXIT).await?;
@@ -433,8 +438,6 @@ async fn isolated(args: &Args) -> Result<Value> {
             bail!("{label} exited with {status}");
         }
     }
-    server.send("stop").await?;
-    let served = server.wait_event("done", EXIT).await?;
     server.exit(EXIT).await?;
     Ok(
         json!({"topology": topology, "target": id, "same_lan": same_lan, "other_lan": other_lan,
