@@ -56,6 +56,8 @@ CONTENDERS = [
     Contender("raw", "iroh-pair raw", "this package's binding: `Connection.request` / native `Connection.serve`; "
               "one stream: a sized transfer, one `Chunk` written again and again, `read_exact` in 1 MiB blocks",
               "100 (iroh default)"),
+    Contender("busy", "iroh-pair busy-poll", "the raw binding's cells on `iroh_pair.busy_poll`'s event loop, which "
+              "spins (up to 200 us, adaptive) on the bridge before it blocks", "100 (iroh default)"),
     Contender("layer", "iroh-pair layer", "this package's cache/request layer: `RequestPeer` (cache, timeouts); "
               "pairing: `Node`", "100 (iroh default)"),
     Contender("pypi-iroh", "PyPI iroh", "the official iroh Python binding (uniffi): open_bi / write_all / finish / "
@@ -72,6 +74,8 @@ NOT_APPLICABLE = {
     ("layer", "bulk"): "a single stream is the raw binding's API; the layer adds nothing once it is open",
     ("layer", "idle-connections"): "the cache holds one connection per peer; its connections are the raw binding's",
     ("raw", "pairing"): "pairing runs in the Node layer (column: iroh-pair layer)",
+    ("busy", "pairing"): "pairing runs in the Node layer (column: iroh-pair layer)",
+    ("busy", "idle-connections"): "an idle connection has nothing to poll: the raw binding's column",
     ("pypi-iroh", "pairing"): "the binding has no pairing protocol",
     ("aioquic", "pairing"): "plain QUIC + TLS has no pairing protocol",
 }
@@ -102,11 +106,12 @@ def probe(key: str) -> tuple[str | None, str]:
         except Unavailable as e:
             return str(e), iroh_crate_version()
         return None, iroh_crate_version()
-    dist, module = {"raw": ("iroh-pair", "iroh_pair"), "layer": ("iroh-pair", "iroh_pair"),
+    dist, module = {"raw": ("iroh-pair", "iroh_pair"), "busy": ("iroh-pair", "iroh_pair"),
+                    "layer": ("iroh-pair", "iroh_pair"),
                     "pypi-iroh": ("iroh", "iroh"), "aioquic": ("aioquic", "aioquic")}[key]
     v = _dist_version(dist)
     if v is None or importlib.util.find_spec(module) is None:
-        extra = "" if key in ("raw", "layer") else " (the `bench` extra installs it: pip install 'iroh-pair[bench]')"
+        extra = "" if key in ("raw", "busy", "layer") else " (the `bench` extra installs it: pip install 'iroh-pair[bench]')"
         return f"package `{dist}` is not installed{extra}", "-"
     return None, v
 
@@ -386,6 +391,8 @@ class Target:
 
 TARGETS = [
     Target("sequential p50: raw binding vs plain Rust", ("raw", "seq_p50"), ("rust", "seq_p50"), "x<=", 1.3),
+    Target("sequential p50: raw binding on the busy-polling loop vs plain Rust", ("busy", "seq_p50"),
+           ("rust", "seq_p50"), "x<=", 1.3),
     Target("sequential p50: cache/request layer vs plain Rust", ("layer", "seq_p50"), ("rust", "seq_p50"), "x<=", 1.3),
     Target("queued msg/s: raw binding vs plain Rust", ("raw", "queued"), ("rust", "queued"), "%>=", 0.9),
     Target("queued msg/s: cache/request layer vs plain Rust", ("layer", "queued"), ("rust", "queued"), "%>=", 0.9),

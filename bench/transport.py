@@ -12,11 +12,16 @@ writes one `Bytes`; read with `read_exact` in 1 MiB blocks, one copy into `bytes
 `bulk-copy`, shown as "... read() until end" (`bytes` written, one copy in; `read(1 MiB)`
 until the end of the stream, one copy out and a read for every burst that arrives).
 
+The third column, "busy-poll", runs this binding's cells on `iroh_pair.busy_poll`'s event loop
+(`--busy-poll US`, the largest polling window; 0 leaves the column out), which spins on the
+bridge before it blocks instead of sleeping in epoll_wait.
+
 With `--split` the server of every cell is another process of the same contender
 (`iroh-pair-node bench-server`, or `--server` here), as two peers are deployed: then this
 binding's asyncio thread serves one side only, as plain Rust's runtime does in each process.
 
     python bench/transport.py [--repeats 3] [--count 3000] [--queued 5000] [--mib 64] [--split]
+                              [--busy-poll 200]
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import statistics
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPN = b"iroh-pair-bench/1"
@@ -103,8 +109,9 @@ def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, f
         client = [str(rust_binary()), "bench", rust_workload, *sizes]
         server = [str(rust_binary()), "bench-server", rust_workload]
     else:
-        client = [sys.executable, __file__, "--worker", workload, *sizes]
-        server = [sys.executable, __file__, "--server", workload]
+        loop = ["--loop-busy", "--busy-poll", str(args.busy_poll)] if contender == "busy" else []
+        client = [sys.executable, __file__, "--worker", workload, *sizes, *loop]
+        server = [sys.executable, __file__, "--server", workload, *loop]
     return _with_server(server, client) if args.split else _run(client)
 
 
@@ -134,36 +141,47 @@ def main() -> None:
     ap.add_argument("--workloads", default="sequential,queued,bulk,bulk-copy,connect-per-message")
     ap.add_argument("--json", type=Path, help="also write every sample to this file")
     ap.add_argument("--split", action="store_true", help="run each cell's server in another process")
+    ap.add_argument("--busy-poll", type=int, default=200, metavar="US",
+                    help="the busy-poll column's polling window in microseconds (0: no such column)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
+    ap.add_argument("--loop-busy", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.server:
-        asyncio.run(_server(args.server))
-        return
-    if args.worker:
-        print(json.dumps(asyncio.run(_worker(args.worker, args.count, args.mib, args.peer))))
+    if args.server or args.worker:
+        from iroh_pair import busy_poll
+
+        job = _server(args.server) if args.server else _worker(args.worker, args.count, args.mib, args.peer)
+        r = busy_poll.run(job, busy_poll_us=args.busy_poll) if args.loop_busy else asyncio.run(job)
+        if args.worker:
+            print(json.dumps(r))
         return
     samples: dict[tuple[str, str], list[dict[str, float | int | str]]] = {}
     workloads = args.workloads.split(",")
+    contenders = ["rust", "python"] + (["busy"] if args.busy_poll else [])
     for rep in range(args.repeats):
         for w in workloads:
-            for c in ("rust", "python") if rep % 2 == 0 else ("python", "rust"):
+            shift = rep % len(contenders)
+            for c in contenders[shift:] + contenders[:shift]:
                 r = cell(c, w, args)
                 samples.setdefault((c, w), []).append(r)
                 print(f"  [{rep + 1}/{args.repeats}] {c:6} {w:10} {json.dumps(r)}", file=sys.stderr)
     rows = []
-    print(f"\n{'metric':24} {'plain Rust':>12} {'iroh-pair':>12} {'ratio':>8}")
+    head = f"\n{'metric':24} {'plain Rust':>12} {'iroh-pair':>12} {'ratio':>8}"
+    print(head + (f" {'busy-poll':>12} {'ratio':>8}" if args.busy_poll else ""))
     for w in workloads:
         for key, label, better in METRICS[w]:
             rust = statistics.median(float(s[key]) for s in samples[("rust", w)])
-            py = statistics.median(float(s[key]) for s in samples[("python", w)])
-            ratio = py / rust
-            rows.append({"metric": label, "rust": rust, "python": py, "ratio": ratio, "better": better})
-            note = "x Rust" if better == "lower" else "of Rust"
-            shown = f"{ratio:.2f}x" if better == "lower" else f"{ratio * 100:.0f}%"
+            row: dict[str, Any] = {"metric": label, "rust": rust, "better": better}
             digits = 2 if rust < 10 else 1
-            print(f"{label:24} {rust:12.{digits}f} {py:12.{digits}f} {shown:>8} {note}")
+            line = f"{label:24} {rust:12.{digits}f}"
+            for c in contenders[1:]:
+                v = statistics.median(float(s[key]) for s in samples[(c, w)])
+                row[c], row[f"{c}_ratio"] = v, v / rust
+                shown = f"{v / rust:.2f}x" if better == "lower" else f"{v / rust * 100:.0f}%"
+                line += f" {v:12.{digits}f} {shown:>8}"
+            rows.append(row)
+            print(line + (" (x Rust)" if better == "lower" else " (of Rust)"))
     if "sequential" in workloads and "connect-per-message" in workloads:
         print("\ncached stream per message vs a new connection per message (msg/s):")
         for c, name in (("rust", "plain Rust"), ("python", "iroh-pair")):

@@ -1,7 +1,8 @@
 """One benchmark cell in a fresh process: ``python bench/worker.py CONTENDER WORKLOAD ...``.
 
 Prints one JSON line: the result (bench/run.py starts it; pairing cells also print the event
-lines the driver timestamps). CONTENDER is raw | layer | pypi-iroh | aioquic; WORKLOAD is
+lines the driver timestamps). CONTENDER is raw | busy (raw on iroh_pair.busy_poll's loop) |
+layer | pypi-iroh | aioquic; WORKLOAD is
 sequential | queued | bulk | connect-per-message | idle-connections (with ``--peer``, the
 server in another process) | pair-host | pair-join (with ``--peer CODE``) | serve (the server of
 idle-connections cells: aioquic's, or this package's when the Rust node is not built).
@@ -21,6 +22,10 @@ from bench.common import Result, emit
 
 
 async def run(contender: str, workload: str, count: int, mib: int, peer: str, samples: bool) -> Result:
+    if contender == "busy":
+        from bench import irohpair
+
+        return await irohpair.raw_worker(workload, count, mib, samples)
     if contender in ("raw", "layer"):
         from bench import irohpair
 
@@ -63,7 +68,13 @@ def main() -> None:
     ap.add_argument("--peer", default="")
     ap.add_argument("--samples", action="store_true", help="include every latency (us)")
     a = ap.parse_args()
-    emit(asyncio.run(run(a.contender, a.workload, a.count, a.mib, a.peer, a.samples)))
+    cell = run(a.contender, a.workload, a.count, a.mib, a.peer, a.samples)
+    if a.contender == "busy":
+        from iroh_pair import busy_poll
+
+        emit(busy_poll.run(cell))
+    else:
+        emit(asyncio.run(cell))
 
 
 if __name__ == "__main__":

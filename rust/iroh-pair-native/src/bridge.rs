@@ -20,7 +20,7 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
@@ -353,6 +353,8 @@ pub struct Shared {
     resumed: AtomicU64,
     /// Operations that went on as tokio tasks.
     spawned: AtomicU64,
+    /// Whether the queue has items: what `Bridge::spin` watches, without the queue's lock.
+    ready: AtomicBool,
 }
 
 impl Shared {
@@ -374,6 +376,7 @@ impl Shared {
             }
             let wake = q.items.is_empty() && !q.draining;
             q.items.push(item);
+            self.ready.store(true, Ordering::Release);
             wake
         };
         if wake {
@@ -390,6 +393,7 @@ impl Shared {
             return None;
         }
         q.draining = true;
+        self.ready.store(false, Ordering::Relaxed);
         Some(std::mem::take(&mut q.items))
     }
 
@@ -492,6 +496,7 @@ impl Bridge {
                 wakeups: AtomicU64::new(0),
                 resumed: AtomicU64::new(0),
                 spawned: AtomicU64::new(0),
+                ready: AtomicBool::new(false),
             }),
             aborts: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
@@ -551,6 +556,35 @@ impl Bridge {
         }
         Ok(n)
     }
+
+    /// Busy-polls: with the GIL released, watches the queue for up to `us` microseconds and
+    /// returns as soon as something is on it (then True). What a loop does instead of blocking
+    /// when a completion is expected within microseconds: sleeping in `epoll_wait` and being
+    /// woken by another thread costs more than that on small machines (see
+    /// `iroh_pair.busy_poll`). The wake-up fd is written as usual, so a drain follows.
+    fn spin(&self, py: Python<'_>, us: u32) -> bool {
+        let ready = &self.shared.ready;
+        if ready.load(Ordering::Acquire) {
+            return true;
+        }
+        py.detach(|| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_micros(us.into());
+            loop {
+                for _ in 0..64 {
+                    if ready.load(Ordering::Acquire) {
+                        return true;
+                    }
+                    std::hint::spin_loop();
+                }
+                if std::time::Instant::now() >= deadline {
+                    return false;
+                }
+                // Polite on small machines: a tokio worker that is runnable gets this core.
+                std::thread::yield_now();
+            }
+        })
+    }
+
     /// Aborts the task started under `token` (the Python future was cancelled). Returns whether
     /// a running task was found.
     fn cancel(&self, token: u64) -> bool {

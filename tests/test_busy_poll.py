@@ -1,0 +1,144 @@
+"""The busy-polling event loop (iroh_pair.busy_poll) over real iroh endpoints on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from iroh_pair import _native, busy_poll
+from iroh_pair.busy_poll import GROW_START_US, BusyPollSelector
+from iroh_pair.transport import Connection, Endpoint
+
+from helpers import ALPN
+
+
+async def served_pair() -> tuple[Endpoint, Endpoint, Connection]:
+    """Two endpoints; the first echoes every request. Returns (server, client, client's side)."""
+    a = await Endpoint.bind(alpns=[ALPN])
+    b = await Endpoint.bind(alpns=[ALPN])
+    accept = asyncio.ensure_future(a.accept())
+    cb = await b.connect(a.addr(), ALPN, timeout=5)
+    ca = await asyncio.wait_for(accept, 5)
+    assert ca is not None
+    ca.serve(lambda req: req)
+    return a, b, cb
+
+
+def this_selector() -> BusyPollSelector:
+    sel = busy_poll.selector_of()
+    assert sel is not None, "not on a busy-polling loop"
+    return sel
+
+
+def test_spin_on_an_empty_bridge_times_out() -> None:
+    assert _native.Bridge().spin(200) is False
+    assert _native.Bridge().spin(0) is False
+
+
+def test_requests_complete_while_the_loop_spins() -> None:
+    """Sequential requests: the window grows to its maximum and most waits end in a spin that
+    saw the completion arrive, not in epoll_wait."""
+
+    async def main() -> tuple[int, int, int]:
+        a, b, conn = await served_pair()
+        try:
+            for i in range(300):
+                assert await conn.request(i.to_bytes(4, "big"), timeout=5) == i.to_bytes(4, "big")
+            sel = this_selector()
+            return sel.spins, sel.hits, sel.window_us
+        finally:
+            await b.close()
+            await a.close()
+
+    spins, hits, window = busy_poll.run(main(), busy_poll_us=1000)
+    # Each request waits twice on the loop (the request served, then the reply).
+    assert hits >= 150 and spins >= hits, (spins, hits)
+    assert window > GROW_START_US
+
+
+def test_an_idle_loop_stops_spinning() -> None:
+    """Waits longer than the window halve it, down to zero: an idle loop does not spin."""
+
+    async def main() -> tuple[int, int, int, int]:
+        a, b, conn = await served_pair()
+        try:
+            for _ in range(50):
+                await conn.request(b"x", timeout=5)
+            sel = this_selector()
+            grown = sel.window_us
+            for _ in range(12):
+                await asyncio.sleep(0.01)
+            spins = sel.spins
+            for _ in range(5):
+                await asyncio.sleep(0.01)
+            return grown, sel.window_us, spins, sel.spins
+        finally:
+            await b.close()
+            await a.close()
+
+    grown, after, spins_before, spins_after = busy_poll.run(main(), busy_poll_us=200)
+    assert grown > 0
+    assert after == 0 and spins_after == spins_before
+
+
+def test_timers_and_other_sockets_are_served_while_spinning() -> None:
+    """A flood of requests keeps the loop spinning; meanwhile a timer fires and a plain socket
+    read completes (a spin never runs past the next timer's deadline)."""
+
+    async def main() -> tuple[bytes, int]:
+        a, b, conn = await served_pair()
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+
+        async def flood() -> int:
+            n = 0
+            while not stop.is_set():
+                await conn.request(b"ping", timeout=5)
+                n += 1
+            return n
+
+        flooding = asyncio.ensure_future(flood())
+        left, right = socket.socketpair()
+        left.setblocking(False)
+        right.setblocking(False)
+        try:
+            async with asyncio.timeout(10):  # a hang fails here, not in CI's limit
+                await asyncio.sleep(0.05)
+                loop.call_later(0.02, right.send, b"hello")
+                got = await loop.sock_recv(left, 16)
+                await asyncio.sleep(0.02)
+            stop.set()
+            return got, await flooding
+        finally:
+            left.close()
+            right.close()
+            await b.close()
+            await a.close()
+
+    got, flooded = busy_poll.run(main(), busy_poll_us=500)
+    assert got == b"hello"
+    assert flooded > 0
+
+
+def test_a_loop_without_native_operations_never_spins() -> None:
+    async def main() -> int:
+        for _ in range(5):
+            await asyncio.sleep(0.001)
+        return this_selector().spins
+
+    assert busy_poll.run(main()) == 0
+
+
+def test_a_default_loop_is_not_a_busy_polling_one() -> None:
+    async def main() -> BusyPollSelector | None:
+        return busy_poll.selector_of()
+
+    assert asyncio.run(main()) is None
+
+
+@pytest.mark.parametrize("us", [-1, 1_000_001])
+def test_the_window_is_bounded(us: int) -> None:
+    with pytest.raises(ValueError, match="busy_poll_us"):
+        busy_poll.new_event_loop(us)
