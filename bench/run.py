@@ -57,7 +57,7 @@ CONTENDERS = [
               "one stream: a sized transfer, one `Chunk` written again and again, `read_exact` in 1 MiB blocks",
               "100 (iroh default)"),
     Contender("busy", "iroh-pair busy-poll", "the raw binding's cells on `iroh_pair.busy_poll`'s event loop, which "
-              "spins (up to 200 us, adaptive) on the bridge before it blocks", "100 (iroh default)"),
+              "spins (up to 200 us, adaptive; not while a bulk transfer or a dial is in flight) on the bridge before it blocks", "100 (iroh default)"),
     Contender("layer", "iroh-pair layer", "this package's cache/request layer: `RequestPeer` (cache, timeouts); "
               "pairing: `Node`", "100 (iroh default)"),
     Contender("pypi-iroh", "PyPI iroh", "the official iroh Python binding (uniffi): open_bi / write_all / finish / "

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from iroh_pair import _native, busy_poll
+from iroh_pair import _bridge, _native, busy_poll
 from iroh_pair.busy_poll import GROW_START_US, BusyPollSelector
 from iroh_pair.transport import Connection, Endpoint
 
@@ -142,3 +142,49 @@ def test_a_default_loop_is_not_a_busy_polling_one() -> None:
 def test_the_window_is_bounded(us: int) -> None:
     with pytest.raises(ValueError, match="busy_poll_us"):
         busy_poll.new_event_loop(us)
+
+
+def test_bulk_transfers_and_dials_hold_off_spinning() -> None:
+    """While a transfer over 64 KiB or a dial is in flight the bridge counts it as heavy (then
+    ``spin`` returns at once: a spinning loop thread would take the workers' CPU); a small
+    transfer is not heavy, and the count drops back when they end."""
+
+    async def main() -> list[int]:
+        a, b, conn = await served_pair()
+        bridge = _bridge.get_bridge().native
+        seen = [bridge.heavy_count()]
+        try:
+            send, recv = await conn.open_bi()
+            await send.write_all(b"x")  # the stream exists for the peer once it has a byte
+            small = asyncio.ensure_future(recv.read_exact(1000))
+            await asyncio.sleep(0.05)
+            seen.append(bridge.heavy_count())
+            small.cancel()
+            big = asyncio.ensure_future(recv.read_exact(4 << 20))
+            await asyncio.sleep(0.05)
+            seen.append(bridge.heavy_count())
+            assert bridge.spin(1_000_000) is False
+            big.cancel()
+            for _ in range(500):  # an aborted tokio task is dropped by a worker, soon
+                if bridge.heavy_count() == 0:
+                    break
+                await asyncio.sleep(0.01)
+            seen.append(bridge.heavy_count())
+            c = await Endpoint.bind()
+            accepting = asyncio.ensure_future(a.accept())
+            dialing = asyncio.ensure_future(c.connect(a.addr(), ALPN, timeout=5))
+            await asyncio.sleep(0)
+            seen.append(bridge.heavy_count())
+            dialed = await dialing
+            seen.append(bridge.heavy_count())
+            assert dialed.remote_id == a.id
+            accepted = await asyncio.wait_for(accepting, 5)
+            assert accepted is not None
+            accepted.close(0, b"done")
+            await c.close()
+            return seen
+        finally:
+            await b.close()
+            await a.close()
+
+    assert busy_poll.run(main()) == [0, 0, 1, 0, 1, 0]

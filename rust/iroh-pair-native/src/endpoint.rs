@@ -307,7 +307,9 @@ impl Endpoint {
         let timeout = timeout.map(|t| secs("timeout", t)).transpose()?;
         let ep = self.ep.clone();
         let counters = self.counters.clone();
+        let heavy = bridge.heavy();
         bridge.spawn(token, async move {
+            let _heavy = heavy;
             let dial = async {
                 ep.connect(addr, &alpn)
                     .await
