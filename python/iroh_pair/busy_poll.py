@@ -19,7 +19,9 @@ CPU (measured on 2 cores: a 256 MiB transfer lost ~20% of its rate, dials ~15%).
 Costs: up to ``busy_poll_us`` of one core per wait while exchanges are in flight, and other
 file descriptors (sockets of other asyncio transports) are seen up to ``busy_poll_us`` later
 while the loop spins. Timers are never delayed: a spin stops at the next timer's deadline.
-Opt in with :func:`run` or :func:`new_event_loop`::
+It suits many exchanges on established connections; a new connection per message is slower
+with it (measured on 2 cores: dial, request and close, p50 1.44x plain Rust's against 1.22x on
+the default loop). Opt in with :func:`run` or :func:`new_event_loop`::
 
     iroh_pair.busy_poll.run(main(), busy_poll_us=200)
 """
