@@ -9,12 +9,12 @@ the GIL released (``Bridge.spin``) and picks the completion up as soon as it is 
 The polling window adapts the way Linux KVM's halt-polling does: it grows (doubling, from
 :data:`GROW_START_US`, up to ``busy_poll_us``) when the loop blocked and a completion woke it
 within the window, and shrinks (halving, to zero below :data:`GROW_START_US`) when a wait lasted
-longer than ``busy_poll_us``. So an idle or slowly paced application stops spinning after a few wake-ups, and a busy
-request/reply exchange spins at every wait.
+longer than ``busy_poll_us``. So an idle or slowly paced application stops spinning after a
+few wake-ups, and a busy request/reply exchange spins at every wait.
 
 No spinning while a bulk transfer (an exact read or whole write over 64 KiB) or a dial is in
-flight: those keep tokio's workers busy, and on a small machine a spinning thread takes their
-CPU (measured on 2 cores: a 256 MiB transfer lost ~20% of its rate, dials ~15%).
+flight: those keep tokio's workers busy (copies, handshake crypto), and on a small machine a
+spinning thread takes their CPU (measured on 2 cores: a 256 MiB transfer lost ~20% of its rate).
 
 Costs: up to ``busy_poll_us`` of one core per wait while exchanges are in flight, and other
 file descriptors (sockets of other asyncio transports) are seen up to ``busy_poll_us`` later
@@ -52,7 +52,8 @@ class BusyPollSelector(selectors.BaseSelector):
 
     Wraps another selector (``selectors.DefaultSelector()`` unless given); registrations go to
     it unchanged. ``spins``, ``hits`` and ``window_us`` show what it did: waits that spun, spins
-    that found a completion, and the current polling window."""
+    that found a completion, and the current polling window. No spin while a bulk transfer or
+    a dial is in flight (``Bridge.heavy_count()``)."""
 
     def __init__(self, busy_poll_us: int = DEFAULT_BUSY_POLL_US, inner: selectors.BaseSelector | None = None) -> None:
         if not 0 <= busy_poll_us <= 1_000_000:
@@ -86,7 +87,7 @@ class BusyPollSelector(selectors.BaseSelector):
             return self.inner.select(timeout)
         window = self.window_us if timeout is None else min(self.window_us, int(timeout * 1e6))
         start = time.perf_counter()
-        if window:
+        if window and not bridge.native.heavy_count():
             ready = self.inner.select(0)
             if ready:
                 return ready

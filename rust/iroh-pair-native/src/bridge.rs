@@ -362,7 +362,7 @@ pub struct Shared {
 /// Held by an operation whose work keeps tokio's workers busy: a bulk transfer (over
 /// `RESUME_MAX`) or a dial (handshake crypto). While one is in flight, `Bridge::spin` returns at
 /// once: on a small machine a spinning loop thread takes CPU those workers need (measured on 2
-/// cores: a 256 MiB transfer lost ~20% of its rate, dials ~15%).
+/// cores: a 256 MiB transfer lost ~20% of its rate).
 pub struct Heavy(Arc<Shared>);
 
 impl Heavy {
