@@ -19,9 +19,11 @@ spinning thread takes their CPU (measured on 2 cores: a 256 MiB transfer lost ~2
 Costs: up to ``busy_poll_us`` of one core per wait while exchanges are in flight, and other
 file descriptors (sockets of other asyncio transports) are seen up to ``busy_poll_us`` later
 while the loop spins. Timers are never delayed: a spin stops at the next timer's deadline.
-It suits many exchanges on established connections; a new connection per message is slower
-with it (measured on 2 cores: dial, request and close, p50 1.44x plain Rust's against 1.22x on
-the default loop). Opt in with :func:`run` or :func:`new_event_loop`::
+It suits many exchanges on established connections, in a process that has a core to spare
+for the spinning thread. Measured on 2 cores: with client and server in one process, sequential
+p50 1.14-1.39x plain Rust's against 1.44-1.57x on the default loop; with client and server as
+two processes sharing those 2 cores, no gain (1.69-1.74x against 1.63-1.65x); a new connection
+per message is slower (1.44x against 1.22x). Opt in with :func:`run` or :func:`new_event_loop`::
 
     iroh_pair.busy_poll.run(main(), busy_poll_us=200)
 """
