@@ -14,14 +14,17 @@ until the end of the stream, one copy out and a read for every burst that arrive
 
 The third column, "busy-poll", runs this binding's cells on `iroh_pair.busy_poll`'s event loop
 (`--busy-poll US`, the largest polling window; 0 leaves the column out), which spins on the
-bridge before it blocks instead of sleeping in epoll_wait.
+bridge before it blocks instead of sleeping in epoll_wait. With `--loop-thread`, one more
+column runs them on `iroh_pair.loop_thread`'s loop, which runs iroh itself on the loop's thread
+while it waits (no thread hops; one core for iroh and Python). It is made for peers in separate
+processes: compare it with `--split`.
 
 With `--split` the server of every cell is another process of the same contender
 (`iroh-pair-node bench-server`, or `--server` here), as two peers are deployed: then this
 binding's asyncio thread serves one side only, as plain Rust's runtime does in each process.
 
     python bench/transport.py [--repeats 3] [--count 3000] [--queued 5000] [--mib 64] [--split]
-                              [--busy-poll 200]
+                              [--busy-poll 200] [--loop-thread]
 """
 
 from __future__ import annotations
@@ -109,7 +112,9 @@ def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, f
         client = [str(rust_binary()), "bench", rust_workload, *sizes]
         server = [str(rust_binary()), "bench-server", rust_workload]
     else:
-        loop = ["--loop-busy", "--busy-poll", str(args.busy_poll)] if contender == "busy" else []
+        loop = {"busy": ["--loop", "busy", "--busy-poll", str(args.busy_poll)], "thread": ["--loop", "thread"]}.get(
+            contender, []
+        )
         client = [sys.executable, __file__, "--worker", workload, *sizes, *loop]
         server = [sys.executable, __file__, "--server", workload, *loop]
     return _with_server(server, client) if args.split else _run(client)
@@ -143,22 +148,26 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help="run each cell's server in another process")
     ap.add_argument("--busy-poll", type=int, default=200, metavar="US",
                     help="the busy-poll column's polling window in microseconds (0: no such column)")
+    ap.add_argument("--loop-thread", action="store_true", help="add a column for iroh_pair.loop_thread's loop")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
-    ap.add_argument("--loop-busy", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--loop", choices=["default", "busy", "thread"], default="default", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.server or args.worker:
-        from iroh_pair import busy_poll
+        from iroh_pair import busy_poll, loop_thread
 
         job = _server(args.server) if args.server else _worker(args.worker, args.count, args.mib, args.peer)
-        r = busy_poll.run(job, busy_poll_us=args.busy_poll) if args.loop_busy else asyncio.run(job)
+        if args.loop == "busy":
+            r = busy_poll.run(job, busy_poll_us=args.busy_poll)
+        else:
+            r = loop_thread.run(job) if args.loop == "thread" else asyncio.run(job)
         if args.worker:
             print(json.dumps(r))
         return
     samples: dict[tuple[str, str], list[dict[str, float | int | str]]] = {}
     workloads = args.workloads.split(",")
-    contenders = ["rust", "python"] + (["busy"] if args.busy_poll else [])
+    contenders = ["rust", "python"] + (["busy"] if args.busy_poll else []) + (["thread"] if args.loop_thread else [])
     for rep in range(args.repeats):
         for w in workloads:
             shift = rep % len(contenders)
@@ -168,7 +177,8 @@ def main() -> None:
                 print(f"  [{rep + 1}/{args.repeats}] {c:6} {w:10} {json.dumps(r)}", file=sys.stderr)
     rows = []
     head = f"\n{'metric':24} {'plain Rust':>12} {'iroh-pair':>12} {'ratio':>8}"
-    print(head + (f" {'busy-poll':>12} {'ratio':>8}" if args.busy_poll else ""))
+    names = {"python": "iroh-pair", "busy": "busy-poll", "thread": "loop-thread"}
+    print(head + "".join(f" {names[c]:>12} {'ratio':>8}" for c in contenders[2:]))
     for w in workloads:
         for key, label, better in METRICS[w]:
             rust = statistics.median(float(s[key]) for s in samples[("rust", w)])

@@ -85,13 +85,28 @@ class Bridge:
 
 
 _bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Bridge] = weakref.WeakKeyDictionary()
+#: Loops that run iroh while they wait (made by :mod:`iroh_pair.loop_thread`).
+driven_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
 
 
 def get_bridge() -> Bridge:
-    """The bridge of the running loop, created on first use."""
+    """The bridge of the running loop, created on first use.
+
+    The first bridge of a loop that does not run iroh itself fixes the process's runtime as the
+    multi-thread one. In a process that runs iroh on its loops' thread (:mod:`iroh_pair.loop_thread`)
+    such a loop would wait forever, so it gets RuntimeError instead."""
     loop = asyncio.get_running_loop()
     b = _bridges.get(loop)
     if b is None:
+        if loop not in driven_loops:
+            try:
+                _native.use_runtime("multi-thread")
+            except RuntimeError:
+                raise RuntimeError(
+                    "this process runs iroh on its event loops' thread (iroh_pair.loop_thread), "
+                    "so a loop that uses iroh must come from iroh_pair.loop_thread.run() or "
+                    "new_event_loop(); this one would never run iroh"
+                ) from None
         b = Bridge(loop)
         _bridges[loop] = b
         _hook_loop_close(loop, b)

@@ -33,11 +33,10 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-import weakref
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-from . import _bridge
+from ._selector import BridgeSelector, find, make_loop
 
 __all__ = ["BusyPollSelector", "DEFAULT_BUSY_POLL_US", "GROW_START_US", "new_event_loop", "run", "selector_of"]
 
@@ -49,7 +48,7 @@ DEFAULT_BUSY_POLL_US = 200
 GROW_START_US = 10
 
 
-class BusyPollSelector(selectors.BaseSelector):
+class BusyPollSelector(BridgeSelector):
     """A selector that spins on the loop's bridge before it blocks (see the module's text).
 
     Wraps another selector (``selectors.DefaultSelector()`` unless given); registrations go to
@@ -60,31 +59,14 @@ class BusyPollSelector(selectors.BaseSelector):
     def __init__(self, busy_poll_us: int = DEFAULT_BUSY_POLL_US, inner: selectors.BaseSelector | None = None) -> None:
         if not 0 <= busy_poll_us <= 1_000_000:
             raise ValueError(f"busy_poll_us must be between 0 and 1,000,000, got {busy_poll_us}")
-        self.inner = inner if inner is not None else selectors.DefaultSelector()
+        super().__init__(inner)
         self.max_us = busy_poll_us
         self.window_us = 0
         self.spins = 0
         self.hits = 0
-        self.loop: asyncio.AbstractEventLoop | None = None
-        self._bridge_found: _bridge.Bridge | None = None
-
-    def register(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self.inner.register(fileobj, events, data)
-
-    def unregister(self, fileobj: Any) -> selectors.SelectorKey:
-        return self.inner.unregister(fileobj)
-
-    def modify(self, fileobj: Any, events: int, data: Any = None) -> selectors.SelectorKey:
-        return self.inner.modify(fileobj, events, data)
-
-    def get_map(self) -> Mapping[Any, selectors.SelectorKey]:
-        return self.inner.get_map()
-
-    def close(self) -> None:
-        self.inner.close()
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
-        bridge = self._bridge()
+        bridge = self._bridge() if self.max_us else None
         if bridge is None or timeout is not None and timeout <= 0:
             return self.inner.select(timeout)
         window = self.window_us if timeout is None else min(self.window_us, int(timeout * 1e6))
@@ -114,12 +96,6 @@ class BusyPollSelector(selectors.BaseSelector):
                 self.window_us = min(self.max_us, max(GROW_START_US, self.window_us * 2))
         return ready
 
-    def _bridge(self) -> _bridge.Bridge | None:
-        """The loop's bridge, once an operation has created it (none: nothing to poll)."""
-        if self._bridge_found is None and self.loop is not None and self.max_us:
-            self._bridge_found = _bridge._bridges.get(self.loop)
-        return self._bridge_found
-
     def __repr__(self) -> str:
         return (
             f"<BusyPollSelector max_us={self.max_us} window_us={self.window_us} "
@@ -127,24 +103,17 @@ class BusyPollSelector(selectors.BaseSelector):
         )
 
 
-_selectors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BusyPollSelector] = weakref.WeakKeyDictionary()
-
-
 def new_event_loop(busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> asyncio.AbstractEventLoop:
     """A new selector event loop whose waits busy-poll the native bridge for up to
     ``busy_poll_us`` microseconds (0: never, the same as the default loop). For
     ``asyncio.Runner(loop_factory=...)`` or ``asyncio.run(..., loop_factory=...)`` (3.12+)."""
-    selector = BusyPollSelector(busy_poll_us)
-    loop = asyncio.SelectorEventLoop(selector)
-    selector.loop = loop
-    _selectors[loop] = selector
-    return loop
+    return make_loop(BusyPollSelector(busy_poll_us))
 
 
 def selector_of(loop: asyncio.AbstractEventLoop | None = None) -> BusyPollSelector | None:
     """The busy-polling selector of ``loop`` (default: the running loop), or None when the loop
     was not made by :func:`new_event_loop`: its counters show what the polling did."""
-    return _selectors.get(loop if loop is not None else asyncio.get_running_loop())
+    return find(loop, BusyPollSelector)
 
 
 def run(main: Coroutine[Any, Any, T], *, busy_poll_us: int = DEFAULT_BUSY_POLL_US, debug: bool | None = None) -> T:

@@ -19,36 +19,102 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock, Mutex};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock};
 use std::task::{Context, Poll, Wake, Waker};
 
 use bytes::Bytes;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 use tokio::runtime::Runtime;
 use tokio::task::AbortHandle;
 
 use crate::connection::IncomingOut;
 use crate::error::Error;
 
+/// The runtimes iroh can run on; one is chosen per process, before its first use.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RuntimeKind {
+    /// tokio's multi-thread runtime: iroh runs on worker threads of its own, whatever the loop
+    /// does. The default.
+    MultiThread,
+    /// A current-thread runtime that the asyncio loop's thread runs while it waits (see
+    /// `Bridge::drive` and `iroh_pair.loop_thread`): no thread hops, but iroh only makes progress
+    /// while a loop waits in `drive`.
+    LoopThread,
+}
+
+impl RuntimeKind {
+    fn name(self) -> &'static str {
+        match self {
+            Self::MultiThread => "multi-thread",
+            Self::LoopThread => "loop-thread",
+        }
+    }
+}
+
+static RUNTIME_KIND: OnceLock<RuntimeKind> = OnceLock::new();
+
 /// The one tokio runtime shared by every endpoint and bridge in the process.
 pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = std::env::var("IROH_PAIR_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.parse::<usize>().ok())
-        .filter(|n| *n > 0)
-    {
-        b.worker_threads(n);
-    }
+    let kind = *RUNTIME_KIND.get_or_init(|| RuntimeKind::MultiThread);
+    let mut b = match kind {
+        RuntimeKind::LoopThread => tokio::runtime::Builder::new_current_thread(),
+        RuntimeKind::MultiThread => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if let Some(n) = std::env::var("IROH_PAIR_WORKER_THREADS")
+                .ok()
+                .and_then(|v| v.parse::<usize>().ok())
+                .filter(|n| *n > 0)
+            {
+                b.worker_threads(n);
+            }
+            b.thread_name("iroh-pair-rt");
+            b
+        }
+    };
     b.enable_all()
-        .thread_name("iroh-pair-rt")
         .build()
         .expect("failed to start the tokio runtime")
 });
+
+/// Chooses the process's runtime: `"multi-thread"` (the default) or `"loop-thread"`. Fails
+/// with RuntimeError when another one was already chosen or started (the first endpoint,
+/// bridge operation or `use_runtime` call fixes it).
+#[pyfunction]
+pub fn use_runtime(kind: &str) -> PyResult<()> {
+    let want = match kind {
+        "multi-thread" => RuntimeKind::MultiThread,
+        "loop-thread" => RuntimeKind::LoopThread,
+        _ => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "unknown runtime {kind:?}: expected \"multi-thread\" or \"loop-thread\""
+            )));
+        }
+    };
+    let got = *RUNTIME_KIND.get_or_init(|| want);
+    if got != want {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+            "this process already uses the {} runtime; choose {:?} before the first endpoint \
+             or native operation",
+            got.name(),
+            kind
+        )));
+    }
+    Ok(())
+}
+
+/// The runtime this process uses, or None while none is chosen yet (the first use then
+/// starts the multi-thread one).
+#[pyfunction]
+pub fn runtime_kind() -> Option<&'static str> {
+    RUNTIME_KIND.get().map(|k| k.name())
+}
 
 /// A finished operation's value, still in Rust. It becomes a Python object only on the loop's
 /// thread, when the bridge is drained.
@@ -357,6 +423,8 @@ pub struct Shared {
     ready: AtomicBool,
     /// Operations in flight that keep tokio's workers busy (see `Heavy`): no spinning then.
     heavy: AtomicUsize,
+    /// Woken when the queue turns non-empty: what `Bridge::drive` waits on.
+    notify: tokio::sync::Notify,
 }
 
 /// Held by an operation whose work keeps tokio's workers busy: a bulk transfer (over
@@ -402,6 +470,7 @@ impl Shared {
         };
         if wake {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
+            self.notify.notify_one();
             self.wake.wake();
         }
     }
@@ -477,6 +546,20 @@ pub struct Bridge {
     aborts: Mutex<HashMap<u64, Cancel>>,
     /// Native request handlers of serve loops (touched on the loop's thread only).
     handlers: Mutex<HashMap<u64, Py<PyAny>>>,
+    /// The loop's selector (see `drive`): the fd Python gave, and our own duplicate of it,
+    /// registered with the runtime's reactor.
+    selector: Mutex<Option<(i32, Arc<AsyncFd<OwnedFd>>)>>,
+}
+
+/// Whether `fd` is readable now (for an epoll fd: whether it has ready events), not waiting.
+fn readable_now(fd: &impl AsRawFd) -> bool {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd on a descriptor we own, zero timeout.
+    unsafe { libc::poll(&mut p, 1, 0) > 0 }
 }
 
 /// Returned by an operation that did not complete at once: its result will arrive through
@@ -519,7 +602,9 @@ impl Bridge {
                 spawned: AtomicU64::new(0),
                 ready: AtomicBool::new(false),
                 heavy: AtomicUsize::new(0),
+                notify: tokio::sync::Notify::new(),
             }),
+            selector: Mutex::new(None),
             aborts: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
         })
@@ -611,6 +696,53 @@ impl Bridge {
         })
     }
 
+    /// Runs the runtime on this thread (see `iroh_pair.loop_thread`) until a completion is
+    /// queued (returns True), the selector `epfd` (the loop's epoll/poll fd) has ready events,
+    /// or `timeout_us` passes (negative: no timeout). With `timeout_us == 0` it runs what is
+    /// ready once and returns. The GIL is released meanwhile. On the loop-thread runtime this is
+    /// where iroh runs; on the multi-thread one it only waits.
+    fn drive(&self, py: Python<'_>, epfd: i32, timeout_us: i64) -> PyResult<bool> {
+        let selector = self.selector_fd(epfd)?;
+        let shared = self.shared.clone();
+        Ok(py.detach(move || {
+            RUNTIME.block_on(async move {
+                if timeout_us == 0 {
+                    // One turn of the runtime: the tasks that are ready, and its I/O and timers.
+                    tokio::task::yield_now().await;
+                    return shared.ready.load(Ordering::Acquire);
+                }
+                let deadline = u64::try_from(timeout_us).ok().map(|us| {
+                    tokio::time::Instant::now() + std::time::Duration::from_micros(us)
+                });
+                loop {
+                    if shared.ready.load(Ordering::Acquire) {
+                        return true;
+                    }
+                    if readable_now(selector.get_ref()) {
+                        return false;
+                    }
+                    let timer = async {
+                        match deadline {
+                            Some(d) => tokio::time::sleep_until(d).await,
+                            None => std::future::pending().await,
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        () = shared.notify.notified() => {}
+                        guard = selector.readable() => {
+                            // Edge-triggered: cleared here, checked again above.
+                            if let Ok(mut g) = guard {
+                                g.clear_ready();
+                            }
+                        }
+                        () = timer => return shared.ready.load(Ordering::Acquire),
+                    }
+                }
+            })
+        }))
+    }
+
     /// Bulk transfers and dials in flight: while there are any, `spin` does not spin.
     fn heavy_count(&self) -> usize {
         self.shared.heavy.load(Ordering::Relaxed)
@@ -658,6 +790,34 @@ impl Bridge {
 }
 
 impl Bridge {
+    /// The loop's selector fd registered with the runtime's reactor: a duplicate, so that the
+    /// registration never outlives the descriptor (or names another file that reuses its
+    /// number) when Python closes its selector first.
+    fn selector_fd(&self, epfd: i32) -> PyResult<Arc<AsyncFd<OwnedFd>>> {
+        let mut sel = self.selector.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((fd, a)) = &*sel
+            && *fd == epfd
+        {
+            return Ok(a.clone());
+        }
+        let os_err = |e: std::io::Error| pyo3::exceptions::PyOSError::new_err(e.to_string());
+        // SAFETY: F_DUPFD_CLOEXEC on a caller's descriptor; the result is checked.
+        let dup = unsafe { libc::fcntl(epfd, libc::F_DUPFD_CLOEXEC, 0) };
+        if dup < 0 {
+            return Err(os_err(std::io::Error::last_os_error()));
+        }
+        // SAFETY: `dup` is a fresh descriptor that nothing else owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(dup) };
+        let _rt = RUNTIME.enter();
+        // SAFETY: the AsyncFd owns `owned`, so the descriptor stays open, and names the same
+        // file, for as long as it is registered.
+        let a = unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+            .map_err(|e| os_err(e.into()))?;
+        let a = Arc::new(a);
+        *sel = Some((epfd, a.clone()));
+        Ok(a)
+    }
+
     fn deliver(
         &self,
         py: Python<'_>,

@@ -31,6 +31,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<streams::RecvStream>()?;
     m.add_class::<chunk::Chunk>()?;
     m.add_function(wrap_pyfunction!(endpoint::_debug_stats, m)?)?;
+    m.add_function(wrap_pyfunction!(bridge::use_runtime, m)?)?;
+    m.add_function(wrap_pyfunction!(bridge::runtime_kind, m)?)?;
     m.add("STREAM_CANCELLED", streams::codes::STREAM_CANCELLED)?;
     m.add("STREAM_DROPPED", streams::codes::STREAM_DROPPED)?;
     m.add("HANDLER_ERROR", streams::codes::HANDLER_ERROR)?;
