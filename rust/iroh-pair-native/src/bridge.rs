@@ -425,6 +425,11 @@ pub struct Shared {
     heavy: AtomicUsize,
     /// Woken when the queue turns non-empty: what `Bridge::drive` waits on.
     notify: tokio::sync::Notify,
+    /// The loop's thread is in `Bridge::drive`: a push needs no fd write, the drive returns
+    /// True and the selector reports the bridge's fd itself.
+    driving: AtomicBool,
+    /// The wake-up fd was written and not yet read: a drain without it skips the read.
+    signalled: AtomicBool,
 }
 
 /// Held by an operation whose work keeps tokio's workers busy: a bulk transfer (over
@@ -471,7 +476,23 @@ impl Shared {
         if wake {
             self.wakeups.fetch_add(1, Ordering::Relaxed);
             self.notify.notify_one();
-            self.wake.wake();
+            if !self.driving.load(Ordering::Acquire) {
+                self.signal();
+            }
+        }
+    }
+
+    /// Writes the wake-up fd. The flag is set after the write: a drain that reads it as unset
+    /// skips the read, and the fd, still readable, brings the loop back for it.
+    fn signal(&self) {
+        self.wake.wake();
+        self.signalled.store(true, Ordering::Release);
+    }
+
+    /// Empties the wake-up fd, if it was written.
+    fn unsignal(&self) {
+        if self.signalled.swap(false, Ordering::AcqRel) {
+            self.wake.clear();
         }
     }
 
@@ -521,6 +542,22 @@ impl Drop for Bridge {
 /// How many queued items one drain takes at most before it lets the loop run.
 const DRAIN_MAX: usize = 4096;
 
+/// Marks the loop's thread as in `Bridge::drive` (pushes write no fd) until dropped.
+struct Driving<'a>(&'a Shared);
+
+impl<'a> Driving<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        shared.driving.store(true, Ordering::Release);
+        Self(shared)
+    }
+}
+
+impl Drop for Driving<'_> {
+    fn drop(&mut self) {
+        self.0.driving.store(false, Ordering::Release);
+    }
+}
+
 /// Ends a drain whichever way it leaves (a panic included): draining is over, and anything
 /// left on the queue gets its wake-up, so nothing waits for a drain that is not coming.
 struct DrainGuard<'a>(&'a Shared);
@@ -533,7 +570,7 @@ impl Drop for DrainGuard<'_> {
             !q.items.is_empty()
         };
         if pending {
-            self.0.wake.wake();
+            self.0.signal();
         }
     }
 }
@@ -603,6 +640,8 @@ impl Bridge {
                 ready: AtomicBool::new(false),
                 heavy: AtomicUsize::new(0),
                 notify: tokio::sync::Notify::new(),
+                driving: AtomicBool::new(false),
+                signalled: AtomicBool::new(false),
             }),
             selector: Mutex::new(None),
             aborts: Mutex::new(HashMap::new()),
@@ -626,7 +665,7 @@ impl Bridge {
         futures: &Bound<'_, PyDict>,
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<usize> {
-        self.shared.wake.clear();
+        self.shared.unsignal();
         // Until the queue is empty: what tokio pushes meanwhile, and what resumed operations
         // complete with, is taken in this same call, with no wake-up written for it. Up to
         // `DRAIN_MAX` items, so a steady stream of completions cannot starve the rest of the
@@ -700,11 +739,14 @@ impl Bridge {
     /// queued (returns True), the selector `epfd` (the loop's epoll/poll fd) has ready events,
     /// or `timeout_us` passes (negative: no timeout). With `timeout_us == 0` it runs what is
     /// ready once and returns. The GIL is released meanwhile. On the loop-thread runtime this is
-    /// where iroh runs; on the multi-thread one it only waits.
+    /// where iroh runs; on the multi-thread one it only waits. Completions pushed meanwhile do
+    /// not write the wake-up fd: when this returns True the caller must report the fd as
+    /// readable itself (as `LoopThreadSelector.select` does).
     fn drive(&self, py: Python<'_>, epfd: i32, timeout_us: i64) -> PyResult<bool> {
         let selector = self.selector_fd(epfd)?;
         let shared = self.shared.clone();
-        Ok(py.detach(move || {
+        let driving = Driving::start(&self.shared);
+        let ready = py.detach(move || {
             RUNTIME.block_on(async move {
                 if timeout_us == 0 {
                     // One turn of the runtime: the tasks that are ready, and its I/O and timers.
@@ -740,7 +782,9 @@ impl Bridge {
                     }
                 }
             })
-        }))
+        });
+        drop(driving);
+        Ok(ready)
     }
 
     /// Bulk transfers and dials in flight: while there are any, `spin` does not spin.
