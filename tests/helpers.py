@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from iroh_pair.node import Node
+    from iroh_pair.transport import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
 ALPN = b"iroh-pair-test/1"
@@ -104,3 +107,35 @@ def lab_events(lines: list[dict[str, Any]], src: str, event: str) -> list[dict[s
 def show(tag: str, title: str, **numbers: Any) -> None:
     """Prints a test's key numbers on one line (``pytest -s`` shows them)."""
     print(f"\n[{tag}] {title}: " + ", ".join(f"{k}={v}" for k, v in numbers.items()))
+
+
+async def socket_read_during_flood(conn: Connection, message: bytes) -> tuple[bytes, int]:
+    """Floods ``conn`` with requests (its peer echoes them); meanwhile a timer sends ``message``
+    on a socketpair and the loop reads it. Returns (what was read, requests made). A loop that
+    starves its timers or other fds fails here after 10 s, not at CI's limit."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    async def flood() -> int:
+        n = 0
+        while not stop.is_set():
+            await conn.request(b"ping", timeout=5)
+            n += 1
+        return n
+
+    flooding = asyncio.ensure_future(flood())
+    left, right = socket.socketpair()
+    left.setblocking(False)
+    right.setblocking(False)
+    try:
+        async with asyncio.timeout(10):
+            await asyncio.sleep(0.05)
+            loop.call_later(0.02, right.send, message)
+            got = await loop.sock_recv(left, 16)
+            await asyncio.sleep(0.02)
+        stop.set()
+        return got, await flooding
+    finally:
+        stop.set()
+        left.close()
+        right.close()

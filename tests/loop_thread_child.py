@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from helpers import socket_read_during_flood  # tests/ is on sys.path: this file is run as a script
 from iroh_pair import _native, loop_thread
 from iroh_pair.transport import Connection, Endpoint, debug_stats
 
@@ -77,27 +78,12 @@ async def one_process() -> dict[str, Any]:
     out["queued_ok"] = await asyncio.gather(*(conn.request(p, timeout=20) for p in payloads)) == payloads
 
     # A timer and a plain socket are served while requests keep the runtime busy.
-    stop = asyncio.Event()
-
-    async def flood() -> int:
-        n = 0
-        while not stop.is_set():
-            await conn.request(b"ping", timeout=5)
-            n += 1
-        return n
-
-    flooding = asyncio.ensure_future(flood())
-    left, right = socket.socketpair()
-    left.setblocking(False)
-    async with asyncio.timeout(10):
-        await asyncio.sleep(0.05)
-        loop.call_later(0.02, right.send, b"during")
-        out["socket_during_flood"] = (await loop.sock_recv(left, 16)).decode()
-        await asyncio.sleep(0.02)
-    stop.set()
-    out["flooded"] = await flooding
+    got, out["flooded"] = await socket_read_during_flood(conn, b"during")
+    out["socket_during_flood"] = got.decode()
 
     # An idle loop (only an accept pending, no timer) wakes for a socket written by a thread.
+    left, right = socket.socketpair()
+    left.setblocking(False)
     accepting = asyncio.ensure_future(a.accept())
     threading.Timer(0.05, right.send, (b"idle",)).start()
     async with asyncio.timeout(10):
