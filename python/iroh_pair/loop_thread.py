@@ -9,11 +9,12 @@ iroh's tasks, sockets and timers until a completion is queued, one of the loop's
 descriptors is ready, or the loop's next timer is due. Nothing crosses threads.
 
 Measured on 2 cores over loopback with ``bench/transport.py`` (ratios to plain Rust iroh in the
-same run). Client and server in two processes (``--split``), this runtime against the default
-one: sequential p50 1.27-1.34x against 1.64x, 5,000 queued requests 137% against 105%, one
-stream 100% against 93%, a new connection per message 1.01x against 1.20x. Client and server in
-one process, where one thread does both sides' work, it is slower: sequential p50 1.92x against
-1.63x, one stream 50% against 96%. So it suits a process that is one peer.
+same run; three runs). Client and server in two processes (``--split``), this runtime against
+the default one: sequential p50 1.34-1.42x against 1.63-1.90x (1.27-1.31x in interleaved A/B
+runs), 5,000 queued requests 137-161% against 80-123%, one stream 93-103% against 66-93%, a new
+connection per message 0.94-1.01x against 1.20-1.37x. Client and server in one process, where
+one thread does both sides' work, it is slower: sequential p50 1.92x against 1.63x, one stream
+50% against 96%. So it suits a process that is one peer.
 
 Costs, which is why it is not the default:
 
