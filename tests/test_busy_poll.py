@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import pytest
 
-from iroh_pair import _bridge, _native, busy_poll
-from iroh_pair.busy_poll import GROW_START_US, BusyPollSelector
-from iroh_pair.transport import Connection, Endpoint
+from iroh_pair import _bridge, _native, busy_poll, errors
+from iroh_pair.busy_poll import BusyPollSelector
+from iroh_pair.transport import Connection, Endpoint, EndpointAddr, SecretKey
 
 from helpers import ALPN, socket_read_during_flood
 
@@ -52,13 +53,17 @@ def test_requests_complete_while_the_loop_spins() -> None:
             await a.close()
 
     spins, hits, window = busy_poll.run(main(), busy_poll_us=1000)
-    # Each request waits twice on the loop (the request served, then the reply).
+    # Each request waits twice on the loop (the request served, then the reply). A spin needs a
+    # window that grew; the window at the end is not checked: on a loaded machine a late wait
+    # may just have halved it.
     assert hits >= 150 and spins >= hits, (spins, hits)
-    assert window > GROW_START_US
+    assert 0 <= window <= 1000
 
 
 def test_an_idle_loop_stops_spinning() -> None:
-    """Waits longer than the window halve it, down to zero: an idle loop does not spin."""
+    """Waits longer than the window halve it, down to zero: an idle loop does not spin. The
+    1 ms window makes growth independent of the machine's load (a request's waits stay well
+    under it), and 20 idle waits of 10 ms are more than the 8 halvings from 1 ms to zero."""
 
     async def main() -> tuple[int, int, int, int]:
         a, b, conn = await served_pair()
@@ -67,7 +72,7 @@ def test_an_idle_loop_stops_spinning() -> None:
                 await conn.request(b"x", timeout=5)
             sel = this_selector()
             grown = sel.window_us
-            for _ in range(12):
+            for _ in range(20):
                 await asyncio.sleep(0.01)
             spins = sel.spins
             for _ in range(5):
@@ -77,7 +82,7 @@ def test_an_idle_loop_stops_spinning() -> None:
             await b.close()
             await a.close()
 
-    grown, after, spins_before, spins_after = busy_poll.run(main(), busy_poll_us=200)
+    grown, after, spins_before, spins_after = busy_poll.run(main(), busy_poll_us=1000)
     assert grown > 0
     assert after == 0 and spins_after == spins_before
 
@@ -147,18 +152,21 @@ def test_bulk_transfers_and_dials_hold_off_spinning() -> None:
                     break
                 await asyncio.sleep(0.01)
             seen.append(bridge.heavy_count())
-            c = await Endpoint.bind()
-            accepting = asyncio.ensure_future(a.accept())
-            dialing = asyncio.ensure_future(c.connect(a.addr(), ALPN, timeout=5))
-            await asyncio.sleep(0)
-            seen.append(bridge.heavy_count())
-            dialed = await dialing
-            seen.append(bridge.heavy_count())
-            assert dialed.remote_id == a.id
-            accepted = await asyncio.wait_for(accepting, 5)
-            assert accepted is not None
-            accepted.close(0, b"done")
-            await c.close()
+            # A dial to a UDP port that never answers stays in flight until its timeout, so
+            # the count is seen during it however late a loaded machine runs this step.
+            silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            silent.bind(("127.0.0.1", 0))
+            target = EndpointAddr(SecretKey.generate().public(), ip_addrs=[f"127.0.0.1:{silent.getsockname()[1]}"])
+            try:
+                async with await Endpoint.bind() as c:
+                    dialing = asyncio.ensure_future(c.connect(target, ALPN, timeout=0.5))
+                    await asyncio.sleep(0.05)
+                    seen.append(bridge.heavy_count())
+                    with pytest.raises(errors.Timeout):
+                        await dialing
+                    seen.append(bridge.heavy_count())
+            finally:
+                silent.close()
             return seen
         finally:
             await b.close()
