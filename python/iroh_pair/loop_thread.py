@@ -13,8 +13,8 @@ same run; three runs). Client and server in two processes (``--split``), this ru
 the default one: sequential p50 1.34-1.42x against 1.63-1.90x (1.27-1.31x in interleaved A/B
 runs), 5,000 queued requests 137-161% against 80-123%, one stream 93-103% against 66-93%, a new
 connection per message 0.94-1.01x against 1.20-1.37x. Client and server in one process, where
-one thread does both sides' work, it is slower: sequential p50 1.92x against 1.63x, one stream
-50% against 96%. So it suits a process that is one peer.
+one thread does both sides' work, it is slower (two runs): sequential p50 1.55-1.92x against
+1.58-1.63x, one stream 50-64% against 83-96%. So it suits a process that is one peer.
 
 Costs, which is why it is not the default:
 
