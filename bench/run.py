@@ -520,7 +520,19 @@ def machine() -> dict[str, Any]:
         "system": f"{platform.system()} {platform.release()} {platform.machine()}",
         "python": platform.python_version(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "iroh_pair_workers": iroh_pair_workers(),
     }
+
+
+def iroh_pair_workers() -> str:
+    """The tokio worker count iroh-pair's contenders run on (iroh_pair.runtime's default, or
+    IROH_PAIR_WORKER_THREADS), read from a fresh process; "?" if it cannot be read."""
+    code = "from iroh_pair import _native, runtime; _native._debug_stats(); print(runtime.worker_threads())"
+    try:
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return p.stdout.strip() if p.returncode == 0 else "?"
 
 
 def command() -> str:
@@ -553,7 +565,8 @@ def write_results(run: Run, out: Path, wall: float, info: dict[str, Any], cmd: s
         "",
         f"- Command (from the repository root): `{cmd}`",
         f"- Machine: {info['machine']['cores']} cores, {info['machine']['cpu']}, {info['machine']['system']}, "
-        f"Python {info['machine']['python']}; load average at the start "
+        f"Python {info['machine']['python']}; iroh-pair on {info['machine'].get('iroh_pair_workers', '?')} tokio "
+        "worker thread(s) (`iroh_pair.runtime`); load average at the start "
         f"{' / '.join(str(x) for x in info['machine']['load_average_at_start'])}, at the end "
         f"{' / '.join(str(x) for x in info['load_average_at_end'])} (1 / 5 / 15 min; a shared machine: "
         "absolute numbers are noise, the ratios measured side by side are the result)",

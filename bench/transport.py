@@ -12,7 +12,13 @@ writes one `Bytes`; read with `read_exact` in 1 MiB blocks, one copy into `bytes
 `bulk-copy`, shown as "... read() until end" (`bytes` written, one copy in; `read(1 MiB)`
 until the end of the stream, one copy out and a read for every burst that arrives).
 
-The third column, "busy-poll", runs this binding's cells on `iroh_pair.busy_poll`'s event loop
+The third column, "N workers" (`--workers N`, default: one per core; 0 leaves it out), runs
+this binding on the default loop with N tokio worker threads (`iroh_pair.runtime`) instead of
+the default count (one per core but one). On 2 cores that compares one worker (all of a
+process's networking on one thread: fewer wake-ups between threads per request, but both
+peers' crypto on one core when they share the process) with two.
+
+The "busy-poll" column runs this binding's cells on `iroh_pair.busy_poll`'s event loop
 (`--busy-poll US`, the largest polling window; 0 leaves the column out), which spins on the
 bridge before it blocks instead of sleeping in epoll_wait. With `--loop-thread`, one more
 column runs them on `iroh_pair.loop_thread`'s loop, which runs iroh itself on the loop's thread
@@ -24,7 +30,7 @@ With `--split` the server of every cell is another process of the same contender
 binding's asyncio thread serves one side only, as plain Rust's runtime does in each process.
 
     python bench/transport.py [--repeats 3] [--count 3000] [--queued 5000] [--mib 64] [--split]
-                              [--busy-poll 200] [--loop-thread]
+                              [--workers N] [--busy-poll 200] [--loop-thread]
 """
 
 from __future__ import annotations
@@ -77,23 +83,25 @@ async def _server(workload: str) -> None:
 # ----------------------------------------------------------------------------- driver
 
 
-def _run(cmd: list[str]) -> dict[str, float | int | str]:
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+def _run(cmd: list[str], env: dict[str, str] | None = None) -> dict[str, float | int | str]:
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     if p.returncode != 0:
         raise RuntimeError(f"{cmd} failed: {p.stderr[-2000:]}")
     return dict(json.loads(p.stdout.strip().splitlines()[-1]))
 
 
-def _with_server(server_cmd: list[str], client_cmd: list[str]) -> dict[str, float | int | str]:
+def _with_server(
+    server_cmd: list[str], client_cmd: list[str], env: dict[str, str] | None = None
+) -> dict[str, float | int | str]:
     """Runs ``client_cmd + ["--peer", ticket]`` against a server process started first; the
     server ends when its stdin closes."""
-    server = subprocess.Popen(server_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen(server_cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
         if not line:
             raise RuntimeError(f"{server_cmd} exited before it was ready")
-        return _run([*client_cmd, "--peer", json.loads(line)["ticket"]])
+        return _run([*client_cmd, "--peer", json.loads(line)["ticket"]], env)
     finally:
         assert server.stdin is not None
         server.stdin.close()
@@ -107,6 +115,7 @@ def _with_server(server_cmd: list[str], client_cmd: list[str]) -> dict[str, floa
 def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, float | int | str]:
     count = {"queued": args.queued, "connect-per-message": args.connects}.get(workload, args.count)
     sizes = ["--count", str(count), "--mib", str(args.mib)]
+    env = None
     if contender == "rust":
         rust_workload = "bulk" if workload == "bulk-copy" else workload  # Rust has one bulk way
         client = [str(rust_binary()), "bench", rust_workload, *sizes]
@@ -117,7 +126,9 @@ def cell(contender: str, workload: str, args: argparse.Namespace) -> dict[str, f
         )
         client = [sys.executable, __file__, "--worker", workload, *sizes, *loop]
         server = [sys.executable, __file__, "--server", workload, *loop]
-    return _with_server(server, client) if args.split else _run(client)
+        if contender == "workers":
+            env = {**os.environ, "IROH_PAIR_WORKER_THREADS": str(args.workers)}
+    return _with_server(server, client, env) if args.split else _run(client, env)
 
 
 METRICS = {
@@ -149,6 +160,9 @@ def main() -> None:
     ap.add_argument("--busy-poll", type=int, default=200, metavar="US",
                     help="the busy-poll column's polling window in microseconds (0: no such column)")
     ap.add_argument("--loop-thread", action="store_true", help="add a column for iroh_pair.loop_thread's loop")
+    ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
+                    help="a column on the default loop with N tokio worker threads (default: one per core; "
+                    "0: no such column)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--peer", help=argparse.SUPPRESS)
@@ -167,7 +181,8 @@ def main() -> None:
         return
     samples: dict[tuple[str, str], list[dict[str, float | int | str]]] = {}
     workloads = args.workloads.split(",")
-    contenders = ["rust", "python"] + (["busy"] if args.busy_poll else []) + (["thread"] if args.loop_thread else [])
+    contenders = ["rust", "python"] + (["workers"] if args.workers else []) + (["busy"] if args.busy_poll else [])
+    contenders += ["thread"] if args.loop_thread else []
     for rep in range(args.repeats):
         for w in workloads:
             shift = rep % len(contenders)
@@ -177,7 +192,7 @@ def main() -> None:
                 print(f"  [{rep + 1}/{args.repeats}] {c:6} {w:10} {json.dumps(r)}", file=sys.stderr)
     rows = []
     head = f"\n{'metric':24} {'plain Rust':>12} {'iroh-pair':>12} {'ratio':>8}"
-    names = {"python": "iroh-pair", "busy": "busy-poll", "thread": "loop-thread"}
+    names = {"python": "iroh-pair", "busy": "busy-poll", "thread": "loop-thread", "workers": f"{args.workers} worker" + "s" * (args.workers != 1)}
     print(head + "".join(f" {names[c]:>12} {'ratio':>8}" for c in contenders[2:]))
     for w in workloads:
         for key, label, better in METRICS[w]:

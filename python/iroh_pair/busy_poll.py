@@ -20,10 +20,12 @@ Costs: up to ``busy_poll_us`` of one core per wait while exchanges are in flight
 file descriptors (sockets of other asyncio transports) are seen up to ``busy_poll_us`` later
 while the loop spins. Timers are never delayed: a spin stops at the next timer's deadline.
 It suits many exchanges on established connections, in a process that has a core to spare
-for the spinning thread. Measured on 2 cores: with client and server in one process, sequential
-p50 1.14-1.39x plain Rust's against 1.44-1.57x on the default loop; with client and server as
-two processes sharing those 2 cores, no gain (1.69-1.74x against 1.63-1.65x); a new connection
-per message is slower (1.44x against 1.22x). Opt in with :func:`run` or :func:`new_event_loop`::
+for the spinning thread. Measured on 2 cores with two tokio workers: with client and server in
+one process, sequential p50 1.14-1.39x plain Rust's against 1.44-1.57x on the default loop;
+with client and server as two processes sharing those 2 cores, no gain (1.69-1.74x against
+1.63-1.65x); a new connection per message is slower (1.44x against 1.22x). On one worker (the
+default on 2 cores, see :mod:`iroh_pair.runtime`) it adds little: 1.24x against 1.25x over ten
+interleaved rounds. Opt in with :func:`run` or :func:`new_event_loop`::
 
     iroh_pair.busy_poll.run(main(), busy_poll_us=200)
 """

@@ -1,6 +1,6 @@
 """Run iroh on the asyncio loop's own thread: no thread hops between iroh and Python.
 
-By default iroh runs on tokio's worker threads, and each completion crosses to the loop's
+By default iroh runs on tokio's worker threads (:mod:`iroh_pair.runtime`), and each completion crosses to the loop's
 thread (a wake-up through the bridge's fd), each write back to a worker. On a small machine a
 thread that sleeps and is woken by another costs tens of microseconds, several times per
 request. With the loop-thread runtime the process runs iroh on a current-thread tokio runtime
@@ -9,11 +9,14 @@ iroh's tasks, sockets and timers until a completion is queued, one of the loop's
 descriptors is ready, or the loop's next timer is due. Nothing crosses threads.
 
 Measured on 2 cores over loopback with ``bench/transport.py`` (ratios to plain Rust iroh in the
-same run; three runs). Client and server in two processes (``--split``), this runtime against
-the default one: sequential p50 1.34-1.42x against 1.63-1.90x (1.27-1.31x in interleaved A/B
-runs), 5,000 queued requests 137-161% against 80-123%, one stream 93-103% against 66-93%, a new
-connection per message 0.94-1.01x against 1.20-1.37x. Client and server in one process, where
-one thread does both sides' work, it is slower (two runs): sequential p50 1.55-1.92x against
+same run). Client and server in two processes (``--split``), this runtime against the
+multi-thread one with two workers (three runs): sequential p50 1.34-1.42x against 1.63-1.90x
+(1.27-1.31x in interleaved A/B runs), 5,000 queued requests 137-161% against 80-123%, one
+stream 93-103% against 66-93%, a new connection per message 0.94-1.01x against 1.20-1.37x;
+against its one-worker default on 2 cores (:mod:`iroh_pair.runtime`; one run): sequential
+1.06x against 1.33x, queued 210% against 81%, one stream 94% against 80%, a connection per
+message 0.92x against 1.26x. Client and server in one process, where one thread does both
+sides' work, it is slower (two runs, against two workers): sequential p50 1.55-1.92x against
 1.58-1.63x, one stream 50-64% against 83-96%. So it suits a process that is one peer.
 
 Costs, which is why it is not the default:

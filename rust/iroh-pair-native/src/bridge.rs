@@ -59,6 +59,24 @@ impl RuntimeKind {
 }
 
 static RUNTIME_KIND: OnceLock<RuntimeKind> = OnceLock::new();
+/// The multi-thread runtime's worker count: chosen by `use_runtime`, or else when it starts.
+static WORKERS: OnceLock<usize> = OnceLock::new();
+/// The largest worker count accepted (a guard against a typo that would start a million threads).
+pub const MAX_WORKERS: usize = 1024;
+
+/// The worker count when none was chosen: `IROH_PAIR_WORKER_THREADS`, else one per core but
+/// one, which is left to the asyncio loop's thread (at least one worker). On 2 cores one worker
+/// keeps a request's work on one thread: fewer wake-ups between threads (see
+/// `iroh_pair.runtime` for what was measured).
+fn default_workers() -> usize {
+    std::env::var("IROH_PAIR_WORKER_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|n| (1..=MAX_WORKERS).contains(n))
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+        })
+}
 
 /// The one tokio runtime shared by every endpoint and bridge in the process.
 pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
@@ -67,13 +85,7 @@ pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
         RuntimeKind::LoopThread => tokio::runtime::Builder::new_current_thread(),
         RuntimeKind::MultiThread => {
             let mut b = tokio::runtime::Builder::new_multi_thread();
-            if let Some(n) = std::env::var("IROH_PAIR_WORKER_THREADS")
-                .ok()
-                .and_then(|v| v.parse::<usize>().ok())
-                .filter(|n| *n > 0)
-            {
-                b.worker_threads(n);
-            }
+            b.worker_threads(*WORKERS.get_or_init(default_workers));
             b.thread_name("iroh-pair-rt");
             b
         }
@@ -83,11 +95,14 @@ pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
         .expect("failed to start the tokio runtime")
 });
 
-/// Chooses the process's runtime: `"multi-thread"` (the default) or `"loop-thread"`. Fails
-/// with RuntimeError when another one was already chosen or started (the first endpoint,
-/// bridge operation or `use_runtime` call fixes it).
+/// Chooses the process's runtime: `"multi-thread"` (the default) or `"loop-thread"`, and for
+/// the multi-thread one optionally its number of worker threads. Fails with RuntimeError when
+/// another runtime or count was already chosen or started (the first endpoint, bridge
+/// operation or `use_runtime` call fixes them), with ValueError for an unknown kind, a count
+/// outside 1..=`MAX_WORKERS`, or a count for the loop-thread runtime.
 #[pyfunction]
-pub fn use_runtime(kind: &str) -> PyResult<()> {
+#[pyo3(signature = (kind, worker_threads = None))]
+pub fn use_runtime(kind: &str, worker_threads: Option<usize>) -> PyResult<()> {
     let want = match kind {
         "multi-thread" => RuntimeKind::MultiThread,
         "loop-thread" => RuntimeKind::LoopThread,
@@ -97,6 +112,19 @@ pub fn use_runtime(kind: &str) -> PyResult<()> {
             )));
         }
     };
+    match worker_threads {
+        Some(n) if !(1..=MAX_WORKERS).contains(&n) => {
+            return Err(pyo3::exceptions::PyValueError::new_err(format!(
+                "worker_threads must be between 1 and {MAX_WORKERS}, got {n}"
+            )));
+        }
+        Some(_) if want == RuntimeKind::LoopThread => {
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "the loop-thread runtime has no worker threads: it runs on the loop's thread",
+            ));
+        }
+        _ => {}
+    }
     let got = *RUNTIME_KIND.get_or_init(|| want);
     if got != want {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
@@ -106,7 +134,26 @@ pub fn use_runtime(kind: &str) -> PyResult<()> {
             kind
         )));
     }
+    if let Some(n) = worker_threads {
+        let got = *WORKERS.get_or_init(|| n);
+        if got != n {
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "this process's runtime already has {got} worker threads; choose {n} before \
+                 the first endpoint or native operation"
+            )));
+        }
+    }
     Ok(())
+}
+
+/// The multi-thread runtime's number of worker threads once chosen (by `use_runtime`) or
+/// started; None before that, and in a process on the loop-thread runtime.
+#[pyfunction]
+pub fn worker_threads() -> Option<usize> {
+    match RUNTIME_KIND.get() {
+        Some(RuntimeKind::MultiThread) => WORKERS.get().copied(),
+        _ => None,
+    }
 }
 
 /// The runtime this process uses, or None while none is chosen yet (the first use then
