@@ -56,6 +56,9 @@ CONTENDERS = [
     Contender("raw", "iroh-pair raw", "this package's binding: `Connection.request` / native `Connection.serve`; "
               "one stream: a sized transfer, one `Chunk` written again and again, `read_exact` in 1 MiB blocks",
               "100 (iroh default)"),
+    Contender("cores", "iroh-pair raw, a worker per core", "the raw binding's cells on one tokio worker thread per "
+              "core (`iroh_pair.runtime.use_worker_threads`), where the default leaves one core to the asyncio loop",
+              "100 (iroh default)"),
     Contender("busy", "iroh-pair busy-poll", "the raw binding's cells on `iroh_pair.busy_poll`'s event loop, which "
               "spins (up to 200 us, adaptive; not while a bulk transfer or a dial is in flight) on the bridge before it blocks", "100 (iroh default)"),
     Contender("layer", "iroh-pair layer", "this package's cache/request layer: `RequestPeer` (cache, timeouts); "
@@ -75,6 +78,8 @@ NOT_APPLICABLE = {
     ("layer", "idle-connections"): "the cache holds one connection per peer; its connections are the raw binding's",
     ("raw", "pairing"): "pairing runs in the Node layer (column: iroh-pair layer)",
     ("busy", "pairing"): "pairing runs in the Node layer (column: iroh-pair layer)",
+    ("cores", "pairing"): "pairing runs in the Node layer (column: iroh-pair layer)",
+    ("cores", "idle-connections"): "the worker count does not change what an idle connection holds",
     ("busy", "idle-connections"): "an idle connection has nothing to poll: the raw binding's column",
     ("pypi-iroh", "pairing"): "the binding has no pairing protocol",
     ("aioquic", "pairing"): "plain QUIC + TLS has no pairing protocol",
@@ -107,11 +112,12 @@ def probe(key: str) -> tuple[str | None, str]:
             return str(e), iroh_crate_version()
         return None, iroh_crate_version()
     dist, module = {"raw": ("iroh-pair", "iroh_pair"), "busy": ("iroh-pair", "iroh_pair"),
+                    "cores": ("iroh-pair", "iroh_pair"),
                     "layer": ("iroh-pair", "iroh_pair"),
                     "pypi-iroh": ("iroh", "iroh"), "aioquic": ("aioquic", "aioquic")}[key]
     v = _dist_version(dist)
     if v is None or importlib.util.find_spec(module) is None:
-        extra = "" if key in ("raw", "busy", "layer") else " (the `bench` extra installs it: pip install 'iroh-pair[bench]')"
+        extra = "" if key in ("raw", "cores", "busy", "layer") else " (the `bench` extra installs it: pip install 'iroh-pair[bench]')"
         return f"package `{dist}` is not installed{extra}", "-"
     return None, v
 
@@ -397,6 +403,8 @@ TARGETS = [
     Target("queued msg/s: raw binding vs plain Rust", ("raw", "queued"), ("rust", "queued"), "%>=", 0.9),
     Target("queued msg/s: cache/request layer vs plain Rust", ("layer", "queued"), ("rust", "queued"), "%>=", 0.9),
     Target("one stream MiB/s: raw binding vs plain Rust", ("raw", "bulk"), ("rust", "bulk"), "%>=", 0.9),
+    Target("one stream MiB/s: raw binding on a worker per core vs plain Rust", ("cores", "bulk"), ("rust", "bulk"),
+           "%>=", 0.9),
     Target("sequential msg/s: raw binding vs PyPI iroh", ("raw", "seq_msgs"), ("pypi-iroh", "seq_msgs"), "x>=", 4),
     Target("sequential msg/s: cache/request layer vs PyPI iroh", ("layer", "seq_msgs"), ("pypi-iroh", "seq_msgs"),
            "x>=", 4),

@@ -1,7 +1,8 @@
 """One benchmark cell in a fresh process: ``python bench/worker.py CONTENDER WORKLOAD ...``.
 
 Prints one JSON line: the result (bench/run.py starts it; pairing cells also print the event
-lines the driver timestamps). CONTENDER is raw | busy (raw on iroh_pair.busy_poll's loop) |
+lines the driver timestamps). CONTENDER is raw | cores (raw on a tokio worker per core) |
+busy (raw on iroh_pair.busy_poll's loop) |
 layer | pypi-iroh | aioquic; WORKLOAD is
 sequential | queued | bulk | connect-per-message | idle-connections (with ``--peer``, the
 server in another process) | pair-host | pair-join (with ``--peer CODE``) | serve (the server of
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from pathlib import Path
 
@@ -22,6 +24,11 @@ from bench.common import Result, emit
 
 
 async def run(contender: str, workload: str, count: int, mib: int, peer: str, samples: bool) -> Result:
+    if contender == "cores":
+        from iroh_pair import runtime
+
+        runtime.use_worker_threads(len(os.sched_getaffinity(0)))  # before the first endpoint
+        contender = "raw"
     if contender == "busy":
         from bench import irohpair
 
