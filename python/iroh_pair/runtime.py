@@ -6,16 +6,15 @@ count is chosen once per process, before the first endpoint or native operation:
 else one per core but one (the loop's thread needs a core too), and at least one.
 
 The count is a trade, measured on 2 cores (where the default is one worker) against plain
-Rust iroh on the same workload, in interleaved runs:
+Rust iroh on the same workload (``bench/transport.py``, ``bench/run.py`` and interleaved runs):
 
 - **One worker** keeps all of the process's packet, stream and crypto work on one thread, so a
   request and its reply need fewer wake-ups between threads. Sequential p50: with client and
-  server in one process 1.20-1.30x plain Rust's against 1.59-1.89x with two workers; as two
-  processes 1.32-1.56x against 1.73-1.74x. Queued requests, one stream and a new connection
-  per message between two processes: the same either way.
+  server in one process 1.08-1.37x plain Rust's against 1.52-1.89x with two workers; as two
+  processes 1.33-1.56x against 1.48-1.74x. Queued requests, one stream and a new connection
+  per message between two processes: the same or better.
 - **Two workers** (one per core) spread the work of two peers that share a process: one
-  stream there carried 71-73% of plain Rust's MiB/s against 49% on one worker, and a new
-  connection per message took 1.32x plain Rust's time against 1.51x.
+  stream there carried 66-85% of plain Rust's MiB/s against 45-70% on one worker.
 
 So a process that is one peer (the usual case) is best served by the default; tests or tools
 that move bulk data between two endpoints of one process may want ``use_worker_threads(2)``.
