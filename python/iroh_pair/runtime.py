@@ -54,5 +54,6 @@ def use_worker_threads(n: int) -> None:
 
 def worker_threads() -> int | None:
     """The number of worker threads that run (or, once chosen, will run) iroh in this process;
-    None while the runtime is neither chosen nor started, and on the loop-thread runtime."""
+    None until :func:`use_worker_threads` chose it or the runtime started, and on the
+    loop-thread runtime."""
     return _native.worker_threads()
