@@ -1,12 +1,13 @@
 """Run iroh on the asyncio loop's own thread: no thread hops between iroh and Python.
 
-By default iroh runs on tokio's worker threads (:mod:`iroh_pair.runtime`), and each completion crosses to the loop's
-thread (a wake-up through the bridge's fd), each write back to a worker. On a small machine a
-thread that sleeps and is woken by another costs tens of microseconds, several times per
-request. With the loop-thread runtime the process runs iroh on a current-thread tokio runtime
-instead, and the loop runs it while it waits: its selector calls ``Bridge.drive``, which runs
-iroh's tasks, sockets and timers until a completion is queued, one of the loop's own file
-descriptors is ready, or the loop's next timer is due. Nothing crosses threads.
+By default iroh runs on tokio's worker threads (:mod:`iroh_pair.runtime`), and each completion
+crosses to the loop's thread (a wake-up through the bridge's fd), each write back to a worker.
+On a small machine a thread that sleeps and is woken by another costs tens of microseconds,
+several times per request. With the loop-thread runtime the process runs iroh on a current-
+thread tokio runtime instead, and the loop runs it while it waits: its selector calls
+``Bridge.drive``, which runs iroh's tasks, sockets and timers until a completion is queued, one
+of the loop's own file descriptors is ready, or the loop's next timer is due. Nothing crosses
+threads.
 
 Measured on 2 cores over loopback with ``bench/transport.py`` (ratios to plain Rust iroh in the
 same run). Client and server in two processes (``--split``), this runtime against the
