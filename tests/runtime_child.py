@@ -60,7 +60,7 @@ def default() -> dict[str, Any]:
 
 
 def bad_counts() -> dict[str, Any]:
-    out: dict[str, Any] = {repr(n): error_of(runtime.use_worker_threads, n) for n in (0, -1, 1025, "2", True, 1.5)}
+    out: dict[str, Any] = {repr(n): error_of(runtime.use_worker_threads, n) for n in (0, -1, 1025, 2**70, "2", True, 1.5)}
     out["count_for_loop_thread"] = error_of(_native.use_runtime, "loop-thread", 2)
     out["native_too_many"] = error_of(_native.use_runtime, "multi-thread", runtime.MAX_WORKER_THREADS + 1)
     # None of these fixed anything: the process may still choose either runtime.

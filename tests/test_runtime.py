@@ -58,6 +58,7 @@ def test_bad_counts_are_refused_without_fixing_the_runtime() -> None:
     assert out["1.5"].startswith("TypeError: ")
     assert out["count_for_loop_thread"].startswith("ValueError: ")
     assert out["1025"].startswith("ValueError: ") and out["native_too_many"].startswith("ValueError: ")
+    assert out[repr(2**70)].startswith("ValueError: ")
     assert out["after"] == {"kind": None, "workers": None}
 
 

@@ -32,9 +32,8 @@ from . import _native
 
 __all__ = ["MAX_WORKER_THREADS", "use_worker_threads", "worker_threads"]
 
-#: The largest count accepted (the native side refuses more, and ignores a larger
-#: ``IROH_PAIR_WORKER_THREADS``).
-MAX_WORKER_THREADS = 1024
+#: The largest count accepted (a larger ``IROH_PAIR_WORKER_THREADS`` is ignored).
+MAX_WORKER_THREADS: int = _native.MAX_WORKER_THREADS
 
 
 def use_worker_threads(n: int) -> None:
@@ -47,8 +46,6 @@ def use_worker_threads(n: int) -> None:
     on its loop's thread (:mod:`iroh_pair.loop_thread`)."""
     if isinstance(n, bool) or not isinstance(n, int):
         raise TypeError(f"worker thread count must be an int, got {type(n).__name__}")
-    if not 1 <= n <= MAX_WORKER_THREADS:
-        raise ValueError(f"worker_threads must be between 1 and {MAX_WORKER_THREADS}, got {n}")
     _native.use_runtime("multi-thread", n)
 
 

@@ -17,6 +17,7 @@ __all__ = [
     "EndpointId",
     "FRAME_TOO_LARGE",
     "HANDLER_ERROR",
+    "MAX_WORKER_THREADS",
     "IncomingRequest",
     "MdnsAnnouncement",
     "PENDING",
@@ -38,6 +39,7 @@ __version__: Final[str]
 STREAM_CANCELLED: Final[int]
 STREAM_DROPPED: Final[int]
 HANDLER_ERROR: Final[int]
+MAX_WORKER_THREADS: Final[int]
 FRAME_TOO_LARGE: Final[int]
 STREAM_TIMEOUT: Final[int]
 PENDING: Final[Pending]

@@ -102,7 +102,7 @@ pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
 /// outside 1..=`MAX_WORKERS`, or a count for the loop-thread runtime.
 #[pyfunction]
 #[pyo3(signature = (kind, worker_threads = None))]
-pub fn use_runtime(kind: &str, worker_threads: Option<usize>) -> PyResult<()> {
+pub fn use_runtime(kind: &str, worker_threads: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
     let want = match kind {
         "multi-thread" => RuntimeKind::MultiThread,
         "loop-thread" => RuntimeKind::LoopThread,
@@ -112,19 +112,24 @@ pub fn use_runtime(kind: &str, worker_threads: Option<usize>) -> PyResult<()> {
             )));
         }
     };
-    match worker_threads {
-        Some(n) if !(1..=MAX_WORKERS).contains(&n) => {
-            return Err(pyo3::exceptions::PyValueError::new_err(format!(
-                "worker_threads must be between 1 and {MAX_WORKERS}, got {n}"
-            )));
-        }
+    let worker_threads = match worker_threads {
         Some(_) if want == RuntimeKind::LoopThread => {
             return Err(pyo3::exceptions::PyValueError::new_err(
                 "the loop-thread runtime has no worker threads: it runs on the loop's thread",
             ));
         }
-        _ => {}
-    }
+        Some(n) => Some(
+            n.extract::<usize>()
+                .ok()
+                .filter(|n| (1..=MAX_WORKERS).contains(n))
+                .ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "worker_threads must be between 1 and {MAX_WORKERS}, got {n}"
+                    ))
+                })?,
+        ),
+        None => None,
+    };
     let got = *RUNTIME_KIND.get_or_init(|| want);
     if got != want {
         return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(

@@ -34,6 +34,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bridge::use_runtime, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::runtime_kind, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::worker_threads, m)?)?;
+    m.add("MAX_WORKER_THREADS", bridge::MAX_WORKERS)?;
     m.add("STREAM_CANCELLED", streams::codes::STREAM_CANCELLED)?;
     m.add("STREAM_DROPPED", streams::codes::STREAM_DROPPED)?;
     m.add("HANDLER_ERROR", streams::codes::HANDLER_ERROR)?;
