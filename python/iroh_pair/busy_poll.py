@@ -24,8 +24,11 @@ for the spinning thread. Measured on 2 cores with two tokio workers: with client
 one process, sequential p50 1.14-1.39x plain Rust's against 1.44-1.57x on the default loop;
 with client and server as two processes sharing those 2 cores, no gain (1.69-1.74x against
 1.63-1.65x); a new connection per message is slower (1.44x against 1.22x). On one worker (the
-default on 2 cores, see :mod:`iroh_pair.runtime`) it adds little: 1.24x against 1.25x over ten
-interleaved rounds. Opt in with :func:`run` or :func:`new_event_loop`::
+default on 2 cores, see :mod:`iroh_pair.runtime`) it added little there: 1.24x against 1.25x
+over ten interleaved rounds; on a second 2-core machine, where plain Rust was faster and a
+wake-up a larger share of a request, 0.75-0.84x against 1.62-1.83x in one process (three runs;
+queued and one stream about the same), 0.98-1.98x against 1.56-2.09x as two processes. Opt in
+with :func:`run` or :func:`new_event_loop`::
 
     iroh_pair.busy_poll.run(main(), busy_poll_us=200)
 """

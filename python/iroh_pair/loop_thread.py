@@ -16,9 +16,11 @@ multi-thread one with two workers (three runs): sequential p50 1.34-1.42x agains
 stream 93-103% against 66-93%, a new connection per message 0.94-1.01x against 1.20-1.37x;
 against its one-worker default on 2 cores (:mod:`iroh_pair.runtime`; one run): sequential
 1.06x against 1.33x, queued 210% against 81%, one stream 94% against 80%, a connection per
-message 0.92x against 1.26x. Client and server in one process, where one thread does both
-sides' work, it is slower (two runs, against two workers): sequential p50 1.55-1.92x against
-1.58-1.63x, one stream 50-64% against 83-96%. So it suits a process that is one peer.
+message 0.92x against 1.26x; on a second machine (one run, against one worker): sequential
+1.19x against 1.70x, queued 152% against 95%, one stream 106% against 59%. Client and server in
+one process, where one thread does both sides' work, it is slower (two runs, against two
+workers): sequential p50 1.55-1.92x against 1.58-1.63x, one stream 50-64% against 83-96%. So it
+suits a process that is one peer.
 
 Costs, which is why it is not the default:
 

@@ -12,9 +12,11 @@ Rust iroh on the same workload (``bench/transport.py``, ``bench/run.py`` and int
   request and its reply need fewer wake-ups between threads. Sequential p50: with client and
   server in one process 1.08-1.37x plain Rust's against 1.52-1.89x with two workers; as two
   processes 1.33-1.56x against 1.48-1.74x. Queued requests, one stream and a new connection
-  per message between two processes: the same or better.
+  per message between two processes: the same or better. On a second machine, where plain
+  Rust's p50 was ~100 us rather than ~140 us, one process: 1.62-1.83x against 1.94-2.22x.
 - **Two workers** (one per core) spread the work of two peers that share a process: one
-  stream there carried 66-85% of plain Rust's MiB/s against 45-70% on one worker.
+  stream there carried 66-85% of plain Rust's MiB/s against 45-70% on one worker (72-74%
+  against 62-70% on the second machine).
 
 So a process that is one peer (the usual case) is best served by the default; tests or tools
 that move bulk data between two endpoints of one process may want ``use_worker_threads(2)``.
