@@ -36,10 +36,16 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args { config: None, data_dir: None };
+    let mut args = Args {
+        config: None,
+        data_dir: None,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut value = |name: &str| it.next().with_context(|| format!("{name} needs a value\n{USAGE}"));
+        let mut value = |name: &str| {
+            it.next()
+                .with_context(|| format!("{name} needs a value\n{USAGE}"))
+        };
         match a.as_str() {
             "-c" | "--config" => args.config = Some(PathBuf::from(value("--config")?)),
             "--data-dir" => args.data_dir = Some(PathBuf::from(value("--data-dir")?)),
@@ -79,7 +85,9 @@ async fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let args = parse_args()?;
-    let path = args.config.with_context(|| format!("--config is required\n{USAGE}"))?;
+    let path = args
+        .config
+        .with_context(|| format!("--config is required\n{USAGE}"))?;
     let mut config = Config::load(&path)
         .await
         .map_err(|e| anyhow!("loading {}: {e:?}", path.display()))?;
@@ -105,7 +113,9 @@ async fn main() -> Result<()> {
     }
     let mainline = config.mainline.as_ref().is_some_and(|m| m.enabled);
     if mainline {
-        eprintln!("iroh-pair-dns: WARNING: [mainline] enabled: unknown keys are looked up on the public DHT");
+        eprintln!(
+            "iroh-pair-dns: WARNING: [mainline] enabled: unknown keys are looked up on the public DHT"
+        );
     }
     // iroh-dns-server keeps its static records (SOA, NS, A) in a zone rooted at "."; without
     // "." among the origins it fails with "SOA record must be present: .".
@@ -138,7 +148,10 @@ async fn main() -> Result<()> {
         _ = sigint.recv() => "SIGINT",
     };
     eprintln!("iroh-pair-dns: {why}, shutting down");
-    server.shutdown().await.map_err(|e| anyhow!("DNS server shutdown: {e:?}"))?;
+    server
+        .shutdown()
+        .await
+        .map_err(|e| anyhow!("DNS server shutdown: {e:?}"))?;
     eprintln!("iroh-pair-dns: stopped");
     Ok(())
 }

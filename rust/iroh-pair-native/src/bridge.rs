@@ -379,7 +379,10 @@ impl Parked {
         drop(slot);
         let _rt = RUNTIME.enter();
         let waker = Waker::from(self.clone());
-        let ready = task.as_mut().poll(&mut Context::from_waker(&waker)).is_ready();
+        let ready = task
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_ready();
         let mut slot = self.slot();
         *slot = match std::mem::replace(&mut *slot, Slot::Empty) {
             _ if ready => {
@@ -805,9 +808,9 @@ impl Bridge {
                     tokio::task::yield_now().await;
                     return shared.ready.load(Ordering::Acquire);
                 }
-                let deadline = u64::try_from(timeout_us).ok().map(|us| {
-                    tokio::time::Instant::now() + std::time::Duration::from_micros(us)
-                });
+                let deadline = u64::try_from(timeout_us)
+                    .ok()
+                    .map(|us| tokio::time::Instant::now() + std::time::Duration::from_micros(us));
                 loop {
                     if shared.ready.load(Ordering::Acquire) {
                         return true;

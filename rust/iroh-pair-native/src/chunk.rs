@@ -84,7 +84,11 @@ impl Chunk {
                 flags,
             )
         };
-        if rc == 0 { Ok(()) } else { Err(PyErr::fetch(slf.py())) }
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(PyErr::fetch(slf.py()))
+        }
     }
 
     unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}

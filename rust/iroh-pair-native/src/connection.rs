@@ -58,7 +58,10 @@ impl Opener {
         Ok(conn.open_bi().await?)
     }
 
-    async fn uni(&self, conn: &iroh::endpoint::Connection) -> Result<iroh::endpoint::SendStream, Error> {
+    async fn uni(
+        &self,
+        conn: &iroh::endpoint::Connection,
+    ) -> Result<iroh::endpoint::SendStream, Error> {
         let _turn = self.uni.lock().await;
         Ok(conn.open_uni().await?)
     }
@@ -482,8 +485,14 @@ impl Connection {
         d.set_item("stream_frames_rx", s.frame_rx.stream)?;
         d.set_item("pings_tx", s.frame_tx.ping)?;
         d.set_item("acks_tx", s.frame_tx.acks + s.frame_tx.path_acks)?;
-        d.set_item("max_streams_tx", s.frame_tx.max_streams_bidi + s.frame_tx.max_streams_uni)?;
-        d.set_item("max_data_tx", s.frame_tx.max_data + s.frame_tx.max_stream_data)?;
+        d.set_item(
+            "max_streams_tx",
+            s.frame_tx.max_streams_bidi + s.frame_tx.max_streams_uni,
+        )?;
+        d.set_item(
+            "max_data_tx",
+            s.frame_tx.max_data + s.frame_tx.max_stream_data,
+        )?;
         d.set_item("stop_sending_tx", s.frame_tx.stop_sending)?;
         d.set_item("reset_stream_tx", s.frame_tx.reset_stream)?;
         Ok(d)

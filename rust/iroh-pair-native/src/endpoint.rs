@@ -277,7 +277,10 @@ impl Endpoint {
                     Err(e) => return Err(Error::Connect(n0_error_chain(&e))),
                 }
             }
-            Err(Error::Connect(format!("no address found for {id}: {}", errors.join("; "))))
+            Err(Error::Connect(format!(
+                "no address found for {id}: {}",
+                errors.join("; ")
+            )))
         });
         Ok(crate::bridge::pending(py))
     }
@@ -352,7 +355,11 @@ impl Endpoint {
     fn close(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
         let mdns = self.mdns.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let lan_watch = self.lan_watch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let lan_watch = self
+            .lan_watch
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         bridge.submit(py, token, async move {
             ep.close().await;
             // Stop every lookup service (mDNS announcing above all) with the endpoint.
@@ -367,7 +374,12 @@ impl Endpoint {
     /// Subscribes to LAN discovery events under `token` (a persistent token): dicts with
     /// `event` ("discovered" or "expired"), `id` and `addrs`. Needs `mdns=True` at bind.
     fn lan_events(&self, bridge: &Bridge, token: u64) -> PyResult<()> {
-        if self.mdns.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+        if self
+            .mdns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+        {
             return Err(Error::Value("this endpoint was bound without mdns=True".into()).into());
         }
         let watch = {

@@ -133,8 +133,7 @@ impl MdnsAnnouncement {
 impl MdnsAnnouncement {
     /// Stops announcing (idempotent).
     fn close(&self) {
-        if let Some((_lookup, task)) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take()
-        {
+        if let Some((_lookup, task)) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() {
             task.abort();
         }
     }

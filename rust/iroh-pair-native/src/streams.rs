@@ -53,9 +53,8 @@ pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if buf.is_c_contiguous() && buf.readonly() {
         // SAFETY: a read-only, C-contiguous buffer of `len_bytes()` bytes, held (and the GIL
         // with it) for the duration of the copy.
-        let src = unsafe {
-            std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes())
-        };
+        let src =
+            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
         return Ok(pool::copy(src));
     }
     Ok(Bytes::from(buf.to_vec(obj.py())?))
@@ -121,7 +120,8 @@ pub fn join_to_py<'py>(py: Python<'py>, chunks: &[Bytes]) -> PyResult<Bound<'py,
     // of `len` bytes (or NULL with an exception set, turned into an error here); every byte of
     // it is written below before the object is visible to any Python code.
     unsafe {
-        let obj = pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
+        let obj =
+            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
         let obj = Bound::from_owned_ptr_or_err(py, obj)?;
         let mut at = pyo3::ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();
         for c in chunks {
