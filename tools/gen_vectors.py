@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Generate ``tests/vectors/pairing.json``: test vectors of the iroh-pair/1 pairing protocol.
+"""Generate ``tests/vectors/pairing.json``: test vectors of pairing version 2 (stream kind
+``pair2``, ALPN ``iroh-pair/1``).
 
 Written from ``docs/PROTOCOL.md`` with hashlib / hmac / cryptography / spake2 directly; it does
 NOT import the iroh_pair package, so the package's tests (and the Rust implementation) check an
@@ -30,17 +31,26 @@ OUT = Path(__file__).resolve().parent.parent / "tests" / "vectors" / "pairing.js
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
 
 ALPN = b"iroh-pair/1"
-VERSION = 1
-TRANSCRIPT_LABEL = b"iroh-pair/1 pairing transcript"
+VERSION = 2
+PAIR_KIND = b"pair2"
+TRANSCRIPT_LABEL = b"iroh-pair/2 pairing transcript"
+CHANNEL_BINDING_LABEL = b"iroh-pair/2 pairing channel binding"
+COMMITMENT_LABEL = b"iroh-pair/2 sas commitment"
 LABELS = {
-    "host_to_joiner": b"iroh-pair/1 key host->joiner",
-    "joiner_to_host": b"iroh-pair/1 key joiner->host",
-    "host_confirm": b"iroh-pair/1 confirm host",
-    "joiner_confirm": b"iroh-pair/1 confirm joiner",
-    "sas": b"iroh-pair/1 sas",
-    "host_seal": b"iroh-pair/1 seal host->joiner",
-    "joiner_seal": b"iroh-pair/1 seal joiner->host",
+    "host_to_joiner": b"iroh-pair/2 key host->joiner",
+    "joiner_to_host": b"iroh-pair/2 key joiner->host",
+    "host_confirm": b"iroh-pair/2 confirm host",
+    "joiner_confirm": b"iroh-pair/2 confirm joiner",
+    "joiner_accept": b"iroh-pair/2 accept joiner",
+    "sas": b"iroh-pair/2 sas",
+    "host_seal": b"iroh-pair/2 seal host->joiner",
+    "joiner_seal": b"iroh-pair/2 seal joiner->host",
 }
+
+
+def lp(b: bytes) -> bytes:
+    """``u32 BE length || bytes``, the encoding of transcript and commitment items."""
+    return len(b).to_bytes(4, "big") + b
 
 
 def h(b: bytes) -> str:
@@ -104,10 +114,14 @@ def generate() -> dict[str, Any]:
     host_msg_wrong = b_wrong.start()
     key_wrong = b_wrong.finish(joiner_msg)
 
+    # -- nonces and commitment --------------------------------------------------------------
+    joiner_nonce, host_nonce = fixed("joiner nonce"), fixed("host nonce")
+    commitment = hashlib.sha256(lp(COMMITMENT_LABEL) + lp(joiner_nonce)).digest()
+
     # -- transcript ------------------------------------------------------------------------
     items = [TRANSCRIPT_LABEL, bytes([VERSION]), ALPN, b"joiner", b"host", joiner_id, host_id,
-             tag, joiner_msg, host_msg, channel_binding]
-    encoding = b"".join(len(i).to_bytes(4, "big") + i for i in items)
+             tag, joiner_msg, host_msg, channel_binding, commitment, host_nonce]
+    encoding = b"".join(lp(i) for i in items)
     th = hashlib.sha256(encoding).digest()
 
     # -- key schedule --------------------------------------------------------------------
@@ -115,7 +129,9 @@ def generate() -> dict[str, Any]:
            for name, info in LABELS.items()}
     host_mac = hmac.new(okm["host_confirm"], th, hashlib.sha256).digest()
     joiner_mac = hmac.new(okm["joiner_confirm"], th, hashlib.sha256).digest()
-    sas = f"{int.from_bytes(okm['sas'][:8], 'big') % 1_000_000:06d}"
+    accept_mac = hmac.new(okm["joiner_accept"], th, hashlib.sha256).digest()
+    sas_value = hmac.new(okm["sas"], host_nonce + joiner_nonce, hashlib.sha256).digest()
+    sas = f"{int.from_bytes(sas_value[:8], 'big') % 1_000_000:06d}"
 
     # -- device info + sealing ---------------------------------------------------------------
     nonce = bytes(12)
@@ -130,18 +146,23 @@ def generate() -> dict[str, Any]:
     host_info.update(key=h(okm["host_seal"]), nonce=h(nonce), aad=h(th), sealed=h(host_sealed))
 
     # -- messages --------------------------------------------------------------------------
-    hello = b"\x01" + tag + joiner_id + joiner_msg
-    reply = b"\x02" + host_id + host_msg + host_mac
-    confirm = b"\x03" + joiner_mac + len(joiner_sealed).to_bytes(2, "big") + joiner_sealed
+    hello = b"\x01" + tag + joiner_id + joiner_msg + commitment
+    reply = b"\x02" + host_id + host_msg + host_nonce + host_mac
+    confirm = (b"\x03" + joiner_mac + joiner_nonce + len(joiner_sealed).to_bytes(2, "big")
+               + joiner_sealed)
     complete = b"\x04" + len(host_sealed).to_bytes(2, "big") + host_sealed
+    accept = b"\x05" + accept_mac
+    assert (len(hello), len(reply), len(accept)) == (114, 130, 33)
     reject_text = "confirmation failed: wrong code"
     reject = b"\x7f" + (10).to_bytes(2, "big") + u8_str(reject_text)
-    header = bytes([1, 4]) + b"pair"
+    header = bytes([1, len(PAIR_KIND)]) + PAIR_KIND
 
     return {
-        "description": "iroh-pair/1 pairing test vectors; see docs/PROTOCOL.md. Hex unless noted.",
+        "description": "iroh-pair pairing version 2 test vectors (stream kind pair2); see "
+                       "docs/PROTOCOL.md. Hex unless noted.",
         "alpn": ALPN.decode(),
-        "envelope": {"kind": "pair", "header": h(header),
+        "version": VERSION,
+        "envelope": {"kind": PAIR_KIND.decode(), "header": h(header),
                      "frame_body": h(hello), "frame": h(len(hello).to_bytes(4, "big") + hello),
                      "first_frame": h((len(header) + len(hello)).to_bytes(4, "big") + header + hello)},
         "code": {
@@ -170,7 +191,9 @@ def generate() -> dict[str, Any]:
         },
         "identities": {"joiner_secret_key": h(joiner_sk), "joiner_id": h(joiner_id),
                        "host_secret_key": h(host_sk), "host_id": h(host_id)},
-        "channel_binding": h(channel_binding),
+        "channel_binding": {"label": h(CHANNEL_BINDING_LABEL), "value": h(channel_binding)},
+        "commitment": {"label": h(COMMITMENT_LABEL), "joiner_nonce": h(joiner_nonce),
+                       "value": h(commitment), "host_nonce": h(host_nonce)},
         "spake2": {
             "group": "Ed25519 (python-spake2 0.9 / RustCrypto spake2 compatible)",
             "password": h(password),
@@ -194,14 +217,17 @@ def generate() -> dict[str, Any]:
             "salt": h(th),
             "outputs": {name: {"info": h(LABELS[name]), "okm": h(v)} for name, v in okm.items()},
         },
-        "confirm": {"host_mac": h(host_mac), "joiner_mac": h(joiner_mac)},
-        "sas": {"sas_key": h(okm["sas"]), "digits": sas},
+        "confirm": {"host_mac": h(host_mac), "joiner_mac": h(joiner_mac),
+                    "accept_mac": h(accept_mac)},
+        "sas": {"sas_key": h(okm["sas"]), "message": h(host_nonce + joiner_nonce),
+                "value": h(sas_value), "digits": sas},
         "device_info": {"joiner": joiner_info, "host": host_info},
         "messages": {
             "hello": h(hello),
             "reply": h(reply),
             "confirm": h(confirm),
             "complete": h(complete),
+            "accept": h(accept),
             "reject": {"code": 10, "text": reject_text, "encoded": h(reject)},
         },
     }
