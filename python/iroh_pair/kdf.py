@@ -1,13 +1,19 @@
-"""Pure key derivation for pairing: transcript hashing, HKDF-SHA256 key schedule, MACs, SAS.
+"""Pure key derivation for pairing version 2: commitment, transcript, HKDF key schedule, MACs, SAS.
 
-Nothing here does I/O or keeps state; ``docs/PROTOCOL.md`` ("Cryptography") is the normative
-description and ``tests/vectors/pairing.json`` pins every output.
+Nothing here does I/O or keeps state; ``docs/PROTOCOL.md`` §7 is the normative description and
+``tests/vectors/pairing.json`` pins every output.
 
-* transcript: SHA-256 over items each encoded as ``u32 BE length || bytes`` (:class:`Transcript`);
+* commitment: ``SHA-256(lp(COMMITMENT_LABEL) || lp(joiner_nonce))`` (:func:`commitment`);
+* transcript: SHA-256 over 13 items each encoded as ``lp(x) = u32 BE length || x``
+  (:class:`Transcript`);
 * keys: ``HKDF-SHA256(IKM = SPAKE2 key, salt = transcript hash, info = label, L = 32)`` for each
   label in :data:`LABELS`;
-* confirmation MAC: ``HMAC-SHA256(confirm key of the sender's role, transcript hash)``;
-* SAS: ``int.from_bytes(sas_key[0:8], "big") % 10**6`` written as 6 decimal digits.
+* confirmation and accept MACs: ``HMAC-SHA256(key, transcript hash)``;
+* SAS: ``sas_value = HMAC-SHA256(sas key, host_nonce || joiner_nonce)``, shown as
+  ``int_be(sas_value[0:8]) mod 10**6`` in 6 decimal digits (:func:`compute_sas`)::
+
+      >>> sas_digits(bytes(32))
+      '000000'
 """
 
 from __future__ import annotations
@@ -27,6 +33,9 @@ __all__ = [
     "CHANNEL_BINDING_LABEL",
     "CHANNEL_BINDING_CONTEXT",
     "CHANNEL_BINDING_LEN",
+    "COMMITMENT_LABEL",
+    "NONCE_LEN",
+    "SAS_DIGITS",
     "LABELS",
     "Role",
     "Transcript",
@@ -37,28 +46,39 @@ __all__ = [
     "confirmation_mac",
     "verify_confirmation_mac",
     "sas_digits",
+    "sas_value",
+    "compute_sas",
+    "commitment",
+    "verify_commitment",
 ]
 
 #: The one ALPN of the package.
 ALPN = b"iroh-pair/1"
-#: Pairing protocol version (also the envelope version byte).
-PROTOCOL_VERSION = 1
+#: Pairing protocol version (transcript item 2; the stream kind ``pair2`` carries it).
+PROTOCOL_VERSION = 2
 #: First transcript item: domain separation of the transcript hash.
-TRANSCRIPT_LABEL = b"iroh-pair/1 pairing transcript"
+TRANSCRIPT_LABEL = b"iroh-pair/2 pairing transcript"
 #: ``export_keying_material`` label of the channel binding (context empty, 32 bytes).
-CHANNEL_BINDING_LABEL = b"iroh-pair/1 pairing channel binding"
+CHANNEL_BINDING_LABEL = b"iroh-pair/2 pairing channel binding"
 CHANNEL_BINDING_CONTEXT = b""
 CHANNEL_BINDING_LEN = 32
+#: Domain separation of the joiner's nonce commitment (§7.3).
+COMMITMENT_LABEL = b"iroh-pair/2 sas commitment"
+#: Length of ``joiner_nonce`` and ``host_nonce``.
+NONCE_LEN = 32
+#: Digits of the SAS shown to users.
+SAS_DIGITS = 6
 
 #: HKDF ``info`` labels, one per derived key.
 LABELS: dict[str, bytes] = {
-    "host_to_joiner": b"iroh-pair/1 key host->joiner",
-    "joiner_to_host": b"iroh-pair/1 key joiner->host",
-    "host_confirm": b"iroh-pair/1 confirm host",
-    "joiner_confirm": b"iroh-pair/1 confirm joiner",
-    "sas": b"iroh-pair/1 sas",
-    "host_seal": b"iroh-pair/1 seal host->joiner",
-    "joiner_seal": b"iroh-pair/1 seal joiner->host",
+    "host_to_joiner": b"iroh-pair/2 key host->joiner",
+    "joiner_to_host": b"iroh-pair/2 key joiner->host",
+    "host_confirm": b"iroh-pair/2 confirm host",
+    "joiner_confirm": b"iroh-pair/2 confirm joiner",
+    "joiner_accept": b"iroh-pair/2 accept joiner",
+    "sas": b"iroh-pair/2 sas",
+    "host_seal": b"iroh-pair/2 seal host->joiner",
+    "joiner_seal": b"iroh-pair/2 seal joiner->host",
 }
 
 
@@ -84,7 +104,8 @@ class Transcript:
 
     ``joiner_msg`` and ``host_msg`` are the SPAKE2 messages exactly as on the wire (33 bytes,
     including the side byte ``A``/``B``); ``channel_binding`` is the QUIC connection's
-    ``export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)``.
+    ``export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)``; ``commitment`` is the joiner's
+    (M1) and ``host_nonce`` the host's (M2). ``joiner_nonce`` is not an item (§7.3).
     """
 
     joiner_id: bytes
@@ -93,9 +114,12 @@ class Transcript:
     joiner_msg: bytes
     host_msg: bytes
     channel_binding: bytes
+    commitment: bytes
+    host_nonce: bytes
 
     def encode(self) -> bytes:
-        """``u32 BE length || bytes`` of: label, version, ALPN, roles, ids, tag, msgs, binding."""
+        """``u32 BE length || bytes`` of the 13 items: label, version, ALPN, roles, ids, tag,
+        SPAKE2 messages, channel binding, commitment, host nonce."""
         items = (
             TRANSCRIPT_LABEL,
             bytes([PROTOCOL_VERSION]),
@@ -108,6 +132,8 @@ class Transcript:
             self.joiner_msg,
             self.host_msg,
             self.channel_binding,
+            self.commitment,
+            self.host_nonce,
         )
         return b"".join(_item(i) for i in items)
 
@@ -138,6 +164,7 @@ class PairingKeys:
     joiner_to_host: bytes
     host_confirm: bytes
     joiner_confirm: bytes
+    joiner_accept: bytes
     sas: bytes
     host_seal: bytes
     joiner_seal: bytes
@@ -182,6 +209,37 @@ def verify_confirmation_mac(confirm_key: bytes, transcript_hash: bytes, mac: byt
     return hmac.compare_digest(confirmation_mac(confirm_key, transcript_hash), mac)
 
 
-def sas_digits(sas_key: bytes) -> str:
-    """Six decimal digits: SAS key bytes 0..8 as a big-endian u64, mod 10**6, zero-padded."""
-    return f"{int.from_bytes(sas_key[:8], 'big') % 1_000_000:06d}"
+def commitment(joiner_nonce: bytes) -> bytes:
+    """The joiner's commitment to its nonce: ``SHA-256(lp(COMMITMENT_LABEL) || lp(nonce))``."""
+    return hashlib.sha256(_item(COMMITMENT_LABEL) + _item(joiner_nonce)).digest()
+
+
+def verify_commitment(commitment_value: bytes, joiner_nonce: bytes) -> bool:
+    """Constant-time check that ``joiner_nonce`` opens ``commitment_value``."""
+    return hmac.compare_digest(commitment(joiner_nonce), commitment_value)
+
+
+def sas_value(sas_key: bytes, host_nonce: bytes, joiner_nonce: bytes) -> bytes:
+    """``HMAC-SHA256(sas key, host_nonce || joiner_nonce)`` (§7.6), 32 bytes."""
+    return hmac.new(sas_key, host_nonce + joiner_nonce, hashlib.sha256).digest()
+
+
+def sas_digits(value: bytes, digits: int = SAS_DIGITS) -> str:
+    """``int_be(value[0:8]) mod 10**digits``, zero-padded to ``digits`` decimal digits.
+
+    The protocol uses 6 digits; other counts exist for tests only (the 2-digit SAS of the
+    grinding test is the last 2 digits of the 6-digit one, since 100 divides 10**6)::
+
+        >>> sas_digits((1_000_123).to_bytes(8, "big"))
+        '000123'
+    """
+    if not 1 <= digits <= 18:
+        raise ValueError("digits must be 1..18")
+    return f"{int.from_bytes(value[:8], 'big') % 10**digits:0{digits}d}"
+
+
+def compute_sas(
+    sas_key: bytes, host_nonce: bytes, joiner_nonce: bytes, digits: int = SAS_DIGITS
+) -> str:
+    """The SAS both users compare: :func:`sas_digits` of :func:`sas_value`."""
+    return sas_digits(sas_value(sas_key, host_nonce, joiner_nonce), digits)

@@ -1,4 +1,5 @@
-"""Sans-I/O pairing protocol of ALPN ``iroh-pair/1``: envelope, wire codecs, state machines.
+"""Sans-I/O pairing protocol (pairing version 2, stream kind ``pair2``, ALPN ``iroh-pair/1``):
+envelope, wire codecs, state machines.
 
 No sockets, no asyncio, no clocks: the driver (``iroh_pair.pairing``) passes the authenticated
 remote id, the channel binding and the current time in, and performs the returned events.
@@ -9,6 +10,7 @@ from iroh_pair.protocol.envelope import (
     ALPN,
     MAX_MESSAGE,
     PAIR_KIND,
+    PAIR_KIND_V1,
     FrameBuffer,
     decode_header,
     encode_frame,
@@ -16,6 +18,7 @@ from iroh_pair.protocol.envelope import (
 )
 from iroh_pair.protocol.errors import CloseCode, ProtocolError, RejectCode, StreamErrorCode
 from iroh_pair.protocol.offer import (
+    CONFIRM_TIMEOUT,
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_TTL,
     HANDSHAKE_TIMEOUT,
@@ -30,6 +33,7 @@ from iroh_pair.protocol.pairing import (
     JoinerHandshake,
     Paired,
     PairingResult,
+    SasReady,
     SendMessage,
 )
 
@@ -37,6 +41,8 @@ __all__ = [
     "ALPN",
     "MAX_MESSAGE",
     "PAIR_KIND",
+    "PAIR_KIND_V1",
+    "CONFIRM_TIMEOUT",
     "DEFAULT_MAX_ATTEMPTS",
     "DEFAULT_TTL",
     "HANDSHAKE_TIMEOUT",
@@ -54,6 +60,7 @@ __all__ = [
     "PairingResult",
     "ProtocolError",
     "RejectCode",
+    "SasReady",
     "SendMessage",
     "StreamErrorCode",
     "decode_header",

@@ -5,7 +5,8 @@ Every bidirectional stream starts, in the opener's direction, with a header::
     u8 envelope version (= 1) | u8 L (1..32) | L bytes stream-kind name ([a-z0-9._-])
 
 after which both directions carry frames ``u32 BE length || body`` with ``length <=
-MAX_MESSAGE``. The pairing stream has kind ``"pair"``.
+MAX_MESSAGE``. The pairing stream of pairing version 2 has kind ``"pair2"``; ``"pair"`` (version
+1) is refused with ``Reject(UNSUPPORTED_VERSION)`` (docs/PROTOCOL.md §2.1).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ __all__ = [
     "MAX_KIND_LEN",
     "MAX_MESSAGE",
     "PAIR_KIND",
+    "PAIR_KIND_V1",
     "encode_header",
     "header_kind_length",
     "decode_kind",
@@ -33,7 +35,10 @@ ENVELOPE_VERSION = 1
 MAX_KIND_LEN = 32
 #: Largest frame body (64 KiB).
 MAX_MESSAGE = 64 * 1024
-PAIR_KIND = "pair"
+#: Stream kind of pairing version 2 (this implementation).
+PAIR_KIND = "pair2"
+#: Stream kind of pairing version 1 (refused with UNSUPPORTED_VERSION).
+PAIR_KIND_V1 = "pair"
 
 _KIND = re.compile(r"[a-z0-9._-]{1,32}")
 

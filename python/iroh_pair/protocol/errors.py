@@ -31,6 +31,9 @@ class RejectCode(enum.IntEnum):
     TIMEOUT = 11  # handshake deadline passed
     CANCELLED = 12  # the application gave up (user cancel, shutdown)
     INTERNAL = 13  # the application failed (e.g. could not store the registry entry)
+    UNSUPPORTED_VERSION = 14  # the peer speaks another pairing version (docs/PROTOCOL.md §2.1)
+    BAD_COMMITMENT = 15  # the joiner's nonce does not open its commitment (§7.3)
+    SAS_DECLINED = 16  # the user did not confirm the SAS (§8.3)
     # local only
     CONNECTION_LOST = 0x400  # stream/connection ended before the handshake finished
 
@@ -72,6 +75,7 @@ class StreamErrorCode(enum.IntEnum):
     DUPLICATE = 18  # a message id was already delivered (a retry): treat as delivered
     MALFORMED_MESSAGE = 19  # a sealed message could not be parsed
     TOO_OLD = 20  # a counter below the replay window: retry with the same message id
+    IN_PROGRESS = 21  # this message id is being handled right now: retry after a short delay
 
 
 class ProtocolError(IrohPairError):

@@ -1,15 +1,24 @@
 """Host-side bookkeeping of pairing codes: lifetime, attempts, single use, one session at a time.
 
 A :class:`PairingOffer` is created by the host for one :class:`~iroh_pair.code.PairingCode`.
-Rules (``docs/PROTOCOL.md``, "Attempts and lifetime"):
+Rules (``docs/PROTOCOL.md`` §9):
 
 * an attempt is counted when the host answers a Hello with its SPAKE2 message (M2); a wrong
-  session tag, a claimed-id mismatch, or a refusal (expired/burned/used/busy) is not counted;
+  session tag, a claimed-id mismatch, an invalid SPAKE2 point or a refusal
+  (expired/burned/used/busy) is not counted;
 * after ``max_attempts`` counted attempts the code is burned, even for the right words;
 * one handshake at a time: a Hello while another is in progress is refused with BUSY, unless
-  the other one passed its handshake deadline (then the new one takes over);
+  the other one passed its deadline (M3 within ``handshake_timeout``, then the SAS approval
+  and the Accept within ``confirm_timeout``; then the new one takes over);
+* Hello rate: a token bucket of :data:`HELLO_BURST` refilled at :data:`HELLO_RATE` per second;
+  a Hello that would need SPAKE2 work without a token is refused with BUSY;
 * single use: after one successful pairing every later Hello is refused with USED;
 * expiry is judged with the ``now`` the caller passes in (no clock is read here).
+
+Example::
+
+    offer = PairingOffer.create(code, now=time.monotonic(), ttl=300.0)
+    offer.check(time.monotonic())      # raises ProtocolError(EXPIRED/BURNED/USED/BUSY)
 """
 
 from __future__ import annotations
@@ -23,6 +32,9 @@ __all__ = [
     "DEFAULT_TTL",
     "DEFAULT_MAX_ATTEMPTS",
     "HANDSHAKE_TIMEOUT",
+    "CONFIRM_TIMEOUT",
+    "HELLO_BURST",
+    "HELLO_RATE",
     "PairingOffer",
     "OfferBook",
 ]
@@ -33,6 +45,11 @@ DEFAULT_TTL = 300.0
 DEFAULT_MAX_ATTEMPTS = 3
 #: Time from the host's M2 to the joiner's M3 before the host gives up, seconds.
 HANDSHAKE_TIMEOUT = 30.0
+#: Time from the joiner's M3 to the SAS approval and the joiner's M5, seconds.
+CONFIRM_TIMEOUT = 120.0
+#: Hello rate limit per offer: bucket size and refill per second (§9).
+HELLO_BURST = 10.0
+HELLO_RATE = 10.0
 
 
 class PairingOffer:
@@ -45,17 +62,23 @@ class PairingOffer:
         expires_at: float,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if not (handshake_timeout > 0 and confirm_timeout > 0):
+            raise ValueError("timeouts must be > 0")
         self.code = code
         self.expires_at = expires_at
         self.max_attempts = max_attempts
         self.handshake_timeout = handshake_timeout
+        self.confirm_timeout = confirm_timeout
         self.attempts_used = 0
         self.used = False
         self._active: object | None = None
         self._active_until = 0.0
+        self._tokens = HELLO_BURST
+        self._tokens_at: float | None = None
 
     @classmethod
     def create(
@@ -66,6 +89,7 @@ class PairingOffer:
         ttl: float = DEFAULT_TTL,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         handshake_timeout: float = HANDSHAKE_TIMEOUT,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
     ) -> PairingOffer:
         """An offer for ``code`` valid from ``now`` for ``ttl`` seconds."""
         return cls(
@@ -73,6 +97,7 @@ class PairingOffer:
             expires_at=now + ttl,
             max_attempts=max_attempts,
             handshake_timeout=handshake_timeout,
+            confirm_timeout=confirm_timeout,
         )
 
     @property
@@ -113,6 +138,18 @@ class PairingOffer:
         if self.busy(now):
             raise ProtocolError(RejectCode.BUSY, "another device is pairing with this code")
 
+    def take_hello_token(self, now: float) -> bool:
+        """Take one Hello token (bucket of :data:`HELLO_BURST`, refilled at :data:`HELLO_RATE`
+        per second of ``now``); False when the bucket is empty (the Hello gets BUSY)."""
+        if self._tokens_at is not None and now > self._tokens_at:
+            self._tokens = min(HELLO_BURST, self._tokens + (now - self._tokens_at) * HELLO_RATE)
+        if self._tokens_at is None or now > self._tokens_at:
+            self._tokens_at = now
+        if self._tokens < 1.0:
+            return False
+        self._tokens -= 1.0
+        return True
+
     # -- used by HostHandshake ------------------------------------------------------------
     def claim(self, session: object, now: float) -> float:
         """Count an attempt and make ``session`` the active one; returns its deadline."""
@@ -120,6 +157,14 @@ class PairingOffer:
         self.attempts_used += 1
         self._active = session
         self._active_until = now + self.handshake_timeout
+        return self._active_until
+
+    def extend(self, session: object, now: float) -> float:
+        """``session`` received a valid M3: it holds the code until ``now + confirm_timeout``
+        (the SAS approval and the Accept); returns that deadline."""
+        if self._active is not session:
+            raise ProtocolError(RejectCode.TIMEOUT, "handshake was superseded")
+        self._active_until = now + self.confirm_timeout
         return self._active_until
 
     def holds(self, session: object) -> bool:

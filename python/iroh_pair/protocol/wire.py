@@ -1,13 +1,14 @@
-"""Canonical binary codecs of the pairing messages (frame bodies on a ``pair`` stream).
+"""Canonical binary codecs of pairing version 2 (frame bodies on a ``pair2`` stream, §6).
 
 Every body starts with a u8 message type; all integers are big-endian; every field has a fixed
 size or an explicit length, and a body must be consumed exactly::
 
-    0x01 Hello    J->H  session_tag[16] joiner_id[32] spake_msg[33]
-    0x02 Reply    H->J  host_id[32] spake_msg[33] host_mac[32]
-    0x03 Confirm  J->H  joiner_mac[32] u16 n, sealed_info[n]
-    0x04 Complete H->J  u16 n, sealed_info[n]
-    0x7F Reject   both  u16 code, u8 n, text[n] (UTF-8)
+    0x01 Hello    J->H  session_tag[16] joiner_id[32] spake_msg[33] commitment[32]   (114)
+    0x02 Reply    H->J  host_id[32] spake_msg[33] host_nonce[32] host_mac[32]      (130)
+    0x03 Confirm  J->H  joiner_mac[32] joiner_nonce[32] u16 n, sealed_info[n]      (67+n)
+    0x04 Complete H->J  u16 n, sealed_info[n]                                      (3+n)
+    0x05 Accept   J->H  accept_mac[32]                                             (33)
+    0x7F Reject   both  u16 code, u8 n, text[n] (UTF-8)                            (4+n)
 
 ``spake_msg`` is the SPAKE2 message including its side byte (``0x41`` from the joiner, side A;
 ``0x42`` from the host, side B) followed by the 32-byte Ed25519 element.
@@ -29,12 +30,18 @@ __all__ = [
     "TAG_LEN_SESSION",
     "SPAKE_MSG_LEN",
     "MAC_LEN",
+    "NONCE_LEN",
+    "COMMITMENT_LEN",
     "MAX_SEALED",
     "MAX_REJECT_TEXT",
+    "HELLO_LEN",
+    "REPLY_LEN",
+    "ACCEPT_LEN",
     "Hello",
     "Reply",
     "Confirm",
     "Complete",
+    "Accept",
     "Reject",
     "Message",
     "encode",
@@ -45,11 +52,17 @@ ID_LEN = 32
 TAG_LEN_SESSION = 16
 SPAKE_MSG_LEN = 33
 MAC_LEN = 32
+NONCE_LEN = 32
+COMMITMENT_LEN = 32
 MIN_SEALED = TAG_LEN
 MAX_SEALED = MAX_DEVICE_INFO + TAG_LEN
 MAX_REJECT_TEXT = 255
 SIDE_A = 0x41
 SIDE_B = 0x42
+#: Encoded sizes of the fixed-size messages (type byte included).
+HELLO_LEN = 1 + TAG_LEN_SESSION + ID_LEN + SPAKE_MSG_LEN + COMMITMENT_LEN
+REPLY_LEN = 1 + ID_LEN + SPAKE_MSG_LEN + NONCE_LEN + MAC_LEN
+ACCEPT_LEN = 1 + MAC_LEN
 
 
 class MsgType(enum.IntEnum):
@@ -59,6 +72,7 @@ class MsgType(enum.IntEnum):
     REPLY = 0x02
     CONFIRM = 0x03
     COMPLETE = 0x04
+    ACCEPT = 0x05
     REJECT = 0x7F
 
 
@@ -69,54 +83,73 @@ def _need(cond: bool, what: str) -> None:
 
 @dataclass(frozen=True)
 class Hello:
-    """M1, joiner -> host: session tag, the joiner's EndpointId claim, SPAKE2 message (side A)."""
+    """M1, joiner -> host: session tag, the joiner's EndpointId claim, SPAKE2 message (side A)
+    and the commitment to the joiner's nonce."""
 
     session_tag: bytes
     joiner_id: bytes
     spake_msg: bytes
+    commitment: bytes
 
     def __post_init__(self) -> None:
         _need(len(self.session_tag) == TAG_LEN_SESSION, "session_tag is 16 bytes")
         _need(len(self.joiner_id) == ID_LEN, "joiner_id is 32 bytes")
         _need(len(self.spake_msg) == SPAKE_MSG_LEN and self.spake_msg[0] == SIDE_A,
               "spake_msg is 33 bytes starting with 'A'")
+        _need(len(self.commitment) == COMMITMENT_LEN, "commitment is 32 bytes")
 
 
 @dataclass(frozen=True)
 class Reply:
-    """M2, host -> joiner: the host's EndpointId claim, SPAKE2 message (side B), host MAC."""
+    """M2, host -> joiner: the host's EndpointId claim, SPAKE2 message (side B), the host's
+    nonce and the host MAC."""
 
     host_id: bytes
     spake_msg: bytes
+    host_nonce: bytes
     host_mac: bytes
 
     def __post_init__(self) -> None:
         _need(len(self.host_id) == ID_LEN, "host_id is 32 bytes")
         _need(len(self.spake_msg) == SPAKE_MSG_LEN and self.spake_msg[0] == SIDE_B,
               "spake_msg is 33 bytes starting with 'B'")
+        _need(len(self.host_nonce) == NONCE_LEN, "host_nonce is 32 bytes")
         _need(len(self.host_mac) == MAC_LEN, "host_mac is 32 bytes")
 
 
 @dataclass(frozen=True)
 class Confirm:
-    """M3, joiner -> host: the joiner's confirmation MAC and its sealed device info."""
+    """M3, joiner -> host: the joiner's confirmation MAC, its nonce (opening the commitment of
+    M1) and its sealed device info."""
 
     joiner_mac: bytes
+    joiner_nonce: bytes
     sealed_info: bytes
 
     def __post_init__(self) -> None:
         _need(len(self.joiner_mac) == MAC_LEN, "joiner_mac is 32 bytes")
+        _need(len(self.joiner_nonce) == NONCE_LEN, "joiner_nonce is 32 bytes")
         _need(MIN_SEALED <= len(self.sealed_info) <= MAX_SEALED, "sealed_info length")
 
 
 @dataclass(frozen=True)
 class Complete:
-    """M4, host -> joiner: pairing committed; the host's sealed device info."""
+    """M4, host -> joiner: the host approved the SAS; the host's sealed device info."""
 
     sealed_info: bytes
 
     def __post_init__(self) -> None:
         _need(MIN_SEALED <= len(self.sealed_info) <= MAX_SEALED, "sealed_info length")
+
+
+@dataclass(frozen=True)
+class Accept:
+    """M5, joiner -> host: the joiner approved the SAS and stored the pairing."""
+
+    accept_mac: bytes
+
+    def __post_init__(self) -> None:
+        _need(len(self.accept_mac) == MAC_LEN, "accept_mac is 32 bytes")
 
 
 @dataclass(frozen=True)
@@ -137,20 +170,24 @@ class Reject:
         return cls(code, raw.decode("utf-8", "ignore"))
 
 
-Message = Hello | Reply | Confirm | Complete | Reject
+Message = Hello | Reply | Confirm | Complete | Accept | Reject
 
 
 def encode(msg: Message) -> bytes:
     """The canonical body of ``msg``."""
     if isinstance(msg, Hello):
-        return bytes([MsgType.HELLO]) + msg.session_tag + msg.joiner_id + msg.spake_msg
+        return (bytes([MsgType.HELLO]) + msg.session_tag + msg.joiner_id + msg.spake_msg
+                + msg.commitment)
     if isinstance(msg, Reply):
-        return bytes([MsgType.REPLY]) + msg.host_id + msg.spake_msg + msg.host_mac
+        return (bytes([MsgType.REPLY]) + msg.host_id + msg.spake_msg + msg.host_nonce
+                + msg.host_mac)
     if isinstance(msg, Confirm):
         n = len(msg.sealed_info).to_bytes(2, "big")
-        return bytes([MsgType.CONFIRM]) + msg.joiner_mac + n + msg.sealed_info
+        return bytes([MsgType.CONFIRM]) + msg.joiner_mac + msg.joiner_nonce + n + msg.sealed_info
     if isinstance(msg, Complete):
         return bytes([MsgType.COMPLETE]) + len(msg.sealed_info).to_bytes(2, "big") + msg.sealed_info
+    if isinstance(msg, Accept):
+        return bytes([MsgType.ACCEPT]) + msg.accept_mac
     text = msg.text.encode("utf-8")
     return bytes([MsgType.REJECT]) + msg.code.to_bytes(2, "big") + bytes([len(text)]) + text
 
@@ -178,23 +215,27 @@ def decode(body: bytes) -> Message:
         raise _malformed("empty message")
     t = body[0]
     if t == MsgType.HELLO:
-        if len(body) != 1 + TAG_LEN_SESSION + ID_LEN + SPAKE_MSG_LEN:
+        if len(body) != HELLO_LEN:
             raise _malformed("Hello: wrong length")
         if body[49] != SIDE_A:
             raise _malformed("Hello: SPAKE2 message is not from side A")
-        return Hello(body[1:17], body[17:49], body[49:82])
+        return Hello(body[1:17], body[17:49], body[49:82], body[82:114])
     if t == MsgType.REPLY:
-        if len(body) != 1 + ID_LEN + SPAKE_MSG_LEN + MAC_LEN:
+        if len(body) != REPLY_LEN:
             raise _malformed("Reply: wrong length")
         if body[33] != SIDE_B:
             raise _malformed("Reply: SPAKE2 message is not from side B")
-        return Reply(body[1:33], body[33:66], body[66:98])
+        return Reply(body[1:33], body[33:66], body[66:98], body[98:130])
     if t == MsgType.CONFIRM:
-        if len(body) < 1 + MAC_LEN:
+        if len(body) < 1 + MAC_LEN + NONCE_LEN:
             raise _malformed("truncated Confirm")
-        return Confirm(body[1:33], _sealed(body, 33, "Confirm"))
+        return Confirm(body[1:33], body[33:65], _sealed(body, 65, "Confirm"))
     if t == MsgType.COMPLETE:
         return Complete(_sealed(body, 1, "Complete"))
+    if t == MsgType.ACCEPT:
+        if len(body) != ACCEPT_LEN:
+            raise _malformed("Accept: wrong length")
+        return Accept(body[1:33])
     if t == MsgType.REJECT:
         if len(body) < 4 or len(body) != 4 + body[3]:
             raise _malformed("Reject: wrong length")
