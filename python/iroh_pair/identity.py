@@ -11,7 +11,8 @@ A data directory belongs to one running node at a time:
   the same process — raises :class:`DataDirLocked` naming the holder. The kernel releases the
   lock when the holder dies, so a stale lock file never blocks a new node.
 
-The directory itself is created with mode 0700 when it does not exist.
+The directory itself is created with mode 0700 when it does not exist; an existing one with
+group or other permission bits is tightened to 0700, with a logged warning.
 """
 
 from __future__ import annotations
@@ -79,11 +80,32 @@ class KeyFileCorrupt(IrohPairError):
 
 def ensure_data_dir(path: str | os.PathLike[str]) -> Path:
     """Creates the data directory (and missing parents) with mode 0700 if it does not exist;
-    returns it as a :class:`~pathlib.Path`. An existing directory is left as it is."""
+    returns it as a :class:`~pathlib.Path`.
+
+    An existing directory with any group or other permission bit (e.g. 0755, made by hand or by
+    an older version) is tightened to 0700 and a warning is logged: the directory holds the
+    secret key and the paired devices' session keys.
+
+    >>> import tempfile, os, stat
+    >>> d = ensure_data_dir(os.path.join(tempfile.mkdtemp(), "iroh-pair"))
+    >>> oct(stat.S_IMODE(d.stat().st_mode))
+    '0o700'
+    """
     p = Path(path)
     if not p.is_dir():
         p.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(p, 0o700)  # mkdir's mode is filtered by the umask
+        return p
+    mode = stat.S_IMODE(p.stat().st_mode)
+    if mode & 0o077:
+        try:
+            os.chmod(p, 0o700)
+        except OSError as e:
+            log.warning("data directory %s is accessible by other users (mode %03o) and could not "
+                        "be restricted: %s", p, mode, e.strerror)
+        else:
+            log.warning("data directory %s was accessible by other users (mode %03o); "
+                        "restricted it to 0700", p, mode)
     return p
 
 
@@ -114,7 +136,14 @@ def _read_key(path: Path) -> SecretKey:
             + (" or more" if len(data) > SECRET_KEY_LEN else "")
         )
     if stat.S_IMODE(mode) & 0o077:
-        log.warning("secret key file %s is readable by other users (mode %o)", path, mode & 0o777)
+        try:
+            os.chmod(path, 0o600)
+        except OSError as e:
+            log.warning("secret key file %s is readable by other users (mode %03o) and could not "
+                        "be restricted: %s", path, mode & 0o777, e.strerror)
+        else:
+            log.warning("secret key file %s was readable by other users (mode %03o); restricted "
+                        "it to 0600", path, mode & 0o777)
     try:
         return SecretKey.from_bytes(data)
     except IrohPairError as e:  # pragma: no cover - every 32-byte string is an Ed25519 seed
