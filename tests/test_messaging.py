@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 
 from iroh_pair.errors import FrameTooLarge, IrohPairError
 from iroh_pair.kdf import SessionKeys
+from iroh_pair.protocol import StreamErrorCode
 from iroh_pair.messaging import (
     CHANNEL_BINDING_LABEL,
     MESSAGE_ID_LEN,
@@ -24,6 +25,7 @@ from iroh_pair.messaging import (
     REPLAY_WINDOW,
     MessageChannel,
     MessageErrorCode,
+    Deliveries,
     MessageRejected,
     ReplayWindow,
     SeenIds,
@@ -239,6 +241,95 @@ def test_seen_ids_lru() -> None:
         SeenIds(0)
 
 
+class _Store:
+    """A DeliveryStore in a dict (what a registry file holds across restarts)."""
+
+    def __init__(self) -> None:
+        self.ids: dict[str, set[bytes]] = {}
+        self.lookups = 0
+        self.fail = False
+
+    def is_delivered(self, peer: str, message_id: bytes) -> bool:
+        self.lookups += 1
+        return message_id in self.ids.get(peer, set())
+
+    def record_delivered(self, peer: str, message_id: bytes) -> bool:
+        if self.fail:
+            raise IrohPairError("disk full")
+        ids = self.ids.setdefault(peer, set())
+        new = message_id not in ids
+        ids.add(message_id)
+        return new
+
+
+def test_deliveries_new_in_progress_duplicate_and_restart() -> None:
+    store = _Store()
+    d: Deliveries[str] = Deliveries(store)
+    m = os.urandom(16)
+    assert d.begin("a", m) is None and d.in_flight("a", m)
+    assert d.begin("a", m) is MessageErrorCode.IN_PROGRESS  # while the handler runs
+    assert d.begin("b", m) is None  # ids are per peer
+    assert store.ids == {}  # nothing recorded before the handler returned
+    d.commit("a", m)
+    assert store.ids == {"a": {m}} and not d.in_flight("a", m)
+    assert d.begin("a", m) is MessageErrorCode.DUPLICATE
+    lookups = store.lookups
+    assert d.begin("a", m) is MessageErrorCode.DUPLICATE
+    assert store.lookups == lookups  # answered by the in-memory cache
+    # a restart: empty memory, the same store
+    d2: Deliveries[str] = Deliveries(store)
+    assert d2.begin("a", m) is MessageErrorCode.DUPLICATE
+    # without persistence the restarted receiver would deliver it again (what §13.8 fixes)
+    assert Deliveries[str]().begin("a", m) is None
+
+
+def test_deliveries_failed_handler_records_nothing() -> None:
+    store = _Store()
+    d: Deliveries[str] = Deliveries(store)
+    m = os.urandom(16)
+    assert d.begin("a", m) is None
+    d.abort("a", m)
+    assert store.ids == {} and not d.in_flight("a", m)
+    assert d.begin("a", m) is None  # the retry is delivered
+    d.commit("a", m)
+    assert d.begin("a", m) is MessageErrorCode.DUPLICATE
+
+
+def test_deliveries_store_failure_and_forget() -> None:
+    store = _Store()
+    d: Deliveries[str] = Deliveries(store, cache_capacity=2)
+    m1, m2, m3 = (os.urandom(16) for _ in range(3))
+    assert d.begin("a", m1) is None
+    store.fail = True
+    with pytest.raises(IrohPairError):
+        d.commit("a", m1)
+    # the handler did run: this process still refuses the id, and it is no longer in flight
+    assert not d.in_flight("a", m1) and d.begin("a", m1) is MessageErrorCode.DUPLICATE
+    store.fail = False
+    for m in (m2, m3):
+        assert d.begin("a", m) is None
+        d.commit("a", m)
+    # m1 fell out of the 2-entry cache and was never stored: delivered again (documented gap)
+    assert d.begin("a", m1) is None
+    d.abort("a", m1)
+    assert d.begin("a", m2) is MessageErrorCode.DUPLICATE  # from the cache or the store
+    assert d.begin("b", m1) is None
+    d.forget("b")
+    assert not d.in_flight("b", m1)
+    d.forget("a")  # the store's ids are the store's business
+    assert d.begin("a", m2) is MessageErrorCode.DUPLICATE
+
+
+def test_deliveries_without_a_store_are_in_memory() -> None:
+    d: Deliveries[str] = Deliveries(cache_capacity=1)
+    m1, m2 = os.urandom(16), os.urandom(16)
+    for m in (m1, m2):
+        assert d.begin("a", m) is None
+        d.commit("a", m)
+    assert d.begin("a", m2) is MessageErrorCode.DUPLICATE
+    assert d.begin("a", m1) is None  # evicted from the LRU: nothing behind it
+
+
 def test_nonce_uniqueness_over_reconnects() -> None:
     hk, jk = _keys()
     pairs: set[tuple[bytes, bytes]] = set()
@@ -287,7 +378,11 @@ def test_codes_fit_stream_error_table() -> None:
         "DUPLICATE": 18,
         "MALFORMED": 19,
         "TOO_OLD": 20,
+        "IN_PROGRESS": 21,
     }
+    stream_name = {"TOO_LARGE": "FRAME_TOO_LARGE", "MALFORMED": "MALFORMED_MESSAGE"}
+    for c in MessageErrorCode:  # the same numbers in the one stream error table (§10.3)
+        assert int(c) == int(StreamErrorCode[stream_name.get(c.name, c.name)]), c
     assert isinstance(MessageRejected(MessageErrorCode.TAMPERED), IrohPairError)
     assert CHANNEL_BINDING_LABEL == b"iroh-pair/1 messaging channel binding"
 

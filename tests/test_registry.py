@@ -28,8 +28,12 @@ from iroh_pair.identity import (
 )
 from iroh_pair.kdf import SessionKeys
 from iroh_pair.protocol.device import DeviceInfo
+from iroh_pair import registry as registry_mod
 from iroh_pair.registry import (
     APPLICATION_ID,
+    DELIVERED_MAX_PER_DEVICE,
+    DELIVERED_WINDOW,
+    MIGRATIONS,
     SCHEMA_VERSION,
     AmbiguousDevice,
     DeviceRegistry,
@@ -222,13 +226,14 @@ def test_schema_has_no_address_columns(reg: DeviceRegistry) -> None:
     db = sqlite3.connect(reg.path)
     try:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        assert tables == ["devices"]
+        assert sorted(tables) == ["delivered", "devices"]
         cols = [r[1].lower() for t in tables for r in db.execute(f"PRAGMA table_info({t})")]
     finally:
         db.close()
     assert set(cols) == {
         "endpoint_id", "name", "device_type", "os", "app_version",
         "paired_at", "last_seen", "send_key", "receive_key",
+        "message_id", "seq", "delivered_at",
     }
     for c in cols:
         for bad in ("addr", "ip", "port", "relay"):
@@ -318,6 +323,111 @@ def test_reopen_keeps_data(tmp_path: Path) -> None:
         d = r.add_or_replace(_dev())
     with DeviceRegistry(p) as r:
         assert r.list() == [d]
+
+
+# --------------------------------------------------------------------------------------------
+# delivered message ids (PROTOCOL.md §13.8)
+
+
+def test_delivered_ids_are_per_device_and_persist(tmp_path: Path) -> None:
+    assert (DELIVERED_WINDOW, DELIVERED_MAX_PER_DEVICE) == (24 * 3600, 10_000)  # as the spec says
+    p = tmp_path / "registry.db"
+    a, b = _dev(), _dev()
+    m = os.urandom(16)
+    with DeviceRegistry(p) as r:
+        r.add_or_replace(a)
+        r.add_or_replace(b)
+        assert not r.is_delivered(a.endpoint_id, m)
+        assert r.record_delivered(a.endpoint_id, m) is True
+        assert r.record_delivered(a.endpoint_id, m) is False  # already there
+        assert r.is_delivered(a.endpoint_id, m)
+        assert not r.is_delivered(b.endpoint_id, m)  # per device
+        with pytest.raises(UnknownDevice):
+            r.record_delivered(_id(), m)  # not paired: nothing recorded
+        with pytest.raises(ValueError):
+            r.record_delivered(a.endpoint_id, b"short")
+    with DeviceRegistry(p) as r:  # a restart
+        assert r.is_delivered(a.endpoint_id, m)
+        assert r.delivered_count(a.endpoint_id) == 1 and r.delivered_count(b.endpoint_id) == 0
+
+
+def test_delivered_ids_keep_the_newest_per_device(
+    reg: DeviceRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry_mod, "DELIVERED_MAX_PER_DEVICE", 5)
+    a, b = reg.add_or_replace(_dev()), reg.add_or_replace(_dev())
+    ids = [os.urandom(16) for _ in range(8)]
+    other = os.urandom(16)
+    reg.record_delivered(b.endpoint_id, other)
+    for i, m in enumerate(ids):
+        reg.record_delivered(a.endpoint_id, m, when=1000.0 + i)
+    assert reg.delivered_count(a.endpoint_id) == 5
+    now = 1010.0
+    assert [reg.is_delivered(a.endpoint_id, m, now) for m in ids] == [False] * 3 + [True] * 5
+    assert reg.is_delivered(b.endpoint_id, other)  # another device's ids are not dropped
+    # a dropped id is new again, and drops the next oldest
+    assert reg.record_delivered(a.endpoint_id, ids[0], when=1020.0) is True
+    assert not reg.is_delivered(a.endpoint_id, ids[3], now) and reg.is_delivered(a.endpoint_id, ids[4], now)
+
+
+def test_delivered_ids_expire_after_the_window(reg: DeviceRegistry) -> None:
+    a = reg.add_or_replace(_dev())
+    t0 = 1_700_000_000.0
+    old, fresh = os.urandom(16), os.urandom(16)
+    reg.record_delivered(a.endpoint_id, old, when=t0)
+    assert reg.is_delivered(a.endpoint_id, old, now=t0 + DELIVERED_WINDOW - 1)
+    assert not reg.is_delivered(a.endpoint_id, old, now=t0 + DELIVERED_WINDOW + 1)
+    # an expired id is delivered again (recorded anew); inserts prune expired rows
+    later = t0 + DELIVERED_WINDOW + 10
+    assert reg.record_delivered(a.endpoint_id, old, when=later) is True
+    reg.record_delivered(a.endpoint_id, fresh, when=later + DELIVERED_WINDOW - 5)
+    assert reg.delivered_count(a.endpoint_id) == 2
+    reg.record_delivered(a.endpoint_id, os.urandom(16), when=later + DELIVERED_WINDOW + 100)
+    assert reg.delivered_count(a.endpoint_id) == 2  # "old" (renewed at `later`) was pruned
+    assert reg.is_delivered(a.endpoint_id, fresh, now=later + DELIVERED_WINDOW + 100)
+
+
+def test_unpair_and_repair_forget_delivered_ids(reg: DeviceRegistry) -> None:
+    a, b = _dev(), _dev()
+    reg.add_or_replace(a)
+    reg.add_or_replace(b)
+    m = os.urandom(16)
+    for d in (a, b):
+        reg.record_delivered(d.endpoint_id, m)
+    assert reg.remove(a.endpoint_id)
+    assert reg.delivered_count(a.endpoint_id) == 0 and not reg.is_delivered(a.endpoint_id, m)
+    reg.add_or_replace(a)  # paired again: starts with no ids
+    assert not reg.is_delivered(a.endpoint_id, m)
+    reg.add_or_replace(_dev(b.endpoint_id, name="re-paired"))
+    assert not reg.is_delivered(b.endpoint_id, m)
+    reg.record_delivered(b.endpoint_id, m)
+    assert reg.forget_delivered(b.endpoint_id) == 1 and not reg.is_delivered(b.endpoint_id, m)
+
+
+def test_schema_1_registry_is_migrated(tmp_path: Path) -> None:
+    """A registry written before delivered ids existed (schema 1) gains the table, keeps its
+    devices, and is at SCHEMA_VERSION afterwards."""
+    p = tmp_path / "registry.db"
+    db = sqlite3.connect(p, isolation_level=None)  # what version 1 of the code wrote
+    db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+    MIGRATIONS[0](db)
+    d = _dev()
+    db.execute(
+        "INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?)",
+        (d.endpoint_id.to_bytes(), d.name, d.device_type, d.os, d.app_version, d.paired_at,
+         None, d.keys.send, d.keys.receive),
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.close()
+    with DeviceRegistry(p) as r:
+        assert r.list() == [d]
+        m = os.urandom(16)
+        assert r.record_delivered(d.endpoint_id, m) and r.is_delivered(d.endpoint_id, m)
+    db = sqlite3.connect(p)
+    try:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    finally:
+        db.close()
 
 
 # --------------------------------------------------------------------------------------------

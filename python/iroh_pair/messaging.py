@@ -13,7 +13,11 @@ the outputs. In short, per QUIC connection and direction (sender -> receiver):
   (ciphertext || 16-byte tag), with the AAD of :func:`encode_aad` (version, message type,
   sender id, receiver id, kind, counter, and for replies the request's message id);
 * the receiver keeps a sliding replay window per direction (:class:`ReplayWindow`), and
-  optionally a per-peer LRU of seen message ids (:class:`SeenIds`) to drop retried duplicates.
+  optionally a per-peer LRU of seen message ids (:class:`SeenIds`) to drop retried duplicates;
+* exactly-once delivery across restarts (§13.8): :class:`Deliveries` decides, per (peer,
+  message id), whether a message is new, ``IN_PROGRESS`` (its handler is running) or a
+  ``DUPLICATE`` (delivered before), in front of a persistent :class:`DeliveryStore` (the
+  node's registry).
 
 :class:`MessageChannel` is not thread-safe; use one per connection from one event loop.
 """
@@ -25,7 +29,8 @@ import os
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -58,6 +63,8 @@ __all__ = [
     "OpenedMessage",
     "ReplayWindow",
     "SeenIds",
+    "DeliveryStore",
+    "Deliveries",
     "MessageChannel",
     "derive_subkey",
     "encode_aad",
@@ -95,6 +102,8 @@ _KIND = re.compile(r"[a-z0-9._-]{1,32}")
 _ZERO_ID = bytes(MESSAGE_ID_LEN)
 
 IdLike = Union[bytes, "EndpointId"]
+_P = TypeVar("_P", bound=Hashable)
+_P_contra = TypeVar("_P_contra", bound=Hashable, contravariant=True)
 
 
 class MessageType(enum.IntEnum):
@@ -115,6 +124,7 @@ class MessageErrorCode(enum.IntEnum):
     DUPLICATE = 18  # authentic, but this message id was already delivered (a retry): not again
     MALFORMED = 19  # too short, or an unknown version byte
     TOO_OLD = 20  # counter fell behind the replay window; the sender may retry (new counter)
+    IN_PROGRESS = 21  # this message id is being handled right now; the sender retries shortly
 
 
 class MessageRejected(IrohPairError):
@@ -296,6 +306,103 @@ class SeenIds:
 
     def __len__(self) -> int:
         return len(self._ids)
+
+
+class DeliveryStore(Protocol[_P_contra]):
+    """Where :class:`Deliveries` persists delivered ids (the node uses its
+    :class:`~iroh_pair.registry.DeviceRegistry`)."""
+
+    def is_delivered(self, peer: _P_contra, message_id: bytes, /) -> bool:
+        """Whether ``message_id`` from ``peer`` was recorded (within the store's window)."""
+        ...
+
+    def record_delivered(self, peer: _P_contra, message_id: bytes, /) -> bool:
+        """Records ``message_id`` from ``peer`` durably (one transaction); ``False`` if it was
+        recorded already."""
+        ...
+
+
+class Deliveries(Generic[_P]):
+    """The receiver's exactly-once bookkeeping of PROTOCOL.md §13.8, for every peer.
+
+    For each authentic message (type 0) call :meth:`begin`: ``None`` means "deliver it" (the id
+    is now *in flight*), ``IN_PROGRESS`` that a message with this id is being handled right now,
+    ``DUPLICATE`` that it was delivered before. When the handler has returned, :meth:`commit`
+    records the id in ``store`` (one transaction) *before* the reply is sent; when it failed,
+    :meth:`abort` records nothing, so that a retry is delivered. The in-flight set lives in
+    memory only (a restart ends every handler); ``cache`` ids per peer (an LRU of
+    :class:`SeenIds`) answer repeated duplicates without asking the store. Without a store the
+    ids are remembered in memory only (at most ``cache_capacity`` per peer).
+
+    Example::
+
+        d = Deliveries(registry)
+        if (verdict := d.begin(peer, mid)) is None:
+            try:
+                reply = handler(data)
+            except Exception:
+                d.abort(peer, mid)      # HANDLER_ERROR: a retry is delivered
+                raise
+            d.commit(peer, mid)         # then send the reply
+        else:
+            reject(verdict)             # DUPLICATE or IN_PROGRESS
+    """
+
+    def __init__(
+        self, store: DeliveryStore[_P] | None = None, *, cache_capacity: int = SEEN_IDS_CAPACITY
+    ) -> None:
+        self.store = store
+        self.cache_capacity = cache_capacity
+        self._cache: dict[_P, SeenIds] = {}
+        self._in_flight: set[tuple[_P, bytes]] = set()
+
+    def begin(self, peer: _P, message_id: bytes) -> MessageErrorCode | None:
+        """``None`` (the message is new: it is now in flight), ``IN_PROGRESS`` or ``DUPLICATE``.
+        May raise the store's errors (then nothing changed)."""
+        mid = bytes(message_id)
+        if (peer, mid) in self._in_flight:
+            return MessageErrorCode.IN_PROGRESS
+        seen = self._cache.get(peer)
+        if seen is not None and mid in seen:
+            seen.add(mid)  # refresh
+            return MessageErrorCode.DUPLICATE
+        if self.store is not None and self.store.is_delivered(peer, mid):
+            self._seen(peer).add(mid)
+            return MessageErrorCode.DUPLICATE
+        self._in_flight.add((peer, mid))
+        return None
+
+    def commit(self, peer: _P, message_id: bytes) -> None:
+        """The handler of ``message_id`` returned: records it (store, then cache) and ends its
+        flight. If the store fails, the error propagates, but the id is still remembered in
+        memory (the handler did run)."""
+        mid = bytes(message_id)
+        try:
+            if self.store is not None:
+                self.store.record_delivered(peer, mid)
+        finally:
+            self._in_flight.discard((peer, mid))
+            self._seen(peer).add(mid)
+
+    def abort(self, peer: _P, message_id: bytes) -> None:
+        """The handler of ``message_id`` failed: nothing is recorded, a retry will be delivered."""
+        self._in_flight.discard((peer, bytes(message_id)))
+
+    def forget(self, peer: _P) -> None:
+        """Forgets ``peer``'s cached and in-flight ids (unpaired or re-paired; the store's ids
+        are the store's business)."""
+        self._cache.pop(peer, None)
+        self._in_flight = {k for k in self._in_flight if k[0] != peer}
+
+    def in_flight(self, peer: _P, message_id: bytes) -> bool:
+        """Whether the handler of ``message_id`` from ``peer`` is running."""
+        return (peer, bytes(message_id)) in self._in_flight
+
+    def _seen(self, peer: _P) -> SeenIds:
+        seen = self._cache.get(peer)
+        if seen is None:
+            seen = self._cache[peer] = SeenIds(self.cache_capacity)
+        return seen
 
 
 # --------------------------------------------------------------------------------------------

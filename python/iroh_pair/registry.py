@@ -9,6 +9,11 @@
   :func:`safe_display` escapes whatever is left for printing.
 * Durability: WAL journal, ``synchronous=FULL``; every write is one transaction. Re-pairing an
   EndpointId replaces its row in one transaction.
+* Delivered message ids (docs/PROTOCOL.md §13.8): per paired device, the ids of the messages
+  whose handler returned, for :data:`DELIVERED_WINDOW` seconds (24 h) and at most
+  :data:`DELIVERED_MAX_PER_DEVICE` (10,000) per device, the oldest dropped first
+  (:meth:`DeviceRegistry.record_delivered`, :meth:`DeviceRegistry.is_delivered`). Unpairing or
+  re-pairing a device forgets its ids.
 * Safety: the file carries ``PRAGMA application_id`` = :data:`APPLICATION_ID` and a schema
   version in ``PRAGMA user_version`` (upgraded by :data:`MIGRATIONS`). A file that is not an
   SQLite database, or an SQLite database that is not ours, or a damaged one, raises
@@ -25,6 +30,7 @@ import builtins
 import os
 import sqlite3
 import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
@@ -44,6 +50,9 @@ __all__ = [
     "MIGRATIONS",
     "REGISTRY_FILE",
     "MIN_ID_PREFIX",
+    "DELIVERED_WINDOW",
+    "DELIVERED_MAX_PER_DEVICE",
+    "DELIVERED_PRUNE_INTERVAL",
     "RegistryError",
     "RegistryCorrupt",
     "RegistrySchemaTooNew",
@@ -61,6 +70,14 @@ APPLICATION_ID = 0x69507267
 REGISTRY_FILE = "registry.db"
 #: Shortest EndpointId prefix :meth:`DeviceRegistry.find` accepts.
 MIN_ID_PREFIX = 4
+#: How long a delivered message id is remembered, in seconds (PROTOCOL.md §13.8: 24 hours).
+DELIVERED_WINDOW = 24 * 3600.0
+#: The most delivered message ids remembered per device (PROTOCOL.md §13.8); beyond it the
+#: oldest is dropped on every insert.
+DELIVERED_MAX_PER_DEVICE = 10_000
+#: Ids older than :data:`DELIVERED_WINDOW` are deleted by an insert at most this often (seconds);
+#: until then :meth:`DeviceRegistry.is_delivered` ignores them.
+DELIVERED_PRUNE_INTERVAL = 60.0
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _T = TypeVar("_T")
@@ -87,8 +104,26 @@ def _v1(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX devices_name ON devices (name)")
 
 
+def _v2(db: sqlite3.Connection) -> None:
+    """Delivered message ids (§13.8). ``seq`` numbers a device's ids 1, 2, 3, … so that the
+    per-device cap is one indexed range delete; ``delivered_at`` is a Unix time."""
+    db.execute(
+        """
+        CREATE TABLE delivered (
+            endpoint_id  BLOB NOT NULL CHECK (length(endpoint_id) = 32),
+            message_id   BLOB NOT NULL CHECK (length(message_id) = 16),
+            seq          INTEGER NOT NULL,
+            delivered_at REAL NOT NULL,
+            PRIMARY KEY (endpoint_id, message_id)
+        ) WITHOUT ROWID
+        """
+    )
+    db.execute("CREATE UNIQUE INDEX delivered_seq ON delivered (endpoint_id, seq)")
+    db.execute("CREATE INDEX delivered_age ON delivered (delivered_at)")
+
+
 #: ``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``, inside one transaction.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1,)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -274,6 +309,7 @@ class DeviceRegistry:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._pruned_at = float("-inf")  # last time expired delivered ids were deleted
         if not self.path.parent.is_dir():
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.path.lexists(self.path):
@@ -437,6 +473,7 @@ class DeviceRegistry:
 
         def do(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM devices WHERE endpoint_id = ?", (row[0],))
+            db.execute("DELETE FROM delivered WHERE endpoint_id = ?", (row[0],))  # a new pairing
             db.execute(f"INSERT INTO devices ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", row)
 
         self._write(do)
@@ -529,10 +566,13 @@ class DeviceRegistry:
         return found
 
     def remove(self, endpoint_id: EndpointId) -> bool:
-        """Forgets a device (unpairs it locally); ``False`` if it was not paired."""
+        """Forgets a device (unpairs it locally) and its delivered message ids; ``False`` if it
+        was not paired."""
 
         def do(db: sqlite3.Connection) -> int:
-            cur = db.execute("DELETE FROM devices WHERE endpoint_id = ?", (endpoint_id.to_bytes(),))
+            eid = endpoint_id.to_bytes()
+            db.execute("DELETE FROM delivered WHERE endpoint_id = ?", (eid,))
+            cur = db.execute("DELETE FROM devices WHERE endpoint_id = ?", (eid,))
             return cur.rowcount
 
         return self._write(do) > 0
@@ -551,6 +591,96 @@ class DeviceRegistry:
             return cur.rowcount
 
         return self._write(do) > 0
+
+    # -- delivered message ids (PROTOCOL.md §13.8) ---------------------------------------------
+
+    def record_delivered(
+        self, endpoint_id: EndpointId, message_id: bytes, when: float | None = None
+    ) -> bool:
+        """Records, in one committed and durable transaction, that the message ``message_id``
+        (16 bytes) from the paired device ``endpoint_id`` was delivered (its handler returned)
+        at Unix time ``when`` (default: now). Returns ``False`` if it was already recorded.
+
+        The same transaction drops the device's oldest id beyond
+        :data:`DELIVERED_MAX_PER_DEVICE` and, at most every :data:`DELIVERED_PRUNE_INTERVAL`
+        seconds, every id older than :data:`DELIVERED_WINDOW`. Raises :class:`UnknownDevice` if
+        the device is not paired (nothing is recorded)::
+
+            reg.record_delivered(device.endpoint_id, msg.message_id)  # True: first time
+        """
+        mid = bytes(message_id)
+        if len(mid) != 16:
+            raise ValueError("a message id is 16 bytes")
+        now = time.time() if when is None else float(when)
+        eid = endpoint_id.to_bytes()
+
+        def do(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM devices WHERE endpoint_id = ?", (eid,)).fetchone() is None:
+                raise UnknownDevice(str(endpoint_id))
+            found = db.execute(
+                "SELECT delivered_at FROM delivered WHERE endpoint_id = ? AND message_id = ?",
+                (eid, mid),
+            ).fetchone()
+            if found is not None and float(found[0]) >= now - DELIVERED_WINDOW:
+                return False
+            (top,) = db.execute(
+                "SELECT max(seq) FROM delivered WHERE endpoint_id = ?", (eid,)
+            ).fetchone()
+            seq = 1 if top is None else int(top) + 1
+            # INSERT OR REPLACE: an expired row not pruned yet is renewed.
+            db.execute(
+                "INSERT OR REPLACE INTO delivered (endpoint_id, message_id, seq, delivered_at) "
+                "VALUES (?, ?, ?, ?)",
+                (eid, mid, seq, now),
+            )
+            db.execute(
+                "DELETE FROM delivered WHERE endpoint_id = ? AND seq <= ?",
+                (eid, seq - DELIVERED_MAX_PER_DEVICE),
+            )
+            if now - self._pruned_at >= DELIVERED_PRUNE_INTERVAL:
+                db.execute("DELETE FROM delivered WHERE delivered_at < ?", (now - DELIVERED_WINDOW,))
+                self._pruned_at = now
+            return True
+
+        return self._write(do)
+
+    def is_delivered(
+        self, endpoint_id: EndpointId, message_id: bytes, now: float | None = None
+    ) -> bool:
+        """Whether ``message_id`` from ``endpoint_id`` is recorded as delivered within the last
+        :data:`DELIVERED_WINDOW` seconds before ``now`` (default: the current time)."""
+        cutoff = (time.time() if now is None else float(now)) - DELIVERED_WINDOW
+
+        def do(db: sqlite3.Connection) -> bool:
+            row = db.execute(
+                "SELECT 1 FROM delivered WHERE endpoint_id = ? AND message_id = ? "
+                "AND delivered_at >= ?",
+                (endpoint_id.to_bytes(), bytes(message_id), cutoff),
+            ).fetchone()
+            return row is not None
+
+        return self._run(do)
+
+    def delivered_count(self, endpoint_id: EndpointId) -> int:
+        """How many delivered message ids are stored for ``endpoint_id`` (expired ones not yet
+        pruned included)."""
+        return int(
+            self._run(
+                lambda db: db.execute(
+                    "SELECT count(*) FROM delivered WHERE endpoint_id = ?",
+                    (endpoint_id.to_bytes(),),
+                ).fetchone()[0]
+            )
+        )
+
+    def forget_delivered(self, endpoint_id: EndpointId) -> int:
+        """Forgets every delivered message id of ``endpoint_id``; returns how many there were."""
+
+        def do(db: sqlite3.Connection) -> int:
+            cur = db.execute("DELETE FROM delivered WHERE endpoint_id = ?", (endpoint_id.to_bytes(),))
+            return cur.rowcount
+
+        return self._write(do)
 
     def close(self) -> None:
         """Closes the database (idempotent); later calls raise :class:`RegistryError`."""
