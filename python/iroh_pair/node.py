@@ -35,16 +35,27 @@ from .messaging import (
     MESSAGE_ID_LEN,
     MessageChannel,
     MessageErrorCode,
-    Deliveries,
     MessageRejected,
+    SeenIds,
     new_message_id,
 )
 from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
-from .pairing import PairingFailed, run_host, run_joiner
+from .pairing import (
+    JOINER_REPLY_TIMEOUT,
+    ConfirmSas,
+    PairingFailed,
+    SasCheck,
+    refuse,
+    refuse_version_1,
+    run_host,
+    run_joiner,
+)
 from .protocol import (
     ALPN,
+    CONFIRM_TIMEOUT,
     MAX_MESSAGE,
     PAIR_KIND,
+    PAIR_KIND_V1,
     CloseCode,
     DeviceInfo,
     Failed,
@@ -77,6 +88,8 @@ __all__ = [
     "MessageHandler",
     "DEFAULT_KIND",
     "PairingFailed",
+    "SasCheck",
+    "ConfirmSas",
     "NameplateNotFound",
     "AmbiguousNameplate",
 ]
@@ -85,10 +98,6 @@ log = logging.getLogger("iroh_pair.node")
 
 #: The stream kind of :meth:`Node.request` and :meth:`Node.send` unless another is given.
 DEFAULT_KIND = "msg"
-#: First delay before retrying a message the receiver answered ``IN_PROGRESS`` (doubles each
-#: time up to :data:`IN_PROGRESS_MAX_BACKOFF`, within the request's timeout).
-IN_PROGRESS_BACKOFF = 0.05
-IN_PROGRESS_MAX_BACKOFF = 1.0
 
 #: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
 MessageHandler = Callable[[PairedDevice, bytes], Union[bytes, None, Awaitable[Union[bytes, None]]]]
@@ -135,7 +144,8 @@ class HostedPairing:
     with :class:`PairingFailed` when the code expires, burns or is cancelled.
 
     ``code`` is the full code (``str()`` to share it); in LAN mode ``spoken`` is the short code
-    to read aloud (``str(hosted.spoken)``, e.g. ``7-ocean-tiger-river``)."""
+    to read aloud (``str(hosted.spoken)``, e.g. ``7-ocean-tiger-river``). ``confirm`` is the SAS
+    confirmation callback the code was hosted with (``None``: approved at once)."""
 
     def __init__(
         self,
@@ -143,10 +153,12 @@ class HostedPairing:
         offer: PairingOffer,
         fut: asyncio.Future[PairedDevice],
         spoken: LanCode | None = None,
+        confirm: ConfirmSas | None = None,
     ):
         self.code = code
         self.offer = offer
         self.spoken = spoken
+        self.confirm = confirm
         self._fut = fut
 
     async def wait(self, timeout: float | None = None) -> PairedDevice:
@@ -175,6 +187,7 @@ class Node:
         self._handlers: dict[str, MessageHandler] = {}
         self._offers = OfferBook()
         self._hosted: dict[bytes, tuple[PairingOffer, asyncio.Future[PairedDevice]]] = {}
+        self._confirms: dict[bytes, ConfirmSas] = {}  # SAS confirmation per hosted offer's tag
         self._announcements: dict[bytes, MdnsAnnouncement] = {}
         self._on_lan: set[EndpointId] = set()
         self._lan_reported: set[EndpointId] = set()
@@ -185,8 +198,7 @@ class Node:
         self._uses_lookup = False
         self._hints: dict[EndpointId, EndpointAddr] = {}
         self._conns: dict[int, _ConnState] = {}
-        #: exactly-once bookkeeping (§13.8): in-flight ids, an LRU, the registry behind them
-        self._deliveries: Deliveries[EndpointId] = Deliveries()
+        self._seen: dict[EndpointId, SeenIds] = {}
         self._sas: dict[EndpointId, str] = {}
         self._subscribers: set[asyncio.Queue[NodeEvent | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -239,7 +251,6 @@ class Node:
         try:
             key = identity.load_or_create_secret_key(self.data_dir)
             self.registry = DeviceRegistry(self.data_dir / REGISTRY_FILE)
-            self._deliveries.store = self.registry
             self._devices = {d.endpoint_id: d for d in self.registry.list()}
             self.info = DeviceInfo(
                 name=sanitize_text(name or os.uname().nodename, FIELD_LIMITS["name"][1]) or "device",
@@ -332,7 +343,7 @@ class Node:
         dev = self.device(ref)
         self.registry.remove(dev.endpoint_id)
         self._devices.pop(dev.endpoint_id, None)
-        self._deliveries.forget(dev.endpoint_id)  # the registry forgot its ids with it
+        self._seen.pop(dev.endpoint_id, None)
         conn = self.cache.peek(dev.endpoint_id, ALPN)
         if conn is not None:
             conn.close(int(CloseCode.NOT_PAIRED), b"unpaired")
@@ -395,12 +406,33 @@ class Node:
     # ------------------------------------------------------------------ pairing
 
     async def host_pairing(
-        self, *, ttl: float = 300.0, words: int = 3, lan: bool = False
+        self,
+        *,
+        ttl: float = 300.0,
+        words: int = 3,
+        lan: bool = False,
+        confirm: ConfirmSas | None = None,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
     ) -> HostedPairing:
         """Starts hosting a one-time pairing code (single use, expires after ``ttl`` seconds,
         burned after 3 wrong attempts). Share ``hosted.code`` (``str()`` is its full form).
         With relays on, it first waits (``online_timeout``, 10 s) for the home relay, so that
         the code's ticket can reach this node from behind a NAT.
+
+        ``confirm`` asks the user to compare the SAS before anything is stored: it gets a
+        :class:`SasCheck` and returns (or resolves to) ``True`` to approve, ``False`` to decline
+        (then nothing is stored on either side and both fail with ``SAS_DECLINED``); no answer
+        within ``confirm_timeout`` seconds is ``TIMEOUT``. ``confirm=None`` approves at once:
+        the flow stays automatic, but a man in the middle who knows the code is not detected
+        (docs/PROTOCOL.md §8.3). Example::
+
+            async def ask(check: SasCheck) -> bool:
+                line = await asyncio.to_thread(input, f"Do both screens show {check.formatted}? [y/N] ")
+                return line.strip().lower() in ("y", "yes")
+
+            hosted = await node.host_pairing(confirm=ask)
+            print(hosted.code)
+            device = await hosted.wait()
 
         ``lan=True`` also gives a short code to read aloud, ``hosted.spoken`` (nameplate and
         words, e.g. ``7-ocean-tiger-river``), for a joiner on the same LAN: the nameplate is
@@ -422,20 +454,26 @@ class Node:
                     break
         else:
             code = PairingCode.generate(self.ticket(), word_count=words)
-        offer = PairingOffer.create(code, now=time.monotonic(), ttl=ttl)
+        offer = PairingOffer.create(code, now=time.monotonic(), ttl=ttl,
+                                    confirm_timeout=confirm_timeout)
         if spoken is not None:
             self._announcements[offer.tag] = self.endpoint.mdns_announce(spoken.service)
             log.info("announcing nameplate %d on the LAN", spoken.nameplate)
         self._offers.add(offer)
         fut: asyncio.Future[PairedDevice] = asyncio.get_running_loop().create_future()
         self._hosted[offer.tag] = (offer, fut)
+        if confirm is not None:
+            self._confirms[offer.tag] = confirm
 
         async def expire() -> None:
             await asyncio.sleep(ttl)
+            # a handshake that started before expiry may finish within its own deadlines (§9)
+            while offer.busy(time.monotonic()) and not fut.done():
+                await asyncio.sleep(0.25)
             self._end_offer(offer, PairingFailed(RejectCode.EXPIRED, "the code expired"))
 
         self._spawn(expire())
-        return HostedPairing(code, offer, fut, spoken)
+        return HostedPairing(code, offer, fut, spoken, confirm)
 
     @property
     def hosting(self) -> bool:
@@ -444,6 +482,7 @@ class Node:
 
     def _end_offer(self, offer: PairingOffer, outcome: PairedDevice | Exception) -> None:
         self._offers.remove(offer.tag)
+        self._confirms.pop(offer.tag, None)
         announcement = self._announcements.pop(offer.tag, None)
         if announcement is not None:
             announcement.close()
@@ -457,14 +496,32 @@ class Node:
             entry[1].exception()  # retrieved: a code nobody waits on is not an error
 
     async def join(
-        self, code: str | PairingCode | LanCode, *, timeout: float = 60.0
+        self,
+        code: str | PairingCode | LanCode,
+        *,
+        timeout: float = 60.0,
+        confirm: ConfirmSas | None = None,
+        confirm_timeout: float = CONFIRM_TIMEOUT,
     ) -> PairedDevice:
         """Pairs with the host that created ``code``: a full code, or a spoken LAN code
         (``7-ocean-tiger-river``), whose host is found on this LAN over mDNS first. Raises
         :class:`PairingFailed` (``code.code`` says why: ``WRONG_CODE`` for wrong words,
-        ``BURNED``, ``EXPIRED``, ...), :class:`NameplateNotFound` or
+        ``BURNED``, ``EXPIRED``, ``SAS_DECLINED``, ``UNSUPPORTED_VERSION`` for a host of
+        another pairing version, ...), :class:`NameplateNotFound` or
         :class:`AmbiguousNameplate` for a LAN code, or a transport error when the host cannot
-        be reached."""
+        be reached.
+
+        ``timeout`` bounds reaching the SAS (dialing, the host's reply); then both users
+        compare it: ``confirm`` (as in :meth:`host_pairing`) answers for this side, and the
+        host's approval and this side's must both come within ``confirm_timeout`` seconds.
+        The device is stored only after both approvals. Example::
+
+            async def ask(check: SasCheck) -> bool:
+                line = await asyncio.to_thread(input, f"Do both screens show {check.formatted}? [y/N] ")
+                return line.strip().lower() in ("y", "yes")
+
+            device = await node.join(code_text, confirm=ask)
+        """
         if isinstance(code, str) and looks_spoken(code):
             code = LanCode.parse(code)
         if isinstance(code, LanCode):
@@ -476,16 +533,23 @@ class Node:
             raise ValueError("this code was created by this node")
         self._hints[addr.id] = addr  # memory only: never stored
         result: list[PairedDevice] = []
+        previous = self._devices.get(addr.id)
 
         async def stored(r: PairingResult) -> None:
             result.append(self._store(r))
 
-        async def attempt() -> PairedDevice:
-            conn = await self.cache.get(addr.id, ALPN)
-            await run_joiner(conn, pc, local_id=self.id.to_bytes(), info=self.info, on_paired=stored)
-            return result[0]
+        async def undo(r: PairingResult) -> None:
+            self._unstore(EndpointId.from_bytes(r.peer_id), previous)
 
-        return await asyncio.wait_for(attempt(), timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        conn = await asyncio.wait_for(self.cache.get(addr.id, ALPN), timeout)
+        await run_joiner(
+            conn, pc, local_id=self.id.to_bytes(), info=self.info, on_paired=stored,
+            on_unpaired=undo, confirm=confirm, confirm_timeout=confirm_timeout,
+            reply_timeout=max(0.0, min(JOINER_REPLY_TIMEOUT, deadline - loop.time())),
+        )
+        return result[0]
 
     async def _resolve_nameplate(self, code: LanCode) -> PairingCode:
         """Finds the host announcing ``code``'s nameplate on the LAN (exactly one)."""
@@ -510,7 +574,7 @@ class Node:
         )
         self._devices[peer] = dev
         self._sas[peer] = r.sas
-        self._deliveries.forget(peer)  # re-paired: no delivered ids (the registry's went too)
+        self._seen.pop(peer, None)
         # Channels of an existing connection were built with the old keys.
         for st in self._conns.values():
             if st.conn.remote_id == peer:
@@ -519,6 +583,37 @@ class Node:
         self._report_lan(peer)
         log.info("paired with %s (%s)", dev.name, peer.fmt_short())
         return dev
+
+    def _unstore(self, peer: EndpointId, previous: PairedDevice | None) -> None:
+        """Undoes :meth:`_store` on a joiner whose host refused after the Accept (§5): the
+        previous entry (a re-pairing) comes back, or the device is forgotten."""
+        if previous is not None:
+            self._devices[peer] = self.registry.add_or_replace(previous)
+        else:
+            self.registry.remove(peer)
+            self._devices.pop(peer, None)
+        self._sas.pop(peer, None)
+        for st in self._conns.values():
+            if st.conn.remote_id == peer:
+                st.channel = None
+        self._emit(NodeEvent("unpaired", peer, previous.name if previous else "",
+                             detail="the host did not keep the pairing"))
+        log.warning("the host %s refused the pairing after the Accept", peer.fmt_short())
+
+    async def _refuse_pairing(self, conn: Connection, incoming: IncomingStream,
+                              code: RejectCode | None, text: str = "") -> None:
+        """Answers a pairing stream this node will not serve with one Reject (§2.1): a
+        version-1 stream (``code=None``), or ``pair2`` without a live offer; then an unpaired
+        peer's connection is closed after the grace period."""
+        send, _ = incoming.take_streams()
+        if code is None:
+            await refuse_version_1(send)
+        else:
+            await refuse(send, code, text)
+        if conn.remote_id not in self._devices:
+            await asyncio.sleep(1.0)
+            if conn.remote_id not in self._devices:
+                conn.close(int(CloseCode.PAIRING_FAILED), b"pairing failed")
 
     async def _host(self, conn: Connection, incoming: IncomingStream, m1: bytes) -> None:
         send, recv = incoming.take_streams()
@@ -534,8 +629,9 @@ class Node:
         out = await run_host(
             conn, send, recv, m1, offers=self._offers, local_id=self.id.to_bytes(),
             info=self.info, on_paired=stored, counts=count,
+            confirm_for=lambda offer: self._confirms.get(offer.tag),
         )
-        # hosted.wait() returns only now that the joiner has the host's Complete.
+        # hosted.wait() returns only now that the joiner has the host's FIN.
         for offer, dev in done:
             if offer is not None:
                 self._end_offer(offer, dev)
@@ -546,7 +642,11 @@ class Node:
                     self._end_offer(offer, PairingFailed(RejectCode.BURNED, "too many wrong attempts"))
             if conn.remote_id not in self._devices:
                 await asyncio.sleep(1.0)  # let the Reject arrive, then end the unknown peer's connection
-                conn.close(int(CloseCode.PAIRING_FAILED), b"pairing failed")
+                if conn.remote_id not in self._devices:
+                    # an invalid Hello (e.g. a bad SPAKE2 point) is a protocol error (§9)
+                    bad = out.code == RejectCode.MALFORMED and not out.by_peer
+                    conn.close(int(CloseCode.PROTOCOL_ERROR if bad else CloseCode.PAIRING_FAILED),
+                               b"pairing failed")
 
     def _offer_of(self, r: PairingResult) -> PairingOffer | None:
         for offer, _ in self._hosted.values():
@@ -561,8 +661,8 @@ class Node:
         e.g. "sync"). It gets the sending device and the decrypted bytes; what it returns is
         sealed and sent back as the reply (``None``: an empty reply)."""
         encode_header(kind)  # validates the name
-        if kind == PAIR_KIND:
-            raise ValueError("the 'pair' kind is reserved")
+        if kind in (PAIR_KIND, PAIR_KIND_V1):
+            raise ValueError(f"the {kind!r} kind is reserved")
         self._handlers[kind] = handler
 
     async def request(
@@ -576,36 +676,12 @@ class Node:
     ) -> bytes:
         """Sends ``data`` to a paired device and returns its handler's reply (decrypted).
 
-        Dials by EndpointId only when no connection is live. Every message carries a 16-byte
-        message id (``message_id``, default a fresh random one,
-        :func:`iroh_pair.messaging.new_message_id`): a request that fails on a dead connection
-        is retried once on a new one under the same id, and a message whose handler is running
-        right now on the receiver (``IN_PROGRESS``) is retried after a short backoff, all within
-        ``timeout`` seconds in total.
-
-        **Exactly once** (docs/PROTOCOL.md §13.8): the receiver records each id in its registry
-        (persisted, per device) when its handler has returned, before it replies. So if the
-        application retries an unanswered message with the same ``message_id`` until it gets a
-        reply or ``DUPLICATE``, the receiver's handler runs exactly once per id, across
-        connections and restarts of either side, provided the retry arrives within 24 hours and
-        within 10,000 later messages from this device. A handler that failed recorded nothing,
-        so its retry is delivered. One gap remains: if the receiver stops between its handler
-        returning and the id's commit (one SQLite transaction), a retry is delivered again (at
-        least once, never lost); beyond the window too.
-
-        A retry of a message already handled raises :class:`~iroh_pair.errors.RemoteError`
-        with ``code == StreamErrorCode.DUPLICATE`` (its reply is not kept: a receiver that must
-        answer retried requests caches its replies by message id). Other refusals also raise
-        ``RemoteError`` (``HANDLER_ERROR``, ``IN_PROGRESS`` when ``timeout`` ran out, ...), its
-        message naming the code. Example::
-
-            mid = new_message_id()
-            try:
-                reply = await node.request(dev, b"charge 10 EUR", message_id=mid)
-            except RemoteError as e:
-                if e.code != StreamErrorCode.DUPLICATE:
-                    raise       # else: handled before, by an earlier attempt
-        """
+        Dials by EndpointId only when no connection is live; a request that fails on a dead
+        connection is retried once on a new one, under the same message id (the receiver
+        drops duplicates). An application that retries after an error should pass the same
+        ``message_id`` (16 bytes, e.g. :func:`iroh_pair.messaging.new_message_id`) each time:
+        the receiver then handles the message at most once, and a retry of a message already
+        handled fails with :class:`~iroh_pair.errors.RemoteError` code ``DUPLICATE``."""
         dev = self.device(device)
         if message_id is not None and len(message_id) != MESSAGE_ID_LEN:
             raise ValueError(f"a message id is {MESSAGE_ID_LEN} bytes")
@@ -617,25 +693,9 @@ class Node:
             channels.append(ch)
             return encode_header(kind) + ch.seal(kind, data, message_id=mid)
 
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        backoff = IN_PROGRESS_BACKOFF
-        while True:
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            try:
-                reply = await self.cache.request(
-                    dev.endpoint_id, ALPN, seal, timeout=left, max_response=DEFAULT_MAX_MESSAGE
-                )
-                break
-            except RemoteError as e:
-                if e.code == StreamErrorCode.IN_PROGRESS and (
-                    deadline is None or loop.time() + backoff < deadline
-                ):
-                    log.debug("message %s is in progress on %s: retrying", mid.hex(), dev)
-                    await asyncio.sleep(backoff)
-                    backoff = min(backoff * 2, IN_PROGRESS_MAX_BACKOFF)
-                    continue
-                raise _named_remote_error(e, dev, mid) from e
+        reply = await self.cache.request(
+            dev.endpoint_id, ALPN, seal, timeout=timeout, max_response=DEFAULT_MAX_MESSAGE
+        )
         if not reply:
             return b""
         return channels[-1].open(kind, reply, reply_to=mid).plaintext
@@ -649,17 +709,9 @@ class Node:
         timeout: float | None = 30.0,
         message_id: bytes | None = None,
     ) -> None:
-        """Sends ``data`` one way; returns once the peer's node has received it and its handler
-        has returned (and the message id is recorded there).
-
-        The guarantee is :meth:`request`'s (docs/PROTOCOL.md §13.8): retrying with the same
-        ``message_id`` after an error, or after a restart of either side, runs the receiver's
-        handler exactly once, within 24 hours and 10,000 later messages. ``DUPLICATE`` counts
-        as delivered: a retry of a message already handled returns normally. Example::
-
-            mid = new_message_id()              # keep it (e.g. in your outbox) until sent
-            await node.send(dev, b"note", message_id=mid)
-        """
+        """Sends ``data`` one way; returns once the peer's node has received and handled it.
+        Retrying with the same ``message_id`` after an error delivers it exactly once (a
+        retry of a message that was already handled returns normally)."""
         try:
             await self.request(device, data, kind=kind, timeout=timeout, message_id=message_id)
         except RemoteError as e:
@@ -672,8 +724,8 @@ class Node:
             st = self._setup(conn)
         if st.channel is None:
             binding = conn.export_keying_material(MSG_BINDING_LABEL, b"", 32)
-            # deduplication is the node's (self._deliveries), across connections and restarts
-            st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding)
+            seen = self._seen.setdefault(dev.endpoint_id, SeenIds())
+            st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding, seen=seen)
         return st.channel
 
     # ------------------------------------------------------------------ connections
@@ -754,11 +806,18 @@ class Node:
             self._reject(incoming, StreamErrorCode.BAD_ENVELOPE)
             return
         body = first[used:]
+        if kind == PAIR_KIND_V1:  # pairing version 1: refused with its version named (§2.1)
+            self._spawn(self._refuse_pairing(conn, incoming, None))
+            return
         if kind == PAIR_KIND:
-            if not self.hosting or len(body) > MAX_MESSAGE:
-                self._reject(incoming, StreamErrorCode.NOT_ADMITTED)
-                return
-            self._spawn(self._host(conn, incoming, body))
+            if len(body) > MAX_MESSAGE:
+                self._spawn(self._refuse_pairing(conn, incoming, RejectCode.TOO_LARGE,
+                                                 "pairing message over 64 KiB"))
+            elif not self.hosting:
+                self._spawn(self._refuse_pairing(conn, incoming, RejectCode.EXPIRED,
+                                                 "no pairing code is hosted"))
+            else:
+                self._spawn(self._host(conn, incoming, body))
             return
         dev = self._devices.get(conn.remote_id)
         if dev is None:
@@ -772,37 +831,27 @@ class Node:
         channel = self._channel(conn, dev)
         try:
             msg = channel.open(kind, body)
-            verdict = self._deliveries.begin(dev.endpoint_id, msg.message_id)
         except MessageRejected as e:
-            self._count_rejected(dev, e.code, logging.WARNING)
+            self.counters["messages_rejected"] += 1
+            name = MessageErrorCode(e.code).name
+            self.rejections[name] = self.rejections.get(name, 0) + 1
+            log.warning("rejected a message from %s: %s", dev.endpoint_id.fmt_short(), name)
             self._reject(incoming, int(e.code))
             return
-        except IrohPairError:  # the registry failed: not delivered, the sender may retry
-            log.exception("cannot look up a message id from %s", dev.endpoint_id.fmt_short())
-            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
-            return
-        if verdict is not None:  # DUPLICATE or IN_PROGRESS: a retry, not an attack
-            self._count_rejected(dev, verdict, logging.INFO)
-            self._reject(incoming, int(verdict))
-            return
         self.counters["messages_delivered"] += 1
-        peer, mid = dev.endpoint_id, msg.message_id
 
         def reply(out: bytes | None) -> None:
-            # §13.8: the id is committed when the handler has returned, before the reply.
             try:
-                self._deliveries.commit(peer, mid)
-            except IrohPairError:
-                log.error("could not record message %s from %s as delivered: a retry would be "
-                          "delivered again", mid.hex(), peer.fmt_short(), exc_info=True)
-            try:
-                incoming.respond(b"" if out is None else channel.seal(kind, out, reply_to=mid))
+                incoming.respond(
+                    b"" if out is None else channel.seal(kind, out, reply_to=msg.message_id)
+                )
             except IrohPairError:
                 log.debug("could not send a reply", exc_info=True)
 
         def failed() -> None:
             log.exception("message handler for %r failed", kind)
-            self._deliveries.abort(peer, mid)  # nothing recorded: a retry will be delivered
+            if channel.seen is not None:
+                channel.seen.discard(msg.message_id)  # a retry will be delivered
             self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
 
         try:
@@ -819,20 +868,11 @@ class Node:
                 except Exception:
                     failed()
                     return
-                except BaseException:  # cancelled (the node closes): not delivered
-                    self._deliveries.abort(peer, mid)
-                    raise
                 reply(r)
 
             self._spawn(finish())
         else:
             reply(out)
-
-    def _count_rejected(self, dev: PairedDevice, code: int, level: int) -> None:
-        self.counters["messages_rejected"] += 1
-        name = _code_name(code)
-        self.rejections[name] = self.rejections.get(name, 0) + 1
-        log.log(level, "refused a message from %s: %s", dev.endpoint_id.fmt_short(), name)
 
     @staticmethod
     def _reject(incoming: IncomingStream, code: int) -> None:
@@ -920,24 +960,6 @@ class Node:
             f"<Node {self.id.fmt_short()} {state} devices={len(self._devices)} "
             f"connections={len(self._conns)} hosting={self.hosting}>"
         )
-
-
-def _code_name(code: int) -> str:
-    try:
-        return StreamErrorCode(code).name
-    except ValueError:
-        return f"code {code}"
-
-
-def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> RemoteError:
-    """``e`` again, its message naming the code (``DUPLICATE (18)``, not a bare number)."""
-    name = _code_name(e.code)
-    what = {
-        "DUPLICATE": "was already delivered (handled by an earlier attempt)",
-        "IN_PROGRESS": "is still being handled (the timeout ran out)",
-        "HANDLER_ERROR": "made the handler fail",
-    }.get(name, "was refused")
-    return RemoteError(f"{name} ({e.code}): message {mid.hex()} to {dev} {what}", e.code)
 
 
 def _selected(conn: Connection) -> str | None:
