@@ -35,8 +35,8 @@ from .messaging import (
     MESSAGE_ID_LEN,
     MessageChannel,
     MessageErrorCode,
+    Deliveries,
     MessageRejected,
-    SeenIds,
     new_message_id,
 )
 from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
@@ -98,6 +98,10 @@ log = logging.getLogger("iroh_pair.node")
 
 #: The stream kind of :meth:`Node.request` and :meth:`Node.send` unless another is given.
 DEFAULT_KIND = "msg"
+#: First delay before retrying a message the receiver answered ``IN_PROGRESS`` (doubles each
+#: time up to :data:`IN_PROGRESS_MAX_BACKOFF`, within the request's timeout).
+IN_PROGRESS_BACKOFF = 0.05
+IN_PROGRESS_MAX_BACKOFF = 1.0
 
 #: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
 MessageHandler = Callable[[PairedDevice, bytes], Union[bytes, None, Awaitable[Union[bytes, None]]]]
@@ -198,7 +202,8 @@ class Node:
         self._uses_lookup = False
         self._hints: dict[EndpointId, EndpointAddr] = {}
         self._conns: dict[int, _ConnState] = {}
-        self._seen: dict[EndpointId, SeenIds] = {}
+        #: exactly-once bookkeeping (§13.8): in-flight ids, an LRU, the registry behind them
+        self._deliveries: Deliveries[EndpointId] = Deliveries()
         self._sas: dict[EndpointId, str] = {}
         self._subscribers: set[asyncio.Queue[NodeEvent | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -251,6 +256,7 @@ class Node:
         try:
             key = identity.load_or_create_secret_key(self.data_dir)
             self.registry = DeviceRegistry(self.data_dir / REGISTRY_FILE)
+            self._deliveries.store = self.registry
             self._devices = {d.endpoint_id: d for d in self.registry.list()}
             self.info = DeviceInfo(
                 name=sanitize_text(name or os.uname().nodename, FIELD_LIMITS["name"][1]) or "device",
@@ -343,7 +349,7 @@ class Node:
         dev = self.device(ref)
         self.registry.remove(dev.endpoint_id)
         self._devices.pop(dev.endpoint_id, None)
-        self._seen.pop(dev.endpoint_id, None)
+        self._deliveries.forget(dev.endpoint_id)  # the registry forgot its ids with it
         conn = self.cache.peek(dev.endpoint_id, ALPN)
         if conn is not None:
             conn.close(int(CloseCode.NOT_PAIRED), b"unpaired")
@@ -574,7 +580,7 @@ class Node:
         )
         self._devices[peer] = dev
         self._sas[peer] = r.sas
-        self._seen.pop(peer, None)
+        self._deliveries.forget(peer)  # re-paired: no delivered ids (the registry's went too)
         # Channels of an existing connection were built with the old keys.
         for st in self._conns.values():
             if st.conn.remote_id == peer:
@@ -676,12 +682,36 @@ class Node:
     ) -> bytes:
         """Sends ``data`` to a paired device and returns its handler's reply (decrypted).
 
-        Dials by EndpointId only when no connection is live; a request that fails on a dead
-        connection is retried once on a new one, under the same message id (the receiver
-        drops duplicates). An application that retries after an error should pass the same
-        ``message_id`` (16 bytes, e.g. :func:`iroh_pair.messaging.new_message_id`) each time:
-        the receiver then handles the message at most once, and a retry of a message already
-        handled fails with :class:`~iroh_pair.errors.RemoteError` code ``DUPLICATE``."""
+        Dials by EndpointId only when no connection is live. Every message carries a 16-byte
+        message id (``message_id``, default a fresh random one,
+        :func:`iroh_pair.messaging.new_message_id`): a request that fails on a dead connection
+        is retried once on a new one under the same id, and a message whose handler is running
+        right now on the receiver (``IN_PROGRESS``) is retried after a short backoff, all within
+        ``timeout`` seconds in total.
+
+        **Exactly once** (docs/PROTOCOL.md §13.8): the receiver records each id in its registry
+        (persisted, per device) when its handler has returned, before it replies. So if the
+        application retries an unanswered message with the same ``message_id`` until it gets a
+        reply or ``DUPLICATE``, the receiver's handler runs exactly once per id, across
+        connections and restarts of either side, provided the retry arrives within 24 hours and
+        within 10,000 later messages from this device. A handler that failed recorded nothing,
+        so its retry is delivered. One gap remains: if the receiver stops between its handler
+        returning and the id's commit (one SQLite transaction), a retry is delivered again (at
+        least once, never lost); beyond the window too.
+
+        A retry of a message already handled raises :class:`~iroh_pair.errors.RemoteError`
+        with ``code == StreamErrorCode.DUPLICATE`` (its reply is not kept: a receiver that must
+        answer retried requests caches its replies by message id). Other refusals also raise
+        ``RemoteError`` (``HANDLER_ERROR``, ``IN_PROGRESS`` when ``timeout`` ran out, ...), its
+        message naming the code. Example::
+
+            mid = new_message_id()
+            try:
+                reply = await node.request(dev, b"charge 10 EUR", message_id=mid)
+            except RemoteError as e:
+                if e.code != StreamErrorCode.DUPLICATE:
+                    raise       # else: handled before, by an earlier attempt
+        """
         dev = self.device(device)
         if message_id is not None and len(message_id) != MESSAGE_ID_LEN:
             raise ValueError(f"a message id is {MESSAGE_ID_LEN} bytes")
@@ -693,9 +723,25 @@ class Node:
             channels.append(ch)
             return encode_header(kind) + ch.seal(kind, data, message_id=mid)
 
-        reply = await self.cache.request(
-            dev.endpoint_id, ALPN, seal, timeout=timeout, max_response=DEFAULT_MAX_MESSAGE
-        )
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        backoff = IN_PROGRESS_BACKOFF
+        while True:
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            try:
+                reply = await self.cache.request(
+                    dev.endpoint_id, ALPN, seal, timeout=left, max_response=DEFAULT_MAX_MESSAGE
+                )
+                break
+            except RemoteError as e:
+                if e.code == StreamErrorCode.IN_PROGRESS and (
+                    deadline is None or loop.time() + backoff < deadline
+                ):
+                    log.debug("message %s is in progress on %s: retrying", mid.hex(), dev)
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, IN_PROGRESS_MAX_BACKOFF)
+                    continue
+                raise _named_remote_error(e, dev, mid) from e
         if not reply:
             return b""
         return channels[-1].open(kind, reply, reply_to=mid).plaintext
@@ -709,9 +755,17 @@ class Node:
         timeout: float | None = 30.0,
         message_id: bytes | None = None,
     ) -> None:
-        """Sends ``data`` one way; returns once the peer's node has received and handled it.
-        Retrying with the same ``message_id`` after an error delivers it exactly once (a
-        retry of a message that was already handled returns normally)."""
+        """Sends ``data`` one way; returns once the peer's node has received it and its handler
+        has returned (and the message id is recorded there).
+
+        The guarantee is :meth:`request`'s (docs/PROTOCOL.md §13.8): retrying with the same
+        ``message_id`` after an error, or after a restart of either side, runs the receiver's
+        handler exactly once, within 24 hours and 10,000 later messages. ``DUPLICATE`` counts
+        as delivered: a retry of a message already handled returns normally. Example::
+
+            mid = new_message_id()              # keep it (e.g. in your outbox) until sent
+            await node.send(dev, b"note", message_id=mid)
+        """
         try:
             await self.request(device, data, kind=kind, timeout=timeout, message_id=message_id)
         except RemoteError as e:
@@ -724,8 +778,8 @@ class Node:
             st = self._setup(conn)
         if st.channel is None:
             binding = conn.export_keying_material(MSG_BINDING_LABEL, b"", 32)
-            seen = self._seen.setdefault(dev.endpoint_id, SeenIds())
-            st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding, seen=seen)
+            # deduplication is the node's (self._deliveries), across connections and restarts
+            st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding)
         return st.channel
 
     # ------------------------------------------------------------------ connections
@@ -831,27 +885,37 @@ class Node:
         channel = self._channel(conn, dev)
         try:
             msg = channel.open(kind, body)
+            verdict = self._deliveries.begin(dev.endpoint_id, msg.message_id)
         except MessageRejected as e:
-            self.counters["messages_rejected"] += 1
-            name = MessageErrorCode(e.code).name
-            self.rejections[name] = self.rejections.get(name, 0) + 1
-            log.warning("rejected a message from %s: %s", dev.endpoint_id.fmt_short(), name)
+            self._count_rejected(dev, e.code, logging.WARNING)
             self._reject(incoming, int(e.code))
             return
+        except IrohPairError:  # the registry failed: not delivered, the sender may retry
+            log.exception("cannot look up a message id from %s", dev.endpoint_id.fmt_short())
+            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
+            return
+        if verdict is not None:  # DUPLICATE or IN_PROGRESS: a retry, not an attack
+            self._count_rejected(dev, verdict, logging.INFO)
+            self._reject(incoming, int(verdict))
+            return
         self.counters["messages_delivered"] += 1
+        peer, mid = dev.endpoint_id, msg.message_id
 
         def reply(out: bytes | None) -> None:
+            # §13.8: the id is committed when the handler has returned, before the reply.
             try:
-                incoming.respond(
-                    b"" if out is None else channel.seal(kind, out, reply_to=msg.message_id)
-                )
+                self._deliveries.commit(peer, mid)
+            except IrohPairError:
+                log.error("could not record message %s from %s as delivered: a retry would be "
+                          "delivered again", mid.hex(), peer.fmt_short(), exc_info=True)
+            try:
+                incoming.respond(b"" if out is None else channel.seal(kind, out, reply_to=mid))
             except IrohPairError:
                 log.debug("could not send a reply", exc_info=True)
 
         def failed() -> None:
             log.exception("message handler for %r failed", kind)
-            if channel.seen is not None:
-                channel.seen.discard(msg.message_id)  # a retry will be delivered
+            self._deliveries.abort(peer, mid)  # nothing recorded: a retry will be delivered
             self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
 
         try:
@@ -868,11 +932,20 @@ class Node:
                 except Exception:
                     failed()
                     return
+                except BaseException:  # cancelled (the node closes): not delivered
+                    self._deliveries.abort(peer, mid)
+                    raise
                 reply(r)
 
             self._spawn(finish())
         else:
             reply(out)
+
+    def _count_rejected(self, dev: PairedDevice, code: int, level: int) -> None:
+        self.counters["messages_rejected"] += 1
+        name = _code_name(code)
+        self.rejections[name] = self.rejections.get(name, 0) + 1
+        log.log(level, "refused a message from %s: %s", dev.endpoint_id.fmt_short(), name)
 
     @staticmethod
     def _reject(incoming: IncomingStream, code: int) -> None:
@@ -960,6 +1033,24 @@ class Node:
             f"<Node {self.id.fmt_short()} {state} devices={len(self._devices)} "
             f"connections={len(self._conns)} hosting={self.hosting}>"
         )
+
+
+def _code_name(code: int) -> str:
+    try:
+        return StreamErrorCode(code).name
+    except ValueError:
+        return f"code {code}"
+
+
+def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> RemoteError:
+    """``e`` again, its message naming the code (``DUPLICATE (18)``, not a bare number)."""
+    name = _code_name(e.code)
+    what = {
+        "DUPLICATE": "was already delivered (handled by an earlier attempt)",
+        "IN_PROGRESS": "is still being handled (the timeout ran out)",
+        "HANDLER_ERROR": "made the handler fail",
+    }.get(name, "was refused")
+    return RemoteError(f"{name} ({e.code}): message {mid.hex()} to {dev} {what}", e.code)
 
 
 def _selected(conn: Connection) -> str | None:
