@@ -17,11 +17,12 @@ Typical use::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
@@ -98,6 +99,26 @@ log = logging.getLogger("iroh_pair.node")
 
 #: The stream kind of :meth:`Node.request` and :meth:`Node.send` unless another is given.
 DEFAULT_KIND = "msg"
+
+# Admission of unknown peers (docs/PROTOCOL.md §9.1, §11).
+#: An unknown connection must deliver its ``pair2`` first frame (header and Hello) this soon
+#: after being accepted, or it is closed (``NOT_PAIRED``, "pairing did not start").
+UNKNOWN_START_TIMEOUT = 5.0
+#: After a failed attempt, an unknown peer's connection is closed this long after (the Reject
+#: gets there first).
+FAILURE_GRACE = 1.0
+#: Concurrent bidirectional streams an unknown peer may have open (the endpoint's initial
+#: limit: QUIC cannot take back stream credit, so paired peers are raised, never the reverse).
+UNKNOWN_MAX_BI_STREAMS = 2
+#: Concurrent bidirectional streams of a paired peer (iroh's default).
+PAIRED_MAX_BI_STREAMS = 100
+#: Largest first frame of a ``pair``/``pair2`` stream: a 64 KiB message and its envelope header.
+PAIR_FRAME_LIMIT = MAX_MESSAGE + 64
+#: Largest first frame of a paired peer's other streams: a 16 MiB message and its overhead.
+PAIRED_FRAME_LIMIT = DEFAULT_MAX_MESSAGE + 1024
+#: A paired peer's stream must deliver its first frame this soon (an unknown peer's:
+#: :data:`~iroh_pair.pairing.HOST_FIRST_FRAME_TIMEOUT`, 10 s).
+PAIRED_FIRST_FRAME_TIMEOUT = 30.0
 #: First delay before retrying a message the receiver answered ``IN_PROGRESS`` (doubles each
 #: time up to :data:`IN_PROGRESS_MAX_BACKOFF`, within the request's timeout).
 IN_PROGRESS_BACKOFF = 0.05
@@ -131,6 +152,26 @@ class _ConnState:
     conn: Connection
     channel: MessageChannel | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+
+@dataclass(eq=False)
+class _Unknown:
+    """An accepted connection from an EndpointId not in the registry (§9.1): it holds one of
+    the ``max_unknown_connections`` slots until it is promoted (paired) or closed."""
+
+    conn: Connection
+    #: its ``pair2`` first frame (header and Hello) arrived
+    started: bool = False
+    #: pairing handshakes running on it (a Hello being answered, or past it)
+    handshakes: int = 0
+    #: a close is scheduled (after a failed attempt's grace)
+    closing: bool = False
+    timer: asyncio.TimerHandle | None = None
+
+    @property
+    def idle(self) -> bool:
+        """No handshake in progress: the first to go when the slots are full."""
+        return self.handshakes == 0
 
 
 class NameplateNotFound(IrohPairError):
@@ -207,15 +248,27 @@ class Node:
         self._sas: dict[EndpointId, str] = {}
         self._subscribers: set[asyncio.Queue[NodeEvent | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._unknown_conns = 0
+        #: unknown connections by stable id, oldest first (§9.1)
+        self._unknown: dict[int, _Unknown] = {}
         self._closed = False
+        #: Unknown connections admitted at once (§9.1); when full, the oldest idle one goes.
         self.max_unknown_connections = 4
+        #: See :data:`UNKNOWN_START_TIMEOUT`.
+        self.unknown_start_timeout = UNKNOWN_START_TIMEOUT
         self.dial_timeout = 10.0
         self.counters: dict[str, int] = {
             "pairing_messages_received": 0,
             "messages_delivered": 0,
             "messages_rejected": 0,
             "not_admitted": 0,
+            # admission of unknown peers (§9.1)
+            "unknown_admitted": 0,
+            "unknown_evicted": 0,
+            "unknown_refused": 0,
+            "unknown_start_timeouts": 0,
+            "unknown_closed_offer_end": 0,
+            "unknown_promoted": 0,
+            "unknown_protocol_errors": 0,
         }
         self.rejections: dict[str, int] = {}
 
@@ -487,6 +540,8 @@ class Node:
         return any(not f.done() for _, f in self._hosted.values())
 
     def _end_offer(self, offer: PairingOffer, outcome: PairedDevice | Exception) -> None:
+        # once the future is settled: the last offer's end closes unknown connections (§9.1)
+        asyncio.get_running_loop().call_soon(self._check_hosting)
         self._offers.remove(offer.tag)
         self._confirms.pop(offer.tag, None)
         announcement = self._announcements.pop(offer.tag, None)
@@ -585,6 +640,7 @@ class Node:
         for st in self._conns.values():
             if st.conn.remote_id == peer:
                 st.channel = None
+                self._promote(st.conn)  # no longer an unknown connection (§9.1)
         self._emit(NodeEvent("paired", peer, dev.name, detail=r.sas))
         self._report_lan(peer)
         log.info("paired with %s (%s)", dev.name, peer.fmt_short())
@@ -632,11 +688,12 @@ class Node:
         def count() -> None:
             self.counters["pairing_messages_received"] += 1
 
-        out = await run_host(
-            conn, send, recv, m1, offers=self._offers, local_id=self.id.to_bytes(),
-            info=self.info, on_paired=stored, counts=count,
-            confirm_for=lambda offer: self._confirms.get(offer.tag),
-        )
+        with self._handshake(conn):  # its unknown slot is not idle meanwhile (§9.1)
+            out = await run_host(
+                conn, send, recv, m1, offers=self._offers, local_id=self.id.to_bytes(),
+                info=self.info, on_paired=stored, counts=count,
+                confirm_for=lambda offer: self._confirms.get(offer.tag),
+            )
         # hosted.wait() returns only now that the joiner has the host's FIN.
         for offer, dev in done:
             if offer is not None:
@@ -646,13 +703,9 @@ class Node:
             for offer, _ in list(self._hosted.values()):
                 if offer.burned:
                     self._end_offer(offer, PairingFailed(RejectCode.BURNED, "too many wrong attempts"))
-            if conn.remote_id not in self._devices:
-                await asyncio.sleep(1.0)  # let the Reject arrive, then end the unknown peer's connection
-                if conn.remote_id not in self._devices:
-                    # an invalid Hello (e.g. a bad SPAKE2 point) is a protocol error (§9)
-                    bad = out.code == RejectCode.MALFORMED and not out.by_peer
-                    conn.close(int(CloseCode.PROTOCOL_ERROR if bad else CloseCode.PAIRING_FAILED),
-                               b"pairing failed")
+            # an unknown peer's connection is closed after the grace period: PROTOCOL_ERROR
+            # for an invalid Hello (e.g. a bad SPAKE2 point, §9), else PAIRING_FAILED
+            self._after_failed_attempt(conn, out)
 
     def _offer_of(self, r: PairingResult) -> PairingOffer | None:
         for offer, _ in self._hosted.values():
@@ -795,21 +848,17 @@ class Node:
             conn = await self.endpoint.accept()
             if conn is None:
                 return
-            peer = conn.remote_id
-            if peer not in self._devices:
-                if not self.hosting or self._unknown_conns >= self.max_unknown_connections:
-                    self.counters["not_admitted"] += 1
-                    conn.close(int(CloseCode.NOT_PAIRED), b"not paired")
-                    continue
-                self._unknown_conns += 1
+            if conn.remote_id not in self._devices and not self._admit_unknown(conn):
+                continue
             try:
                 self.cache.adopt(conn)
             except IrohPairError:
+                self._forget_unknown(conn)
                 conn.close(int(CloseCode.SHUTDOWN), b"shutting down")
                 return
-            self._setup(conn, unknown=peer not in self._devices)
+            self._setup(conn)
 
-    def _setup(self, conn: Connection, *, unknown: bool = False) -> _ConnState:
+    def _setup(self, conn: Connection) -> _ConnState:
         st = self._conns.get(conn.stable_id)
         if st is not None and st.conn is conn:
             return st
@@ -830,8 +879,7 @@ class Node:
                 detail = str(e)
             finally:
                 self._conns.pop(conn.stable_id, None)
-                if unknown:
-                    self._unknown_conns -= 1
+                self._forget_unknown(conn)
             dev = self._devices.get(conn.remote_id)
             if dev is not None:
                 self.registry.touch(dev.endpoint_id, time.time())
@@ -841,6 +889,127 @@ class Node:
         if self._subscribers:
             self._spawn(self._watch_paths(conn))
         return st
+
+    # ------------------------------------------------------------------ admission (§9.1)
+
+    def _admit_unknown(self, conn: Connection) -> bool:
+        """Admits a connection from an EndpointId not in the registry, or closes it
+        (``NOT_PAIRED``): only while a code is hosted, in one of ``max_unknown_connections``
+        slots. When they are full the oldest idle one (no handshake in progress) is evicted;
+        only when every slot holds a handshake is the newcomer refused."""
+        if not self.hosting:
+            self.counters["not_admitted"] += 1
+            conn.close(int(CloseCode.NOT_PAIRED), b"not paired")
+            return False
+        while len(self._unknown) >= self.max_unknown_connections:
+            oldest_idle = next((u for u in self._unknown.values() if u.idle), None)
+            if oldest_idle is None:
+                self.counters["not_admitted"] += 1
+                self.counters["unknown_refused"] += 1
+                log.info("refused %s: every unknown slot is pairing", conn.remote_id.fmt_short())
+                conn.close(int(CloseCode.NOT_PAIRED), b"busy: try again")
+                return False
+            self.counters["unknown_evicted"] += 1
+            log.info("evicted idle unknown connection %s", oldest_idle.conn.remote_id.fmt_short())
+            self._close_unknown(oldest_idle, CloseCode.NOT_PAIRED, b"evicted")
+        u = _Unknown(conn)
+        u.timer = asyncio.get_running_loop().call_later(
+            self.unknown_start_timeout, self._start_timed_out, u
+        )
+        self._unknown[conn.stable_id] = u
+        self.counters["unknown_admitted"] += 1
+        return True
+
+    def _unknown_of(self, conn: Connection) -> _Unknown | None:
+        u = self._unknown.get(conn.stable_id)
+        return u if u is not None and u.conn is conn else None
+
+    def _forget_unknown(self, conn: Connection) -> _Unknown | None:
+        """Frees ``conn``'s unknown slot (closed or promoted); returns its entry, if any."""
+        u = self._unknown_of(conn)
+        if u is None:
+            return None
+        del self._unknown[conn.stable_id]
+        if u.timer is not None:
+            u.timer.cancel()
+            u.timer = None
+        return u
+
+    def _close_unknown(self, u: _Unknown, code: CloseCode, reason: bytes) -> None:
+        self._forget_unknown(u.conn)
+        u.conn.close(int(code), reason)
+
+    def _start_timed_out(self, u: _Unknown) -> None:
+        """``unknown_start_timeout`` after admission: a connection without a handshake in
+        progress is closed (one whose attempt failed is already closing, after its grace)."""
+        u.timer = None
+        if self._closed or self._unknown_of(u.conn) is not u or not u.idle or u.closing:
+            return
+        self.counters["unknown_start_timeouts"] += 1
+        log.info("closing %s: pairing did not start in time", u.conn.remote_id.fmt_short())
+        self._close_unknown(u, CloseCode.NOT_PAIRED, b"pairing did not start")
+
+    def _pair_stream_arrived(self, conn: Connection) -> None:
+        """A ``pair2`` stream's first frame (header and Hello) arrived on ``conn``."""
+        u = self._unknown_of(conn)
+        if u is not None:
+            u.started = True
+
+    @contextlib.contextmanager
+    def _handshake(self, conn: Connection) -> Iterator[None]:
+        """Marks a pairing handshake in progress on ``conn``: its unknown slot is not idle
+        (not evicted, not closed by the start timer) meanwhile."""
+        u = self._unknown_of(conn)
+        if u is not None:
+            u.handshakes += 1
+        try:
+            yield
+        finally:
+            if u is not None:
+                u.handshakes -= 1
+
+    def _after_failed_attempt(self, conn: Connection, failure: Failed) -> None:
+        """An unknown peer's pairing attempt failed: its connection is closed after the grace
+        period (the Reject arrives first), with ``PROTOCOL_ERROR`` when it sent malformed
+        input (an invalid SPAKE2 point, an undecodable message), else ``PAIRING_FAILED``."""
+        if conn.remote_id in self._devices:
+            return  # a paired device that tried again: its connection stays
+        malformed = not failure.by_peer and failure.code in (
+            RejectCode.MALFORMED, RejectCode.TOO_LARGE, RejectCode.UNEXPECTED
+        )
+        code, reason = (
+            (CloseCode.PROTOCOL_ERROR, b"malformed pairing message") if malformed
+            else (CloseCode.PAIRING_FAILED, b"pairing failed")
+        )
+        u = self._unknown_of(conn)
+        if u is not None:
+            if u.closing:
+                return
+            u.closing = True
+        if malformed:
+            self.counters["unknown_protocol_errors"] += 1
+
+        def close() -> None:
+            if self._closed or conn.remote_id in self._devices:
+                return
+            self._forget_unknown(conn)
+            conn.close(int(code), reason)
+
+        asyncio.get_running_loop().call_later(FAILURE_GRACE, close)
+
+    def _promote(self, conn: Connection) -> None:
+        """``conn``'s peer is now paired (stored in the registry): its connection stops being
+        unknown (the slot is freed, its timers end) and gets a paired peer's limits."""
+        if self._forget_unknown(conn) is not None:
+            self.counters["unknown_promoted"] += 1
+
+    def _check_hosting(self) -> None:
+        """When the last offer has ended, every unknown connection is closed (``NOT_PAIRED``)."""
+        if self._closed or self.hosting:
+            return
+        for u in list(self._unknown.values()):
+            self.counters["unknown_closed_offer_end"] += 1
+            self._close_unknown(u, CloseCode.NOT_PAIRED, b"no pairing code is hosted")
 
     async def _watch_paths(self, conn: Connection) -> None:
         last = _selected(conn)
@@ -860,6 +1029,8 @@ class Node:
             self._reject(incoming, StreamErrorCode.BAD_ENVELOPE)
             return
         body = first[used:]
+        if kind == PAIR_KIND:
+            self._pair_stream_arrived(conn)  # admission bookkeeping (§9.1)
         if kind == PAIR_KIND_V1:  # pairing version 1: refused with its version named (§2.1)
             self._spawn(self._refuse_pairing(conn, incoming, None))
             return
