@@ -9,11 +9,13 @@ from iroh_pair.code import PairingCode
 from iroh_pair.protocol.device import DeviceInfo
 from iroh_pair.protocol.offer import OfferBook, PairingOffer
 from iroh_pair.protocol.pairing import (
+    Entropy,
     Event,
     Failed,
     HostHandshake,
     JoinerHandshake,
     Paired,
+    SasReady,
     SendMessage,
 )
 
@@ -56,12 +58,14 @@ def make_pair(
     *,
     joiner_id: bytes | None = None,
     host_id: bytes | None = None,
+    joiner_entropy: Entropy | None = None,
+    host_entropy: Entropy | None = None,
 ) -> tuple[JoinerHandshake, HostHandshake, Conn]:
     conn = Conn(joiner_id or new_id(), host_id or new_id())
     j = JoinerHandshake(code, joiner_id=conn.joiner_id, host_id=conn.host_id,
-                        channel_binding=conn.cb, joiner_info=JOINER_INFO)
+                        channel_binding=conn.cb, joiner_info=JOINER_INFO, entropy=joiner_entropy)
     h = HostHandshake(offers, host_id=conn.host_id, remote_id=conn.joiner_id,
-                      channel_binding=conn.cb, host_info=HOST_INFO)
+                      channel_binding=conn.cb, host_info=HOST_INFO, entropy=host_entropy)
     return j, h, conn
 
 
@@ -90,8 +94,23 @@ class Run:
         return outcome(self.host_events)
 
 
-def run(j: JoinerHandshake, h: HostHandshake, now: float = 0.0) -> Run:
-    """Pump messages between the two machines until neither has anything to send."""
+def sas_ready(events: list[Event]) -> SasReady | None:
+    for e in events:
+        if isinstance(e, SasReady):
+            return e
+    return None
+
+
+def run(
+    j: JoinerHandshake,
+    h: HostHandshake,
+    now: float = 0.0,
+    *,
+    joiner_approves: bool = True,
+    host_approves: bool = True,
+) -> Run:
+    """Pump messages between the two machines until neither has anything to send; each side
+    answers its SasReady at once with approve() (or decline())."""
     r = Run()
     to_host = [j.start()]
     to_joiner: list[bytes] = []
@@ -101,6 +120,8 @@ def run(j: JoinerHandshake, h: HostHandshake, now: float = 0.0) -> Run:
             if h.is_finished:
                 continue
             ev = h.receive(body, now)
+            if sas_ready(ev) is not None:
+                ev += h.approve(now) if host_approves else h.decline()
             r.host_events += ev
             to_joiner += sends(ev)
         if to_joiner:
@@ -108,6 +129,8 @@ def run(j: JoinerHandshake, h: HostHandshake, now: float = 0.0) -> Run:
             if j.is_finished:
                 continue
             ev = j.receive(body)
+            if sas_ready(ev) is not None:
+                ev += j.approve() if joiner_approves else j.decline()
             r.joiner_events += ev
             to_host += sends(ev)
     return r

@@ -14,9 +14,13 @@ from iroh_pair.kdf import (
     Role,
     SessionKeys,
     Transcript,
+    commitment,
+    compute_sas,
     confirmation_mac,
     derive_pairing_keys,
     sas_digits,
+    sas_value,
+    verify_commitment,
     verify_confirmation_mac,
 )
 
@@ -29,6 +33,8 @@ def _transcript(**over: bytes) -> Transcript:
         joiner_msg=b"A" + b"x" * 32,
         host_msg=b"B" + b"y" * 32,
         channel_binding=b"c" * 32,
+        commitment=b"m" * 32,
+        host_nonce=b"n" * 32,
     )
     base.update(over)
     return Transcript(**base)
@@ -64,11 +70,18 @@ def test_transcript_binds_every_field() -> None:
     base = _transcript()
     assert base.hash() == hashlib.sha256(base.encode()).digest()
     seen = {base.hash()}
-    names = ("joiner_id", "host_id", "session_tag", "joiner_msg", "host_msg", "channel_binding")
+    names = ("joiner_id", "host_id", "session_tag", "joiner_msg", "host_msg", "channel_binding",
+             "commitment", "host_nonce")
     for name in names:
         changed = _transcript(**{name: bytes(len(getattr(base, name)))})
         seen.add(changed.hash())
-    assert len(seen) == 7
+    assert len(seen) == 9
+    # 13 length-prefixed items
+    enc, n, at = base.encode(), 0, 0
+    while at < len(enc):
+        at += 4 + int.from_bytes(enc[at : at + 4], "big")
+        n += 1
+    assert at == len(enc) and n == 13
     # swapping the roles' ids changes the hash
     assert _transcript(joiner_id=b"h" * 32, host_id=b"j" * 32).hash() != base.hash()
 
@@ -90,6 +103,28 @@ def test_confirmation_mac() -> None:
     assert not verify_confirmation_mac(key, th, bytes(32))
     assert not verify_confirmation_mac(os.urandom(32), th, mac)
     assert not verify_confirmation_mac(key, th, mac[:31])
+
+
+def test_commitment() -> None:
+    nonce = os.urandom(32)
+    c = commitment(nonce)
+    assert len(c) == 32 and c != commitment(os.urandom(32))
+    assert verify_commitment(c, nonce)
+    assert not verify_commitment(c, bytes(32))
+    assert not verify_commitment(c, nonce[:31])
+
+
+def test_sas_depends_on_key_and_both_nonces() -> None:
+    key, hn, jn = os.urandom(32), os.urandom(32), os.urandom(32)
+    base = compute_sas(key, hn, jn)
+    assert len(base) == 6 and base.isdigit()
+    assert sas_value(key, hn, jn) != sas_value(key, jn, hn)
+    # each input changes the value (and so, almost always, the digits)
+    values = {sas_value(key, hn, jn), sas_value(os.urandom(32), hn, jn),
+              sas_value(key, os.urandom(32), jn), sas_value(key, hn, os.urandom(32))}
+    assert len(values) == 4
+    # the 2-digit SAS of the tests is the last two digits of the 6-digit one
+    assert compute_sas(key, hn, jn, digits=2) == base[-2:]
 
 
 def test_sas() -> None:

@@ -59,9 +59,9 @@ async def test_pairing_happy_path(nodes: tuple[Node, Node]) -> None:
     assert dev_h.keys.send != dev_h.keys.receive
     assert dev_h.keys.send == dev_j.keys.receive
     assert dev_h.keys.receive == dev_j.keys.send
-    # exactly one connection, two round trips of pairing messages received by the host
+    # exactly one connection; the host received Hello, Confirm and Accept
     assert host.endpoint.stats()["connections_accepted"] == 1
-    assert host.counters["pairing_messages_received"] == 2
+    assert host.counters["pairing_messages_received"] == 3
     assert [d.endpoint_id for d in host.devices()] == [joiner.id]
     assert [d.endpoint_id for d in joiner.devices()] == [host.id]
 

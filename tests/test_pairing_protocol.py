@@ -15,6 +15,7 @@ from pairing_helpers import (
     other_words,
     outcome,
     run,
+    sas_ready,
     sends,
     with_tag,
     with_words,
@@ -30,6 +31,7 @@ from iroh_pair.protocol.pairing import (
     HostHandshake,
     JoinerHandshake,
     Paired,
+    SasReady,
     SendMessage,
 )
 
@@ -66,17 +68,26 @@ def test_happy_path(code: PairingCode, offer: PairingOffer) -> None:
     assert jr.peer_info == HOST_INFO and hr.peer_info == JOINER_INFO
     assert offer.used and offer.attempts_used == 1 and not offer.busy(1.0)
     assert j.is_finished and h.is_finished and j.result == jr and h.result == hr
-    # the host emits Paired before the Complete message (commit, then send)
-    assert isinstance(r.host_events[-2], Paired) and isinstance(r.host_events[-1], SendMessage)
+    # the joiner emits Paired before its Accept (store, then send); the host pairs on the Accept
+    assert isinstance(r.joiner_events[-2], Paired) and isinstance(r.joiner_events[-1], SendMessage)
+    assert isinstance(wire.decode(r.joiner_events[-1].body), wire.Accept)
+    assert isinstance(r.host_events[-1], Paired)
+    # both sides saw SasReady with the same SAS before pairing
+    sj, sh = sas_ready(r.joiner_events), sas_ready(r.host_events)
+    assert sj is not None and sh is not None and sj.sas == sh.sas == jr.sas
+    assert sj.peer_info is None and sh.peer_info == JOINER_INFO
 
 
 def test_sas_available_before_completion(code: PairingCode, offer: PairingOffer) -> None:
     j, h, _ = make_pair(code, offer)
     assert j.sas is None and h.sas is None
     m2 = sends(h.receive(j.start(), 0.0))[0]
-    assert h.sas is not None and j.sas is None
-    j.receive(m2)
-    assert j.sas == h.sas
+    assert h.sas is None and j.sas is None  # the host learns it only from the opened nonce
+    ev = j.receive(m2)
+    assert j.sas is not None and h.sas is None
+    ev2 = h.receive(sends(ev)[0], 0.0)
+    assert ev2 == [SasReady(j.sas, JOINER_INFO)] and h.sas == j.sas
+    assert not offer.used and offer.busy(100.0)  # held while the users compare
 
 
 def test_code_is_single_use(code: PairingCode, offer: PairingOffer) -> None:
@@ -117,7 +128,7 @@ def test_joiner_refuses_bad_host_mac(code: PairingCode, offer: PairingOffer) -> 
     j, h, _ = make_pair(code, offer)
     reply = wire.decode(sends(h.receive(j.start(), 0.0))[0])
     assert isinstance(reply, wire.Reply)
-    bad = wire.Reply(reply.host_id, reply.spake_msg, bytes(32))
+    bad = wire.Reply(reply.host_id, reply.spake_msg, reply.host_nonce, bytes(32))
     ev = j.receive(wire.encode(bad))
     assert_failed(outcome(ev), RejectCode.WRONG_CODE)
     rej = wire.decode(sends(ev)[0])
@@ -128,7 +139,7 @@ def test_host_refuses_bad_joiner_mac(code: PairingCode, offer: PairingOffer) -> 
     j, h, _ = make_pair(code, offer)
     m3 = wire.decode(sends(j.receive(sends(h.receive(j.start(), 0.0))[0]))[0])
     assert isinstance(m3, wire.Confirm)
-    ev = h.receive(wire.encode(wire.Confirm(bytes(32), m3.sealed_info)), 0.0)
+    ev = h.receive(wire.encode(wire.Confirm(bytes(32), m3.joiner_nonce, m3.sealed_info)), 0.0)
     assert_failed(outcome(ev), RejectCode.WRONG_CODE)
     assert not offer.used and offer.attempts_used == 1
 
@@ -138,7 +149,7 @@ def test_tampered_sealed_info(code: PairingCode, offer: PairingOffer) -> None:
     m3 = wire.decode(sends(j.receive(sends(h.receive(j.start(), 0.0))[0]))[0])
     assert isinstance(m3, wire.Confirm)
     sealed = bytes([m3.sealed_info[0] ^ 1]) + m3.sealed_info[1:]
-    ev = h.receive(wire.encode(wire.Confirm(m3.joiner_mac, sealed)), 0.0)
+    ev = h.receive(wire.encode(wire.Confirm(m3.joiner_mac, m3.joiner_nonce, sealed)), 0.0)
     assert_failed(outcome(ev), RejectCode.MALFORMED)
     assert not offer.used
 
@@ -250,14 +261,14 @@ def test_mitm_without_code_fails(code: PairingCode, offer: PairingOffer) -> None
                             channel_binding=mh.cb, host_info=HOST_INFO)
     assert_failed(outcome(h_plain.receive(wire.encode(m1), 0.0)), RejectCode.ID_MISMATCH)
     # claim rewritten to M's id: keys differ, confirmation fails on both halves
-    ev = h.receive(wire.encode(wire.Hello(m1.session_tag, mid, m1.spake_msg)), 0.0)
+    ev = h.receive(wire.encode(wire.Hello(m1.session_tag, mid, m1.spake_msg, m1.commitment)), 0.0)
     m2 = wire.decode(sends(ev)[0])
     assert isinstance(m2, wire.Reply)
     assert_failed(outcome(j.receive(wire.encode(m2))), RejectCode.ID_MISMATCH)
     j2 = JoinerHandshake(code, joiner_id=jid, host_id=mid, channel_binding=jm.cb,
                          joiner_info=JOINER_INFO)
     j2.start()
-    ev = j2.receive(wire.encode(wire.Reply(mid, m2.spake_msg, m2.host_mac)))
+    ev = j2.receive(wire.encode(wire.Reply(mid, m2.spake_msg, m2.host_nonce, m2.host_mac)))
     assert_failed(outcome(ev), RejectCode.WRONG_CODE)
     assert not offer.used
 
@@ -310,7 +321,13 @@ def test_two_joiners_racing(code: PairingCode, offer: PairingOffer) -> None:
     assert_failed(outcome(j2.receive(sends(ev)[0])), RejectCode.BUSY)
     assert offer.attempts_used == 1
     m3 = sends(j1.receive(m2_1))[0]
-    paired = [e for e in h1.receive(m3, 1.0) if isinstance(e, Paired)]
+    assert sas_ready(h1.receive(m3, 1.0)) is not None
+    # still held while the host's user compares: a third joiner is BUSY
+    assert_failed(run(*make_pair(code, offer)[:2], now=2.0).joiner, RejectCode.BUSY)
+    m4 = sends(h1.approve(2.0))[0]
+    j1.approve()
+    m5 = sends(j1.receive(m4))[0]
+    paired = [e for e in h1.receive(m5, 3.0) if isinstance(e, Paired)]
     assert len(paired) == 1
     r = run(*make_pair(code, offer)[:2])
     assert_failed(r.joiner, RejectCode.USED)
@@ -341,7 +358,7 @@ def test_stale_session_is_taken_over(code: PairingCode, offer: PairingOffer) -> 
 
 def test_out_of_order_messages(code: PairingCode, offer: PairingOffer) -> None:
     j, h, _ = make_pair(code, offer)
-    confirm = wire.encode(wire.Confirm(bytes(32), bytes(30)))
+    confirm = wire.encode(wire.Confirm(bytes(32), bytes(32), bytes(30)))
     assert_failed(outcome(h.receive(confirm, 0.0)), RejectCode.UNEXPECTED)
     j, h, _ = make_pair(code, offer)
     j.start()
@@ -375,7 +392,7 @@ def test_oversized_and_garbage(code: PairingCode, offer: PairingOffer) -> None:
 def test_invalid_spake_element_not_counted(code: PairingCode, offer: PairingOffer) -> None:
     j, h, conn = make_pair(code, offer)
     j.start()
-    bad = wire.Hello(code.tag, conn.joiner_id, b"A" + b"\xff" * 32)
+    bad = wire.Hello(code.tag, conn.joiner_id, b"A" + b"\xff" * 32, bytes(32))
     assert_failed(outcome(h.receive(wire.encode(bad), 0.0)), RejectCode.MALFORMED)
     assert offer.attempts_used == 0 and not offer.busy(0.0)
 
@@ -417,11 +434,238 @@ def test_refusals_do_no_pake_work(code: PairingCode, offer: PairingOffer) -> Non
                              entropy=no_entropy)
 
     jid = new_id()
-    hello = wire.Hello(code.tag, jid, b"A" + bytes(32))
-    bad_tag = wire.Hello(os.urandom(16), jid, b"A" + bytes(32))
+    hello = wire.Hello(code.tag, jid, b"A" + bytes(32), bytes(32))
+    bad_tag = wire.Hello(os.urandom(16), jid, b"A" + bytes(32), bytes(32))
     assert_failed(outcome(host(jid, offer).receive(wire.encode(bad_tag), 0.0)), RejectCode.BAD_TAG)
     assert_failed(outcome(host(new_id(), offer).receive(wire.encode(hello), 0.0)),
                   RejectCode.ID_MISMATCH)
     assert_failed(outcome(host(jid, offer).receive(wire.encode(hello), 400.0)),
                   RejectCode.EXPIRED)
     assert offer.attempts_used == 0
+
+
+# -- version 2: commitment, SAS approval, Accept, rate limit ----------------------------
+
+
+def _to_confirm(j: JoinerHandshake, h: HostHandshake, now: float = 0.0) -> wire.Confirm:
+    """Run M1, M2; return the joiner's (decoded) M3, not yet delivered."""
+    m3 = wire.decode(sends(j.receive(sends(h.receive(j.start(), now))[0]))[0])
+    assert isinstance(m3, wire.Confirm)
+    return m3
+
+
+def _to_approval(j: JoinerHandshake, h: HostHandshake, now: float = 0.0) -> SasReady:
+    """Run up to the host's SasReady."""
+    m3 = _to_confirm(j, h, now)
+    ready = sas_ready(h.receive(wire.encode(m3), now))
+    assert ready is not None
+    return ready
+
+
+def test_bad_commitment(code: PairingCode, offer: PairingOffer) -> None:
+    """A joiner (or a man in the middle) that opens another nonce than it committed to: the MAC
+    still verifies (the nonce is not in TH), the commitment does not."""
+    j, h, _ = make_pair(code, offer)
+    m3 = _to_confirm(j, h)
+    other = bytes([m3.joiner_nonce[0] ^ 1]) + m3.joiner_nonce[1:]
+    ev = h.receive(wire.encode(wire.Confirm(m3.joiner_mac, other, m3.sealed_info)), 0.0)
+    assert_failed(outcome(ev), RejectCode.BAD_COMMITMENT)
+    assert sas_ready(ev) is None and h.sas is None  # no SAS shown for a broken commitment
+    rej = wire.decode(sends(ev)[0])
+    assert isinstance(rej, wire.Reject) and rej.code == RejectCode.BAD_COMMITMENT
+    assert j.receive(sends(ev)[0]) == [Failed(RejectCode.BAD_COMMITMENT, rej.text, by_peer=True)]
+    assert not offer.used and not offer.busy(0.0) and offer.attempts_used == 1
+
+
+def test_host_declines_sas(code: PairingCode, offer: PairingOffer) -> None:
+    r = run(*make_pair(code, offer)[:2], host_approves=False)
+    assert_failed(r.host, RejectCode.SAS_DECLINED)
+    assert_failed(r.joiner, RejectCode.SAS_DECLINED)
+    assert isinstance(r.joiner, Failed) and r.joiner.by_peer
+    assert isinstance(r.host, Failed) and not r.host.by_peer
+    assert not any(isinstance(e, Paired) for e in r.joiner_events + r.host_events)
+    # the host never sent its Complete (its device info stays sealed from the joiner)
+    assert not any(isinstance(wire.decode(b), wire.Complete) for b in sends(r.host_events))
+    assert not offer.used and not offer.busy(0.0) and offer.attempts_used == 1
+
+
+@pytest.mark.parametrize("after_complete", [False, True])
+def test_joiner_declines_sas(code: PairingCode, offer: PairingOffer, after_complete: bool) -> None:
+    j, h, _ = make_pair(code, offer)
+    _to_approval(j, h)
+    m4 = sends(h.approve(1.0))[0]
+    if after_complete:
+        assert j.receive(m4) == []  # waits for its own user
+        assert j.state == "await_approval"
+    ev = j.decline()
+    assert_failed(outcome(ev), RejectCode.SAS_DECLINED)
+    assert not any(isinstance(e, Paired) for e in ev)
+    hev = h.receive(sends(ev)[0], 2.0)
+    assert hev == [Failed(RejectCode.SAS_DECLINED, "the SAS was not confirmed", by_peer=True)]
+    assert not offer.used and not offer.busy(2.0)
+
+
+def test_joiner_approves_after_complete(code: PairingCode, offer: PairingOffer) -> None:
+    j, h, _ = make_pair(code, offer)
+    _to_approval(j, h)
+    assert j.receive(sends(h.approve(1.0))[0]) == []
+    paired, accept = j.approve()
+    assert isinstance(paired, Paired) and isinstance(accept, SendMessage)
+    assert isinstance(outcome(h.receive(accept.body, 2.0)), Paired)
+    assert offer.used
+
+
+def test_host_approval_timeout(code: PairingCode, offer: PairingOffer) -> None:
+    j, h, _ = make_pair(code, offer)
+    _to_approval(j, h, now=10.0)
+    assert h.deadline == 10.0 + offer.confirm_timeout == 130.0
+    assert h.check_deadline(129.9) == []
+    ev = h.approve(130.0)
+    assert_failed(outcome(ev), RejectCode.TIMEOUT)
+    rej = wire.decode(sends(ev)[0])
+    assert isinstance(rej, wire.Reject) and rej.code == RejectCode.TIMEOUT
+    assert_failed(outcome(j.receive(sends(ev)[0])), RejectCode.TIMEOUT)
+    assert not offer.used and not offer.busy(130.0)
+
+
+def test_approval_deadline_check_and_takeover(code: PairingCode, offer: PairingOffer) -> None:
+    j, h, _ = make_pair(code, offer)
+    _to_approval(j, h, now=0.0)
+    assert_failed(run(*make_pair(code, offer)[:2], now=119.0).joiner, RejectCode.BUSY)
+    assert_failed(outcome(h.check_deadline(120.0)), RejectCode.TIMEOUT)
+    assert isinstance(run(*make_pair(code, offer)[:2], now=121.0).host, Paired)
+
+
+def test_accept_after_the_deadline(code: PairingCode, offer: PairingOffer) -> None:
+    j, h, _ = make_pair(code, offer)
+    _to_approval(j, h, now=0.0)
+    j.approve()
+    m5 = sends(j.receive(sends(h.approve(60.0))[0]))[0]
+    assert_failed(outcome(h.receive(m5, 120.0)), RejectCode.TIMEOUT)
+    assert not offer.used
+
+
+def test_accept_with_bad_mac(code: PairingCode, offer: PairingOffer) -> None:
+    j, h, _ = make_pair(code, offer)
+    _to_approval(j, h)
+    j.approve()
+    m5 = wire.decode(sends(j.receive(sends(h.approve(1.0))[0]))[0])
+    assert isinstance(m5, wire.Accept)
+    bad = wire.Accept(bytes([m5.accept_mac[0] ^ 1]) + m5.accept_mac[1:])
+    ev = h.receive(wire.encode(bad), 2.0)
+    assert_failed(outcome(ev), RejectCode.MALFORMED)
+    assert not any(isinstance(e, Paired) for e in ev)
+    assert not offer.used and not offer.busy(2.0)
+    # the joiner's own confirm MAC in place of the accept MAC is refused too (distinct keys)
+    j2, h2, _ = make_pair(code, offer)
+    m3 = _to_confirm(j2, h2, 3.0)
+    h2.receive(wire.encode(m3), 3.0)
+    h2.approve(3.0)
+    assert_failed(outcome(h2.receive(wire.encode(wire.Accept(m3.joiner_mac)), 3.0)),
+                  RejectCode.MALFORMED)
+
+
+def test_v2_messages_out_of_order(code: PairingCode, offer: PairingOffer) -> None:
+    accept = wire.encode(wire.Accept(bytes(32)))
+    # an Accept instead of a Hello, and instead of a Confirm
+    _, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    assert_failed(outcome(h.receive(accept, 0.0)), RejectCode.UNEXPECTED)
+    j, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    h.receive(j.start(), 0.0)
+    assert_failed(outcome(h.receive(accept, 0.0)), RejectCode.UNEXPECTED)
+    # an Accept while the host's user has not approved (no Complete sent yet)
+    j, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    _to_approval(j, h)
+    assert_failed(outcome(h.receive(accept, 0.0)), RejectCode.UNEXPECTED)
+    # a second Confirm, a second Hello
+    j, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    m3 = _to_confirm(j, h)
+    h.receive(wire.encode(m3), 0.0)
+    h.approve(0.0)
+    assert_failed(outcome(h.receive(wire.encode(m3), 0.0)), RejectCode.UNEXPECTED)
+    # the joiner: a Complete before the Reply, a second Reply
+    j, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    j.start()
+    assert_failed(outcome(j.receive(wire.encode(wire.Complete(bytes(16))))),
+                  RejectCode.UNEXPECTED)
+    j, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    m2 = sends(h.receive(j.start(), 0.0))[0]
+    j.receive(m2)
+    assert_failed(outcome(j.receive(m2)), RejectCode.UNEXPECTED)
+    # answers before the SAS exists are driver bugs
+    j, h, _ = make_pair(code, PairingOffer.create(code, now=0.0))
+    j.start()
+    for call in (j.approve, j.decline, lambda: h.approve(0.0), h.decline):
+        with pytest.raises(ProtocolError) as ei:
+            call()
+        assert ei.value.code == RejectCode.UNEXPECTED
+
+
+def test_hello_rate_limit(code: PairingCode, offer: PairingOffer) -> None:
+    """10 Hellos per second per offer get SPAKE2 work (here: invalid points, MALFORMED and not
+    counted); the 11th in the same second gets BUSY without any SPAKE2 work."""
+    drawn: list[int] = []
+
+    def counting(n: int) -> bytes:
+        drawn.append(n)
+        return os.urandom(n)
+
+    def host(hid: bytes, jid: bytes) -> HostHandshake:
+        return HostHandshake(offer, host_id=hid, remote_id=jid, channel_binding=os.urandom(32),
+                             host_info=HOST_INFO, entropy=counting)
+
+    hid = new_id()
+    for _ in range(10):
+        jid = new_id()
+        bad = wire.Hello(code.tag, jid, b"A" + b"\xff" * 32, bytes(32))
+        assert_failed(outcome(host(hid, jid).receive(wire.encode(bad), 5.0)), RejectCode.MALFORMED)
+    assert len(drawn) == 10 and offer.attempts_used == 0 and not offer.busy(5.0)
+    # the 11th, even an honest one, is refused before any SPAKE2 work
+    j = JoinerHandshake(code, joiner_id=new_id(), host_id=hid, channel_binding=bytes(32),
+                        joiner_info=JOINER_INFO)
+    ev = host(hid, j._local_id).receive(j.start(), 5.05)
+    assert_failed(outcome(ev), RejectCode.BUSY)
+    assert len(drawn) == 10 and offer.attempts_used == 0
+    # a tenth of a second later one token is back
+    conn = Conn(new_id(), hid)
+    j = JoinerHandshake(code, joiner_id=conn.joiner_id, host_id=hid, channel_binding=conn.cb,
+                        joiner_info=JOINER_INFO)
+    h = HostHandshake(offer, host_id=hid, remote_id=conn.joiner_id, channel_binding=conn.cb,
+                      host_info=HOST_INFO, entropy=counting)
+    assert isinstance(run(j, h, now=5.15).host, Paired)
+
+
+def test_version_1_hello_is_malformed_and_not_counted(code: PairingCode,
+                                                       offer: PairingOffer) -> None:
+    """A version-1 Hello (no commitment, 82 bytes) on a pair2 stream does no PAKE work. (On a
+    ``pair`` stream the node answers Reject(UNSUPPORTED_VERSION): test_pairing_live.py.)"""
+    def no_entropy(n: int) -> bytes:
+        raise AssertionError("SPAKE2 work was done")
+
+    jid = new_id()
+    v1_hello = bytes([1]) + code.tag + jid + b"A" + os.urandom(32)
+    assert len(v1_hello) == 82
+    h = HostHandshake(offer, host_id=new_id(), remote_id=jid, channel_binding=bytes(32),
+                      host_info=HOST_INFO, entropy=no_entropy)
+    assert_failed(outcome(h.receive(v1_hello, 0.0)), RejectCode.MALFORMED)
+    assert offer.attempts_used == 0
+
+
+def test_sas_depends_on_the_joiner_nonce(code: PairingCode) -> None:
+    """Same SPAKE2 randomness and host nonce, another joiner nonce: another SAS (the nonce is
+    the part the host cannot know when it sends M2)."""
+    sas = set()
+    conn = Conn(new_id(), new_id())
+    spake_j, spake_h, host_nonce = os.urandom(64), os.urandom(64), os.urandom(32)
+    for _ in range(5):
+        nonce = os.urandom(32)
+        j = JoinerHandshake(code, joiner_id=conn.joiner_id, host_id=conn.host_id,
+                            channel_binding=conn.cb, joiner_info=JOINER_INFO,
+                            entropy=lambda n, nonce=nonce: nonce if n == 32 else spake_j)
+        h = HostHandshake(PairingOffer.create(code, now=0.0), host_id=conn.host_id,
+                          remote_id=conn.joiner_id, channel_binding=conn.cb, host_info=HOST_INFO,
+                          entropy=lambda n: host_nonce if n == 32 else spake_h)
+        r = run(j, h)
+        assert isinstance(r.host, Paired) and isinstance(r.joiner, Paired)
+        sas.add(r.host.result.sas)
+    assert len(sas) >= 4  # 5 draws from 10**6: a collision is ~1e-5

@@ -1,4 +1,5 @@
-"""Stateful property test: random interleavings of joiners, deliveries, disconnects, time."""
+"""Stateful property test: random interleavings of joiners, deliveries, SAS answers (approve or
+decline, on either side, at any time), disconnects and time."""
 
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ class Session:
     j_events: list[Event] = field(default_factory=list)
     h_events: list[Event] = field(default_factory=list)
     connected: bool = True
+    h_answer: bool | None = None
+    j_answer: bool | None = None
 
 
 def _paired(events: list[Event]) -> list[Paired]:
@@ -93,6 +96,31 @@ class PairingMachine(RuleBasedStateMachine):
             if s.to_joiner:
                 self.deliver_to_joiner(i)
 
+    @precondition(lambda self: any(s.h.awaiting_approval for s in self.sessions))
+    @rule(i=st.integers(0, 100), yes=st.sampled_from([True, True, False]))
+    def host_answers_sas(self, i: int, yes: bool) -> None:
+        s = self._pick(i)
+        if not s.h.awaiting_approval:
+            return
+        s.h_answer = yes
+        ev = s.h.approve(self.now) if yes else s.h.decline()
+        s.h_events += ev
+        if s.connected:
+            s.to_joiner += sends(ev)
+
+    @precondition(lambda self: any(s.j.sas is not None and not s.j.is_finished
+                                   and not s.j.approved for s in self.sessions))
+    @rule(i=st.integers(0, 100), yes=st.sampled_from([True, True, False]))
+    def joiner_answers_sas(self, i: int, yes: bool) -> None:
+        s = self._pick(i)
+        if s.j.sas is None or s.j.is_finished or s.j.approved:
+            return
+        s.j_answer = yes
+        ev = s.j.approve() if yes else s.j.decline()
+        s.j_events += ev
+        if s.connected:
+            s.to_host += sends(ev)
+
     @precondition(lambda self: bool(self.sessions))
     @rule(i=st.integers(0, 100))
     def disconnect(self, i: int) -> None:
@@ -126,14 +154,19 @@ class PairingMachine(RuleBasedStateMachine):
         joiner_paired = [s for s in self.sessions if _paired(s.j_events)]
         assert len(host_paired) <= 1 and len(joiner_paired) <= 1
         assert self.offer.used == bool(host_paired)
-        for s in host_paired:
-            assert s.right and s.tag_ok
         for s in joiner_paired:
-            assert s in host_paired  # the joiner only pairs after the host committed
+            # the joiner pairs only with the right code, after both users approved
+            assert s.right and s.tag_ok
+            assert s.h_answer is True and s.j_answer is True
+        for s in host_paired:
+            assert s in joiner_paired  # the host pairs only on the joiner's Accept
             (jp,), (hp,) = _paired(s.j_events), _paired(s.h_events)
             assert jp.result.keys.send == hp.result.keys.receive
             assert jp.result.keys.receive == hp.result.keys.send
             assert jp.result.sas == hp.result.sas
+        for s in self.sessions:
+            if s.h_answer is False or s.j_answer is False:  # a decline: nobody pairs
+                assert not _paired(s.h_events) and not _paired(s.j_events)
 
     @invariant()
     def terminal_events_are_final(self) -> None:

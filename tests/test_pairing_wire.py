@@ -38,10 +38,11 @@ def short_text(max_bytes: int) -> st.SearchStrategy[str]:
 
 
 messages: st.SearchStrategy[wire.Message] = st.one_of(
-    st.builds(wire.Hello, b16, b32, spake(b"A")),
-    st.builds(wire.Reply, b32, spake(b"B"), b32),
-    st.builds(wire.Confirm, b32, sealed),
+    st.builds(wire.Hello, b16, b32, spake(b"A"), b32),
+    st.builds(wire.Reply, b32, spake(b"B"), b32, b32),
+    st.builds(wire.Confirm, b32, b32, sealed),
     st.builds(wire.Complete, sealed),
+    st.builds(wire.Accept, b32),
     st.builds(wire.Reject, st.integers(0, 0xFFFF), short_text(255)),
 )
 
@@ -74,6 +75,29 @@ def test_message_roundtrip(msg: wire.Message) -> None:
 @given(infos)
 def test_device_info_roundtrip(info: DeviceInfo) -> None:
     assert DeviceInfo.decode(info.encode()) == info
+
+
+def test_exact_lengths() -> None:
+    z = bytes(32)
+    hello = wire.encode(wire.Hello(bytes(16), z, b"A" + z, z))
+    reply = wire.encode(wire.Reply(z, b"B" + z, z, z))
+    confirm = wire.encode(wire.Confirm(z, z, bytes(16)))
+    assert (len(hello), len(reply), len(confirm)) == (114, 130, 67 + 16)
+    assert len(wire.encode(wire.Complete(bytes(212)))) == 3 + 212
+    assert len(wire.encode(wire.Accept(z))) == 33
+    for body in (hello, reply, confirm, wire.encode(wire.Accept(z))):
+        for bad in (body[:-1], body + b"\x00"):
+            with pytest.raises(ProtocolError) as ei:
+                wire.decode(bad)
+            assert ei.value.code == RejectCode.MALFORMED
+    # side bytes: a Hello must carry 'A', a Reply 'B'
+    for bad in (hello[:49] + b"B" + hello[50:], reply[:33] + b"A" + reply[34:]):
+        with pytest.raises(ProtocolError):
+            wire.decode(bad)
+    with pytest.raises(ProtocolError):  # sealed info shorter than its tag
+        wire.decode(confirm[:65] + bytes([0, 15]) + bytes(15))
+    with pytest.raises(ProtocolError):
+        wire.decode(b"\x06" + z)  # no such type in version 2
 
 
 @SETTINGS
@@ -146,7 +170,8 @@ def test_state_machines_on_garbage(bodies: list[bytes], joiner_side: bool) -> No
             assert e.code == RejectCode.UNEXPECTED  # only once finished
             assert (j if joiner_side else h).is_finished
             continue
-        assert all(type(e).__name__ in ("SendMessage", "Failed", "Paired") for e in ev)
+        assert all(type(e).__name__ in ("SendMessage", "Failed", "Paired", "SasReady")
+                   for e in ev)
     assert not offer.used
 
 
@@ -154,6 +179,8 @@ def test_random_reply_to_joiner() -> None:
     code = PairingCode.generate(TICKET)
     j, _, conn = make_pair(code, PairingOffer.create(code, now=0.0))
     j.start()
-    body = wire.encode(wire.Reply(conn.host_id, b"B" + os.urandom(32), os.urandom(32)))
+    body = wire.encode(
+        wire.Reply(conn.host_id, b"B" + os.urandom(32), os.urandom(32), os.urandom(32))
+    )
     (*_, last) = j.receive(body)
     assert type(last).__name__ == "Failed"
