@@ -1,7 +1,19 @@
 """The ``iroh-pair`` command: pair devices and message them from a terminal.
 
-Exit codes: 0 success, 1 error, 2 usage, 3 pairing failed, 4 timed out, 130 interrupted.
-Every error is one line on stderr; progress goes to stderr, results to stdout.
+Exit codes: 0 success, 1 error (also: the SAS was declined here), 2 usage (also: the SAS
+cannot be asked, stdin is not a terminal and ``--yes`` was not given), 3 pairing failed,
+4 timed out, 130 interrupted. Every error is one line on stderr; progress and questions go to
+stderr, results to stdout.
+
+Pairing asks the user to compare the short authentication string (SAS) on both screens,
+"Do both screens show 123 456? [y/N]", before anything is stored; ``--yes`` pairs without
+asking (scripts), which gives up the protection against a man in the middle who knows the code
+(docs/PROTOCOL.md §8.3, §12).
+
+Text that comes from a peer (device names, Reject reasons, message text, error messages that
+quote them) is printed only through :func:`~iroh_pair._text.sanitize_for_terminal`: no control
+character or escape sequence from a peer reaches the terminal. ``--json`` output is exact:
+``json.dumps`` escapes every control and non-ASCII character.
 """
 
 from __future__ import annotations
@@ -10,19 +22,39 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import os
 import sys
+import threading
+import time
+import traceback
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from . import __version__
+from ._text import sanitize_for_terminal
 from .errors import IrohPairError
 from .lan import looks_spoken
-from .node import Node, PairingFailed
-from .registry import PairedDevice, safe_display
+from .node import HostedPairing, Node, PairingFailed, SasCheck
+from .protocol import RejectCode
+from .registry import PairedDevice
 from .transport import LookupConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAIRING, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: Exit code when this side's user declined the SAS (or did not answer in time).
+EXIT_DECLINED = EXIT_ERROR
+#: Default seconds to answer the SAS question (the Node API's ``confirm_timeout``).
+CONFIRM_TIMEOUT = 120.0
+NOT_A_TERMINAL = ("cannot ask to compare the SAS: stdin is not a terminal; "
+                  "pass --yes to pair without asking")
+
+log = logging.getLogger("iroh_pair.cli")
+
+
+def safe(text: str, max_chars: int = 300) -> str:
+    """Peer (or peer-influenced) text as it may be printed on a terminal."""
+    return sanitize_for_terminal(text, max_chars)
 
 
 def default_data_dir() -> Path:
@@ -71,35 +103,186 @@ def lan_mode(args: argparse.Namespace) -> bool:
 
 
 def describe(dev: PairedDevice) -> str:
-    kind = safe_display(dev.device_type, 20)
-    return f"{safe_display(dev.name, 40)}  ({kind})  {dev.endpoint_id}"
+    kind = safe(dev.device_type, 20)
+    return f"{safe(dev.name, 40)}  ({kind})  {dev.endpoint_id}"
 
 
-@contextlib.asynccontextmanager
-async def progress(text: str, quiet: bool) -> AsyncIterator[None]:
-    """A waiting indicator on stderr (only on a terminal)."""
-    if quiet:
-        yield
-        return
-    if not sys.stderr.isatty():
-        print(f"{text}...", file=sys.stderr, flush=True)
-        yield
-        return
+class Progress:
+    """A waiting indicator on stderr (a spinner on a terminal, one line otherwise), which the
+    SAS question pauses while it waits for the answer."""
 
-    async def spin() -> None:
+    def __init__(self, text: str, enabled: bool) -> None:
+        self.text = text
+        self.enabled = enabled
+        self.paused = False
+        self._shown = 0
+
+    def clear(self) -> None:
+        if self._shown:
+            print("\r" + " " * self._shown + "\r", end="", file=sys.stderr, flush=True)
+            self._shown = 0
+
+    def pause(self) -> None:
+        self.paused = True
+        self.clear()
+
+    def resume(self, text: str | None = None) -> None:
+        if text is not None:
+            self.text = text
+            if self.enabled and not sys.stderr.isatty():
+                print(f"{text}...", file=sys.stderr, flush=True)
+        self.paused = False
+
+    async def spin(self) -> None:
         frames = "|/-\\"
         i = 0
         while True:
-            print(f"\r{text} {frames[i % 4]}", end="", file=sys.stderr, flush=True)
-            i += 1
+            if not self.paused:
+                line = f"{self.text} {frames[i % 4]}"
+                print("\r" + line, end="", file=sys.stderr, flush=True)
+                self._shown = max(self._shown, len(line))
+                i += 1
             await asyncio.sleep(0.2)
 
-    task = asyncio.ensure_future(spin())
+
+@contextlib.asynccontextmanager
+async def progress(text: str, quiet: bool) -> AsyncIterator[Progress]:
+    """A waiting indicator on stderr (a spinner only on a terminal)."""
+    p = Progress(text, not quiet)
+    if quiet:
+        yield p
+        return
+    if not sys.stderr.isatty():
+        print(f"{text}...", file=sys.stderr, flush=True)
+        yield p
+        return
+    task = asyncio.ensure_future(p.spin())
     try:
-        yield
+        yield p
     finally:
         task.cancel()
-        print("\r" + " " * (len(text) + 2) + "\r", end="", file=sys.stderr, flush=True)
+        p.clear()
+
+
+class SasDeclined(Exception):
+    """This side's user answered no (or nothing in time): nothing was stored."""
+
+
+async def read_line(timeout: float) -> bytes | None:
+    """One line typed on stdin, without blocking the event loop (the node keeps running);
+    ``None`` after ``timeout`` seconds, ``b""`` at end of input."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[bytes] = loop.create_future()
+    fd = sys.stdin.fileno()
+
+    def deliver(data: bytes) -> None:
+        if not fut.done():
+            fut.set_result(data)
+
+    def on_readable() -> None:
+        try:
+            data = os.read(fd, 4096)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        deliver(data)
+
+    try:
+        loop.add_reader(fd, on_readable)
+        remove = True
+    except (NotImplementedError, ValueError, OSError):
+        # a loop without add_reader: a daemon thread reads (it may stay blocked, harmlessly)
+        remove = False
+
+        def read_in_thread() -> None:
+            try:
+                data = os.read(fd, 4096)
+            except OSError:
+                data = b""
+            loop.call_soon_threadsafe(deliver, data)
+
+        threading.Thread(target=read_in_thread, name="iroh-pair-stdin", daemon=True).start()
+    try:
+        return await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        return None
+    finally:
+        if remove:
+            loop.remove_reader(fd)
+
+
+class SasQuestion:
+    """The ``confirm=`` callback of :meth:`Node.host_pairing` / :meth:`Node.join`: asks this
+    terminal's user "Do both screens show 123 456? [y/N]" (``--yes``: approves at once).
+
+    Only "y" or "yes" approves; anything else, end of input, or no answer within ``timeout``
+    seconds declines. Input typed before the question appeared is discarded, so a stray "y"
+    cannot answer a question the user has not seen."""
+
+    def __init__(self, *, assume_yes: bool, timeout: float) -> None:
+        self.assume_yes = assume_yes
+        self.timeout = timeout
+        self.answer: bool | None = None
+        self.asked = False
+        self.timed_out = False
+        self.sas = ""
+        self.status: Progress | None = None
+        self.prompt_open = False
+        #: The question was withdrawn before an answer: the pairing attempt ended meanwhile.
+        self.cancelled = False
+
+    async def __call__(self, check: SasCheck) -> bool:
+        self.sas = check.formatted
+        if self.assume_yes:
+            self.answer = True
+            return True
+        self.asked = True
+        if self.status is not None:
+            self.status.pause()
+        peer = check.peer_info
+        who = f"{safe(peer.name, 40)} " if peer is not None else ""
+        short = bytes(check.peer_id).hex()[:10]
+        print(f"pairing with {who}({short}...)", file=sys.stderr, flush=True)
+        if os.isatty(sys.stdin.fileno()):
+            try:
+                import termios
+
+                termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)  # no typed-ahead answer
+            except (ImportError, OSError):  # pragma: no cover
+                pass
+        print(f"Do both screens show {check.formatted}? [y/N] ", end="", file=sys.stderr, flush=True)
+        self.prompt_open = True
+        try:
+            line = await read_line(self.timeout)
+        except asyncio.CancelledError:  # the pairing ended meanwhile (the other side declined)
+            self.cancelled = True
+            self.end_prompt()
+            raise
+        self.prompt_open = False
+        if line is None:
+            self.timed_out = True
+            print(f"\nno answer within {self.timeout:g} s", file=sys.stderr, flush=True)
+        elif not line.endswith(b"\n"):
+            print(file=sys.stderr, flush=True)  # end of input: end the question's line
+        self.answer = line is not None and line.strip().lower() in (b"y", b"yes")
+        if self.status is not None and self.answer:
+            self.status.resume("waiting for the other device to confirm")
+        return self.answer
+
+    def end_prompt(self) -> None:
+        """Ends the question's line if it is still open (the pairing ended meanwhile)."""
+        if self.prompt_open:
+            print(file=sys.stderr, flush=True)
+            self.prompt_open = False
+
+
+def sas_question(args: argparse.Namespace) -> SasQuestion:
+    """The question for this command; refuses (UsageError, exit 2) to pair without asking when
+    stdin is not a terminal and ``--yes`` was not given."""
+    if not args.yes and not sys.stdin.isatty():
+        raise UsageError(NOT_A_TERMINAL)
+    return SasQuestion(assume_yes=args.yes, timeout=args.confirm_timeout)
 
 
 async def open_node(args: argparse.Namespace) -> Node:
@@ -143,7 +326,7 @@ def _print_message(dev: PairedDevice, data: bytes, as_json: bool) -> None:
         print(json.dumps({"event": "message", "from": str(dev.endpoint_id), "name": dev.name, "text": text}),
               flush=True)
     else:
-        print(f"{safe_display(dev.name, 40)}: {safe_display(text, 4000)}", flush=True)
+        print(f"{safe(dev.name, 40)}: {safe(text, 4000)}", flush=True)
 
 
 async def _listen(node: Node, args: argparse.Namespace, count: int | None) -> None:
@@ -164,9 +347,45 @@ async def _listen(node: Node, args: argparse.Namespace, count: int | None) -> No
     await node.wait_disconnected(timeout=5.0)
 
 
+def _attempt_over(hosted: HostedPairing) -> bool:
+    """After this side approved: the handshake no longer holds the offer and did not pair (the
+    other device declined, timed out or went away)."""
+    offer = hosted.offer
+    return not hosted.done and not offer.used and not offer.busy(time.monotonic())
+
+
+async def _wait_hosted(hosted: HostedPairing, question: SasQuestion) -> PairedDevice:
+    """``hosted.wait()``, but once the SAS was shown this one attempt decides: a decline here
+    ends the command (after the Reject had a moment to leave), and so does the attempt ending
+    without a pairing after this side approved."""
+    waiter = asyncio.ensure_future(hosted.wait())
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter}, timeout=0.2)
+            if done:
+                return waiter.result()
+            if question.answer is False:
+                try:  # the node sends Reject(SAS_DECLINED); let it leave before closing
+                    return await asyncio.wait_for(asyncio.shield(waiter), 1.5)
+                except TimeoutError:
+                    raise SasDeclined() from None
+            if question.cancelled or (question.answer is True and _attempt_over(hosted)):
+                raise PairingFailed(
+                    RejectCode.CONNECTION_LOST,
+                    "the other device did not complete the pairing after the SAS check "
+                    "(it declined, timed out or went away); nothing was stored",
+                )
+    finally:
+        waiter.cancel()
+
+
 async def cmd_host(args: argparse.Namespace) -> int:
+    question = sas_question(args)
     async with await open_node(args) as node:
-        hosted = await node.host_pairing(ttl=args.ttl, words=args.words, lan=lan_mode(args))
+        hosted = await node.host_pairing(
+            ttl=args.ttl, words=args.words, lan=lan_mode(args), confirm=question,
+            confirm_timeout=args.confirm_timeout,
+        )
         spoken = None if hosted.spoken is None else str(hosted.spoken)
         if args.json:
             print(json.dumps({"event": "code", "code": str(hosted.code), "spoken": spoken,
@@ -179,42 +398,62 @@ async def cmd_host(args: argparse.Namespace) -> int:
         else:
             print(f"pairing code (single use, expires in {args.ttl:.0f} s):", file=sys.stderr)
             print(str(hosted.code), flush=True)
-        async with progress("waiting for the other device", args.quiet or args.json):
-            dev = await hosted.wait()
-        _report_paired(node, dev, args)
+        try:
+            async with progress("waiting for the other device", args.quiet or args.json) as status:
+                question.status = status
+                dev = await _wait_hosted(hosted, question)
+        finally:
+            question.end_prompt()
+        _report_paired(node, dev, args, question)
         if args.listen:
             node.on_message(lambda d, data: _print_message(d, data, args.json))
             await asyncio.Event().wait()
     return EXIT_OK
 
 
-def _report_paired(node: Node, dev: PairedDevice, args: argparse.Namespace) -> None:
+def _report_paired(node: Node, dev: PairedDevice, args: argparse.Namespace,
+                   question: SasQuestion) -> None:
     sas = node.last_sas(dev.endpoint_id)
     if args.json:
-        print(json.dumps({"event": "paired", "id": str(dev.endpoint_id), "name": dev.name, "sas": sas}),
-              flush=True)
+        print(json.dumps({"event": "paired", "id": str(dev.endpoint_id), "name": dev.name, "sas": sas,
+                          "confirmed": question.asked}), flush=True)
     else:
         print(f"paired with {describe(dev)}")
-        print(f"check that both screens show: {sas}")
+        if question.asked:
+            print(f"SAS {question.sas or sas} confirmed on this device")
+        else:
+            print(f"check that both screens show: {sas}")
 
 
 async def cmd_join(args: argparse.Namespace) -> int:
+    question = sas_question(args)
     async with await open_node(args) as node:
-        async with progress("pairing", args.quiet or args.json):
-            dev = await node.join(args.code, timeout=args.timeout)
-        _report_paired(node, dev, args)
+        try:
+            async with progress("pairing", args.quiet or args.json) as status:
+                question.status = status
+                dev = await node.join(
+                    args.code, timeout=args.timeout, confirm=question,
+                    confirm_timeout=args.confirm_timeout,
+                )
+        except PairingFailed:
+            if question.answer is False:
+                raise SasDeclined() from None
+            raise
+        finally:
+            question.end_prompt()
+        _report_paired(node, dev, args, question)
     return EXIT_OK
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
     async with await open_node(args) as node:
         dev = node.device(args.device)
-        async with progress(f"sending to {safe_display(dev.name, 40)}", args.quiet or args.json):
+        async with progress(f"sending to {safe(dev.name, 40)}", args.quiet or args.json):
             await node.send(dev, args.text.encode(), timeout=args.timeout)
         if args.json:
             print(json.dumps({"event": "delivered", "to": str(dev.endpoint_id)}), flush=True)
         else:
-            print(f"delivered to {safe_display(dev.name, 40)}", file=sys.stderr)
+            print(f"delivered to {safe(dev.name, 40)}", file=sys.stderr)
         report_stats(node, args)
     return EXIT_OK
 
@@ -241,8 +480,17 @@ async def cmd_unpair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _add_pairing_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-y", "--yes", action="store_true", default=argparse.SUPPRESS,
+                   help="pair without asking to compare the SAS (for scripts; gives up the check "
+                        "against a man in the middle who knows the code)")
+    p.add_argument("--confirm-timeout", type=float, default=CONFIRM_TIMEOUT, metavar="SECONDS",
+                   help="how long to wait for the SAS answer (default %(default)g)")
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="iroh-pair", description="Pair devices and message them over iroh.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.add_argument("--data-dir", type=Path, default=default_data_dir(),
                    help="where the key and paired devices live (default: %(default)s)")
     p.add_argument("--name", help="this device's name, shown to peers (default: the host name)")
@@ -250,6 +498,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     p.add_argument("--stats", action="store_true",
                    help="print the connection and stream counters when the command ends")
+    p.add_argument("-y", "--yes", action="store_true",
+                   help="host/join: pair without asking to compare the SAS (for scripts)")
     net = p.add_argument_group("network (default: n0's public relays and address lookup)")
     net.add_argument("--local", action="store_true", help="loopback only: no relays, no lookup")
     net.add_argument("--lan", action="store_true",
@@ -271,11 +521,13 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--listen", action="store_true", help="after pairing, keep printing messages")
     h.add_argument("--lan", action="store_true", default=argparse.SUPPRESS,
                    help="LAN mode, with a code to read aloud (e.g. 7-ocean-tiger-river)")
+    _add_pairing_options(h)
     h.set_defaults(fn=cmd_host)
     j = sub.add_parser("join", help="pair with the device that shows CODE")
     j.add_argument("code", help="the full code, or a spoken LAN code like 7-ocean-tiger-river")
     j.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     j.add_argument("--timeout", type=float, default=60.0)
+    _add_pairing_options(j)
     j.set_defaults(fn=cmd_join)
     sub.add_parser("devices", help="list paired devices").set_defaults(fn=cmd_devices)
     s = sub.add_parser("send", help="send TEXT to DEVICE (exits once delivered)")
@@ -294,25 +546,65 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+class SafeFormatter(logging.Formatter):
+    """Log lines on the terminal without control characters from peer text (a log message may
+    quote a peer's name or reason); a traceback keeps its line breaks, each line sanitised."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return "\n".join(sanitize_for_terminal(line) for line in super().format(record).split("\n"))
+
+
+def setup_logging() -> None:
+    """Warnings and errors of the package on stderr, sanitised."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(SafeFormatter("iroh-pair: %(levelname)s: %(message)s"))
+    root = logging.getLogger("iroh_pair")
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING)
+    root.propagate = False
+
+
+def fail(text: str) -> None:
+    """One error line on stderr; ``text`` may quote the peer, so it is sanitised."""
+    print(f"iroh-pair: {safe(text, 500)}", file=sys.stderr, flush=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    setup_logging()
     try:
         code: int = asyncio.run(args.fn(args))
         return code
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except UsageError as e:
-        print(f"iroh-pair: {e}", file=sys.stderr)
+        fail(str(e))
         return EXIT_USAGE
+    except SasDeclined:
+        fail("not paired: the SAS was not confirmed on this device; nothing was stored")
+        return EXIT_DECLINED
     except PairingFailed as e:
-        print(f"iroh-pair: {e}", file=sys.stderr)
+        if e.code == RejectCode.SAS_DECLINED and e.by_peer:
+            fail("not paired: the other device did not confirm the SAS (SAS_DECLINED); "
+                 "nothing was stored")
+        elif e.code == RejectCode.SAS_DECLINED:
+            fail("not paired: the SAS was not confirmed on this device; nothing was stored")
+            return EXIT_DECLINED
+        else:
+            fail(str(e))
         return EXIT_PAIRING
     except TimeoutError as e:
-        print(f"iroh-pair: timed out{': ' + str(e) if str(e) else ''}", file=sys.stderr)
+        fail(f"timed out{': ' + str(e) if str(e) else ''}")
         return EXIT_TIMEOUT
     except (IrohPairError, OSError, ValueError) as e:
-        print(f"iroh-pair: {safe_display(str(e), 300)}", file=sys.stderr)
+        fail(str(e))
+        return EXIT_ERROR
+    except Exception as e:  # a bug: say so in one line, the traceback sanitised below it
+        fail(f"internal error: {type(e).__name__}: {e}")
+        for line in traceback.format_exception(e):
+            for part in line.rstrip("\n").split("\n"):
+                print(sanitize_for_terminal(part), file=sys.stderr)
         return EXIT_ERROR
 
 

@@ -104,11 +104,11 @@ async def main(keep: bool) -> None:
         bob = Device("bob", tmp / "bob", net)
 
         say("alice hosts a pairing code")
-        host = await alice.start("host", "--listen")
+        host = await alice.start("host", "--listen", "--yes")
         try:
             code = await read_event(host)
             say(f"code: {code['code'][:40]}... (words.tag.ticket)")
-            joined = (await bob.run("join", str(code["code"])))[-1]
+            joined = (await bob.run("join", str(code["code"]), "--yes"))[-1]
             paired = await read_event(host)
             say(f"bob paired with {joined['name']}, alice paired with {paired['name']}; "
                 f"SAS {joined['sas']} == {paired['sas']}")
