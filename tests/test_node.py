@@ -96,7 +96,7 @@ async def test_host_closing_right_after_wait_does_not_fail_the_joiner(tmp_path: 
         hosted = await host.host_pairing()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "iroh_pair", "--data-dir", str(tmp_path / f"j{i}"), "--local",
-            "--json", "join", str(hosted.code), "--timeout", "20",
+            "--json", "join", str(hosted.code), "--timeout", "20", "--yes",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )
         try:

@@ -290,12 +290,21 @@ async fn cli(args: &Args) -> Result<Value> {
     let topology = l.topology();
 
     // Round 1: one wrong join, then the right one pairs.
-    let mut h = l.cli(&a, "host-cli", &["host", "--lan", "--ttl", "120"])?;
+    let mut h = l.cli(&a, "host-cli", &["host", "--lan", "--ttl", "120", "--yes"])?;
     let code = h.wait_event("code", STEP).await?;
     let spoken = text(&code, "spoken")?.to_string();
     let wrong = wrong_words(&spoken)?;
-    let wrong1 = cli_run(l.cli(&b, "join-wrong", &["join", &wrong, "--timeout", "30"])?).await?;
-    let right = l.cli(&b, "join-right", &["join", &spoken, "--timeout", "30"])?;
+    let wrong1 = cli_run(l.cli(
+        &b,
+        "join-wrong",
+        &["join", &wrong, "--timeout", "30", "--yes"],
+    )?)
+    .await?;
+    let right = l.cli(
+        &b,
+        "join-right",
+        &["join", &spoken, "--timeout", "30", "--yes"],
+    )?;
     let right = {
         let mut p = right;
         let paired = p.wait_event("paired", STEP).await.context("CLI join")?;
@@ -315,7 +324,7 @@ async fn cli(args: &Args) -> Result<Value> {
 
     // Round 2: three wrong joins burn the code; the host exits with "pairing failed" and stops
     // announcing, so the right words find nobody.
-    let mut h2 = l.cli(&a, "host2-cli", &["host", "--lan", "--ttl", "120"])?;
+    let mut h2 = l.cli(&a, "host2-cli", &["host", "--lan", "--ttl", "120", "--yes"])?;
     let code2 = h2.wait_event("code", STEP).await?;
     let spoken2 = text(&code2, "spoken")?.to_string();
     let wrong2 = wrong_words(&spoken2)?;
@@ -325,7 +334,7 @@ async fn cli(args: &Args) -> Result<Value> {
             cli_run(l.cli(
                 &b,
                 &format!("join-burn{i}"),
-                &["join", &wrong2, "--timeout", "30"],
+                &["join", &wrong2, "--timeout", "30", "--yes"],
             )?)
             .await?,
         );
@@ -334,7 +343,7 @@ async fn cli(args: &Args) -> Result<Value> {
     let after_burn = cli_run(l.cli(
         &b,
         "join-after-burn",
-        &["join", &spoken2, "--timeout", "30"],
+        &["join", &spoken2, "--timeout", "30", "--yes"],
     )?)
     .await?;
     Ok(json!({
