@@ -21,7 +21,7 @@ from typing import Any, Literal, Union
 
 from . import _native
 from ._bridge import call, get_bridge, start
-from ._native import Chunk, EndpointAddr, EndpointId, SecretKey
+from ._native import Chunk, EndpointAddr, EndpointId, KindLimits, SecretKey
 
 #: What the write methods take. A :class:`Chunk` (Rust-owned bytes: see
 #: :meth:`RecvStream.read_chunks`) is written without a copy; anything else is copied once.
@@ -44,11 +44,15 @@ __all__ = [
     "LookupConfig",
     "Handler",
     "IncomingStream",
+    "KindLimits",
     "STREAM_CANCELLED",
     "STREAM_DROPPED",
     "HANDLER_ERROR",
     "FRAME_TOO_LARGE",
     "STREAM_TIMEOUT",
+    "UNKNOWN_KIND",
+    "BAD_ENVELOPE",
+    "NOT_ADMITTED",
     "DEFAULT_MAX_MESSAGE",
 ]
 
@@ -60,6 +64,16 @@ STREAM_DROPPED: int = _native.STREAM_DROPPED
 HANDLER_ERROR: int = _native.HANDLER_ERROR
 FRAME_TOO_LARGE: int = _native.FRAME_TOO_LARGE
 STREAM_TIMEOUT: int = _native.STREAM_TIMEOUT
+UNKNOWN_KIND: int = _native.UNKNOWN_KIND
+BAD_ENVELOPE: int = _native.BAD_ENVELOPE
+NOT_ADMITTED: int = _native.NOT_ADMITTED
+
+# ``KindLimits`` (imported above) is the native class itself; its docstring, with an example, is
+# the one written in rust/iroh-pair-native/src/limits.rs:
+#
+#     limits = KindLimits(0, {"pair2": 64 * 1024 + 64}, frame_timeout=10.0)
+#     conn.serve_streams(on_stream, kind_limits=limits)   # header first, then the kind's limit
+#     limits.set("msg", 16 * 1024 * 1024 + 1024)          # applies to streams accepted from now on
 
 #: Default bound on one request or reply.
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
@@ -393,15 +407,38 @@ class Connection:
         *,
         max_first_frame: int = DEFAULT_MAX_MESSAGE,
         frame_timeout: float = 30.0,
+        kind_limits: KindLimits | None = None,
     ) -> asyncio.Future[CloseInfo]:
         """Like :meth:`serve`, but hands each accepted stream (its first frame read) to
         ``on_stream``, which answers it, refuses it, or takes its streams for an exchange of
-        several messages. ``on_stream`` runs inline on the loop and must not block."""
+        several messages. ``on_stream`` runs inline on the loop and must not block.
+
+        With ``kind_limits`` (a :class:`KindLimits`), the native loop reads the first frame's
+        length and envelope header before its body and applies the kind's limit there: a bad
+        header is refused with :data:`BAD_ENVELOPE`, a kind whose limit is 0 with
+        :data:`NOT_ADMITTED` (its body is not read), a longer frame with
+        :data:`FRAME_TOO_LARGE`, and a first frame that does not arrive whole within the
+        limits' ``frame_timeout`` with :data:`STREAM_TIMEOUT`. ``max_first_frame`` and
+        ``frame_timeout`` are then not used. The first frame handed over is unchanged
+        (header and message). Example::
+
+            limits = KindLimits(0, {"pair2": 64 * 1024 + 64}, frame_timeout=10.0)
+            served = conn.serve_streams(dispatch, kind_limits=limits)
+        """
         def on_item(ok: bool, incoming: Any) -> None:
             if ok:
                 on_stream(IncomingStream(incoming))
 
-        return self._serve(on_item, set(), max_first_frame, frame_timeout, None)
+        return self._serve(on_item, set(), max_first_frame, frame_timeout, None, kind_limits)
+
+    def set_max_concurrent_bi_streams(self, n: int) -> None:
+        """Sets how many bidirectional streams the peer may have open at once (QUIC
+        MAX_STREAMS). Open streams are not touched: after lowering it, the peer opens no new
+        stream until fewer than ``n`` are open (its ``open_bi`` waits). Example::
+
+            conn.set_max_concurrent_bi_streams(2)   # an unknown peer: two streams at a time
+        """
+        self._n.set_max_concurrent_bi_streams(n)
 
     def _serve(
         self,
@@ -410,6 +447,7 @@ class Connection:
         max_first_frame: int,
         frame_timeout: float,
         handler: Handler | None,
+        kind_limits: KindLimits | None = None,
     ) -> asyncio.Future[CloseInfo]:
         b = get_bridge()
         done: asyncio.Future[CloseInfo] = b.loop.create_future()
@@ -424,7 +462,7 @@ class Connection:
                 done.set_exception(value)
 
         token = b.subscribe(on_item, on_end)
-        self._n.serve(b.native, token, max_first_frame, frame_timeout, handler)
+        self._n.serve(b.native, token, max_first_frame, frame_timeout, handler, kind_limits)
 
         def stop(fut: asyncio.Future[CloseInfo]) -> None:
             if fut.cancelled():

@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import Any, ClassVar, Final, final
 
 __all__ = [
+    "BAD_ENVELOPE",
     "Bridge",
     "Chunk",
     "Connection",
@@ -19,6 +20,8 @@ __all__ = [
     "HANDLER_ERROR",
     "MAX_WORKER_THREADS",
     "IncomingRequest",
+    "KindLimits",
+    "NOT_ADMITTED",
     "MdnsAnnouncement",
     "PENDING",
     "Pending",
@@ -26,6 +29,7 @@ __all__ = [
     "STREAM_CANCELLED",
     "STREAM_DROPPED",
     "STREAM_TIMEOUT",
+    "UNKNOWN_KIND",
     "SecretKey",
     "SendStream",
     "_debug_stats",
@@ -42,6 +46,9 @@ HANDLER_ERROR: Final[int]
 MAX_WORKER_THREADS: Final[int]
 FRAME_TOO_LARGE: Final[int]
 STREAM_TIMEOUT: Final[int]
+UNKNOWN_KIND: Final[int]
+BAD_ENVELOPE: Final[int]
+NOT_ADMITTED: Final[int]
 PENDING: Final[Pending]
 
 @final
@@ -186,6 +193,7 @@ class Connection:
     def paths(self) -> list[dict[str, Any]]: ...
     def path_events(self, bridge: Bridge, token: int) -> None: ...
     def stats(self) -> dict[str, int]: ...
+    def set_max_concurrent_bi_streams(self, n: int) -> None: ...
     def request(
         self,
         bridge: Bridge,
@@ -201,7 +209,25 @@ class Connection:
         max_request: int,
         frame_timeout: float = 30.0,
         handler: Callable[[bytes], object] | None = None,
+        kind_limits: KindLimits | None = None,
     ) -> None: ...
+
+@final
+class KindLimits:
+    def __new__(
+        cls, default: int, per_kind: dict[str, int] | None = None, frame_timeout: float = 30.0
+    ) -> KindLimits: ...
+    def set(self, kind: str, limit: int) -> None: ...
+    def unset(self, kind: str) -> None: ...
+    def set_default(self, limit: int) -> None: ...
+    def set_frame_timeout(self, seconds: float) -> None: ...
+    def get(self, kind: str) -> int: ...
+    @property
+    def default(self) -> int: ...
+    @property
+    def frame_timeout(self) -> float: ...
+    @property
+    def per_kind(self) -> dict[str, int]: ...
 
 @final
 class IncomingRequest:

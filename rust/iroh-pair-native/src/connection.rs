@@ -14,6 +14,7 @@ use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out};
 use crate::endpoint::Counters;
 use crate::error::Error;
 use crate::keys::EndpointId;
+use crate::limits::{First, KindLimits, read_first_frame};
 use crate::streams::{
     RecvStream, SendState, SendStream, codes, copy_bytes, frame_header, read_frame,
 };
@@ -548,13 +549,27 @@ impl Connection {
         }
     }
 
+    /// Sets how many bidirectional streams the peer may have open at once (QUIC MAX_STREAMS).
+    /// Lowering it does not touch open streams: the peer opens no new one until fewer than `n`
+    /// are open. 0 lets the peer open none.
+    fn set_max_concurrent_bi_streams(&self, n: u64) -> PyResult<()> {
+        let n = VarInt::from_u64(n)
+            .map_err(|_| Error::Value(format!("{n} streams do not fit a QUIC varint")))?;
+        self.conn.set_max_concurrent_bi_streams(n);
+        Ok(())
+    }
+
     /// The native serve loop: accepts every bidirectional stream of this connection, reads its
     /// first frame (at most `max_request` bytes, within `frame_timeout` seconds), and emits an
     /// `IncomingRequest` under the persistent `token`. Ends (a last, non-persistent completion)
     /// when the connection closes. Do not mix with `accept_bi` on the same connection.
     /// With a `handler`, the bridge calls it on each request's bytes while draining and sends
     /// a `bytes` reply at once (see `Bridge::handle_request`).
-    #[pyo3(signature = (bridge, token, max_request, frame_timeout = 30.0, handler = None))]
+    ///
+    /// With `kind_limits`, the first frame is read header first and limited per stream kind
+    /// (see `KindLimits`), and `max_request` and `frame_timeout` are not used: a stream gets the
+    /// limits and timeout current when it was accepted.
+    #[pyo3(signature = (bridge, token, max_request, frame_timeout = 30.0, handler = None, kind_limits = None))]
     fn serve(
         &self,
         bridge: &Bridge,
@@ -562,6 +577,7 @@ impl Connection {
         max_request: usize,
         frame_timeout: f64,
         handler: Option<Py<PyAny>>,
+        kind_limits: Option<Py<KindLimits>>,
     ) -> PyResult<()> {
         let frame_timeout = Duration::try_from_secs_f64(frame_timeout).map_err(|_| {
             Error::Value(format!(
@@ -582,24 +598,35 @@ impl Connection {
                             Counters::bump(&counters.bi_accepted);
                             let shared = shared.clone();
                             let counters = counters.clone();
+                            let table = kind_limits.as_ref().map(|k| k.get().snapshot());
                             tasks.spawn(async move {
                                 let mut send = SendState::new(s);
-                                let first = tokio::time::timeout(frame_timeout, read_frame(&mut r, max_request)).await;
+                                let first = match table {
+                                    Some(t) => {
+                                        tokio::time::timeout(t.frame_timeout(), read_first_frame(&mut r, &t))
+                                            .await
+                                            .unwrap_or(First::Refuse(codes::TIMEOUT))
+                                    }
+                                    None => match tokio::time::timeout(frame_timeout, read_frame(&mut r, max_request)).await {
+                                        Ok(Ok(Some(request))) => First::Frame(request),
+                                        Ok(Err(Error::FrameTooLarge { .. })) | Ok(Err(Error::Truncated(_))) => {
+                                            First::Refuse(codes::FRAME_TOO_LARGE)
+                                        }
+                                        Err(_) => First::Refuse(codes::TIMEOUT),
+                                        // An empty stream, or one reset by the peer: nothing to serve.
+                                        Ok(Ok(None)) | Ok(Err(_)) => First::Nothing,
+                                    },
+                                };
                                 match first {
-                                    Ok(Ok(Some(request))) => shared.emit(
+                                    First::Frame(request) => shared.emit(
                                         token,
                                         Ok(out(IncomingOut { request, send, recv: r, counters })),
                                     ),
-                                    Ok(Err(Error::FrameTooLarge { .. })) | Ok(Err(Error::Truncated(_))) => {
-                                        let _ = send.reset(codes::FRAME_TOO_LARGE);
-                                        let _ = r.stop(VarInt::from_u32(codes::FRAME_TOO_LARGE as u32));
+                                    First::Refuse(code) => {
+                                        let _ = send.reset(code);
+                                        let _ = r.stop(VarInt::from_u32(code as u32));
                                     }
-                                    Err(_) => {
-                                        let _ = send.reset(codes::TIMEOUT);
-                                        let _ = r.stop(VarInt::from_u32(codes::TIMEOUT as u32));
-                                    }
-                                    // An empty stream, or one reset by the peer: nothing to serve.
-                                    Ok(Ok(None)) | Ok(Err(_)) => {}
+                                    First::Nothing => {}
                                 }
                             });
                         }

@@ -12,6 +12,7 @@ mod connection;
 mod endpoint;
 mod error;
 mod keys;
+mod limits;
 mod mdns;
 mod streams;
 
@@ -27,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<connection::Connection>()?;
     m.add_class::<mdns::MdnsAnnouncement>()?;
     m.add_class::<connection::IncomingRequest>()?;
+    m.add_class::<limits::KindLimits>()?;
     m.add_class::<streams::SendStream>()?;
     m.add_class::<streams::RecvStream>()?;
     m.add_class::<chunk::Chunk>()?;
@@ -40,6 +42,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("HANDLER_ERROR", streams::codes::HANDLER_ERROR)?;
     m.add("FRAME_TOO_LARGE", streams::codes::FRAME_TOO_LARGE)?;
     m.add("STREAM_TIMEOUT", streams::codes::TIMEOUT)?;
+    m.add("UNKNOWN_KIND", streams::codes::UNKNOWN_KIND)?;
+    m.add("BAD_ENVELOPE", streams::codes::BAD_ENVELOPE)?;
+    m.add("NOT_ADMITTED", streams::codes::NOT_ADMITTED)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

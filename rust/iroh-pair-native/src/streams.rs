@@ -28,8 +28,14 @@ pub mod codes {
     pub const HANDLER_ERROR: u64 = 3;
     /// The request's first frame was larger than the server allows, or truncated.
     pub const FRAME_TOO_LARGE: u64 = 4;
+    /// The stream kind is not served here.
+    pub const UNKNOWN_KIND: u64 = 5;
+    /// The first frame's envelope header is malformed (version, kind length or kind name).
+    pub const BAD_ENVELOPE: u64 = 6;
     /// The first frame did not arrive within the serve loop's `frame_timeout`.
     pub const TIMEOUT: u64 = 7;
+    /// The stream kind is not allowed from this peer (its `KindLimits` limit is 0).
+    pub const NOT_ADMITTED: u64 = 8;
 }
 
 fn varint(code: u64) -> Result<VarInt, Error> {
@@ -302,9 +308,8 @@ pub fn frame_header(len: usize, limit: usize) -> Result<Bytes, Error> {
     Ok(Bytes::copy_from_slice(&(len as u32).to_be_bytes()))
 }
 
-/// Reads one frame: `None` at a clean end of stream before any byte of it. The length is checked
-/// against `max_len` before anything is allocated for the body.
-pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<Vec<Bytes>>, Error> {
+/// Reads a frame's u32 big-endian length: `None` at a clean end of stream before any byte.
+pub async fn read_frame_len(recv: &mut IrohRecv) -> Result<Option<u32>, Error> {
     let mut header = [0u8; 4];
     let mut got = 0;
     while got < 4 {
@@ -318,14 +323,71 @@ pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<Ve
             }
         }
     }
-    let len = u32::from_be_bytes(header) as usize;
+    Ok(Some(u32::from_be_bytes(header)))
+}
+
+/// Size of the blocks `read_body` gathers a frame into.
+pub const BODY_BLOCK: usize = 64 * 1024;
+
+/// Exactly `n` bytes of a frame body whose length the peer declared, copied as they arrive into
+/// blocks of at most `BODY_BLOCK` bytes (the last one no larger than what is left of `n`).
+///
+/// Memory held is what has arrived plus less than one block: nothing is reserved for the
+/// declared length up front, and no received chunk is kept. (A chunk iroh hands out is a slice
+/// of a shared receive buffer that also holds other packets; keeping many small chunks, say a
+/// peer that sends its frame a few bytes per packet, would pin far more memory than the bytes
+/// themselves.) If the stream ends after `got < n` bytes, the error is `Truncated(early(got))`.
+pub async fn read_body(
+    recv: &mut IrohRecv,
+    n: usize,
+    early: impl FnOnce(usize) -> String,
+) -> Result<Vec<Bytes>, Error> {
+    let mut blocks = Vec::new();
+    let mut block = bytes::BytesMut::new();
+    // `got`: bytes received; `placed`: bytes in `blocks` (full blocks, not counting `block`).
+    let (mut got, mut placed) = (0, 0);
+    while got < n {
+        match recv.read_chunk(n - got).await? {
+            Some(c) => {
+                let mut c = &c[..];
+                got += c.len();
+                while !c.is_empty() {
+                    if block.len() == block.capacity() {
+                        if !block.is_empty() {
+                            placed += block.len();
+                            blocks.push(block.split().freeze());
+                        }
+                        block = bytes::BytesMut::with_capacity(BODY_BLOCK.min(n - placed));
+                    }
+                    let take = c.len().min(block.capacity() - block.len());
+                    block.extend_from_slice(&c[..take]);
+                    c = &c[take..];
+                }
+            }
+            None => return Err(Error::Truncated(early(got))),
+        }
+    }
+    if !block.is_empty() {
+        blocks.push(block.freeze());
+    }
+    Ok(blocks)
+}
+
+/// Reads one frame: `None` at a clean end of stream before any byte of it. The length is checked
+/// against `max_len` before anything is read of the body, which is then gathered as it arrives
+/// (see `read_body`: never more than what has arrived plus one block).
+pub async fn read_frame(recv: &mut IrohRecv, max_len: usize) -> Result<Option<Vec<Bytes>>, Error> {
+    let Some(len) = read_frame_len(recv).await? else {
+        return Ok(None);
+    };
+    let len = len as usize;
     if len > max_len {
         return Err(Error::FrameTooLarge {
             length: len as u64,
             limit: max_len as u64,
         });
     }
-    let body = read_exact_chunks(recv, len, |n| {
+    let body = read_body(recv, len, |n| {
         format!("the stream ended {n} bytes into a frame of {len} bytes")
     })
     .await?;
