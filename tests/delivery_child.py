@@ -92,7 +92,7 @@ async def receiver(args: argparse.Namespace) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         return new
 
-    node.registry.record_delivered = record_then_maybe_die  # type: ignore[method-assign]
+    setattr(node.registry, "record_delivered", record_then_maybe_die)  # noqa: B010
     emit(event="ready", id=str(node.id), ticket=node.ticket())
     async for cmd in commands():
         if cmd["op"] == "die_after_commit":
