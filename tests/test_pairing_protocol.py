@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import pytest
 from pairing_helpers import (
@@ -657,11 +658,14 @@ def test_sas_depends_on_the_joiner_nonce(code: PairingCode) -> None:
     sas = set()
     conn = Conn(new_id(), new_id())
     spake_j, spake_h, host_nonce = os.urandom(64), os.urandom(64), os.urandom(32)
+
+    def joiner_entropy(nonce: bytes) -> Callable[[int], bytes]:
+        return lambda n: nonce if n == 32 else spake_j
+
     for _ in range(5):
-        nonce = os.urandom(32)
         j = JoinerHandshake(code, joiner_id=conn.joiner_id, host_id=conn.host_id,
                             channel_binding=conn.cb, joiner_info=JOINER_INFO,
-                            entropy=lambda n, nonce=nonce: nonce if n == 32 else spake_j)
+                            entropy=joiner_entropy(os.urandom(32)))
         h = HostHandshake(PairingOffer.create(code, now=0.0), host_id=conn.host_id,
                           remote_id=conn.joiner_id, channel_binding=conn.cb, host_info=HOST_INFO,
                           entropy=lambda n: host_nonce if n == 32 else spake_h)
