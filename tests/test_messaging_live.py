@@ -104,6 +104,8 @@ async def test_node_send_retried_with_one_message_id_is_handled_once(
     with pytest.raises(errors.RemoteError) as e:
         await joiner.request(dev, b"exactly once", message_id=mid)
     assert e.value.code == StreamErrorCode.DUPLICATE
+    assert "DUPLICATE (18)" in str(e.value) and mid.hex() in str(e.value)  # the code's name
+    assert host.registry.is_delivered(joiner.id, mid)  # persisted (§13.8)
     with pytest.raises(ValueError):
         await joiner.send(dev, b"x", message_id=b"short")
     await joiner.send(dev, b"another")  # a fresh id by default
