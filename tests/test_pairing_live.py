@@ -1,5 +1,6 @@
 """Attacks on pairing over real iroh endpoints on loopback: replay, man in the middle, identity
-claims, races, expiry. (The in-memory state machines are covered in test_pairing_protocol.py.)"""
+claims, races, expiry; SAS approval and decline on real nodes; version 1 refused both ways.
+(The in-memory state machines are covered in test_pairing_protocol.py.)"""
 
 from __future__ import annotations
 
@@ -14,16 +15,18 @@ from helpers import open_local_node
 from iroh_pair import errors
 from iroh_pair.code import PairingCode
 from iroh_pair.node import Node
-from iroh_pair.pairing import PairingFailed, channel_binding, run_joiner
+from iroh_pair.pairing import PairingFailed, SasCheck, channel_binding, run_joiner
 from iroh_pair.protocol import (
     ALPN,
     MAX_MESSAGE,
     PAIR_KIND,
+    PAIR_KIND_V1,
     DeviceInfo,
     JoinerHandshake,
     PairingOffer,
     RejectCode,
     SendMessage,
+    StreamErrorCode,
     encode_header,
     wire,
 )
@@ -161,13 +164,14 @@ async def test_man_in_the_middle_fails_confirmation(host: Node, tmp_path: Path) 
                     n = len(encode_header(PAIR_KIND))
                     m = wire.decode(f[n:])
                     assert isinstance(m, wire.Hello)
-                    return f[:n] + wire.encode(wire.Hello(m.session_tag, mid, m.spake_msg))
+                    return f[:n] + wire.encode(
+                        wire.Hello(m.session_tag, mid, m.spake_msg, m.commitment))
                 return f
 
             def down(f: bytes) -> bytes:  # host -> joiner: claim to be M
                 m = wire.decode(f)
                 if isinstance(m, wire.Reply):
-                    return wire.encode(wire.Reply(mid, m.spake_msg, m.host_mac))
+                    return wire.encode(wire.Reply(mid, m.spake_msg, m.host_nonce, m.host_mac))
                 return f
 
             await asyncio.gather(_relay_frames(jr, hs, up, done), _relay_frames(hr, js, down, done))
@@ -263,7 +267,8 @@ async def test_scripted_host_with_bad_mac_is_refused_by_the_joiner(tmp_path: Pat
             reply = wire.decode(m2)
             assert isinstance(reply, wire.Reply)
             bad_mac = bytes([reply.host_mac[0] ^ 1]) + reply.host_mac[1:]
-            await send.write_frame(wire.encode(wire.Reply(reply.host_id, reply.spake_msg, bad_mac)))
+            await send.write_frame(wire.encode(
+                wire.Reply(reply.host_id, reply.spake_msg, reply.host_nonce, bad_mac)))
             while (f := await recv.read_frame(MAX_MESSAGE)) is not None:
                 sent_back.append(f)
 
@@ -296,3 +301,173 @@ async def test_wrong_session_tag_is_not_counted(host: Node) -> None:
         assert e.value.code == RejectCode.BAD_TAG
     assert hosted.offer.attempts_used == 0
     await no_pairing(host)
+
+
+# -- version 2: SAS approval on real nodes, version 1 refused ------------------------------
+
+
+async def _pair_with_answers(
+    host: Node, joiner: Node, host_says: bool, joiner_says: bool
+) -> tuple[object, object, list[SasCheck], list[SasCheck]]:
+    """Host and join with async confirm callbacks that answer as told; returns both outcomes
+    (result or exception) and the checks each side was shown."""
+    seen_h: list[SasCheck] = []
+    seen_j: list[SasCheck] = []
+
+    async def ask_host(check: SasCheck) -> bool:
+        seen_h.append(check)
+        await asyncio.sleep(0.05)  # a user takes a moment
+        return host_says
+
+    async def ask_joiner(check: SasCheck) -> bool:
+        seen_j.append(check)
+        await asyncio.sleep(0.05)
+        return joiner_says
+
+    hosted = await host.host_pairing(confirm=ask_host, confirm_timeout=10)
+    joined, waited = await asyncio.gather(
+        joiner.join(hosted.code, timeout=10, confirm=ask_joiner, confirm_timeout=10),
+        hosted.wait(15) if host_says and joiner_says else until_idle(hosted.offer),
+        return_exceptions=True,
+    )
+    return joined, waited, seen_h, seen_j
+
+
+async def test_both_approve_the_same_sas(host: Node, tmp_path: Path) -> None:
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    try:
+        joined, waited, seen_h, seen_j = await _pair_with_answers(host, joiner, True, True)
+        assert not isinstance(joined, BaseException) and not isinstance(waited, BaseException)
+        (ch,), (cj,) = seen_h, seen_j
+        assert ch.sas == cj.sas and len(ch.sas) == 6 and ch.formatted == f"{ch.sas[:3]} {ch.sas[3:]}"
+        assert ch.role.value == "host" and cj.role.value == "joiner"
+        assert ch.peer_id == joiner.id.to_bytes() and cj.peer_id == host.id.to_bytes()
+        assert ch.peer_info is not None and ch.peer_info.name == "joiner" and cj.peer_info is None
+        assert [d.endpoint_id for d in host.devices()] == [joiner.id]
+        assert [d.endpoint_id for d in joiner.devices()] == [host.id]
+        assert host.last_sas(joiner.id) == joiner.last_sas(host.id) == ch.sas
+    finally:
+        await joiner.close()
+
+
+@pytest.mark.parametrize("decliner", ["host", "joiner"])
+async def test_declined_sas_stores_nothing_on_either_side(
+    host: Node, tmp_path: Path, decliner: str
+) -> None:
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    try:
+        joined, _, seen_h, seen_j = await _pair_with_answers(
+            host, joiner, host_says=decliner != "host", joiner_says=decliner != "joiner"
+        )
+        assert isinstance(joined, PairingFailed), joined
+        assert joined.code == RejectCode.SAS_DECLINED
+        assert joined.by_peer == (decliner == "host")
+        assert seen_h and seen_j and seen_h[0].sas == seen_j[0].sas  # both were asked
+        await asyncio.sleep(0.2)
+        assert joiner.devices() == [] and host.devices() == []
+        assert len(joiner.registry) == 0 and len(host.registry) == 0
+        assert not host._hosted or not next(iter(host._hosted.values()))[0].used
+    finally:
+        await joiner.close()
+
+
+async def test_host_approval_timeout_stores_nothing(host: Node, tmp_path: Path) -> None:
+    never = asyncio.Event()
+
+    async def slow_user(check: SasCheck) -> bool:
+        await never.wait()
+        return True
+
+    hosted = await host.host_pairing(confirm=slow_user, confirm_timeout=0.5)
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    try:
+        with pytest.raises(PairingFailed) as e:
+            await joiner.join(hosted.code, timeout=10)
+        assert e.value.code == RejectCode.TIMEOUT and e.value.by_peer
+        assert joiner.devices() == [] and host.devices() == []
+    finally:
+        await joiner.close()
+
+
+async def test_version_1_stream_is_refused_with_the_version_named(host: Node) -> None:
+    """A version-1 joiner opens a ``pair`` stream with a version-1 Hello (tag, id, pA): the
+    host answers Reject(UNSUPPORTED_VERSION) naming the versions, with no PAKE work."""
+    hosted = await host.host_pairing()
+    async with await Endpoint.bind() as ep:
+        conn = await dial(ep, hosted.code)
+        send, recv = await conn.open_bi()
+        v1_hello = b"\x01" + hosted.code.tag + ep.id.to_bytes() + b"A" + bytes(32)
+        await send.write_frame(encode_header(PAIR_KIND_V1) + v1_hello)
+        body = await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), 5)
+        assert body is not None
+        msg = wire.decode(body)
+        assert isinstance(msg, wire.Reject) and msg.code == RejectCode.UNSUPPORTED_VERSION
+        assert "version 1" in msg.text and "version 2" in msg.text
+        assert await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), 5) is None  # finished
+    assert hosted.offer.attempts_used == 0 and not hosted.done
+    await no_pairing(host)
+
+
+async def test_joiner_facing_a_version_1_host_fails_with_unsupported_version(
+    tmp_path: Path,
+) -> None:
+    """A version-1 host does not know the ``pair2`` kind and resets it with UNKNOWN_KIND
+    before any reply: the joiner names the version problem."""
+    async with await Endpoint.bind(alpns=[ALPN]) as old_host:
+        code = PairingCode.generate(old_host.ticket())
+        joiner = await open_node(tmp_path / "joiner", "joiner")
+
+        async def version_1_host() -> None:
+            conn = await old_host.accept()
+            assert conn is not None
+            send, recv = await conn.accept_bi()
+            await recv.read_frame(MAX_MESSAGE)
+            recv.stop(int(StreamErrorCode.UNKNOWN_KIND))
+            send.reset(int(StreamErrorCode.UNKNOWN_KIND))
+            await asyncio.sleep(5)
+
+        task = asyncio.ensure_future(version_1_host())
+        try:
+            with pytest.raises(PairingFailed) as e:
+                await joiner.join(code, timeout=10)
+            assert e.value.code == RejectCode.UNSUPPORTED_VERSION
+            assert "version 2" in e.value.reason
+            assert joiner.devices() == []
+        finally:
+            task.cancel()
+            await joiner.close()
+
+
+async def test_pair2_without_an_offer_gets_a_reject(host: Node, tmp_path: Path) -> None:
+    """A paired device opening pair2 while nothing is hosted gets Reject(EXPIRED), not a reset."""
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    try:
+        hosted = await host.host_pairing()
+        await joiner.join(hosted.code, timeout=10)
+        await hosted.wait(5)
+        assert not host.hosting
+        with pytest.raises(PairingFailed) as e:
+            await joiner.join(hosted.code, timeout=10)
+        assert e.value.code in (RejectCode.EXPIRED, RejectCode.USED) and e.value.by_peer
+    finally:
+        await joiner.close()
+
+
+async def test_joiner_removes_its_entry_when_the_host_cannot_store(
+    host: Node, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joiner stores before its Accept; a host that then fails to store sends
+    Reject(INTERNAL) instead of its FIN, and the joiner removes its entry again (§5)."""
+    def broken(r: object) -> object:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(host, "_store", broken)
+    hosted = await host.host_pairing()
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    try:
+        with pytest.raises(PairingFailed) as e:
+            await joiner.join(hosted.code, timeout=10)
+        assert e.value.code == RejectCode.INTERNAL and e.value.by_peer
+        assert joiner.devices() == [] and len(joiner.registry) == 0
+    finally:
+        await joiner.close()
