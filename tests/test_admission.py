@@ -69,10 +69,10 @@ async def stall(s: Stranger, kind: str, declared: int, payload: int, tries: int 
     first frame of ``declared`` bytes of which ``payload`` are sent, then nothing more."""
     for _ in range(tries):
         try:
-            send, recv = await asyncio.wait_for(s.conn.open_bi(), 1.0)
+            send, recv = await asyncio.wait_for(s.conn.open_bi(), 0.3)
         except TimeoutError:
-            s.blocked_opens += 1  # no stream credit: the host's cap
-            continue
+            s.blocked_opens += 1  # no stream credit (the host's cap): no use trying on
+            return
         except errors.TransportError:
             return
         s.streams.append((send, recv))

@@ -42,6 +42,7 @@ from .messaging import (
 )
 from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
 from .pairing import (
+    HOST_FIRST_FRAME_TIMEOUT,
     JOINER_REPLY_TIMEOUT,
     ConfirmSas,
     PairingFailed,
@@ -79,6 +80,7 @@ from .transport import (
     EndpointAddr,
     EndpointId,
     IncomingStream,
+    KindLimits,
     LookupConfig,
 )
 
@@ -152,6 +154,8 @@ class _ConnState:
     conn: Connection
     channel: MessageChannel | None = None
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    #: the first-frame limits its serve loop applies (raised when the peer is promoted)
+    limits: KindLimits | None = None
 
 
 @dataclass(eq=False)
@@ -328,6 +332,9 @@ class Node:
                 ca_certs=ca_certs,
                 keep_alive=keep_alive,
                 idle_timeout=idle_timeout,
+                # every peer starts with an unknown peer's 2 streams; paired ones are raised
+                # (stream credit once given cannot be taken back, §9.1)
+                max_bi_streams=UNKNOWN_MAX_BI_STREAMS,
             )
         except BaseException:
             if hasattr(self, "registry"):
@@ -862,10 +869,16 @@ class Node:
         st = self._conns.get(conn.stable_id)
         if st is not None and st.conn is conn:
             return st
-        st = _ConnState(conn)
+        # §9.1: the envelope header is read first and each kind has its limit, an unknown
+        # peer's only pair/pair2 (64 KiB + 64, within 10 s, 2 streams at a time)
+        paired = conn.remote_id in self._devices
+        st = _ConnState(conn, limits=_kind_limits(paired))
         self._conns[conn.stable_id] = st
+        if paired:
+            _raise_stream_limit(conn)
         serving = conn.serve_streams(
-            lambda inc: self._dispatch(st, inc), max_first_frame=DEFAULT_MAX_MESSAGE + 1024
+            lambda inc: self._dispatch(st, inc), max_first_frame=PAIRED_FRAME_LIMIT,
+            kind_limits=st.limits,
         )
 
         async def watch() -> None:
@@ -1002,6 +1015,11 @@ class Node:
         unknown (the slot is freed, its timers end) and gets a paired peer's limits."""
         if self._forget_unknown(conn) is not None:
             self.counters["unknown_promoted"] += 1
+        st = self._conns.get(conn.stable_id)
+        if st is not None and st.conn is conn and st.limits is not None:
+            st.limits.set_default(PAIRED_FRAME_LIMIT)
+            st.limits.set_frame_timeout(PAIRED_FIRST_FRAME_TIMEOUT)
+        _raise_stream_limit(conn)
 
     def _check_hosting(self) -> None:
         """When the last offer has ended, every unknown connection is closed (``NOT_PAIRED``)."""
@@ -1222,6 +1240,24 @@ def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> Remote
         "HANDLER_ERROR": "made the handler fail",
     }.get(name, "was refused")
     return RemoteError(f"{name} ({e.code}): message {mid.hex()} to {dev} {what}", e.code)
+
+
+def _kind_limits(paired: bool) -> KindLimits:
+    """A connection's first-frame limits (§9.1): pairing kinds 64 KiB + 64 for everyone;
+    other kinds 16 MiB + 1 KiB within 30 s from a paired peer, refused (``NOT_ADMITTED``,
+    body unread) within 10 s from an unknown one."""
+    pairing = {PAIR_KIND: PAIR_FRAME_LIMIT, PAIR_KIND_V1: PAIR_FRAME_LIMIT}
+    if paired:
+        return KindLimits(PAIRED_FRAME_LIMIT, pairing, frame_timeout=PAIRED_FIRST_FRAME_TIMEOUT)
+    return KindLimits(0, pairing, frame_timeout=HOST_FIRST_FRAME_TIMEOUT)
+
+
+def _raise_stream_limit(conn: Connection) -> None:
+    """A paired peer's concurrent streams (the endpoint starts every peer at 2)."""
+    try:
+        conn.set_max_concurrent_bi_streams(PAIRED_MAX_BI_STREAMS)
+    except IrohPairError as e:  # the connection is gone
+        log.debug("could not raise the stream limit of %s: %s", conn.remote_id.fmt_short(), e)
 
 
 def _selected(conn: Connection) -> str | None:
