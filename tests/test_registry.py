@@ -346,9 +346,14 @@ def test_delivered_ids_are_per_device_and_persist(tmp_path: Path) -> None:
             r.record_delivered(_id(), m)  # not paired: nothing recorded
         with pytest.raises(ValueError):
             r.record_delivered(a.endpoint_id, b"short")
+        assert r.durable_message_ids is False  # NORMAL for ids; the registry's other writes FULL
+        assert r._run(lambda db: db.execute("PRAGMA synchronous").fetchone()[0]) == 2
+        r.durable_message_ids = True  # an fsync per id
+        m2 = os.urandom(16)
+        assert r.record_delivered(b.endpoint_id, m2) and r.is_delivered(b.endpoint_id, m2)
     with DeviceRegistry(p) as r:  # a restart
         assert r.is_delivered(a.endpoint_id, m)
-        assert r.delivered_count(a.endpoint_id) == 1 and r.delivered_count(b.endpoint_id) == 0
+        assert r.delivered_count(a.endpoint_id) == 1 and r.delivered_count(b.endpoint_id) == 1
 
 
 def test_delivered_ids_keep_the_newest_per_device(

@@ -13,7 +13,9 @@
   whose handler returned, for :data:`DELIVERED_WINDOW` seconds (24 h) and at most
   :data:`DELIVERED_MAX_PER_DEVICE` (10,000) per device, the oldest dropped first
   (:meth:`DeviceRegistry.record_delivered`, :meth:`DeviceRegistry.is_delivered`). Unpairing or
-  re-pairing a device forgets its ids.
+  re-pairing a device forgets its ids. Their commits are not fsynced unless
+  :attr:`DeviceRegistry.durable_message_ids` is set (durable across process crashes; see
+  :meth:`DeviceRegistry.record_delivered` for power loss).
 * Safety: the file carries ``PRAGMA application_id`` = :data:`APPLICATION_ID` and a schema
   version in ``PRAGMA user_version`` (upgraded by :data:`MIGRATIONS`). A file that is not an
   SQLite database, or an SQLite database that is not ours, or a damaged one, raises
@@ -53,6 +55,7 @@ __all__ = [
     "DELIVERED_WINDOW",
     "DELIVERED_MAX_PER_DEVICE",
     "DELIVERED_PRUNE_INTERVAL",
+    "DELIVERED_DURABLE",
     "RegistryError",
     "RegistryCorrupt",
     "RegistrySchemaTooNew",
@@ -78,6 +81,10 @@ DELIVERED_MAX_PER_DEVICE = 10_000
 #: Ids older than :data:`DELIVERED_WINDOW` are deleted by an insert at most this often (seconds);
 #: until then :meth:`DeviceRegistry.is_delivered` ignores them.
 DELIVERED_PRUNE_INTERVAL = 60.0
+#: Default of :attr:`DeviceRegistry.durable_message_ids`: ``False`` commits delivered ids with
+#: ``synchronous=NORMAL`` (they survive a crash or kill of the process at once, and an OS crash
+#: or power loss once the WAL is next synced); ``True`` syncs every one (an fsync per message).
+DELIVERED_DURABLE = False
 
 _SQLITE_MAGIC = b"SQLite format 3\x00"
 _T = TypeVar("_T")
@@ -310,6 +317,9 @@ class DeviceRegistry:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._pruned_at = float("-inf")  # last time expired delivered ids were deleted
+        #: Whether :meth:`record_delivered` syncs to disk (``synchronous=FULL``, an fsync per
+        #: message) instead of ``NORMAL`` (see :meth:`record_delivered`).
+        self.durable_message_ids = DELIVERED_DURABLE
         if not self.path.parent.is_dir():
             self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         if not os.path.lexists(self.path):
@@ -438,15 +448,21 @@ class DeviceRegistry:
             except sqlite3.Error as e:
                 raise self._wrap(e) from e
 
-    def _write(self, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+    def _write(self, fn: Callable[[sqlite3.Connection], _T], synchronous: str = "FULL") -> _T:
         def tx(db: sqlite3.Connection) -> _T:
-            db.execute("BEGIN IMMEDIATE")
+            if synchronous != "FULL":
+                db.execute(f"PRAGMA synchronous = {synchronous}")
             try:
-                result = fn(db)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = fn(db)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+            finally:
+                if synchronous != "FULL":
+                    db.execute("PRAGMA synchronous = FULL")
             return result
 
         return self._run(tx)
@@ -604,7 +620,14 @@ class DeviceRegistry:
         The same transaction drops the device's oldest id beyond
         :data:`DELIVERED_MAX_PER_DEVICE` and, at most every :data:`DELIVERED_PRUNE_INTERVAL`
         seconds, every id older than :data:`DELIVERED_WINDOW`. Raises :class:`UnknownDevice` if
-        the device is not paired (nothing is recorded)::
+        the device is not paired (nothing is recorded).
+
+        Durability: the commit is atomic. With :attr:`durable_message_ids` false (the default)
+        it is written to the WAL with ``synchronous=NORMAL``: once this returns, a crash or kill
+        of the process loses nothing, but an OS crash or power loss may lose the ids of the last
+        moments (since the WAL was last synced: by any other write of the registry, or a
+        checkpoint); their retries would then be delivered again (at least once). With it true
+        every call is synced (``synchronous=FULL``: an fsync, milliseconds on some disks)::
 
             reg.record_delivered(device.endpoint_id, msg.message_id)  # True: first time
         """
@@ -642,7 +665,7 @@ class DeviceRegistry:
                 self._pruned_at = now
             return True
 
-        return self._write(do)
+        return self._write(do, synchronous="FULL" if self.durable_message_ids else "NORMAL")
 
     def is_delivered(
         self, endpoint_id: EndpointId, message_id: bytes, now: float | None = None
