@@ -757,7 +757,9 @@ class Node:
         within 10,000 later messages from this device. A handler that failed recorded nothing,
         so its retry is delivered. One gap remains: if the receiver stops between its handler
         returning and the id's commit (one SQLite transaction), a retry is delivered again (at
-        least once, never lost); beyond the window too.
+        least once, never lost); beyond the window too. The commit survives a crash or kill of
+        the receiving process at once; to survive an OS crash or power loss as well, the
+        receiver sets ``node.registry.durable_message_ids = True`` (an fsync per message).
 
         A retry of a message already handled raises :class:`~iroh_pair.errors.RemoteError`
         with ``code == StreamErrorCode.DUPLICATE`` (its reply is not kept: a receiver that must
