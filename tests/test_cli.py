@@ -455,3 +455,33 @@ async def test_sas_question_shows_a_hostile_peer_name_harmlessly(tmp_path: Path)
         host.close()
     assert_terminal_safe(host.output, allow=b"\n\r")
     assert b"pairing with mallory\\u202egnp.exe\\u2066\\u200b\\u2028 (" in host.output
+
+
+@pytest.mark.parametrize("silent", ["joiner", "host"])
+async def test_typed_ahead_answer_is_discarded_and_no_answer_declines(
+    tmp_path: Path, silent: str
+) -> None:
+    """A "y" typed before the question appeared does not answer it (the question discards
+    pending input), and no answer within --confirm-timeout declines: nothing stored."""
+    t_host = ["--confirm-timeout", "2"] if silent == "host" else []
+    t_join = ["--confirm-timeout", "2"] if silent == "joiner" else []
+    host = PtyProc("--data-dir", str(tmp_path / "h"), "--local", "--name", "alice", "host", *t_host)
+    try:
+        code = (await host.expect(CODE_RE)).group(1).decode()
+        joiner = PtyProc("--data-dir", str(tmp_path / "j"), "--local", "--name", "bob", "join", code,
+                         *t_join)
+        try:
+            quiet, other = (joiner, host) if silent == "joiner" else (host, joiner)
+            quiet.type(b"y\n")  # before the question: the joiner is still starting, the
+            # host has not been reached yet
+            await both_asked(host, joiner)
+            other.type(b"y\n")
+            assert await quiet.wait() == 1, quiet.output
+            assert await other.wait() == 3, other.output
+        finally:
+            joiner.close()
+    finally:
+        host.close()
+    assert b"not paired: no answer to the SAS question within 2 s; nothing was stored" in quiet.output
+    assert b"paired with" not in host.output + joiner.output
+    assert await devices(tmp_path / "h") == [] and await devices(tmp_path / "j") == []

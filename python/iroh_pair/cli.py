@@ -167,6 +167,13 @@ async def progress(text: str, quiet: bool) -> AsyncIterator[Progress]:
 class SasDeclined(Exception):
     """This side's user answered no (or nothing in time): nothing was stored."""
 
+    def __init__(self, timed_out: bool = False, timeout: float = 0.0) -> None:
+        super().__init__(
+            f"not paired: no answer to the SAS question within {timeout:g} s; nothing was stored"
+            if timed_out else
+            "not paired: the SAS was not confirmed on this device; nothing was stored"
+        )
+
 
 async def read_line(timeout: float) -> bytes | None:
     """One line typed on stdin, without blocking the event loop (the node keeps running);
@@ -231,6 +238,7 @@ class SasQuestion:
         self.prompt_open = False
         #: The question was withdrawn before an answer: the pairing attempt ended meanwhile.
         self.cancelled = False
+        self.asked_at = 0.0
 
     async def __call__(self, check: SasCheck) -> bool:
         self.sas = check.formatted
@@ -238,12 +246,13 @@ class SasQuestion:
             self.answer = True
             return True
         self.asked = True
+        self.asked_at = time.monotonic()
         if self.status is not None:
             self.status.pause()
         peer = check.peer_info
-        who = f"{safe(peer.name, 40)} " if peer is not None else ""
         short = bytes(check.peer_id).hex()[:10]
-        print(f"pairing with {who}({short}...)", file=sys.stderr, flush=True)
+        who = f"{safe(peer.name, 40)} ({short}...)" if peer is not None else f"{short}..."
+        print(f"pairing with {who}", file=sys.stderr, flush=True)
         if os.isatty(sys.stdin.fileno()):
             try:
                 import termios
@@ -269,6 +278,20 @@ class SasQuestion:
         if self.status is not None and self.answer:
             self.status.resume("waiting for the other device to confirm")
         return self.answer
+
+    def ran_out(self) -> bool:
+        """Whether the question was open for (about) the whole ``timeout``."""
+        return self.asked and time.monotonic() - self.asked_at >= self.timeout - 0.5
+
+    def declined(self, e: PairingFailed | None = None) -> SasDeclined | None:
+        """This side's decline, if that is why the pairing ended: the user said no, or the
+        question was still open when this side's ``confirm_timeout`` passed."""
+        if self.answer is False:
+            return SasDeclined(self.timed_out, self.timeout)
+        if (e is not None and self.asked and self.answer is None and not e.by_peer
+                and e.code == RejectCode.TIMEOUT):
+            return SasDeclined(True, self.timeout)
+        return None
 
     def end_prompt(self) -> None:
         """Ends the question's line if it is still open (the pairing ended meanwhile)."""
@@ -368,7 +391,9 @@ async def _wait_hosted(hosted: HostedPairing, question: SasQuestion) -> PairedDe
                 try:  # the node sends Reject(SAS_DECLINED); let it leave before closing
                     return await asyncio.wait_for(asyncio.shield(waiter), 1.5)
                 except TimeoutError:
-                    raise SasDeclined() from None
+                    raise SasDeclined(question.timed_out, question.timeout) from None
+            if question.cancelled and question.ran_out():
+                raise SasDeclined(True, question.timeout)  # the node's confirm_timeout passed
             if question.cancelled or (question.answer is True and _attempt_over(hosted)):
                 raise PairingFailed(
                     RejectCode.CONNECTION_LOST,
@@ -435,9 +460,10 @@ async def cmd_join(args: argparse.Namespace) -> int:
                     args.code, timeout=args.timeout, confirm=question,
                     confirm_timeout=args.confirm_timeout,
                 )
-        except PairingFailed:
-            if question.answer is False:
-                raise SasDeclined() from None
+        except PairingFailed as e:
+            declined = question.declined(e)
+            if declined is not None:
+                raise declined from None
             raise
         finally:
             question.end_prompt()
@@ -581,8 +607,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         fail(str(e))
         return EXIT_USAGE
-    except SasDeclined:
-        fail("not paired: the SAS was not confirmed on this device; nothing was stored")
+    except SasDeclined as e:
+        fail(str(e))
         return EXIT_DECLINED
     except PairingFailed as e:
         if e.code == RejectCode.SAS_DECLINED and e.by_peer:
