@@ -485,3 +485,29 @@ async def test_typed_ahead_answer_is_discarded_and_no_answer_declines(
     assert b"not paired: no answer to the SAS question within 2 s; nothing was stored" in quiet.output
     assert b"paired with" not in host.output + joiner.output
     assert await devices(tmp_path / "h") == [] and await devices(tmp_path / "j") == []
+
+
+def test_log_lines_are_sanitised() -> None:
+    """The CLI's log handler: a log message quoting peer text cannot reach the terminal raw."""
+    import io
+    import logging
+
+    from iroh_pair.cli import SafeFormatter
+
+    buf = io.StringIO()
+    handler = logging.StreamHandler(buf)
+    handler.setFormatter(SafeFormatter("%(levelname)s: %(message)s"))
+    logger = logging.getLogger("iroh_pair.test_cli_safe_formatter")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        logger.warning("peer %s said %r", "ev\x1b[2Jil\u202e", EVIL)
+        try:
+            raise ValueError("boom\x1b]0;x\x07")
+        except ValueError:
+            logger.exception("failed for %s", "\x9bpeer")
+    finally:
+        logger.removeHandler(handler)
+    out = buf.getvalue().encode()
+    assert_terminal_safe(out)
+    assert b"ev\\x1b[2Jil\\u202e" in out and b"Traceback" in out and b"boom\\x1b]0;x\\x07" in out

@@ -49,9 +49,6 @@ CONFIRM_TIMEOUT = 120.0
 NOT_A_TERMINAL = ("cannot ask to compare the SAS: stdin is not a terminal; "
                   "pass --yes to pair without asking")
 
-log = logging.getLogger("iroh_pair.cli")
-
-
 def safe(text: str, max_chars: int = 300) -> str:
     """Peer (or peer-influenced) text as it may be printed on a terminal."""
     return sanitize_for_terminal(text, max_chars)
@@ -582,9 +579,11 @@ class SafeFormatter(logging.Formatter):
 
 def setup_logging() -> None:
     """Warnings and errors of the package on stderr, sanitised."""
+    root = logging.getLogger("iroh_pair")
+    if any(isinstance(h.formatter, SafeFormatter) for h in root.handlers):
+        return  # main() ran before in this process
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter("iroh-pair: %(levelname)s: %(message)s"))
-    root = logging.getLogger("iroh_pair")
     root.addHandler(handler)
     root.setLevel(logging.WARNING)
     root.propagate = False
