@@ -5,20 +5,54 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 pub const ALPN: &[u8] = b"iroh-pair/1";
-pub const PROTOCOL_VERSION: u8 = 1;
-pub const TRANSCRIPT_LABEL: &[u8] = b"iroh-pair/1 pairing transcript";
-pub const PAIRING_BINDING_LABEL: &[u8] = b"iroh-pair/1 pairing channel binding";
+/// The pairing version (transcript item 2): version 2 of PROTOCOL.md.
+pub const PROTOCOL_VERSION: u8 = 2;
+pub const TRANSCRIPT_LABEL: &[u8] = b"iroh-pair/2 pairing transcript";
+pub const PAIRING_BINDING_LABEL: &[u8] = b"iroh-pair/2 pairing channel binding";
+pub const COMMITMENT_LABEL: &[u8] = b"iroh-pair/2 sas commitment";
+pub const NONCE_LEN: usize = 32;
 
 /// HKDF labels in the order of PROTOCOL.md §7.4.
-pub const LABELS: [(&str, &[u8]); 7] = [
-    ("host_to_joiner", b"iroh-pair/1 key host->joiner"),
-    ("joiner_to_host", b"iroh-pair/1 key joiner->host"),
-    ("host_confirm", b"iroh-pair/1 confirm host"),
-    ("joiner_confirm", b"iroh-pair/1 confirm joiner"),
-    ("sas", b"iroh-pair/1 sas"),
-    ("host_seal", b"iroh-pair/1 seal host->joiner"),
-    ("joiner_seal", b"iroh-pair/1 seal joiner->host"),
+pub const LABELS: [(&str, &[u8]); 8] = [
+    ("host_to_joiner", b"iroh-pair/2 key host->joiner"),
+    ("joiner_to_host", b"iroh-pair/2 key joiner->host"),
+    ("host_confirm", b"iroh-pair/2 confirm host"),
+    ("joiner_confirm", b"iroh-pair/2 confirm joiner"),
+    ("joiner_accept", b"iroh-pair/2 accept joiner"),
+    ("sas", b"iroh-pair/2 sas"),
+    ("host_seal", b"iroh-pair/2 seal host->joiner"),
+    ("joiner_seal", b"iroh-pair/2 seal joiner->host"),
 ];
+
+/// `u32 length || x`, the encoding of transcript and commitment items.
+fn lp(out: &mut Vec<u8>, item: &[u8]) {
+    out.extend_from_slice(&(item.len() as u32).to_be_bytes());
+    out.extend_from_slice(item);
+}
+
+/// `SHA-256(lp(label) || lp(joiner_nonce))` (§7.3).
+pub fn commitment(joiner_nonce: &[u8; NONCE_LEN]) -> Key {
+    let mut enc = Vec::with_capacity(8 + COMMITMENT_LABEL.len() + NONCE_LEN);
+    lp(&mut enc, COMMITMENT_LABEL);
+    lp(&mut enc, joiner_nonce);
+    Sha256::digest(enc).into()
+}
+
+/// Whether `joiner_nonce` opens `commitment` (constant time).
+pub fn opens_commitment(commitment_value: &[u8; 32], joiner_nonce: &[u8; NONCE_LEN]) -> bool {
+    let mine = commitment(joiner_nonce);
+    mine.iter()
+        .zip(commitment_value)
+        .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+        == 0
+}
+
+/// 32 bytes from the OS CSPRNG: a fresh nonce.
+pub fn fresh_nonce() -> [u8; NONCE_LEN] {
+    let mut n = [0u8; NONCE_LEN];
+    getrandom::fill(&mut n).expect("the OS random number generator failed");
+    n
+}
 
 pub type Key = [u8; 32];
 
@@ -30,10 +64,12 @@ pub struct Transcript<'a> {
     pub joiner_msg: &'a [u8],
     pub host_msg: &'a [u8],
     pub channel_binding: &'a [u8],
+    pub commitment: &'a [u8],
+    pub host_nonce: &'a [u8],
 }
 
 impl Transcript<'_> {
-    pub fn items(&self) -> [&[u8]; 11] {
+    pub fn items(&self) -> [&[u8]; 13] {
         [
             TRANSCRIPT_LABEL,
             &[PROTOCOL_VERSION],
@@ -46,14 +82,15 @@ impl Transcript<'_> {
             self.joiner_msg,
             self.host_msg,
             self.channel_binding,
+            self.commitment,
+            self.host_nonce,
         ]
     }
 
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::new();
         for item in self.items() {
-            out.extend_from_slice(&(item.len() as u32).to_be_bytes());
-            out.extend_from_slice(item);
+            lp(&mut out, item);
         }
         out
     }
@@ -77,6 +114,7 @@ pub struct PairingKeys {
     pub joiner_to_host: Key,
     pub host_confirm: Key,
     pub joiner_confirm: Key,
+    pub joiner_accept: Key,
     pub sas: Key,
     pub host_seal: Key,
     pub joiner_seal: Key,
@@ -103,9 +141,10 @@ impl PairingKeys {
             joiner_to_host: k(1),
             host_confirm: k(2),
             joiner_confirm: k(3),
-            sas: k(4),
-            host_seal: k(5),
-            joiner_seal: k(6),
+            joiner_accept: k(4),
+            sas: k(5),
+            host_seal: k(6),
+            joiner_seal: k(7),
         }
     }
 
@@ -136,7 +175,21 @@ pub fn verify_confirmation_mac(key: &[u8], th: &[u8], tag: &[u8]) -> bool {
     mac.verify_slice(tag).is_ok()
 }
 
-pub fn sas_digits(sas_key: &[u8]) -> String {
-    let n = u64::from_be_bytes(sas_key[..8].try_into().expect("8 bytes"));
+/// `HMAC-SHA256(sas, host_nonce || joiner_nonce)` (§7.6).
+pub fn sas_value(sas_key: &[u8], host_nonce: &[u8], joiner_nonce: &[u8]) -> Key {
+    let mut mac = Hmac::<Sha256>::new_from_slice(sas_key).expect("HMAC takes any key length");
+    mac.update(host_nonce);
+    mac.update(joiner_nonce);
+    mac.finalize().into_bytes().into()
+}
+
+/// Six digits: `int_be(value[0..8]) mod 10^6`, zero-padded.
+pub fn sas_digits(value: &[u8]) -> String {
+    let n = u64::from_be_bytes(value[..8].try_into().expect("8 bytes"));
     format!("{:06}", n % 1_000_000)
+}
+
+/// The SAS of §7.6 from the `sas` key and both nonces.
+pub fn sas(sas_key: &[u8], host_nonce: &[u8], joiner_nonce: &[u8]) -> String {
+    sas_digits(&sas_value(sas_key, host_nonce, joiner_nonce))
 }

@@ -41,7 +41,9 @@ const NODE_USAGE: &str = "
       DEVICE is an EndpointId (hex); prints the reply, or the stream error code of a refusal
   iroh-pair-node devices [OPTIONS]
   OPTIONS: --state DIR  --name NAME  --device-type TYPE  --peer-addr TICKET  --relay URL
-           --pkarr-url URL  --dns-origin ORIGIN  --dns-server ADDR  --bind ADDR";
+           --pkarr-url URL  --dns-origin ORIGIN  --dns-server ADDR  --bind ADDR
+           --confirm yes|no  (the answer to \"do both screens show this SAS?\", default yes;
+                              the SAS is printed as {\"event\":\"sas\",...} either way)";
 
 /// Options that take a value (everything else starting with `--` is a flag).
 const VALUED: &[&str] = &[
@@ -64,6 +66,7 @@ const VALUED: &[&str] = &[
     "--bytes",
     "--count",
     "--mib",
+    "--confirm",
 ];
 
 struct Args {
@@ -183,7 +186,12 @@ async fn run(mode: &str, args: &Args) -> Result<i32> {
         dns_server: args.get("--dns-server"),
         bind: args.get("--bind"),
     };
-    let (node, mut host_events) = Node::open(state, info, &net).await?;
+    let confirm = match args.get("--confirm").as_deref() {
+        None | Some("yes") => true,
+        Some("no") => false,
+        Some(other) => bail!("--confirm takes yes or no, not {other:?}"),
+    };
+    let (node, mut host_events) = Node::open(state, info, &net, confirm).await?;
     if let Some(t) = args.get("--peer-addr") {
         node.add_hint(&t)?;
     }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, anyhow, bail};
 use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
 use iroh::endpoint::{
-    Connection, PortmapperConfig, ReadError, ReadExactError, ReadToEndError, RecvStream,
+    Connection, PortmapperConfig, QuicTransportConfig, ReadError, ReadToEndError, RecvStream,
     SendStream, VarInt, WriteError, presets,
 };
 use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl};
@@ -23,19 +23,45 @@ use crate::code::PairingCode;
 use crate::kdf::{ALPN, PAIRING_BINDING_LABEL};
 use crate::messaging::{self, MessageChannel, MessageId, SeenIds, new_message_id};
 use crate::pairing::{
-    Failure, HostHandshake, JoinerHandshake, Offer, OfferBook, PairingResult, os_rng,
+    CONFIRM_TIMEOUT, Failure, HANDSHAKE_TIMEOUT, HostHandshake, JoinerHandshake, Offer, OfferBook,
+    PairingResult, os_rng,
 };
 use crate::state::{Device, StateDir, hex};
-use crate::wire::{self, DeviceInfo, MAX_MESSAGE, MSG_KIND, PAIR_KIND, close, reject, stream};
+use crate::wire::{
+    self, DeviceInfo, FrameDecoder, FrameError, KindLimits, MAX_MESSAGE, MAX_PAIRING_FIRST_FRAME,
+    MSG_KIND, Message, PAIR_KIND, PAIR_KIND_V1, close, reject, stream,
+};
 
-/// The acceptor's bound on a first frame: a 16 MiB message plus room for the header.
+/// The acceptor's bound on a paired peer's first frame: a 16 MiB message plus 1 KiB (§9.1).
 pub const MAX_FIRST_FRAME: usize = 16 * 1024 * 1024 + 1024;
-pub const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-pub const JOINER_REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The first frame of a stream from an unknown peer (§9.1, §11).
+pub const UNKNOWN_FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first frame of a stream from a paired peer.
+pub const PAIRED_FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+/// An unknown connection must deliver its `pair2` first frame within this (§9.1).
+pub const UNKNOWN_START_TIMEOUT: Duration = Duration::from_secs(5);
+pub const JOINER_REPLY_TIMEOUT: Duration = HANDSHAKE_TIMEOUT;
+/// The joiner waits this long for the host's FIN after Accept (§5).
+pub const JOINER_FIN_TIMEOUT: Duration = Duration::from_secs(5);
 pub const GRACE: Duration = Duration::from_secs(1);
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(10);
-/// At most this many connections from unpaired peers at a time (as the Python node).
-pub const MAX_UNKNOWN_CONNECTIONS: u64 = 4;
+/// At most this many connections from unknown peers at a time (§9.1).
+pub const MAX_UNKNOWN_CONNECTIONS: usize = 4;
+/// Concurrent bidirectional streams an unknown peer may open (the endpoint's initial limit).
+pub const UNKNOWN_MAX_STREAMS: u32 = 2;
+/// ... and a paired one (raised on promotion, or when we dial a paired peer).
+pub const PAIRED_MAX_STREAMS: u32 = 100;
+
+/// First-frame limits of an unknown peer: pairing kinds only.
+pub const UNKNOWN_LIMITS: KindLimits = KindLimits {
+    pairing: MAX_PAIRING_FIRST_FRAME,
+    other: 0,
+};
+/// First-frame limits of a paired peer.
+pub const PAIRED_LIMITS: KindLimits = KindLimits {
+    pairing: MAX_PAIRING_FIRST_FRAME,
+    other: MAX_FIRST_FRAME,
+};
 
 /// Prints one JSON line on stdout.
 pub fn emit(v: Value) {
@@ -62,8 +88,12 @@ struct Counters {
     messages_rejected: AtomicU64,
     not_admitted: AtomicU64,
     requests_sent: AtomicU64,
-    /// Open connections from peers that are not paired (admitted while hosting).
-    unknown_connections: AtomicU64,
+    /// Unknown connections closed to make room for a newcomer (§9.1).
+    evicted: AtomicU64,
+    /// Unknown connections closed for not starting to pair in time.
+    start_timeouts: AtomicU64,
+    /// Version-1 pairing streams refused (§2.1).
+    version_refused: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -77,8 +107,19 @@ pub enum HostEvent {
     Failed(Failure),
 }
 
+/// An admitted connection from an unknown peer (§9.1).
+struct Unknown {
+    conn: Connection,
+    accepted: Instant,
+    /// Its `pair2` first frame arrived.
+    started: bool,
+    /// A handshake past its Hello runs on it (not idle).
+    active: bool,
+}
+
 #[derive(Default)]
 struct Inner {
+    unknown: HashMap<usize, Unknown>,
     devices: HashMap<[u8; 32], Device>,
     book: OfferBook,
     seen: HashMap<[u8; 32], SeenIds>,
@@ -92,10 +133,7 @@ struct Inner {
 
 impl Inner {
     fn hosting(&self, now: Instant) -> bool {
-        self.book
-            .offers
-            .values()
-            .any(|o| !o.used && !o.burned() && now < o.expires_at)
+        self.book.hosting(now)
     }
 }
 
@@ -124,12 +162,21 @@ pub struct Node {
     inner: Mutex<Inner>,
     counters: Counters,
     host_events: mpsc::UnboundedSender<HostEvent>,
+    /// The answer to every SAS question (`--confirm yes|no`).
+    confirm: bool,
 }
 
 pub async fn bind_endpoint(key: iroh::SecretKey, net: &NetConfig) -> Result<Endpoint> {
+    // Peers start with 2 bidirectional streams and no unidirectional ones; a paired peer's
+    // connection is raised to PAIRED_MAX_STREAMS (QUIC cannot take back stream credit).
+    let transport = QuicTransportConfig::builder()
+        .max_concurrent_bidi_streams(VarInt::from_u32(UNKNOWN_MAX_STREAMS))
+        .max_concurrent_uni_streams(VarInt::from_u32(0))
+        .build();
     let mut b = Endpoint::builder(presets::Minimal)
         .secret_key(key)
         .alpns(vec![ALPN.to_vec()])
+        .transport_config(transport)
         .portmapper_config(PortmapperConfig::Disabled)
         .clear_ip_transports();
     b = match &net.relay {
@@ -179,31 +226,38 @@ pub fn parse_id(s: &str) -> Result<[u8; 32]> {
     ))
 }
 
-enum FrameError {
-    TooLarge,
+/// Why a frame was not read.
+#[derive(Debug)]
+enum ReadFail {
+    Frame(FrameError),
+    /// The stream ended inside the frame.
     Truncated,
     Read(ReadError),
 }
 
-/// One `u32 length || body` frame; `None` at a clean end of stream before any byte.
-async fn read_frame(recv: &mut RecvStream, max: usize) -> Result<Option<Vec<u8>>, FrameError> {
-    let mut len = [0u8; 4];
-    match recv.read_exact(&mut len).await {
-        Ok(()) => {}
-        Err(ReadExactError::FinishedEarly(0)) => return Ok(None),
-        Err(ReadExactError::FinishedEarly(_)) => return Err(FrameError::Truncated),
-        Err(ReadExactError::ReadError(e)) => return Err(FrameError::Read(e)),
+/// Reads one frame into `dec`, chunk by chunk, never past its end; `Ok(false)` at a clean end
+/// of stream before any byte.
+async fn read_into(recv: &mut RecvStream, dec: &mut FrameDecoder) -> Result<bool, ReadFail> {
+    while !dec.is_done() {
+        match recv.read_chunk(dec.want()).await {
+            Ok(Some(chunk)) => {
+                dec.push(&chunk).map_err(ReadFail::Frame)?;
+            }
+            Ok(None) if dec.started() => return Err(ReadFail::Truncated),
+            Ok(None) => return Ok(false),
+            Err(e) => return Err(ReadFail::Read(e)),
+        }
     }
-    let n = u32::from_be_bytes(len) as usize;
-    if n > max {
-        return Err(FrameError::TooLarge);
+    Ok(true)
+}
+
+/// One pairing frame (at most 64 KiB); `None` at a clean end of stream.
+async fn read_frame(recv: &mut RecvStream) -> Result<Option<Vec<u8>>, ReadFail> {
+    let mut dec = FrameDecoder::plain(MAX_MESSAGE);
+    if !read_into(recv, &mut dec).await? {
+        return Ok(None);
     }
-    let mut body = vec![0u8; n];
-    match recv.read_exact(&mut body).await {
-        Ok(()) => Ok(Some(body)),
-        Err(ReadExactError::FinishedEarly(_)) => Err(FrameError::Truncated),
-        Err(ReadExactError::ReadError(e)) => Err(FrameError::Read(e)),
-    }
+    Ok(dec.into_body())
 }
 
 fn refuse(send: &mut SendStream, recv: &mut RecvStream, code: u32) {
@@ -216,6 +270,7 @@ impl Node {
         state: Option<StateDir>,
         info: DeviceInfo,
         net: &NetConfig,
+        confirm: bool,
     ) -> Result<(Arc<Self>, mpsc::UnboundedReceiver<HostEvent>)> {
         info.validate().map_err(|e| anyhow!(e))?;
         let key = match &state {
@@ -238,6 +293,7 @@ impl Node {
             inner: Mutex::new(inner),
             counters: Counters::default(),
             host_events: tx,
+            confirm,
         });
         let n = node.clone();
         tokio::spawn(async move { n.accept_loop().await });
@@ -264,6 +320,10 @@ impl Node {
             "messages_rejected": g(&c.messages_rejected),
             "not_admitted": g(&c.not_admitted),
             "requests_sent": g(&c.requests_sent),
+            "evicted": g(&c.evicted),
+            "start_timeouts": g(&c.start_timeouts),
+            "version_refused": g(&c.version_refused),
+            "unknown_connections": self.lock().unknown.len(),
             "rejections": self.lock().rejections.clone(),
         })
     }
@@ -286,10 +346,16 @@ impl Node {
     // ------------------------------------------------------------------ pairing
 
     /// Starts hosting a code; the outcome of every attempt arrives on the host-event channel.
-    pub fn host_pairing(&self, words: usize, ttl: Duration) -> Result<PairingCode> {
+    /// When the offer expires, unknown connections are closed if no other offer is live.
+    pub fn host_pairing(self: &Arc<Self>, words: usize, ttl: Duration) -> Result<PairingCode> {
         let code = PairingCode::generate(&self.ticket(), words)?;
         let offer = Offer::new(code.clone(), Instant::now(), ttl);
         self.lock().book.offers.insert(code.tag, offer);
+        let node = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(ttl).await;
+            node.check_offers();
+        });
         Ok(code)
     }
 
@@ -300,6 +366,78 @@ impl Node {
         match o.check(Instant::now()) {
             Err(e) if e.code != reject::BUSY => Some(e.code),
             _ => None,
+        }
+    }
+
+    /// When no offer is live any more, closes every unknown connection (§9.1).
+    fn check_offers(&self) {
+        let victims: Vec<Connection> = {
+            let mut inner = self.lock();
+            if inner.hosting(Instant::now()) {
+                return;
+            }
+            inner.unknown.drain().map(|(_, u)| u.conn).collect()
+        };
+        for c in victims {
+            c.close(
+                VarInt::from_u32(close::NOT_PAIRED),
+                b"no pairing code is hosted",
+            );
+        }
+    }
+
+    /// Admits a connection from an unknown peer while hosting: a free slot, or the oldest
+    /// idle one's (§9.1). False: refused.
+    fn admit_unknown(&self, conn: &Connection) -> bool {
+        let evicted = {
+            let mut inner = self.lock();
+            if !inner.hosting(Instant::now()) {
+                return false;
+            }
+            let mut evicted = None;
+            if inner.unknown.len() >= MAX_UNKNOWN_CONNECTIONS {
+                let oldest = inner
+                    .unknown
+                    .iter()
+                    .filter(|(_, u)| !u.active)
+                    .min_by_key(|(_, u)| u.accepted)
+                    .map(|(id, _)| *id);
+                let Some(id) = oldest else { return false };
+                evicted = inner.unknown.remove(&id).map(|u| u.conn);
+            }
+            inner.unknown.insert(
+                conn.stable_id(),
+                Unknown {
+                    conn: conn.clone(),
+                    accepted: Instant::now(),
+                    started: false,
+                    active: false,
+                },
+            );
+            evicted
+        };
+        if let Some(old) = evicted {
+            bump(&self.counters.evicted);
+            old.close(VarInt::from_u32(close::NOT_PAIRED), b"evicted");
+        }
+        true
+    }
+
+    /// The peer of `conn` is paired now: its connection stops counting as unknown.
+    fn promote(&self, conn: &Connection) {
+        let peer = id_bytes(conn.remote_id());
+        {
+            let mut inner = self.lock();
+            inner.unknown.remove(&conn.stable_id());
+            inner.conns.insert(peer, conn.clone());
+        }
+        conn.set_max_concurrent_bi_streams(VarInt::from_u32(PAIRED_MAX_STREAMS));
+    }
+
+    fn mark_unknown(&self, conn: &Connection, started: bool, active: bool) {
+        if let Some(u) = self.lock().unknown.get_mut(&conn.stable_id()) {
+            u.started |= started;
+            u.active = active;
         }
     }
 
@@ -325,6 +463,18 @@ impl Node {
         Ok(dev)
     }
 
+    /// Removes a stored pairing again (the host refused to finish, §5).
+    fn forget(&self, peer: &[u8; 32]) -> Result<()> {
+        let mut inner = self.lock();
+        inner.devices.remove(peer);
+        inner.seen.remove(peer);
+        if let Some(s) = &self.state {
+            let all: Vec<Device> = inner.devices.values().cloned().collect();
+            s.save_devices(&all)?;
+        }
+        Ok(())
+    }
+
     pub fn paired_json(&self, r: &PairingResult) -> Value {
         json!({
             "event": "paired",
@@ -337,6 +487,17 @@ impl Node {
             "sas": r.sas,
             "transcript_hash": hex(&r.transcript_hash),
         })
+    }
+
+    fn emit_sas(&self, role: &str, peer: &[u8; 32], sas: &str) {
+        emit(json!({
+            "event": "sas",
+            "role": role,
+            "peer": hex(peer),
+            "sas": sas,
+            "formatted": format!("{} {}", &sas[..3], &sas[3..]),
+            "approve": self.confirm,
+        }));
     }
 
     /// Joins with `code`; on success the connection stays open and is served.
@@ -377,65 +538,118 @@ impl Node {
         code: PairingCode,
     ) -> Result<Result<PairingResult, Failure>> {
         let cb = conn_binding(conn, PAIRING_BINDING_LABEL)?;
-        let mut hs = JoinerHandshake::new(
-            code,
-            self.id,
-            id_bytes(conn.remote_id()),
-            cb,
-            self.info.clone(),
-        );
+        let host = id_bytes(conn.remote_id());
+        let mut hs = JoinerHandshake::new(code, self.id, host, cb, self.info.clone());
         let (mut send, mut recv) = conn.open_bi().await?;
         let mut first = wire::encode_header(PAIR_KIND);
         first.extend(hs.start(os_rng()));
-        send.write_all(&wire::encode_frame(&first)).await?;
+        let unsupported = || Failure {
+            code: reject::UNSUPPORTED_VERSION,
+            reason: "the host does not speak pairing version 2".into(),
+            by_peer: true,
+        };
+        let refused_kind = |code: VarInt| {
+            let c = code.into_inner();
+            c == u64::from(stream::UNKNOWN_KIND) || c == u64::from(stream::NOT_ADMITTED)
+        };
+        match send.write_all(&wire::encode_frame(&first)).await {
+            Ok(()) => {}
+            Err(WriteError::Stopped(c)) if refused_kind(c) => return Ok(Err(unsupported())),
+            Err(e) => return Err(e.into()),
+        }
         let outcome = loop {
-            let out = match tokio::time::timeout(
-                JOINER_REPLY_TIMEOUT,
-                read_frame(&mut recv, MAX_MESSAGE),
-            )
-            .await
-            {
+            let wait = if hs.heard_host() {
+                CONFIRM_TIMEOUT
+            } else {
+                JOINER_REPLY_TIMEOUT
+            };
+            let mut out = match tokio::time::timeout(wait, read_frame(&mut recv)).await {
                 Err(_) => hs.abort(reject::TIMEOUT, "no reply from the host in time"),
                 Ok(Ok(Some(body))) => hs.receive(&body),
-                Ok(Err(FrameError::TooLarge)) => hs.abort(reject::TOO_LARGE, "frame over 64 KiB"),
-                Ok(Err(FrameError::Read(e))) => {
+                Ok(Err(ReadFail::Frame(_))) => hs.abort(reject::TOO_LARGE, "frame over 64 KiB"),
+                Ok(Err(ReadFail::Read(ReadError::Reset(c))))
+                    if !hs.heard_host() && refused_kind(c) =>
+                {
+                    hs.abort(reject::CONNECTION_LOST, "reset");
+                    break Err(unsupported());
+                }
+                Ok(Err(ReadFail::Read(e))) => {
                     eprintln!("pairing stream failed: {e}");
                     hs.abort(reject::CONNECTION_LOST, "connection lost")
                 }
                 Ok(_) => hs.abort(reject::CONNECTION_LOST, "connection lost"),
             };
-            if let Some(body) = &out.send {
-                let _ = send.write_all(&wire::encode_frame(body)).await;
+            if let Some(body) = out.send.take() {
+                let _ = send.write_all(&wire::encode_frame(&body)).await;
             }
-            match out.done {
-                Some(Ok(r)) => match self.store(&r) {
-                    Ok(_) => break Ok(r),
-                    Err(e) => {
-                        let _ = send
-                            .write_all(&wire::encode_frame(
-                                &wire::Message::reject(
-                                    reject::INTERNAL,
-                                    "could not store the pairing",
-                                )
-                                .encode(),
-                            ))
-                            .await;
+            if let Some(ready) = out.sas.take() {
+                self.emit_sas("joiner", &host, &ready.sas);
+                out = if self.confirm {
+                    hs.approve()
+                } else {
+                    hs.decline()
+                };
+            }
+            match out.done.take() {
+                Some(Ok(r)) => {
+                    if let Err(e) = self.store(&r) {
+                        let reject =
+                            Message::reject(reject::INTERNAL, "could not store the pairing");
+                        let _ = send.write_all(&wire::encode_frame(&reject.encode())).await;
                         break Err(Failure {
                             code: reject::INTERNAL,
                             reason: format!("storing the pairing failed: {e}"),
                             by_peer: false,
                         });
                     }
-                },
-                Some(Err(f)) => break Err(f),
-                None if hs.is_finished() => {
-                    break Err(Failure {
-                        code: reject::UNSPECIFIED,
-                        reason: "finished".into(),
-                        by_peer: false,
-                    });
+                    let accept = out.send.take().expect("Accept goes with Paired");
+                    let _ = send.write_all(&wire::encode_frame(&accept)).await;
+                    let _ = send.finish();
+                    // The host finishes after storing; a Reject instead undoes our entry.
+                    match tokio::time::timeout(JOINER_FIN_TIMEOUT, read_frame(&mut recv)).await {
+                        Ok(Ok(Some(body))) => {
+                            let failure = match Message::decode(&body) {
+                                Ok(Message::Reject { code, text }) => Failure {
+                                    code: reject::from_wire(code),
+                                    reason: text,
+                                    by_peer: true,
+                                },
+                                _ => Failure {
+                                    code: reject::UNEXPECTED,
+                                    reason: "a message after Accept".into(),
+                                    by_peer: false,
+                                },
+                            };
+                            let _ = self.forget(&r.peer_id);
+                            break Err(failure);
+                        }
+                        // FIN, a lost connection or no answer: paired (§5)
+                        _ => {
+                            conn.set_max_concurrent_bi_streams(VarInt::from_u32(
+                                PAIRED_MAX_STREAMS,
+                            ));
+                            break Ok(r);
+                        }
+                    }
                 }
-                None => {}
+                Some(Err(f)) => {
+                    if let Some(body) = out.send.take() {
+                        let _ = send.write_all(&wire::encode_frame(&body)).await;
+                    }
+                    break Err(f);
+                }
+                None => {
+                    if let Some(body) = out.send.take() {
+                        let _ = send.write_all(&wire::encode_frame(&body)).await;
+                    }
+                    if hs.is_finished() {
+                        break Err(Failure {
+                            code: reject::UNSPECIFIED,
+                            reason: "finished".into(),
+                            by_peer: false,
+                        });
+                    }
+                }
             }
         };
         let _ = send.finish();
@@ -443,6 +657,24 @@ impl Node {
         // caller may close the connection: wait for its acknowledgement, at most 1 s.
         let _ = tokio::time::timeout(GRACE, send.stopped()).await;
         Ok(outcome)
+    }
+
+    /// A version-1 `pair` stream: one Reject(UNSUPPORTED_VERSION), no PAKE work (§2.1).
+    async fn refuse_v1(self: Arc<Self>, conn: Connection, mut send: SendStream) {
+        bump(&self.counters.version_refused);
+        let reject = Message::reject(
+            reject::UNSUPPORTED_VERSION,
+            "pairing version 1 is not supported: this device speaks version 2",
+        );
+        let _ = send.write_all(&wire::encode_frame(&reject.encode())).await;
+        let _ = send.finish();
+        let peer = id_bytes(conn.remote_id());
+        emit(json!({"event": "version_refused", "peer": hex(&peer), "version": 1}));
+        if !self.lock().devices.contains_key(&peer) {
+            tokio::time::sleep(GRACE).await;
+            self.lock().unknown.remove(&conn.stable_id());
+            conn.close(VarInt::from_u32(close::PAIRING_FAILED), b"pairing failed");
+        }
     }
 
     async fn run_host(
@@ -453,6 +685,13 @@ impl Node {
         m1: Vec<u8>,
     ) {
         let remote = id_bytes(conn.remote_id());
+        if !self.lock().hosting(Instant::now()) {
+            // Not served: a Reject, never a bare reset (§2.1).
+            let reject = Message::reject(reject::EXPIRED, "no pairing code is hosted");
+            let _ = send.write_all(&wire::encode_frame(&reject.encode())).await;
+            let _ = send.finish();
+            return;
+        }
         let Ok(cb) = conn_binding(&conn, PAIRING_BINDING_LABEL) else {
             refuse(&mut send, &mut recv, stream::HANDLER_ERROR);
             return;
@@ -469,19 +708,28 @@ impl Node {
             hs.receive(&mut inner.book, &m1, Instant::now(), os_rng())
         };
         let outcome = loop {
+            self.mark_unknown(&conn, false, hs.is_active());
+            if let Some(ready) = out.sas.take() {
+                self.emit_sas("host", &remote, &ready.sas);
+                let mut inner = self.lock();
+                out = if self.confirm {
+                    hs.approve(&mut inner.book, Instant::now())
+                } else {
+                    hs.decline(&mut inner.book)
+                };
+                continue;
+            }
             if let Some(Ok(r)) = &out.done {
-                // commit before Complete
                 if let Err(e) = self.store(r) {
-                    let reject =
-                        wire::Message::reject(reject::INTERNAL, "could not store the pairing")
-                            .encode();
-                    let _ = send.write_all(&wire::encode_frame(&reject)).await;
+                    let reject = Message::reject(reject::INTERNAL, "could not store the pairing");
+                    let _ = send.write_all(&wire::encode_frame(&reject.encode())).await;
                     break Err(Failure {
                         code: reject::INTERNAL,
                         reason: format!("storing the pairing failed: {e}"),
                         by_peer: false,
                     });
                 }
+                self.promote(&conn);
             }
             if let Some(body) = &out.send {
                 let _ = send.write_all(&wire::encode_frame(body)).await;
@@ -500,12 +748,11 @@ impl Node {
             let wait = hs
                 .deadline
                 .map(|d| d.saturating_duration_since(Instant::now()))
-                .unwrap_or(Duration::from_secs(30));
-            out = match tokio::time::timeout(wait, read_frame(&mut recv, MAX_MESSAGE)).await {
+                .unwrap_or(HANDSHAKE_TIMEOUT);
+            out = match tokio::time::timeout(wait, read_frame(&mut recv)).await {
                 Err(_) => {
                     let mut inner = self.lock();
-                    let now = Instant::now();
-                    match hs.check_deadline(&mut inner.book, now) {
+                    match hs.check_deadline(&mut inner.book, Instant::now()) {
                         Some(o) => o,
                         None => hs.abort(&mut inner.book, reject::TIMEOUT, "handshake timed out"),
                     }
@@ -515,7 +762,7 @@ impl Node {
                     let mut inner = self.lock();
                     hs.receive(&mut inner.book, &body, Instant::now(), os_rng())
                 }
-                Ok(Err(FrameError::TooLarge)) => {
+                Ok(Err(ReadFail::Frame(_))) => {
                     let mut inner = self.lock();
                     hs.abort(&mut inner.book, reject::TOO_LARGE, "frame over 64 KiB")
                 }
@@ -528,17 +775,23 @@ impl Node {
         let _ = send.finish();
         match outcome {
             Ok(r) => {
-                self.lock().conns.insert(remote, conn.clone());
-                // Let the joiner finish its side (it has stored the pairing then), or 1 s.
-                let _ = tokio::time::timeout(GRACE, recv.read_to_end(MAX_MESSAGE)).await;
                 let _ = self.host_events.send(HostEvent::Paired(Box::new(r)));
+                self.check_offers();
             }
             Err(f) => {
+                let bad_message = f.code == reject::MALFORMED && !f.by_peer;
                 let _ = self.host_events.send(HostEvent::Failed(f));
                 if !self.lock().devices.contains_key(&remote) {
                     tokio::time::sleep(GRACE).await;
-                    conn.close(VarInt::from_u32(close::PAIRING_FAILED), b"pairing failed");
+                    self.lock().unknown.remove(&conn.stable_id());
+                    let code = if bad_message {
+                        close::PROTOCOL_ERROR
+                    } else {
+                        close::PAIRING_FAILED
+                    };
+                    conn.close(VarInt::from_u32(code), b"pairing failed");
                 }
+                self.check_offers();
             }
         }
     }
@@ -551,27 +804,45 @@ impl Node {
             tokio::spawn(async move {
                 let Ok(conn) = incoming.await else { return };
                 let peer = id_bytes(conn.remote_id());
-                let (paired, hosting) = {
-                    let inner = node.lock();
-                    (
-                        inner.devices.contains_key(&peer),
-                        inner.hosting(Instant::now()),
-                    )
-                };
-                let unknown = node.counters.unknown_connections.load(Ordering::Relaxed);
-                if !paired && (!hosting || unknown >= MAX_UNKNOWN_CONNECTIONS) {
+                let paired = node.lock().devices.contains_key(&peer);
+                if paired {
+                    bump(&node.counters.connections_accepted);
+                    conn.set_max_concurrent_bi_streams(VarInt::from_u32(PAIRED_MAX_STREAMS));
+                    node.lock().conns.insert(peer, conn.clone());
+                    node.serve(conn, false);
+                    return;
+                }
+                if !node.admit_unknown(&conn) {
                     bump(&node.counters.connections_refused);
                     bump(&node.counters.not_admitted);
                     conn.close(VarInt::from_u32(close::NOT_PAIRED), b"not paired");
                     return;
                 }
                 bump(&node.counters.connections_accepted);
-                if paired {
-                    node.lock().conns.insert(peer, conn.clone());
-                } else {
-                    bump(&node.counters.unknown_connections);
-                }
-                node.serve(conn, !paired);
+                let n = node.clone();
+                let c = conn.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(UNKNOWN_START_TIMEOUT).await;
+                    let late = {
+                        let mut inner = n.lock();
+                        let late = inner
+                            .unknown
+                            .get(&c.stable_id())
+                            .is_some_and(|u| !u.started);
+                        if late {
+                            inner.unknown.remove(&c.stable_id());
+                        }
+                        late
+                    };
+                    if late {
+                        bump(&n.counters.start_timeouts);
+                        c.close(
+                            VarInt::from_u32(close::NOT_PAIRED),
+                            b"pairing did not start",
+                        );
+                    }
+                });
+                node.serve(conn, true);
             });
         }
     }
@@ -585,13 +856,11 @@ impl Node {
                 let conn = conn.clone();
                 tokio::spawn(async move { node.dispatch(conn, send, recv).await });
             }
-            if unknown {
-                node.counters
-                    .unknown_connections
-                    .fetch_sub(1, Ordering::Relaxed);
-            }
             let peer = id_bytes(conn.remote_id());
             let mut inner = node.lock();
+            if unknown {
+                inner.unknown.remove(&conn.stable_id());
+            }
             inner.channels.remove(&conn.stable_id());
             if inner
                 .conns
@@ -609,26 +878,37 @@ impl Node {
         mut send: SendStream,
         mut recv: RecvStream,
     ) {
-        let first =
-            match tokio::time::timeout(FIRST_FRAME_TIMEOUT, read_frame(&mut recv, MAX_FIRST_FRAME))
-                .await
-            {
-                Err(_) => return refuse(&mut send, &mut recv, stream::TIMEOUT),
-                Ok(Ok(Some(f))) => f,
-                Ok(Err(FrameError::TooLarge | FrameError::Truncated)) => {
-                    return refuse(&mut send, &mut recv, stream::FRAME_TOO_LARGE);
-                }
-                Ok(_) => return,
-            };
-        let Ok((kind, used)) = wire::decode_header(&first) else {
-            return refuse(&mut send, &mut recv, stream::BAD_ENVELOPE);
-        };
-        let body = first[used..].to_vec();
         let peer = id_bytes(conn.remote_id());
-        if kind == PAIR_KIND {
-            if !self.lock().hosting(Instant::now()) || body.len() > MAX_MESSAGE {
-                return refuse(&mut send, &mut recv, stream::NOT_ADMITTED);
+        let paired = self.lock().devices.contains_key(&peer);
+        let (limits, timeout) = if paired {
+            (PAIRED_LIMITS, PAIRED_FIRST_FRAME_TIMEOUT)
+        } else {
+            (UNKNOWN_LIMITS, UNKNOWN_FIRST_FRAME_TIMEOUT)
+        };
+        let mut dec = FrameDecoder::first(limits);
+        match tokio::time::timeout(timeout, read_into(&mut recv, &mut dec)).await {
+            Err(_) => return refuse(&mut send, &mut recv, stream::TIMEOUT),
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => return,
+            Ok(Err(ReadFail::Frame(e))) => {
+                if e == FrameError::NotAdmitted {
+                    bump(&self.counters.not_admitted);
+                }
+                return refuse(&mut send, &mut recv, e.stream_code());
             }
+            Ok(Err(ReadFail::Truncated)) => {
+                return refuse(&mut send, &mut recv, stream::FRAME_TOO_LARGE);
+            }
+            Ok(Err(ReadFail::Read(_))) => return,
+        }
+        let kind = dec.kind().unwrap_or_default().to_owned();
+        let first = dec.into_body().unwrap_or_default();
+        let body = first[2 + kind.len()..].to_vec();
+        if kind == PAIR_KIND_V1 {
+            return self.refuse_v1(conn, send).await;
+        }
+        if kind == PAIR_KIND {
+            self.mark_unknown(&conn, true, false);
             return self.run_host(conn, send, recv, body).await;
         }
         if !self.lock().devices.contains_key(&peer) {
@@ -726,6 +1006,9 @@ impl Node {
             .await
             .map_err(|_| anyhow!("dialing timed out"))??;
         bump(&self.counters.connections_dialed);
+        if self.lock().devices.contains_key(&peer) {
+            conn.set_max_concurrent_bi_streams(VarInt::from_u32(PAIRED_MAX_STREAMS));
+        }
         self.lock().conns.insert(peer, conn.clone());
         self.serve(conn.clone(), false);
         Ok(conn)

@@ -12,13 +12,16 @@ use spake2::{Ed25519Group, Identity, Password, Spake2};
 
 use crate::code::PairingCode;
 use crate::kdf::{
-    PairingKeys, Role, SessionKeys, Transcript, confirmation_mac, sas_digits,
-    verify_confirmation_mac,
+    self, PairingKeys, Role, SessionKeys, Transcript, commitment, confirmation_mac, fresh_nonce,
+    opens_commitment, verify_confirmation_mac,
 };
 use crate::wire::{DeviceInfo, Message, ProtoError, open_sealed, reject, seal};
 
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// M2 sent -> M3 received (§11).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// M3 -> approval and M5 on the host; M4 and approval on the joiner (§11).
+pub const CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
 
 // ------------------------------------------------------------------------------ SPAKE2
 
@@ -58,28 +61,36 @@ impl Spake {
     }
 
     pub fn finish(self, peer: &[u8; 33]) -> Result<[u8; 32], ProtoError> {
-        let bad = |why: &str| {
-            ProtoError::new(reject::MALFORMED, format!("invalid SPAKE2 message: {why}"))
-        };
-        let raw: [u8; 32] = peer[1..].try_into().expect("32 bytes");
-        let point = CompressedEdwardsY(raw)
-            .decompress()
-            .ok_or_else(|| bad("not a point"))?;
-        if point.compress().to_bytes() != raw {
-            return Err(bad("non-canonical encoding"));
-        }
-        if point.is_identity() || !point.is_torsion_free() {
-            return Err(bad("not in the prime-order subgroup"));
-        }
-        if raw[..] == self.own[1..] {
-            return Err(bad("our own message reflected"));
+        check_point(peer)?;
+        if peer[1..] == self.own[1..] {
+            return Err(bad_point("our own message reflected"));
         }
         let key = self
             .inner
             .finish(peer)
-            .map_err(|e| bad(&format!("{e:?}")))?;
-        key.try_into().map_err(|_| bad("key length"))
+            .map_err(|e| bad_point(&format!("{e:?}")))?;
+        key.try_into().map_err(|_| bad_point("key length"))
     }
+}
+
+fn bad_point(why: &str) -> ProtoError {
+    ProtoError::new(reject::MALFORMED, format!("invalid SPAKE2 message: {why}"))
+}
+
+/// Decompresses the peer's element and checks it (canonical, not the identity, in the
+/// prime-order subgroup) before any scalar multiplication with a secret (§7.1).
+pub fn check_point(peer: &[u8; 33]) -> Result<(), ProtoError> {
+    let raw: [u8; 32] = peer[1..].try_into().expect("32 bytes");
+    let point = CompressedEdwardsY(raw)
+        .decompress()
+        .ok_or_else(|| bad_point("not a point"))?;
+    if point.compress().to_bytes() != raw {
+        return Err(bad_point("non-canonical encoding"));
+    }
+    if point.is_identity() || !point.is_torsion_free() {
+        return Err(bad_point("not in the prime-order subgroup"));
+    }
+    Ok(())
 }
 
 /// The OS CSPRNG for SPAKE2 scalars.
@@ -88,6 +99,9 @@ pub fn os_rng() -> rand_core::OsRng {
 }
 
 // ------------------------------------------------------------------------------ offers
+
+/// Hellos with an offer's tag processed per second (a token bucket of this size, §9).
+pub const HELLO_RATE: f64 = 10.0;
 
 /// The host's state for one code (§9).
 #[derive(Debug)]
@@ -99,6 +113,8 @@ pub struct Offer {
     pub used: bool,
     active: Option<u64>,
     active_until: Instant,
+    tokens: f64,
+    refilled: Instant,
 }
 
 impl Offer {
@@ -111,6 +127,8 @@ impl Offer {
             used: false,
             active: None,
             active_until: now,
+            tokens: HELLO_RATE,
+            refilled: now,
         }
     }
 
@@ -118,10 +136,16 @@ impl Offer {
         !self.used && self.attempts_used >= self.max_attempts
     }
 
+    /// Whether the offer can still pair a device (not used, burned or expired).
+    pub fn live(&self, now: Instant) -> bool {
+        !self.used && !self.burned() && now < self.expires_at
+    }
+
     fn busy(&self, now: Instant) -> bool {
         self.active.is_some() && now < self.active_until
     }
 
+    /// USED, BURNED or EXPIRED when the offer has ended, BUSY while a handshake holds it.
     pub fn check(&self, now: Instant) -> Result<(), ProtoError> {
         if self.used {
             return Err(ProtoError::new(
@@ -147,12 +171,29 @@ impl Offer {
         Ok(())
     }
 
-    fn claim(&mut self, session: u64, now: Instant) -> Result<Instant, ProtoError> {
-        self.check(now)?;
+    /// Takes one token of the Hello rate limit; BUSY when none is left.
+    fn rate(&mut self, now: Instant) -> Result<(), ProtoError> {
+        let elapsed = now.saturating_duration_since(self.refilled).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * HELLO_RATE).min(HELLO_RATE);
+        self.refilled = self.refilled.max(now);
+        if self.tokens < 1.0 {
+            return Err(ProtoError::new(reject::BUSY, "too many pairing attempts"));
+        }
+        self.tokens -= 1.0;
+        Ok(())
+    }
+
+    fn claim(&mut self, session: u64, now: Instant) -> Instant {
         self.attempts_used += 1;
         self.active = Some(session);
         self.active_until = now + HANDSHAKE_TIMEOUT;
-        Ok(self.active_until)
+        self.active_until
+    }
+
+    fn extend(&mut self, session: u64, until: Instant) {
+        if self.holds(session) {
+            self.active_until = until;
+        }
     }
 
     fn holds(&self, session: u64) -> bool {
@@ -170,6 +211,12 @@ impl Offer {
 #[derive(Debug, Default)]
 pub struct OfferBook {
     pub offers: HashMap<[u8; 16], Offer>,
+}
+
+impl OfferBook {
+    pub fn hosting(&self, now: Instant) -> bool {
+        self.offers.values().any(|o| o.live(now))
+    }
 }
 
 // ------------------------------------------------------------------------------ machines
@@ -191,12 +238,21 @@ pub struct Failure {
     pub by_peer: bool,
 }
 
-/// What the driver does after one input: send `send` (a frame body), and, when `done` is
-/// set, finish. On success the host must commit the pairing before sending (`send` is then
-/// its Complete); on a local failure `send` is the Reject.
+/// The SAS is known: the application approves or declines it (§8.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SasReady {
+    pub sas: String,
+    /// The joiner's device info on the host; the joiner learns the host's with Complete.
+    pub peer_info: Option<DeviceInfo>,
+}
+
+/// What the driver does after one input, in this order: show `sas` (then call `approve` or
+/// `decline`); on `done == Some(Ok)` store the pairing (if storing fails, send
+/// Reject(INTERNAL) instead of `send`); send `send` (a frame body); after `done`, finish.
 #[derive(Debug, Default)]
 pub struct Out {
     pub send: Option<Vec<u8>>,
+    pub sas: Option<SasReady>,
     pub done: Option<Result<PairingResult, Failure>>,
 }
 
@@ -204,7 +260,7 @@ impl Out {
     fn send(body: Vec<u8>) -> Self {
         Self {
             send: Some(body),
-            done: None,
+            ..Self::default()
         }
     }
 
@@ -212,6 +268,7 @@ impl Out {
         let send = (e.code < 0x400).then(|| Message::reject(e.code, &e.reason).encode());
         Self {
             send,
+            sas: None,
             done: Some(Err(Failure {
                 code: e.code,
                 reason: e.reason,
@@ -222,58 +279,79 @@ impl Out {
 
     fn peer_rejected(code: u16, text: String) -> Self {
         Self {
-            send: None,
             done: Some(Err(Failure {
                 code: reject::from_wire(code),
                 reason: text,
                 by_peer: true,
             })),
+            ..Self::default()
         }
     }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum State {
+pub enum State {
     Start,
     AwaitHello,
     AwaitReply,
     AwaitConfirm,
     AwaitComplete,
+    AwaitApproval,
+    AwaitAccept,
     Done,
     Failed,
 }
 
-fn transcript_hash(
-    joiner_id: &[u8],
-    host_id: &[u8],
-    tag: &[u8],
-    jm: &[u8],
-    hm: &[u8],
-    cb: &[u8],
-) -> [u8; 32] {
-    Transcript {
-        joiner_id,
-        host_id,
-        session_tag: tag,
-        joiner_msg: jm,
-        host_msg: hm,
-        channel_binding: cb,
-    }
-    .hash()
+struct Th<'a> {
+    joiner_id: &'a [u8; 32],
+    host_id: &'a [u8; 32],
+    tag: &'a [u8; 16],
+    joiner_msg: &'a [u8; 33],
+    host_msg: &'a [u8; 33],
+    cb: &'a [u8; 32],
+    commitment: &'a [u8; 32],
+    host_nonce: &'a [u8; 32],
 }
 
-/// The host's side of one `pair` stream (SPAKE2 side B).
+impl Th<'_> {
+    fn hash(&self) -> [u8; 32] {
+        Transcript {
+            joiner_id: self.joiner_id,
+            host_id: self.host_id,
+            session_tag: self.tag,
+            joiner_msg: self.joiner_msg,
+            host_msg: self.host_msg,
+            channel_binding: self.cb,
+            commitment: self.commitment,
+            host_nonce: self.host_nonce,
+        }
+        .hash()
+    }
+}
+
+fn unexpected(state: State, msg: &Message) -> ProtoError {
+    ProtoError::new(
+        reject::UNEXPECTED,
+        format!("{} in {state:?}", msg.name()),
+    )
+}
+
+/// The host's side of one `pair2` stream (SPAKE2 side B).
 pub struct HostHandshake {
     host_id: [u8; 32],
     remote_id: [u8; 32],
     cb: [u8; 32],
     info: DeviceInfo,
     session: u64,
-    state: State,
+    pub state: State,
     tag: Option<[u8; 16]>,
     keys: Option<PairingKeys>,
     th: [u8; 32],
+    peer_info: Option<DeviceInfo>,
+    commitment: [u8; 32],
+    host_nonce: [u8; 32],
     pub deadline: Option<Instant>,
+    pub confirm_timeout: Duration,
     pub sas: Option<String>,
 }
 
@@ -295,13 +373,25 @@ impl HostHandshake {
             tag: None,
             keys: None,
             th: [0; 32],
+            peer_info: None,
+            commitment: [0; 32],
+            host_nonce: [0; 32],
             deadline: None,
+            confirm_timeout: CONFIRM_TIMEOUT,
             sas: None,
         }
     }
 
     pub fn is_finished(&self) -> bool {
         matches!(self.state, State::Done | State::Failed)
+    }
+
+    /// Past its Hello (M2 sent): an active handshake, not an idle connection (§9.1).
+    pub fn is_active(&self) -> bool {
+        matches!(
+            self.state,
+            State::AwaitConfirm | State::AwaitApproval | State::AwaitAccept
+        )
     }
 
     fn terminate(&mut self, book: &mut OfferBook, out: Out) -> Out {
@@ -313,6 +403,14 @@ impl HostHandshake {
         self.state = State::Failed;
         self.keys = None;
         out
+    }
+
+    fn settle(&mut self, book: &mut OfferBook, result: Result<Out, ProtoError>) -> Out {
+        match result {
+            Ok(out) if matches!(out.done, Some(Err(_))) => self.terminate(book, out),
+            Ok(out) => out,
+            Err(e) => self.terminate(book, Out::fail(e)),
+        }
     }
 
     pub fn receive(
@@ -333,33 +431,33 @@ impl HostHandshake {
                     session_tag,
                     joiner_id,
                     spake_msg,
+                    commitment,
                 },
-            ) => self.on_hello(book, session_tag, joiner_id, spake_msg, now, rng),
+            ) => self.on_hello(book, session_tag, joiner_id, spake_msg, commitment, now, rng),
             (
                 State::AwaitConfirm,
                 Message::Confirm {
                     joiner_mac,
+                    joiner_nonce,
                     sealed_info,
                 },
-            ) => self.on_confirm(book, &joiner_mac, &sealed_info, now),
-            (state, msg) => Err(ProtoError::new(
-                reject::UNEXPECTED,
-                format!("{} in {state:?}", msg.name()),
-            )),
+            ) => self.on_confirm(book, &joiner_mac, &joiner_nonce, &sealed_info, now),
+            (State::AwaitAccept, Message::Accept { accept_mac }) => {
+                self.on_accept(book, &accept_mac, now)
+            }
+            (state, msg) => Err(unexpected(state, &msg)),
         });
-        match result {
-            Ok(out) if matches!(out.done, Some(Err(_))) => self.terminate(book, out),
-            Ok(out) => out,
-            Err(e) => self.terminate(book, Out::fail(e)),
-        }
+        self.settle(book, result)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn on_hello(
         &mut self,
         book: &mut OfferBook,
         tag: [u8; 16],
         joiner_id: [u8; 32],
         joiner_msg: [u8; 33],
+        commitment: [u8; 32],
         now: Instant,
         rng: impl RngCore + CryptoRng,
     ) -> Result<Out, ProtoError> {
@@ -373,7 +471,12 @@ impl HostHandshake {
                 "claimed id is not the connection's id",
             ));
         }
+        if !offer.used && !offer.burned() && now < offer.expires_at {
+            offer.rate(now)?;
+        }
         offer.check(now)?;
+        // An invalid point is refused before any scalar multiplication, and costs no attempt.
+        check_point(&joiner_msg)?;
         let spake = Spake::start(
             Role::Host,
             &offer.code.password(),
@@ -384,74 +487,137 @@ impl HostHandshake {
         let host_msg = spake.message();
         let key = spake.finish(&joiner_msg)?;
         // The attempt counts from here: M2 is about to be sent.
-        self.deadline = Some(offer.claim(self.session, now)?);
+        self.deadline = Some(offer.claim(self.session, now));
         self.tag = Some(tag);
-        self.th = transcript_hash(
-            &joiner_id,
-            &self.host_id,
-            &tag,
-            &joiner_msg,
-            &host_msg,
-            &self.cb,
-        );
+        let host_nonce = fresh_nonce();
+        self.th = Th {
+            joiner_id: &joiner_id,
+            host_id: &self.host_id,
+            tag: &tag,
+            joiner_msg: &joiner_msg,
+            host_msg: &host_msg,
+            cb: &self.cb,
+            commitment: &commitment,
+            host_nonce: &host_nonce,
+        }
+        .hash();
         let keys = PairingKeys::derive(&key, &self.th);
         let host_mac = confirmation_mac(&keys.host_confirm, &self.th);
-        self.sas = Some(sas_digits(&keys.sas));
         self.keys = Some(keys);
+        self.commitment = commitment;
+        self.host_nonce = host_nonce;
         self.state = State::AwaitConfirm;
         Ok(Out::send(
             Message::Reply {
                 host_id: self.host_id,
                 spake_msg: host_msg,
+                host_nonce,
                 host_mac,
             }
             .encode(),
         ))
     }
 
-    fn on_confirm(
-        &mut self,
-        book: &mut OfferBook,
-        mac: &[u8; 32],
-        sealed: &[u8],
-        now: Instant,
-    ) -> Result<Out, ProtoError> {
-        let keys = self.keys.clone().expect("keys exist in AwaitConfirm");
-        let tag = self.tag.expect("tag exists in AwaitConfirm");
+    fn live(&self, book: &OfferBook, now: Instant) -> Result<(), ProtoError> {
+        let tag = self.tag.expect("a tag after Hello");
         let holds = book.offers.get(&tag).is_some_and(|o| o.holds(self.session));
         if self.deadline.is_none_or(|d| now >= d) || !holds {
             return Err(ProtoError::new(reject::TIMEOUT, "handshake timed out"));
         }
+        Ok(())
+    }
+
+    fn on_confirm(
+        &mut self,
+        book: &mut OfferBook,
+        mac: &[u8; 32],
+        joiner_nonce: &[u8; 32],
+        sealed: &[u8],
+        now: Instant,
+    ) -> Result<Out, ProtoError> {
+        self.live(book, now)?;
+        let keys = self.keys.clone().expect("keys exist in AwaitConfirm");
         if !verify_confirmation_mac(&keys.joiner_confirm, &self.th, mac) {
             return Err(ProtoError::new(
                 reject::WRONG_CODE,
                 "confirmation failed: wrong code",
             ));
         }
+        if !opens_commitment(&self.commitment, joiner_nonce) {
+            return Err(ProtoError::new(
+                reject::BAD_COMMITMENT,
+                "the nonce does not open the commitment",
+            ));
+        }
         let info = DeviceInfo::decode(&open_sealed(&keys.joiner_seal, sealed, &self.th)?)?;
-        let sealed = seal(&keys.host_seal, &self.info.encode(), &self.th);
+        let sas = kdf::sas(&keys.sas, &self.host_nonce, joiner_nonce);
+        let deadline = now + self.confirm_timeout;
+        self.deadline = Some(deadline);
+        let tag = self.tag.expect("a tag after Hello");
+        if let Some(offer) = book.offers.get_mut(&tag) {
+            offer.extend(self.session, deadline);
+        }
+        self.sas = Some(sas.clone());
+        self.peer_info = Some(info.clone());
+        self.state = State::AwaitApproval;
+        Ok(Out {
+            sas: Some(SasReady {
+                sas,
+                peer_info: Some(info),
+            }),
+            ..Out::default()
+        })
+    }
+
+    /// The application approved the SAS: send Complete.
+    pub fn approve(&mut self, book: &mut OfferBook, now: Instant) -> Out {
+        if self.state != State::AwaitApproval {
+            return self.settle(
+                book,
+                Err(ProtoError::new(reject::UNEXPECTED, "approve() not awaited")),
+            );
+        }
+        let result = self.live(book, now).map(|()| {
+            let keys = self.keys.as_ref().expect("keys exist in AwaitApproval");
+            let sealed_info = seal(&keys.host_seal, &self.info.encode(), &self.th);
+            self.state = State::AwaitAccept;
+            Out::send(Message::Complete { sealed_info }.encode())
+        });
+        self.settle(book, result)
+    }
+
+    /// The application declined the SAS: Reject(SAS_DECLINED).
+    pub fn decline(&mut self, book: &mut OfferBook) -> Out {
+        self.abort(book, reject::SAS_DECLINED, "the SAS was not confirmed")
+    }
+
+    fn on_accept(
+        &mut self,
+        book: &mut OfferBook,
+        mac: &[u8; 32],
+        now: Instant,
+    ) -> Result<Out, ProtoError> {
+        self.live(book, now)?;
+        let keys = self.keys.take().expect("keys exist in AwaitAccept");
+        if !verify_confirmation_mac(&keys.joiner_accept, &self.th, mac) {
+            return Err(ProtoError::new(reject::MALFORMED, "bad accept MAC"));
+        }
+        let tag = self.tag.expect("a tag after Hello");
         if let Some(offer) = book.offers.get_mut(&tag) {
             offer.active = None;
             offer.used = true;
         }
         self.state = State::Done;
-        self.keys = None;
-        let result = PairingResult {
-            role: Role::Host,
-            peer_id: self.remote_id,
-            keys: keys.session_keys(Role::Host),
-            sas: sas_digits(&keys.sas),
-            peer_info: info,
-            transcript_hash: self.th,
-        };
         Ok(Out {
-            send: Some(
-                Message::Complete {
-                    sealed_info: sealed,
-                }
-                .encode(),
-            ),
-            done: Some(Ok(result)),
+            done: Some(Ok(PairingResult {
+                role: Role::Host,
+                peer_id: self.remote_id,
+                keys: keys.session_keys(Role::Host),
+                sas: self.sas.clone().unwrap_or_default(),
+                peer_info: self.peer_info.take().expect("info after Confirm"),
+                transcript_hash: self.th,
+            })),
+            ..Out::default()
         })
     }
 
@@ -485,11 +651,14 @@ pub struct JoinerHandshake {
     host_id: [u8; 32],
     cb: [u8; 32],
     info: DeviceInfo,
-    state: State,
+    pub state: State,
     spake: Option<Spake>,
     joiner_msg: [u8; 33],
+    joiner_nonce: [u8; 32],
     keys: Option<PairingKeys>,
     th: [u8; 32],
+    approved: bool,
+    peer_info: Option<DeviceInfo>,
     pub sas: Option<String>,
 }
 
@@ -510,8 +679,11 @@ impl JoinerHandshake {
             state: State::Start,
             spake: None,
             joiner_msg: [0; 33],
+            joiner_nonce: [0; 32],
             keys: None,
             th: [0; 32],
+            approved: false,
+            peer_info: None,
             sas: None,
         }
     }
@@ -520,8 +692,22 @@ impl JoinerHandshake {
         matches!(self.state, State::Done | State::Failed)
     }
 
-    /// The body of M1.
+    /// Whether a reply from the host has arrived (the host speaks version 2).
+    pub fn heard_host(&self) -> bool {
+        !matches!(self.state, State::Start | State::AwaitReply)
+    }
+
+    /// The body of M1, with a fresh nonce.
     pub fn start(&mut self, rng: impl RngCore + CryptoRng) -> Vec<u8> {
+        self.start_with_nonce(rng, fresh_nonce())
+    }
+
+    /// The body of M1, committing to `joiner_nonce`.
+    pub fn start_with_nonce(
+        &mut self,
+        rng: impl RngCore + CryptoRng,
+        joiner_nonce: [u8; 32],
+    ) -> Vec<u8> {
         assert_eq!(self.state, State::Start, "start() may be called once");
         let spake = Spake::start(
             Role::Joiner,
@@ -531,12 +717,14 @@ impl JoinerHandshake {
             rng,
         );
         self.joiner_msg = spake.message();
+        self.joiner_nonce = joiner_nonce;
         self.spake = Some(spake);
         self.state = State::AwaitReply;
         Message::Hello {
             session_tag: self.code.tag,
             joiner_id: self.joiner_id,
             spake_msg: self.joiner_msg,
+            commitment: commitment(&self.joiner_nonce),
         }
         .encode()
     }
@@ -546,6 +734,14 @@ impl JoinerHandshake {
         self.spake = None;
         self.keys = None;
         out
+    }
+
+    fn settle(&mut self, result: Result<Out, ProtoError>) -> Out {
+        match result {
+            Ok(out) if matches!(out.done, Some(Err(_))) => self.terminate(out),
+            Ok(out) => out,
+            Err(e) => self.terminate(Out::fail(e)),
+        }
     }
 
     pub fn receive(&mut self, body: &[u8]) -> Out {
@@ -559,28 +755,23 @@ impl JoinerHandshake {
                 Message::Reply {
                     host_id,
                     spake_msg,
+                    host_nonce,
                     host_mac,
                 },
-            ) => self.on_reply(host_id, spake_msg, host_mac),
+            ) => self.on_reply(host_id, spake_msg, host_nonce, host_mac),
             (State::AwaitComplete, Message::Complete { sealed_info }) => {
                 self.on_complete(&sealed_info)
             }
-            (state, msg) => Err(ProtoError::new(
-                reject::UNEXPECTED,
-                format!("{} in {state:?}", msg.name()),
-            )),
+            (state, msg) => Err(unexpected(state, &msg)),
         });
-        match result {
-            Ok(out) if matches!(out.done, Some(Err(_))) => self.terminate(out),
-            Ok(out) => out,
-            Err(e) => self.terminate(Out::fail(e)),
-        }
+        self.settle(result)
     }
 
     fn on_reply(
         &mut self,
         host_id: [u8; 32],
         host_msg: [u8; 33],
+        host_nonce: [u8; 32],
         host_mac: [u8; 32],
     ) -> Result<Out, ProtoError> {
         if host_id != self.host_id {
@@ -591,14 +782,18 @@ impl JoinerHandshake {
         }
         let spake = self.spake.take().expect("spake exists in AwaitReply");
         let key = spake.finish(&host_msg)?;
-        self.th = transcript_hash(
-            &self.joiner_id,
-            &self.host_id,
-            &self.code.tag,
-            &self.joiner_msg,
-            &host_msg,
-            &self.cb,
-        );
+        let commitment = commitment(&self.joiner_nonce);
+        self.th = Th {
+            joiner_id: &self.joiner_id,
+            host_id: &self.host_id,
+            tag: &self.code.tag,
+            joiner_msg: &self.joiner_msg,
+            host_msg: &host_msg,
+            cb: &self.cb,
+            commitment: &commitment,
+            host_nonce: &host_nonce,
+        }
+        .hash();
         let keys = PairingKeys::derive(&key, &self.th);
         if !verify_confirmation_mac(&keys.host_confirm, &self.th, &host_mac) {
             return Err(ProtoError::new(
@@ -608,33 +803,75 @@ impl JoinerHandshake {
         }
         let joiner_mac = confirmation_mac(&keys.joiner_confirm, &self.th);
         let sealed_info = seal(&keys.joiner_seal, &self.info.encode(), &self.th);
-        self.sas = Some(sas_digits(&keys.sas));
+        let sas = kdf::sas(&keys.sas, &host_nonce, &self.joiner_nonce);
+        self.sas = Some(sas.clone());
         self.keys = Some(keys);
         self.state = State::AwaitComplete;
-        Ok(Out::send(
-            Message::Confirm {
-                joiner_mac,
-                sealed_info,
-            }
-            .encode(),
-        ))
+        Ok(Out {
+            send: Some(
+                Message::Confirm {
+                    joiner_mac,
+                    joiner_nonce: self.joiner_nonce,
+                    sealed_info,
+                }
+                .encode(),
+            ),
+            sas: Some(SasReady {
+                sas,
+                peer_info: None,
+            }),
+            done: None,
+        })
     }
 
     fn on_complete(&mut self, sealed: &[u8]) -> Result<Out, ProtoError> {
-        let keys = self.keys.take().expect("keys exist in AwaitComplete");
+        let keys = self.keys.as_ref().expect("keys exist in AwaitComplete");
         let info = DeviceInfo::decode(&open_sealed(&keys.host_seal, sealed, &self.th)?)?;
+        self.peer_info = Some(info);
+        if self.approved {
+            Ok(self.paired())
+        } else {
+            self.state = State::AwaitApproval;
+            Ok(Out::default())
+        }
+    }
+
+    fn paired(&mut self) -> Out {
+        let keys = self.keys.take().expect("keys before Accept");
         self.state = State::Done;
-        Ok(Out {
-            send: None,
+        let accept_mac = confirmation_mac(&keys.joiner_accept, &self.th);
+        Out {
+            send: Some(Message::Accept { accept_mac }.encode()),
+            sas: None,
             done: Some(Ok(PairingResult {
                 role: Role::Joiner,
                 peer_id: self.host_id,
                 keys: keys.session_keys(Role::Joiner),
-                sas: sas_digits(&keys.sas),
-                peer_info: info,
+                sas: self.sas.clone().unwrap_or_default(),
+                peer_info: self.peer_info.take().expect("info after Complete"),
                 transcript_hash: self.th,
             })),
-        })
+        }
+    }
+
+    /// The application approved the SAS: Accept now, or once Complete arrives.
+    pub fn approve(&mut self) -> Out {
+        match self.state {
+            State::AwaitComplete => {
+                self.approved = true;
+                Out::default()
+            }
+            State::AwaitApproval => self.paired(),
+            _ => self.settle(Err(ProtoError::new(
+                reject::UNEXPECTED,
+                "approve() not awaited",
+            ))),
+        }
+    }
+
+    /// The application declined the SAS: Reject(SAS_DECLINED).
+    pub fn decline(&mut self) -> Out {
+        self.abort(reject::SAS_DECLINED, "the SAS was not confirmed")
     }
 
     pub fn abort(&mut self, code: u16, reason: &str) -> Out {
@@ -682,42 +919,67 @@ mod tests {
 
     type Done = Option<Result<PairingResult, Failure>>;
 
-    /// Runs one handshake to the end; returns both outcomes.
-    fn run(
+    /// Runs one handshake to the end, each side answering its SAS question with `approve`;
+    /// returns both outcomes and the SAS each side saw.
+    fn run_with(
         book: &mut OfferBook,
         joiner_code: PairingCode,
         session: u64,
         now: Instant,
-    ) -> (Done, Done) {
+        approve: (bool, bool),
+    ) -> (Done, Done, Option<String>, Option<String>) {
         let mut j = JoinerHandshake::new(joiner_code, JOINER, HOST, CB, info("j"));
         let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), session);
-        let mut to_host = Some(j.start(os_rng()));
-        let (mut jd, mut hd) = (None, None);
-        while let Some(body) = to_host.take() {
-            let out = h.receive(book, &body, now, os_rng());
+        let mut to_host = std::collections::VecDeque::from([j.start(os_rng())]);
+        let (mut jd, mut hd, mut js, mut hsas) = (None, None, None, None);
+        while let Some(body) = to_host.pop_front() {
+            let mut out = h.receive(book, &body, now, os_rng());
+            if let Some(ready) = out.sas.take() {
+                assert_eq!(ready.peer_info.expect("joiner info").name, "j");
+                hsas = Some(ready.sas);
+                out = if approve.1 {
+                    h.approve(book, now)
+                } else {
+                    h.decline(book)
+                };
+            }
             if out.done.is_some() {
                 hd = out.done;
             }
-            let Some(reply) = out.send else { break };
-            let out = j.receive(&reply);
+            let Some(reply) = out.send else { continue };
+            let mut out = j.receive(&reply);
+            to_host.extend(out.send.take());
+            if let Some(ready) = out.sas.take() {
+                assert!(ready.peer_info.is_none());
+                js = Some(ready.sas);
+                out = if approve.0 { j.approve() } else { j.decline() };
+                to_host.extend(out.send.take());
+            }
             if out.done.is_some() {
                 jd = out.done;
             }
-            to_host = out.send;
         }
-        (jd, hd)
+        (jd, hd, js, hsas)
+    }
+
+    fn run(book: &mut OfferBook, joiner_code: PairingCode, session: u64, now: Instant) -> (Done, Done) {
+        let (j, h, _, _) = run_with(book, joiner_code, session, now, (true, true));
+        (j, h)
     }
 
     #[test]
     fn pairs_with_matching_keys_and_sas() {
         let now = Instant::now();
         let (mut book, code) = setup(now);
-        let (j, h) = run(&mut book, code.clone(), 1, now);
+        let (j, h, js, hs) = run_with(&mut book, code.clone(), 1, now, (true, true));
         let (j, h) = (
             j.expect("joiner done").expect("paired"),
             h.expect("host done").expect("paired"),
         );
         assert_eq!(j.sas, h.sas);
+        assert_eq!(js.as_deref(), Some(j.sas.as_str()));
+        assert_eq!(hs.as_deref(), Some(h.sas.as_str()));
+        assert_eq!(j.sas.len(), 6);
         assert_eq!(j.keys.send, h.keys.receive);
         assert_eq!(j.keys.receive, h.keys.send);
         assert_eq!((j.peer_id, h.peer_id), (HOST, JOINER));
@@ -725,9 +987,73 @@ mod tests {
             (j.peer_info.name.as_str(), h.peer_info.name.as_str()),
             ("h", "j")
         );
+        assert!(book.offers[&code.tag].used);
         // single use
         let (_, h2) = run(&mut book, code, 2, now);
         assert_eq!(h2.expect("done").expect_err("used").code, reject::USED);
+    }
+
+    #[test]
+    fn a_declined_sas_pairs_nobody() {
+        for approve in [(true, false), (false, true), (false, false)] {
+            let now = Instant::now();
+            let (mut book, code) = setup(now);
+            let (j, h, js, hs) = run_with(&mut book, code.clone(), 1, now, approve);
+            let j = j.expect("joiner done").expect_err("declined");
+            let h = h.expect("host done").expect_err("declined");
+            assert_eq!((j.code, h.code), (reject::SAS_DECLINED, reject::SAS_DECLINED));
+            // the side that declined reports it locally, the other as the peer's answer
+            assert_eq!(j.by_peer, approve.0, "{approve:?}");
+            assert_eq!(h.by_peer, approve.1, "{approve:?}");
+            // both were asked (the joiner's Reject follows its Confirm)
+            assert!(js.is_some() && hs.is_some());
+            let offer = &book.offers[&code.tag];
+            assert!(!offer.used);
+            assert_eq!(offer.attempts_used, 1);
+        }
+    }
+
+    #[test]
+    fn a_nonce_that_does_not_open_the_commitment_is_refused() {
+        let now = Instant::now();
+        let (mut book, code) = setup(now);
+        let mut j = JoinerHandshake::new(code, JOINER, HOST, CB, info("j"));
+        let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), 1);
+        let m2 = h
+            .receive(&mut book, &j.start(os_rng()), now, os_rng())
+            .send
+            .expect("M2");
+        let m3 = j.receive(&m2).send.expect("M3");
+        let Message::Confirm {
+            joiner_mac,
+            mut joiner_nonce,
+            sealed_info,
+        } = Message::decode(&m3).expect("M3")
+        else {
+            panic!("not a Confirm");
+        };
+        joiner_nonce[0] ^= 1;
+        let forged = Message::Confirm {
+            joiner_mac,
+            joiner_nonce,
+            sealed_info,
+        }
+        .encode();
+        let out = h.receive(&mut book, &forged, now, os_rng());
+        assert!(out.sas.is_none());
+        assert_eq!(
+            out.done.expect("done").expect_err("commitment").code,
+            reject::BAD_COMMITMENT
+        );
+    }
+
+    #[test]
+    fn the_sas_depends_on_the_joiner_nonce() {
+        // Same SPAKE2 run and host message, two joiner nonces: the SAS differs (a host that
+        // fixed M2 cannot predict it). Checked on the primitives of §7.6.
+        let key = [5u8; 32];
+        let (n1, n2, hn) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+        assert_ne!(kdf::sas(&key, &hn, &n1), kdf::sas(&key, &hn, &n2));
     }
 
     #[test]
@@ -777,6 +1103,77 @@ mod tests {
         assert_eq!(book.offers[&code.tag].attempts_used, 0);
     }
 
+    fn hello_with_point(code: &PairingCode, point: [u8; 32]) -> Vec<u8> {
+        let mut spake_msg = [0u8; 33];
+        spake_msg[0] = crate::wire::SIDE_A;
+        spake_msg[1..].copy_from_slice(&point);
+        Message::Hello {
+            session_tag: code.tag,
+            joiner_id: JOINER,
+            spake_msg,
+            commitment: [0; 32],
+        }
+        .encode()
+    }
+
+    #[test]
+    fn invalid_points_are_malformed_and_cost_no_attempt() {
+        let now = Instant::now();
+        let (mut book, code) = setup(now);
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // a point of order 8 (small subgroup), not a point, and a non-canonical encoding
+        let torsion = curve25519_dalek::constants::EIGHT_TORSION[1].compress().to_bytes();
+        let mut not_a_point = [0u8; 32];
+        not_a_point[0] = 2;
+        let non_canonical = [0xffu8; 32];
+        for (i, p) in [identity, torsion, not_a_point, non_canonical]
+            .into_iter()
+            .enumerate()
+        {
+            assert!(check_point(&{
+                let mut m = [0x41u8; 33];
+                m[1..].copy_from_slice(&p);
+                m
+            })
+            .is_err());
+            let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), i as u64);
+            let out = h.receive(&mut book, &hello_with_point(&code, p), now, os_rng());
+            let f = out.done.expect("done").expect_err("bad point");
+            assert_eq!(f.code, reject::MALFORMED, "point {i}");
+            assert!(!h.is_active());
+        }
+        assert_eq!(book.offers[&code.tag].attempts_used, 0);
+        // and the code still pairs
+        let (j, h) = run(&mut book, code, 99, now + Duration::from_secs(1));
+        assert!(j.expect("done").is_ok() && h.expect("done").is_ok());
+    }
+
+    #[test]
+    fn hellos_are_rate_limited_per_offer() {
+        let now = Instant::now();
+        let (mut book, code) = setup(now);
+        let mut busy = 0;
+        let mut malformed = 0;
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        for i in 0..25 {
+            let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), i);
+            let out = h.receive(&mut book, &hello_with_point(&code, identity), now, os_rng());
+            match out.done.expect("done").expect_err("refused").code {
+                reject::BUSY => busy += 1,
+                reject::MALFORMED => malformed += 1,
+                other => panic!("unexpected {other}"),
+            }
+        }
+        // a bucket of 10 at one instant: 10 get the (failing) PAKE check, 15 are BUSY
+        assert_eq!((malformed, busy), (10, 15));
+        // refilled after a second: a real joiner gets through
+        let (j, h) = run(&mut book, code.clone(), 100, now + Duration::from_secs(1));
+        assert!(j.expect("done").is_ok() && h.expect("done").is_ok());
+        assert_eq!(book.offers[&code.tag].attempts_used, 1);
+    }
+
     #[test]
     fn one_handshake_at_a_time() {
         let now = Instant::now();
@@ -787,6 +1184,7 @@ mod tests {
             .receive(&mut book, &j1.start(os_rng()), now, os_rng())
             .send
             .expect("M2");
+        assert!(h1.is_active());
         let (j2, _) = run(&mut book, code.clone(), 2, now);
         assert_eq!(j2.expect("done").expect_err("busy").code, reject::BUSY);
         // past its deadline another Hello takes over and the stale one fails with TIMEOUT
@@ -799,6 +1197,56 @@ mod tests {
             out.done.expect("done").expect_err("stale").code,
             reject::TIMEOUT
         );
+    }
+
+    #[test]
+    fn approval_after_the_confirm_timeout_is_a_timeout() {
+        let now = Instant::now();
+        let (mut book, code) = setup(now);
+        let mut j = JoinerHandshake::new(code.clone(), JOINER, HOST, CB, info("j"));
+        let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), 1);
+        let m2 = h
+            .receive(&mut book, &j.start(os_rng()), now, os_rng())
+            .send
+            .expect("M2");
+        let m3 = j.receive(&m2).send.expect("M3");
+        let out = h.receive(&mut book, &m3, now, os_rng());
+        assert!(out.sas.is_some());
+        // while it waits for its user, the offer stays held: a new Hello is BUSY
+        let (j2, _) = run(&mut book, code.clone(), 2, now + HANDSHAKE_TIMEOUT);
+        assert_eq!(j2.expect("done").expect_err("busy").code, reject::BUSY);
+        let out = h.approve(&mut book, now + CONFIRM_TIMEOUT);
+        assert_eq!(
+            out.done.expect("done").expect_err("late").code,
+            reject::TIMEOUT
+        );
+        assert!(!book.offers[&code.tag].used);
+    }
+
+    #[test]
+    fn a_bad_accept_mac_is_malformed_and_stores_nothing() {
+        let now = Instant::now();
+        let (mut book, code) = setup(now);
+        let mut j = JoinerHandshake::new(code.clone(), JOINER, HOST, CB, info("j"));
+        let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), 1);
+        let m2 = h
+            .receive(&mut book, &j.start(os_rng()), now, os_rng())
+            .send
+            .expect("M2");
+        let m3 = j.receive(&m2).send.expect("M3");
+        assert!(h.receive(&mut book, &m3, now, os_rng()).sas.is_some());
+        let m4 = h.approve(&mut book, now).send.expect("M4");
+        assert!(j.approve().send.is_none());
+        let out = j.receive(&m4);
+        assert!(matches!(out.done, Some(Ok(_))));
+        let mut m5 = out.send.expect("M5");
+        m5[5] ^= 1;
+        let out = h.receive(&mut book, &m5, now, os_rng());
+        assert_eq!(
+            out.done.expect("done").expect_err("bad mac").code,
+            reject::MALFORMED
+        );
+        assert!(!book.offers[&code.tag].used);
     }
 
     #[test]

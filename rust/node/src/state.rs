@@ -112,14 +112,40 @@ impl StateDir {
         let mut raw = [0u8; 32];
         getrandom::fill(&mut raw).map_err(|e| anyhow::anyhow!("random: {e}"))?;
         let key = iroh::SecretKey::from_bytes(&raw);
-        let mut f = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .mode(0o600)
-            .open(&path)?;
-        f.write_all(hex(&raw).as_bytes())?;
-        f.sync_all()?;
+        self.write_atomic(KEY_FILE, hex(&raw).as_bytes())?;
         Ok(key)
+    }
+
+    /// Replaces `name` atomically: a temporary file in the same directory (mode 0600,
+    /// created exclusively), fsync, rename, then fsync of the directory so the rename itself
+    /// survives a crash.
+    fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
+        let path = self.dir.join(name);
+        let tmp = self
+            .dir
+            .join(format!(".{name}.{}.tmp", std::process::id()));
+        let _ = fs::remove_file(&tmp);
+        let written = (|| -> Result<()> {
+            let mut f = OpenOptions::new()
+                .create_new(true)
+                .write(true)
+                .mode(0o600)
+                .open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+                .with_context(|| format!("renaming to {}", path.display()))?;
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("fsync of {}", self.dir.display()))?;
+        Ok(())
     }
 
     pub fn load_devices(&self) -> Result<Vec<Device>> {
@@ -132,23 +158,77 @@ impl StateDir {
         Ok(file.devices)
     }
 
-    /// Atomic replace (write a temporary file, fsync, rename).
+    /// Atomic replace (write a temporary file, fsync, rename, fsync the directory).
     pub fn save_devices(&self, devices: &[Device]) -> Result<()> {
-        let path = self.dir.join(DEVICES_FILE);
-        let tmp = self.dir.join(format!("{DEVICES_FILE}.tmp"));
         let data = serde_json::to_vec_pretty(&DevicesFile {
             version: 1,
             devices: devices.to_vec(),
         })?;
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&data)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)?;
-        Ok(())
+        self.write_atomic(DEVICES_FILE, &data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "iroh-pair-node-test-{name}-{}-{}",
+            std::process::id(),
+            crate::messaging::new_message_id()[0]
+        ));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    fn mode(p: &Path) -> u32 {
+        fs::metadata(p).expect("metadata").permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn key_file_is_written_atomically_with_private_modes() {
+        let d = tmpdir("key");
+        fs::create_dir_all(&d).expect("mkdir");
+        fs::set_permissions(&d, fs::Permissions::from_mode(0o755)).expect("chmod");
+        let state = StateDir::open(&d).expect("open");
+        assert_eq!(mode(&d), 0o700, "the directory is tightened to 0700");
+        let key = state.secret_key().expect("key");
+        let path = d.join(KEY_FILE);
+        assert_eq!(mode(&path), 0o600);
+        let text = fs::read_to_string(&path).expect("read");
+        assert_eq!(text.len(), 64);
+        // the same key comes back, and no temporary file is left behind
+        assert_eq!(state.secret_key().expect("again").public(), key.public());
+        let names: Vec<String> = fs::read_dir(&d)
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        assert!(names.iter().all(|n| !n.ends_with(".tmp")), "{names:?}");
+        drop(state);
+        fs::remove_dir_all(&d).expect("cleanup");
+    }
+
+    #[test]
+    fn atomic_write_replaces_and_cleans_up_a_stale_temporary() {
+        let d = tmpdir("atomic");
+        let state = StateDir::open(&d).expect("open");
+        // a temporary left by a crashed writer with our pid does not block the next write
+        let stale = d.join(format!(".{DEVICES_FILE}.{}.tmp", std::process::id()));
+        fs::write(&stale, b"partial").expect("stale");
+        state.save_devices(&[]).expect("save");
+        assert!(!stale.exists());
+        assert_eq!(mode(&d.join(DEVICES_FILE)), 0o600);
+        assert!(state.load_devices().expect("load").is_empty());
+        // a failed write (the target is a directory) leaves the old file and no temporary
+        fs::create_dir(d.join("blocked")).expect("mkdir");
+        assert!(state.write_atomic("blocked", b"x").is_err());
+        assert!(
+            fs::read_dir(&d)
+                .expect("list")
+                .all(|e| !e.expect("e").file_name().to_string_lossy().ends_with(".tmp"))
+        );
+        drop(state);
+        fs::remove_dir_all(&d).expect("cleanup");
     }
 }

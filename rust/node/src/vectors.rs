@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::code::{PairingCode, decode_tag, encode_tag};
 use crate::kdf::{
-    LABELS, PairingKeys, Role, SessionKeys, Transcript, confirmation_mac, hkdf_sha256, sas_digits,
+    COMMITMENT_LABEL, LABELS, PAIRING_BINDING_LABEL, PairingKeys, Role, SessionKeys, Transcript,
+    commitment, confirmation_mac, hkdf_sha256, opens_commitment, sas, sas_digits, sas_value,
     verify_confirmation_mac,
 };
 use crate::messaging::{MessageChannel, derive_subkey, encode_aad, nonce};
@@ -100,6 +101,11 @@ fn wordlist_is_bip39() {
 #[test]
 fn envelope() {
     let v = pairing();
+    assert_eq!(v["version"].as_u64(), Some(2));
+    assert_eq!(
+        v["alpn"].as_str().expect("alpn").as_bytes(),
+        crate::kdf::ALPN
+    );
     let e = &v["envelope"];
     let kind = e["kind"].as_str().expect("kind");
     let header = encode_header(kind);
@@ -117,17 +123,22 @@ fn envelope() {
     let mut first = header.clone();
     first.extend_from_slice(&hello);
     let frame = encode_frame(&first);
+    assert_eq!(hx(&frame), e["first_frame"].as_str().expect("first_frame"));
     assert_eq!(
         frame[..4],
         ((header.len() + hello.len()) as u32).to_be_bytes()
     );
-    assert_eq!(hx(&frame[4..10]), e["header"].as_str().expect("header"));
+    assert_eq!(
+        hx(&frame[4..4 + header.len()]),
+        e["header"].as_str().expect("header")
+    );
     let (k, used) = decode_header(&frame[4..]).expect("decodes");
     assert_eq!((k.as_str(), used), (kind, header.len()));
     assert_eq!(
         Message::decode(&frame[4 + used..]).expect("M1").encode(),
         hello
     );
+    assert_eq!(kind, crate::wire::PAIR_KIND);
     assert!(decode_header(&[2, 4, b'p', b'a', b'i', b'r']).is_err());
     assert!(decode_header(&[1, 0]).is_err());
     assert!(decode_header(&[1, 4, b'P', b'a', b'i', b'r']).is_err());
@@ -282,9 +293,25 @@ fn spake2_full_run_transcript_keys_and_messages() {
     identity[1] = 1;
     assert!(bad.finish(&identity).is_err());
 
+    // commitment and nonces
+    let c = &v["commitment"];
+    assert_eq!(h(&c["label"]), COMMITMENT_LABEL.to_vec());
+    let joiner_nonce: [u8; 32] = a32(&c["joiner_nonce"]);
+    let host_nonce: [u8; 32] = a32(&c["host_nonce"]);
+    let commit = commitment(&joiner_nonce);
+    assert_eq!(hx(&commit), c["value"].as_str().expect("commitment"));
+    assert!(opens_commitment(&commit, &joiner_nonce));
+    let mut other = joiner_nonce;
+    other[31] ^= 1;
+    assert!(!opens_commitment(&commit, &other));
+
     // transcript
     let tag = h(&v["code"]["session_tag"]);
-    let cb = h(&v["channel_binding"]);
+    assert_eq!(
+        h(&v["channel_binding"]["label"]),
+        PAIRING_BINDING_LABEL.to_vec()
+    );
+    let cb = h(&v["channel_binding"]["value"]);
     let t = Transcript {
         joiner_id: &id_a,
         host_id: &id_b,
@@ -292,9 +319,12 @@ fn spake2_full_run_transcript_keys_and_messages() {
         joiner_msg: &jm,
         host_msg: &hm,
         channel_binding: &cb,
+        commitment: &commit,
+        host_nonce: &host_nonce,
     };
     let items = v["transcript"]["items"].as_array().expect("items");
-    assert_eq!(items.len(), 11);
+    assert_eq!(items.len(), 13);
+    assert_eq!(t.items().len(), 13);
     for (mine, want) in t.items().iter().zip(items) {
         assert_eq!(hx(mine), want.as_str().expect("item"));
     }
@@ -315,10 +345,15 @@ fn spake2_full_run_transcript_keys_and_messages() {
         keys.joiner_to_host,
         keys.host_confirm,
         keys.joiner_confirm,
+        keys.joiner_accept,
         keys.sas,
         keys.host_seal,
         keys.joiner_seal,
     ];
+    assert_eq!(
+        kdf["outputs"].as_object().expect("outputs").len(),
+        LABELS.len()
+    );
     for ((name, label), key) in LABELS.iter().zip(derived) {
         let out = &kdf["outputs"][*name];
         assert_eq!(hx(label), out["info"].as_str().expect("info"), "{name}");
@@ -347,14 +382,32 @@ fn spake2_full_run_transcript_keys_and_messages() {
         &th,
         &host_mac
     ));
+    let accept_mac = confirmation_mac(&keys.joiner_accept, &th);
+    assert_eq!(
+        hx(&accept_mac),
+        v["confirm"]["accept_mac"].as_str().expect("mac")
+    );
+    assert!(verify_confirmation_mac(&keys.joiner_accept, &th, &accept_mac));
     assert_eq!(
         hx(&keys.sas),
         v["sas"]["sas_key"].as_str().expect("sas key")
     );
+    let mut sas_msg = host_nonce.to_vec();
+    sas_msg.extend_from_slice(&joiner_nonce);
+    assert_eq!(hx(&sas_msg), v["sas"]["message"].as_str().expect("message"));
+    let value = sas_value(&keys.sas, &host_nonce, &joiner_nonce);
+    assert_eq!(hx(&value), v["sas"]["value"].as_str().expect("value"));
     assert_eq!(
-        sas_digits(&keys.sas),
+        sas_digits(&value),
         v["sas"]["digits"].as_str().expect("digits")
     );
+    assert_eq!(
+        sas(&keys.sas, &host_nonce, &joiner_nonce),
+        v["sas"]["digits"].as_str().expect("digits")
+    );
+    // the nonces' order matters, and the joiner's nonce changes the SAS
+    assert_ne!(sas_value(&keys.sas, &joiner_nonce, &host_nonce), value);
+    assert_ne!(sas_value(&keys.sas, &host_nonce, &other), value);
 
     // device infos
     let mut sealed = Vec::new();
@@ -382,7 +435,7 @@ fn spake2_full_run_transcript_keys_and_messages() {
         sealed.push(s);
     }
 
-    // the four messages and a Reject
+    // the five messages and a Reject
     let m = &v["messages"];
     let tag16: [u8; 16] = tag.clone().try_into().expect("16");
     let msgs = [
@@ -392,6 +445,7 @@ fn spake2_full_run_transcript_keys_and_messages() {
                 session_tag: tag16,
                 joiner_id: id_a.clone().try_into().expect("32"),
                 spake_msg: jm,
+                commitment: commit,
             },
         ),
         (
@@ -399,6 +453,7 @@ fn spake2_full_run_transcript_keys_and_messages() {
             Message::Reply {
                 host_id: id_b.clone().try_into().expect("32"),
                 spake_msg: hm,
+                host_nonce,
                 host_mac,
             },
         ),
@@ -406,6 +461,7 @@ fn spake2_full_run_transcript_keys_and_messages() {
             "confirm",
             Message::Confirm {
                 joiner_mac,
+                joiner_nonce,
                 sealed_info: sealed[0].clone(),
             },
         ),
@@ -415,6 +471,7 @@ fn spake2_full_run_transcript_keys_and_messages() {
                 sealed_info: sealed[1].clone(),
             },
         ),
+        ("accept", Message::Accept { accept_mac }),
     ];
     for (name, msg) in msgs {
         let enc = msg.encode();
@@ -425,6 +482,10 @@ fn spake2_full_run_transcript_keys_and_messages() {
         assert!(
             Message::decode(&trailing).is_err(),
             "{name} with a trailing byte"
+        );
+        assert!(
+            Message::decode(&enc[..enc.len() - 1]).is_err(),
+            "{name} one byte short"
         );
     }
     let r = &m["reject"];
