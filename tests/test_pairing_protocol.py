@@ -673,3 +673,37 @@ def test_sas_depends_on_the_joiner_nonce(code: PairingCode) -> None:
         assert isinstance(r.host, Paired) and isinstance(r.joiner, Paired)
         sas.add(r.host.result.sas)
     assert len(sas) >= 4  # 5 draws from 10**6: a collision is ~1e-5
+
+
+def test_last_attempt_running_is_not_burned(code: PairingCode, offer: PairingOffer) -> None:
+    """While the last counted attempt holds the code, the code is not burned: a stranger's
+    failure elsewhere must not end it (review finding), and a new Hello gets BUSY, not BURNED.
+    Once the last attempt fails the code is burned."""
+    session = object()
+    for _ in range(offer.max_attempts - 1):
+        s = object()
+        offer.claim(s, 1.0)
+        offer.release(s)
+    offer.claim(session, 2.0)
+    assert offer.exhausted and not offer.burned
+    with pytest.raises(ProtocolError) as e:
+        offer.check(3.0)
+    assert e.value.code is RejectCode.BUSY
+    offer.release(session)
+    assert offer.burned
+    with pytest.raises(ProtocolError) as e:
+        offer.check(4.0)
+    assert e.value.code is RejectCode.BURNED
+
+
+def test_last_attempt_can_still_pair(code: PairingCode, offer: PairingOffer) -> None:
+    """Two wrong attempts, then the right words on the last one: it pairs, and the code is
+    used, never burned."""
+    session = object()
+    for _ in range(offer.max_attempts - 1):
+        s = object()
+        offer.claim(s, 1.0)
+        offer.release(s)
+    offer.claim(session, 2.0)
+    offer.complete(session)
+    assert offer.used and not offer.burned

@@ -715,10 +715,9 @@ class Node:
             self._after_failed_attempt(conn, out)
 
     def _offer_of(self, r: PairingResult) -> PairingOffer | None:
-        for offer, _ in self._hosted.values():
-            if offer.used:
-                return offer
-        return None
+        """The hosted offer this pairing completed (by its session tag)."""
+        entry = self._hosted.get(r.session_tag)
+        return entry[0] if entry is not None else None
 
     # ------------------------------------------------------------------ messaging
 

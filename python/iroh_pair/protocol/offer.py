@@ -111,9 +111,16 @@ class PairingOffer:
         return max(0, self.max_attempts - self.attempts_used)
 
     @property
+    def exhausted(self) -> bool:
+        """True once every attempt has been counted (the last one may still be running)."""
+        return self.attempts_used >= self.max_attempts
+
+    @property
     def burned(self) -> bool:
-        """True once all attempts are used up (and the code did not pair)."""
-        return not self.used and self.attempts_used >= self.max_attempts
+        """True once all attempts are used up, none of them is still running, and the code did
+        not pair. While the last counted attempt holds the code it is not burned yet: it may
+        still pair (a stranger's failure elsewhere must not end it)."""
+        return not self.used and self.exhausted and self._active is None
 
     def is_expired(self, now: float) -> bool:
         """True when ``now`` is at or past the expiry time."""
@@ -131,7 +138,9 @@ class PairingOffer:
         """Raise ProtocolError(USED/BURNED/EXPIRED/BUSY) if a new Hello must be refused."""
         if self.used:
             raise ProtocolError(RejectCode.USED, "this code has already been used")
-        if self.burned:
+        if self.exhausted:
+            if self.busy(now):  # the last attempt is still running
+                raise ProtocolError(RejectCode.BUSY, "another device is pairing with this code")
             raise ProtocolError(RejectCode.BURNED, "too many attempts for this code")
         if self.is_expired(now):
             raise ProtocolError(RejectCode.EXPIRED, "this code has expired")

@@ -106,6 +106,8 @@ class PairingResult:
     sas: str
     peer_info: DeviceInfo
     transcript_hash: bytes = field(repr=False)
+    #: The session tag of the code this pairing used (the host's offer it completed).
+    session_tag: bytes = field(default=b"", repr=False)
 
 
 @dataclass(frozen=True)
@@ -164,6 +166,7 @@ class _Handshake:
         self._state = _State.START
         self._keys: PairingKeys | None = None
         self._th = b""
+        self._session_tag = b""
         self._sas: str | None = None
         self._peer_info: DeviceInfo | None = None
         self._failure: Failed | None = None
@@ -283,6 +286,7 @@ class _Handshake:
             sas=self._sas,
             peer_info=self._peer_info,
             transcript_hash=self._th,
+            session_tag=self._session_tag,
         )
         self._state = _State.DONE
         self._drop_secrets()
@@ -400,6 +404,7 @@ class HostHandshake(_Handshake):
         # The attempt counts from here: M2 is about to be sent.
         self._deadline = offer.claim(self, now)
         self._offer = offer
+        self._session_tag = offer.tag
         host_nonce = self._draw(NONCE_LEN)
         self._commitment = msg.commitment
         self._host_nonce = host_nonce
@@ -465,6 +470,7 @@ class JoinerHandshake(_Handshake):
         super().__init__(local_id=joiner_id, remote_id=host_id, channel_binding=channel_binding,
                          info=joiner_info, entropy=entropy)
         self._code = code
+        self._session_tag = code.tag
         self._spake: Spake2 | None = None
         self._joiner_msg = b""
         self._nonce = b""
