@@ -14,6 +14,7 @@ from helpers import open_local_node
 
 from iroh_pair import errors
 from iroh_pair.code import PairingCode
+from iroh_pair.messaging import new_message_id
 from iroh_pair.node import Node
 from iroh_pair.pairing import PairingFailed, SasCheck, channel_binding, run_joiner
 from iroh_pair.protocol import (
@@ -24,6 +25,7 @@ from iroh_pair.protocol import (
     DeviceInfo,
     JoinerHandshake,
     PairingOffer,
+    PairingResult,
     RejectCode,
     SendMessage,
     StreamErrorCode,
@@ -469,5 +471,50 @@ async def test_joiner_removes_its_entry_when_the_host_cannot_store(
             await joiner.join(hosted.code, timeout=10)
         assert e.value.code == RejectCode.INTERNAL and e.value.by_peer
         assert joiner.devices() == [] and len(joiner.registry) == 0
+    finally:
+        await joiner.close()
+
+
+async def test_undone_re_pairing_keeps_ids_and_counters(host: Node, tmp_path: Path) -> None:
+    """A re-pairing the host refuses after the joiner's Accept is undone on the joiner (§5):
+    the previous entry comes back with its delivered ids (a retry of a handled message is
+    still a duplicate: exactly once, §13.8), and the live connection keeps the old keys'
+    channel, so no counter restarts under the same subkey (§13.4: a rebuilt channel would
+    re-use counter 0, and the peer would refuse its reply as REPLAYED)."""
+    joiner = await open_node(tmp_path / "joiner", "joiner")
+    try:
+        runs: list[bytes] = []
+
+        def handle(dev: object, data: bytes) -> bytes:
+            runs.append(data)
+            return b"ok"
+
+        joiner.on_message(handle)
+        hosted = await host.host_pairing()
+        await joiner.join(hosted.code, timeout=10)
+        dev = await hosted.wait(10)
+        mid = new_message_id()
+        assert await host.request(dev, b"pay 10", message_id=mid) == b"ok"
+
+        real_store = host._store
+
+        def fail_once(r: PairingResult) -> object:
+            setattr(host, "_store", real_store)
+            raise OSError("disk full")
+
+        setattr(host, "_store", fail_once)
+        again = await host.host_pairing()
+        with pytest.raises(PairingFailed) as e:
+            await joiner.join(again.code, timeout=10)
+        assert e.value.code == RejectCode.INTERNAL
+        assert [d.name for d in joiner.devices()] == ["host"]
+        with pytest.raises(errors.RemoteError) as dup:
+            await host.request(dev, b"pay 10", message_id=mid)
+        assert dup.value.code == StreamErrorCode.DUPLICATE
+        assert runs == [b"pay 10"]
+        # both directions still work on the same connection, under the old keys
+        assert await host.request(dev, b"next") == b"ok"
+        host.on_message(lambda d, data: b"back")
+        assert await joiner.request(joiner.devices()[0], b"hi") == b"back"
     finally:
         await joiner.close()

@@ -156,6 +156,17 @@ class _ConnState:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     #: the first-frame limits its serve loop applies (raised when the peer is promoted)
     limits: KindLimits | None = None
+    #: channels of keys this connection no longer uses, by (send, receive) key: never rebuilt
+    retired: dict[tuple[bytes, bytes], MessageChannel] = field(default_factory=dict)
+    #: the (send, receive) session keys ``channel`` was built with
+    channel_keys: tuple[bytes, bytes] = (b"", b"")
+
+    def retire_channel(self) -> None:
+        """The peer's keys changed (re-paired, or a re-pairing undone): the next message
+        builds or restores the channel of the current keys."""
+        if self.channel is not None:
+            self.retired[self.channel_keys] = self.channel
+            self.channel = None
 
 
 @dataclass(eq=False)
@@ -642,11 +653,10 @@ class Node:
         )
         self._devices[peer] = dev
         self._sas[peer] = r.sas
-        self._deliveries.forget(peer)  # re-paired: no delivered ids (the registry's went too)
         # Channels of an existing connection were built with the old keys.
         for st in self._conns.values():
             if st.conn.remote_id == peer:
-                st.channel = None
+                st.retire_channel()
                 self._promote(st.conn)  # no longer an unknown connection (§9.1)
         self._emit(NodeEvent("paired", peer, dev.name, detail=r.sas))
         self._report_lan(peer)
@@ -664,7 +674,7 @@ class Node:
         self._sas.pop(peer, None)
         for st in self._conns.values():
             if st.conn.remote_id == peer:
-                st.channel = None
+                st.retire_channel()
         self._emit(NodeEvent("unpaired", peer, previous.name if previous else "",
                              detail="the host did not keep the pairing"))
         log.warning("the host %s refused the pairing after the Accept", peer.fmt_short())
@@ -838,9 +848,15 @@ class Node:
         if st is None or st.conn is not conn:
             st = self._setup(conn)
         if st.channel is None:
-            binding = conn.export_keying_material(MSG_BINDING_LABEL, b"", 32)
-            # deduplication is the node's (self._deliveries), across connections and restarts
-            st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding)
+            keys = (dev.keys.send, dev.keys.receive)
+            # Keys this connection used before (an undone re-pairing) get their old channel
+            # back: a new one would restart the counter under the same subkey (§13.4).
+            st.channel = st.retired.pop(keys, None)
+            if st.channel is None:
+                binding = conn.export_keying_material(MSG_BINDING_LABEL, b"", 32)
+                # deduplication is the node's (self._deliveries), across connections/restarts
+                st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding)
+            st.channel_keys = keys
         return st.channel
 
     # ------------------------------------------------------------------ connections

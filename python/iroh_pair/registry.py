@@ -488,8 +488,10 @@ class DeviceRegistry:
         )
 
         def do(db: sqlite3.Connection) -> None:
+            # Delivered ids stay (§13.8): ids are random and per device, so a retry sent before
+            # a re-pairing is still answered DUPLICATE after it (and an undone re-pairing loses
+            # nothing). Only remove() forgets them.
             db.execute("DELETE FROM devices WHERE endpoint_id = ?", (row[0],))
-            db.execute("DELETE FROM delivered WHERE endpoint_id = ?", (row[0],))  # a new pairing
             db.execute(f"INSERT INTO devices ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", row)
 
         self._write(do)
