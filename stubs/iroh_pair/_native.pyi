@@ -32,6 +32,7 @@ __all__ = [
     "UNKNOWN_KIND",
     "SecretKey",
     "SendStream",
+    "Spake2",
     "_debug_stats",
     "__version__",
     "runtime_kind",
@@ -211,6 +212,16 @@ class Connection:
         handler: Callable[[bytes], object] | None = None,
         kind_limits: KindLimits | None = None,
     ) -> None: ...
+
+@final
+class Spake2:
+    @staticmethod
+    def start(
+        side: str, password: bytes, id_a: bytes, id_b: bytes, entropy: bytes
+    ) -> tuple[Spake2, bytes]: ...
+    @property
+    def message(self) -> bytes: ...
+    def finish(self, peer_msg: bytes) -> bytes: ...
 
 @final
 class KindLimits:

@@ -14,6 +14,7 @@ mod error;
 mod keys;
 mod limits;
 mod mdns;
+mod spake;
 mod streams;
 
 #[pymodule]
@@ -29,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<mdns::MdnsAnnouncement>()?;
     m.add_class::<connection::IncomingRequest>()?;
     m.add_class::<limits::KindLimits>()?;
+    m.add_class::<spake::Spake2>()?;
     m.add_class::<streams::SendStream>()?;
     m.add_class::<streams::RecvStream>()?;
     m.add_class::<chunk::Chunk>()?;
