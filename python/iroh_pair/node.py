@@ -675,6 +675,8 @@ class Node:
         for st in self._conns.values():
             if st.conn.remote_id == peer:
                 st.retire_channel()
+                if previous is None:  # a stranger again: not on a paired peer's limits
+                    st.conn.close(int(CloseCode.NOT_PAIRED), b"pairing undone")
         self._emit(NodeEvent("unpaired", peer, previous.name if previous else "",
                              detail="the host did not keep the pairing"))
         log.warning("the host %s refused the pairing after the Accept", peer.fmt_short())
@@ -1129,6 +1131,10 @@ class Node:
         except Exception:
             failed()
             return
+        except BaseException:  # KeyboardInterrupt/SystemExit in a handler: not delivered
+            self._deliveries.abort(peer, mid)
+            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
+            raise
         if inspect.isawaitable(out):
             aw = out
 

@@ -81,6 +81,20 @@ JOINER_REPLY_TIMEOUT = 30.0
 JOINER_FIN_TIMEOUT = 5.0
 #: How long the host's serve loop waits for a stream's first frame (header + M1).
 HOST_FIRST_FRAME_TIMEOUT = 10.0
+#: How long writing one pairing message may take (a peer that grants no flow-control credit
+#: cannot hold a handshake, nor an unknown-connection slot, longer than this).
+WRITE_TIMEOUT = 10.0
+
+
+async def _write(send: SendStream, body: bytes) -> None:
+    """Writes one frame within :data:`WRITE_TIMEOUT`; a write that cannot complete resets the
+    stream (the peer is not reading) and raises TransportError."""
+    try:
+        await asyncio.wait_for(send.write_frame(body), WRITE_TIMEOUT)
+    except TimeoutError:
+        raise TransportError(
+            f"the peer did not read a pairing message within {WRITE_TIMEOUT:g} s"
+        ) from None
 #: The Reject text a version-2 host sends on a version-1 (``pair``) stream (§2.1).
 VERSION_1_REJECT_TEXT = "pairing version 1 is not supported: this device speaks version 2"
 _NO_V2 = "the host does not speak pairing version 2"
@@ -159,7 +173,7 @@ async def _perform(
         ev = pending.pop(0)
         if isinstance(ev, SendMessage):
             try:
-                await send.write_frame(ev.body)
+                await _write(send, ev.body)
             except TransportError as e:
                 log.debug("could not send a pairing message: %s", e)
         elif isinstance(ev, SasReady):
@@ -282,7 +296,7 @@ async def run_joiner(
     try:
         outcome: PairingResult | Failed | None = None
         try:
-            await send.write_frame(encode_header(PAIR_KIND) + hs.start())
+            await _write(send, encode_header(PAIR_KIND) + hs.start())
         except StreamReset as e:
             outcome = no_v2(e)
             if outcome is None:
@@ -447,7 +461,7 @@ async def refuse_version_1(send: SendStream) -> None:
     the end of the stream (§2.1). No PAKE work, no attempt counted."""
     reject = wire.Reject.make(RejectCode.UNSUPPORTED_VERSION, VERSION_1_REJECT_TEXT)
     try:
-        await send.write_frame(wire.encode(reject))
+        await _write(send, wire.encode(reject))
     except TransportError as e:
         log.debug("could not refuse a version-1 pairing: %s", e)
     _finish(send)
@@ -456,7 +470,7 @@ async def refuse_version_1(send: SendStream) -> None:
 async def refuse(send: SendStream, code: RejectCode, text: str) -> None:
     """Answers a ``pair2`` stream this node will not serve with one Reject, then finishes."""
     try:
-        await send.write_frame(wire.encode(wire.Reject.make(code, text)))
+        await _write(send, wire.encode(wire.Reject.make(code, text)))
     except TransportError as e:
         log.debug("could not send a Reject: %s", e)
     _finish(send)
