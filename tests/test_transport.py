@@ -285,6 +285,37 @@ async def test_frames_and_exact_reads(pair: tuple[Endpoint, Endpoint]) -> None:
         await r4.read_to_end(len(big) - 1)
 
 
+async def test_frames_at_block_edges_sent_in_pieces(pair: tuple[Endpoint, Endpoint]) -> None:
+    # A frame body is gathered, as it arrives, into owned blocks of 64 KiB (streams.rs,
+    # read_body): sizes around the block edges, written in uneven pieces, come back intact,
+    # through read_frame and through the serve loop.
+    a, b = pair
+    ca, cb = await connected(a, b)
+    sizes = [1, 65535, 65536, 65537, 2 * 65536, 2 * 65536 + 1, 5 * 65536 - 7]
+    bodies = [os.urandom(n) for n in sizes]
+    send, _ = await cb.open_bi()
+    stream = b"".join(len(x).to_bytes(4, "big") + x for x in bodies)
+    for i in range(0, len(stream), 999):
+        await send.write_all(stream[i : i + 999])
+    send.finish()
+    _, r = await ca.accept_bi()
+    for x in bodies:
+        assert await r.read_frame(1 << 20) == x
+    assert await r.read_frame(1 << 20) is None
+
+    got: list[bytes] = []
+
+    def handler(req: bytes) -> bytes:
+        got.append(req)
+        return b"ok"
+
+    serving = ca.serve(handler, max_request=1 << 20)
+    for x in bodies:
+        assert await cb.request(x, timeout=10) == b"ok"
+    assert got == bodies
+    serving.cancel()
+
+
 async def test_read_n_never_returns_more_than_n(pair: tuple[Endpoint, Endpoint]) -> None:
     # A read waiting when data arrives completes at its first wake-up (polled again by the loop,
     # or as a tokio task), then takes what landed meanwhile (on the loop's thread): up to n
