@@ -329,7 +329,7 @@ async def _pair_with_answers(
     hosted = await host.host_pairing(confirm=ask_host, confirm_timeout=10)
     joined, waited = await asyncio.gather(
         joiner.join(hosted.code, timeout=10, confirm=ask_joiner, confirm_timeout=10),
-        hosted.wait(15) if host_says and joiner_says else until_idle(hosted.offer),
+        hosted.wait(15),
         return_exceptions=True,
     )
     return joined, waited, seen_h, seen_j
@@ -358,13 +358,15 @@ async def test_declined_sas_stores_nothing_on_either_side(
 ) -> None:
     joiner = await open_node(tmp_path / "joiner", "joiner")
     try:
-        joined, _, seen_h, seen_j = await _pair_with_answers(
+        joined, waited, seen_h, seen_j = await _pair_with_answers(
             host, joiner, host_says=decliner != "host", joiner_says=decliner != "joiner"
         )
         assert isinstance(joined, PairingFailed), joined
         assert joined.code == RejectCode.SAS_DECLINED
         assert joined.by_peer == (decliner == "host")
         assert seen_h and seen_j and seen_h[0].sas == seen_j[0].sas  # both were asked
+        # a declined SAS ends the code: someone else may know it (§8.3)
+        assert isinstance(waited, PairingFailed) and waited.code == RejectCode.SAS_DECLINED
         await asyncio.sleep(0.2)
         assert joiner.devices() == [] and host.devices() == []
         assert len(joiner.registry) == 0 and len(host.registry) == 0

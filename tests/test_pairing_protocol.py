@@ -602,9 +602,11 @@ def test_v2_messages_out_of_order(code: PairingCode, offer: PairingOffer) -> Non
         assert ei.value.code == RejectCode.UNEXPECTED
 
 
-def test_hello_rate_limit(code: PairingCode, offer: PairingOffer) -> None:
-    """10 Hellos per second per offer get SPAKE2 work (here: invalid points, MALFORMED and not
-    counted); the 11th in the same second gets BUSY without any SPAKE2 work."""
+def test_hello_rate_limit(code: PairingCode) -> None:
+    """10 Hellos per second per offer get SPAKE2 work; the 11th in the same second gets BUSY
+    without any. Hellos with invalid points are refused (MALFORMED, not counted) before any
+    SPAKE2 work and take no token, so they cannot starve the real joiner (review finding)."""
+    offer = PairingOffer.create(code, now=0.0, max_attempts=100)
     drawn: list[int] = []
 
     def counting(n: int) -> bytes:
@@ -616,17 +618,26 @@ def test_hello_rate_limit(code: PairingCode, offer: PairingOffer) -> None:
                              host_info=HOST_INFO, entropy=counting)
 
     hid = new_id()
-    for _ in range(10):
+    wrong = PairingCode(words=("abandon", "zoo", "legal"), tag=code.tag, ticket=code.ticket)
+    for _ in range(10):  # wrong words, valid points: SPAKE2 work, a token and an attempt each
+        j = JoinerHandshake(wrong, joiner_id=new_id(), host_id=hid, channel_binding=bytes(32),
+                            joiner_info=JOINER_INFO)
+        h = host(hid, j._local_id)
+        assert any(isinstance(e, SendMessage) for e in h.receive(j.start(), 5.0))
+        h.connection_lost()  # the offer is free again; the attempt stays counted
+    assert offer.attempts_used == 10 and len(drawn) == 20  # SPAKE2 entropy and a nonce each
+    # invalid points, with the bucket empty: MALFORMED (not BUSY), no SPAKE2 work, not counted
+    for _ in range(5):
         jid = new_id()
         bad = wire.Hello(code.tag, jid, b"A" + b"\xff" * 32, bytes(32))
         assert_failed(outcome(host(hid, jid).receive(wire.encode(bad), 5.0)), RejectCode.MALFORMED)
-    assert len(drawn) == 10 and offer.attempts_used == 0 and not offer.busy(5.0)
-    # the 11th, even an honest one, is refused before any SPAKE2 work
+    assert len(drawn) == 20 and offer.attempts_used == 10
+    # the 11th valid Hello in the same second, even an honest one, gets BUSY before any work
     j = JoinerHandshake(code, joiner_id=new_id(), host_id=hid, channel_binding=bytes(32),
                         joiner_info=JOINER_INFO)
     ev = host(hid, j._local_id).receive(j.start(), 5.05)
     assert_failed(outcome(ev), RejectCode.BUSY)
-    assert len(drawn) == 10 and offer.attempts_used == 0
+    assert len(drawn) == 20 and offer.attempts_used == 10
     # a tenth of a second later one token is back
     conn = Conn(new_id(), hid)
     j = JoinerHandshake(code, joiner_id=conn.joiner_id, host_id=hid, channel_binding=conn.cb,

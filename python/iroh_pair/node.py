@@ -707,11 +707,16 @@ class Node:
         def count() -> None:
             self.counters["pairing_messages_received"] += 1
 
+        compared: list[PairingOffer] = []  # the offer whose SAS the users were asked about
+
+        def confirm_for(offer: PairingOffer) -> ConfirmSas | None:
+            compared.append(offer)
+            return self._confirms.get(offer.tag)
+
         with self._handshake(conn):  # its unknown slot is not idle meanwhile (§9.1)
             out = await run_host(
                 conn, send, recv, m1, offers=self._offers, local_id=self.id.to_bytes(),
-                info=self.info, on_paired=stored, counts=count,
-                confirm_for=lambda offer: self._confirms.get(offer.tag),
+                info=self.info, on_paired=stored, counts=count, confirm_for=confirm_for,
             )
         # hosted.wait() returns only now that the joiner has the host's FIN.
         for offer, dev in done:
@@ -722,6 +727,14 @@ class Node:
             for offer, _ in list(self._hosted.values()):
                 if offer.burned:
                     self._end_offer(offer, PairingFailed(RejectCode.BURNED, "too many wrong attempts"))
+            if out.code is RejectCode.SAS_DECLINED:
+                # Different SAS on the two screens means someone else knows the code (§8.3):
+                # it gets no more attempts.
+                for offer in compared:
+                    self._end_offer(offer, PairingFailed(
+                        RejectCode.SAS_DECLINED,
+                        "the SAS was not confirmed: someone else may know this code; make a new one",
+                        out.by_peer))
             # an unknown peer's connection is closed after the grace period: PROTOCOL_ERROR
             # for an invalid Hello (e.g. a bad SPAKE2 point, §9), else PAIRING_FAILED
             self._after_failed_attempt(conn, out)
@@ -1045,6 +1058,8 @@ class Node:
         if self._closed or self.hosting:
             return
         for u in list(self._unknown.values()):
+            if u.closing:  # a failed attempt's: closed after its grace (its Reject first)
+                continue
             self.counters["unknown_closed_offer_end"] += 1
             self._close_unknown(u, CloseCode.NOT_PAIRED, b"no pairing code is hosted")
 

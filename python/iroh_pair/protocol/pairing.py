@@ -396,6 +396,9 @@ class HostHandshake(_Handshake):
         if msg.joiner_id != self._remote_id:
             raise ProtocolError(RejectCode.ID_MISMATCH, "claimed id is not the connection's id")
         offer.check(now)
+        # An invalid point is refused before any SPAKE2 work and before it can take one of the
+        # offer's Hello tokens (else strangers could starve the real joiner with BUSY).
+        Spake2.check(msg.spake_msg, "A")
         if not offer.take_hello_token(now):
             raise ProtocolError(RejectCode.BUSY, "too many pairing attempts, try again")
         spake, host_msg = Spake2.start("B", offer.code.password(), id_a=msg.joiner_id,

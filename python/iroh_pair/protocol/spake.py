@@ -66,6 +66,19 @@ class Spake2:
                                           bytes(entropy))
         return cls(inner), msg
 
+    @staticmethod
+    def check(peer_msg: bytes, side: Literal["A", "B"]) -> None:
+        """Checks a message from side ``side`` before any SPAKE2 work of ours (no secret is
+        involved): ``ProtocolError(MALFORMED)`` for a wrong length or side byte, a point that
+        does not decode or is not canonical, the identity or a point outside the prime-order
+        subgroup. A host calls it on a Hello before spending a scalar multiplication on it."""
+        if side not in ("A", "B"):
+            raise ValueError("side is 'A' or 'B'")
+        try:
+            _native.Spake2.check(bytes(peer_msg), side)
+        except ValueError as e:
+            raise ProtocolError(RejectCode.MALFORMED, str(e)) from None
+
     def finish(self, peer_msg: bytes) -> bytes:
         """The shared 32-byte key; a bad peer message is ``ProtocolError(MALFORMED)``."""
         if self._done:

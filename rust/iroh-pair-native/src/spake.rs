@@ -67,11 +67,24 @@ impl CryptoRng for FixedEntropy {}
 /// before any scalar multiplication with our secret (`is_torsion_free` multiplies the peer's
 /// point by the group order, a public constant).
 fn check_peer(own: &[u8; MSG_LEN], peer: &[u8]) -> Option<&'static str> {
+    let expected = if own[0] == SIDE_A { SIDE_B } else { SIDE_A };
+    if let Some(why) = check_point(peer, expected) {
+        return Some(why);
+    }
+    if peer[1..] == own[1..] {
+        return Some("our own message reflected");
+    }
+    None
+}
+
+/// Why a SPAKE2 message from side `side` is refused on its own (no secret involved): length,
+/// side byte, a canonical encoding of a point of the prime-order subgroup other than the
+/// identity. Costs one decompression and one multiplication by the (public) group order.
+fn check_point(peer: &[u8], side: u8) -> Option<&'static str> {
     if peer.len() != MSG_LEN {
         return Some("a SPAKE2 message is 33 bytes");
     }
-    let expected = if own[0] == SIDE_A { SIDE_B } else { SIDE_A };
-    if peer[0] != expected {
+    if peer[0] != side {
         return Some("wrong side byte");
     }
     let mut raw = [0u8; 32];
@@ -87,9 +100,6 @@ fn check_peer(own: &[u8; MSG_LEN], peer: &[u8]) -> Option<&'static str> {
     }
     if !point.is_torsion_free() {
         return Some("not in the prime-order subgroup");
-    }
-    if raw[..] == own[1..] {
-        return Some("our own message reflected");
     }
     None
 }
@@ -164,6 +174,30 @@ impl Spake2 {
             own,
         };
         Ok((state, PyBytes::new(py, &own)))
+    }
+
+    /// Checks a peer's 33-byte message from side `side` ("A" or "B") before any SPAKE2 work
+    /// of ours: `ValueError` for a wrong length or side byte, a point that does not decode or
+    /// is not canonical, the identity, or a point outside the prime-order subgroup. (`finish`
+    /// checks the same, and a reflection of our own message.) A host calls it on a Hello before
+    /// it spends a scalar multiplication with a fresh secret on it.
+    #[staticmethod]
+    fn check(peer_msg: &[u8], side: &str) -> PyResult<()> {
+        let side = match side {
+            "A" => SIDE_A,
+            "B" => SIDE_B,
+            other => {
+                return Err(PyValueError::new_err(format!(
+                    "side is 'A' or 'B', got {other:?}"
+                )));
+            }
+        };
+        match check_point(peer_msg, side) {
+            Some(why) => Err(PyValueError::new_err(format!(
+                "invalid SPAKE2 message: {why}"
+            ))),
+            None => Ok(()),
+        }
     }
 
     /// Our 33-byte message (side byte and point).
