@@ -254,6 +254,35 @@ def test_reflection_length_and_side_refused() -> None:
     assert "33 bytes" in refused(b"")
 
 
+def test_check_refuses_what_finish_refuses_without_a_secret() -> None:
+    # Spake2.check (the host's check of a Hello before any SPAKE2 work) refuses the same points
+    # as finish, except a reflection, which needs our own message.
+    _, good_a = started("A")
+    Spake2.check(good_a, "A")
+    bad = [encode(IDENTITY), P.to_bytes(32, "little"), *TORSION,
+           encode(add(_decoded(good_a[1:]), ORDER_2))]
+    bad += [r for r in (os.urandom(32) for _ in range(40)) if decode(r) is None][:10]
+    for raw in bad:
+        with pytest.raises(ProtocolError) as e:
+            Spake2.check(b"A" + raw, "A")
+        assert e.value.code == RejectCode.MALFORMED
+    for msg in (b"B" + good_a[1:], good_a[:-1], good_a + b"\x00"):
+        with pytest.raises(ProtocolError):
+            Spake2.check(msg, "A")
+    with pytest.raises(ValueError):
+        Spake2.check(good_a, "C")  # type: ignore[arg-type]
+
+
+@settings(max_examples=200, deadline=None)
+@given(raw=st.binary(min_size=32, max_size=32))
+def test_check_agrees_with_the_oracle(raw: bytes) -> None:
+    if acceptable(raw):
+        Spake2.check(b"B" + raw, "B")
+    else:
+        with pytest.raises(ProtocolError):
+            Spake2.check(b"B" + raw, "B")
+
+
 def test_finish_once_and_bad_arguments() -> None:
     s, _ = started("A")
     _, msg_b = started("B")
