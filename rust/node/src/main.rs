@@ -6,8 +6,11 @@
 //! JSON lines on stdout, logs on stderr. Relays, address lookup and the portmapper are off
 //! unless configured; the default bind address is 127.0.0.1.
 
+mod admission;
 mod bench;
 mod code;
+#[cfg(test)]
+mod fuzz;
 mod kdf;
 mod messaging;
 mod node;

@@ -19,6 +19,7 @@ use iroh_tickets::endpoint::EndpointTicket;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::admission::{Admit, Slots};
 use crate::code::PairingCode;
 use crate::kdf::{ALPN, PAIRING_BINDING_LABEL};
 use crate::messaging::{self, MessageChannel, MessageId, SeenIds, new_message_id};
@@ -107,19 +108,9 @@ pub enum HostEvent {
     Failed(Failure),
 }
 
-/// An admitted connection from an unknown peer (§9.1).
-struct Unknown {
-    conn: Connection,
-    accepted: Instant,
-    /// Its `pair2` first frame arrived.
-    started: bool,
-    /// A handshake past its Hello runs on it (not idle).
-    active: bool,
-}
-
-#[derive(Default)]
 struct Inner {
-    unknown: HashMap<usize, Unknown>,
+    /// Admitted connections from unknown peers (§9.1).
+    unknown: Slots<Connection>,
     devices: HashMap<[u8; 32], Device>,
     book: OfferBook,
     seen: HashMap<[u8; 32], SeenIds>,
@@ -129,6 +120,22 @@ struct Inner {
     hints: HashMap<[u8; 32], EndpointAddr>,
     rejections: BTreeMap<String, u64>,
     session_seq: u64,
+}
+
+impl Default for Inner {
+    fn default() -> Self {
+        Self {
+            unknown: Slots::new(MAX_UNKNOWN_CONNECTIONS),
+            devices: HashMap::new(),
+            book: OfferBook::default(),
+            seen: HashMap::new(),
+            channels: HashMap::new(),
+            conns: HashMap::new(),
+            hints: HashMap::new(),
+            rejections: BTreeMap::new(),
+            session_seq: 0,
+        }
+    }
 }
 
 impl Inner {
@@ -371,12 +378,10 @@ impl Node {
 
     /// When no offer is live any more, closes every unknown connection (§9.1).
     fn check_offers(&self) {
-        let victims: Vec<Connection> = {
+        let victims = {
             let mut inner = self.lock();
-            if inner.hosting(Instant::now()) {
-                return;
-            }
-            inner.unknown.drain().map(|(_, u)| u.conn).collect()
+            let hosting = inner.hosting(Instant::now());
+            inner.unknown.drain_unless_hosting(hosting)
         };
         for c in victims {
             c.close(
@@ -389,38 +394,23 @@ impl Node {
     /// Admits a connection from an unknown peer while hosting: a free slot, or the oldest
     /// idle one's (§9.1). False: refused.
     fn admit_unknown(&self, conn: &Connection) -> bool {
-        let evicted = {
+        let admitted = {
             let mut inner = self.lock();
-            if !inner.hosting(Instant::now()) {
-                return false;
-            }
-            let mut evicted = None;
-            if inner.unknown.len() >= MAX_UNKNOWN_CONNECTIONS {
-                let oldest = inner
-                    .unknown
-                    .iter()
-                    .filter(|(_, u)| !u.active)
-                    .min_by_key(|(_, u)| u.accepted)
-                    .map(|(id, _)| *id);
-                let Some(id) = oldest else { return false };
-                evicted = inner.unknown.remove(&id).map(|u| u.conn);
-            }
-            inner.unknown.insert(
-                conn.stable_id(),
-                Unknown {
-                    conn: conn.clone(),
-                    accepted: Instant::now(),
-                    started: false,
-                    active: false,
-                },
-            );
-            evicted
+            let hosting = inner.hosting(Instant::now());
+            inner
+                .unknown
+                .admit(conn.stable_id(), conn.clone(), Instant::now(), hosting)
         };
-        if let Some(old) = evicted {
-            bump(&self.counters.evicted);
-            old.close(VarInt::from_u32(close::NOT_PAIRED), b"evicted");
+        match admitted {
+            Admit::Refused => false,
+            Admit::Admitted { evicted } => {
+                if let Some(old) = evicted {
+                    bump(&self.counters.evicted);
+                    old.close(VarInt::from_u32(close::NOT_PAIRED), b"evicted");
+                }
+                true
+            }
         }
-        true
     }
 
     /// The peer of `conn` is paired now: its connection stops counting as unknown.
@@ -428,17 +418,10 @@ impl Node {
         let peer = id_bytes(conn.remote_id());
         {
             let mut inner = self.lock();
-            inner.unknown.remove(&conn.stable_id());
+            inner.unknown.remove(conn.stable_id());
             inner.conns.insert(peer, conn.clone());
         }
         conn.set_max_concurrent_bi_streams(VarInt::from_u32(PAIRED_MAX_STREAMS));
-    }
-
-    fn mark_unknown(&self, conn: &Connection, started: bool, active: bool) {
-        if let Some(u) = self.lock().unknown.get_mut(&conn.stable_id()) {
-            u.started |= started;
-            u.active = active;
-        }
     }
 
     fn store(&self, r: &PairingResult) -> Result<Device> {
@@ -579,7 +562,10 @@ impl Node {
                 }
                 Ok(_) => hs.abort(reject::CONNECTION_LOST, "connection lost"),
             };
-            if let Some(body) = out.send.take() {
+            // Accept goes out only after the pairing is stored (below).
+            if !matches!(out.done, Some(Ok(_)))
+                && let Some(body) = out.send.take()
+            {
                 let _ = send.write_all(&wire::encode_frame(&body)).await;
             }
             if let Some(ready) = out.sas.take() {
@@ -672,7 +658,7 @@ impl Node {
         emit(json!({"event": "version_refused", "peer": hex(&peer), "version": 1}));
         if !self.lock().devices.contains_key(&peer) {
             tokio::time::sleep(GRACE).await;
-            self.lock().unknown.remove(&conn.stable_id());
+            self.lock().unknown.remove(conn.stable_id());
             conn.close(VarInt::from_u32(close::PAIRING_FAILED), b"pairing failed");
         }
     }
@@ -708,7 +694,9 @@ impl Node {
             hs.receive(&mut inner.book, &m1, Instant::now(), os_rng())
         };
         let outcome = loop {
-            self.mark_unknown(&conn, false, hs.is_active());
+            self.lock()
+                .unknown
+                .set_active(conn.stable_id(), hs.is_active());
             if let Some(ready) = out.sas.take() {
                 self.emit_sas("host", &remote, &ready.sas);
                 let mut inner = self.lock();
@@ -783,7 +771,7 @@ impl Node {
                 let _ = self.host_events.send(HostEvent::Failed(f));
                 if !self.lock().devices.contains_key(&remote) {
                     tokio::time::sleep(GRACE).await;
-                    self.lock().unknown.remove(&conn.stable_id());
+                    self.lock().unknown.remove(conn.stable_id());
                     let code = if bad_message {
                         close::PROTOCOL_ERROR
                     } else {
@@ -823,17 +811,7 @@ impl Node {
                 let c = conn.clone();
                 tokio::spawn(async move {
                     tokio::time::sleep(UNKNOWN_START_TIMEOUT).await;
-                    let late = {
-                        let mut inner = n.lock();
-                        let late = inner
-                            .unknown
-                            .get(&c.stable_id())
-                            .is_some_and(|u| !u.started);
-                        if late {
-                            inner.unknown.remove(&c.stable_id());
-                        }
-                        late
-                    };
+                    let late = n.lock().unknown.start_deadline(c.stable_id()).is_some();
                     if late {
                         bump(&n.counters.start_timeouts);
                         c.close(
@@ -859,7 +837,7 @@ impl Node {
             let peer = id_bytes(conn.remote_id());
             let mut inner = node.lock();
             if unknown {
-                inner.unknown.remove(&conn.stable_id());
+                inner.unknown.remove(conn.stable_id());
             }
             inner.channels.remove(&conn.stable_id());
             if inner
@@ -908,7 +886,7 @@ impl Node {
             return self.refuse_v1(conn, send).await;
         }
         if kind == PAIR_KIND {
-            self.mark_unknown(&conn, true, false);
+            self.lock().unknown.started(conn.stable_id());
             return self.run_host(conn, send, recv, body).await;
         }
         if !self.lock().devices.contains_key(&peer) {

@@ -330,10 +330,7 @@ impl Th<'_> {
 }
 
 fn unexpected(state: State, msg: &Message) -> ProtoError {
-    ProtoError::new(
-        reject::UNEXPECTED,
-        format!("{} in {state:?}", msg.name()),
-    )
+    ProtoError::new(reject::UNEXPECTED, format!("{} in {state:?}", msg.name()))
 }
 
 /// The host's side of one `pair2` stream (SPAKE2 side B).
@@ -433,7 +430,15 @@ impl HostHandshake {
                     spake_msg,
                     commitment,
                 },
-            ) => self.on_hello(book, session_tag, joiner_id, spake_msg, commitment, now, rng),
+            ) => self.on_hello(
+                book,
+                session_tag,
+                joiner_id,
+                spake_msg,
+                commitment,
+                now,
+                rng,
+            ),
             (
                 State::AwaitConfirm,
                 Message::Confirm {
@@ -962,7 +967,12 @@ mod tests {
         (jd, hd, js, hsas)
     }
 
-    fn run(book: &mut OfferBook, joiner_code: PairingCode, session: u64, now: Instant) -> (Done, Done) {
+    fn run(
+        book: &mut OfferBook,
+        joiner_code: PairingCode,
+        session: u64,
+        now: Instant,
+    ) -> (Done, Done) {
         let (j, h, _, _) = run_with(book, joiner_code, session, now, (true, true));
         (j, h)
     }
@@ -1001,7 +1011,10 @@ mod tests {
             let (j, h, js, hs) = run_with(&mut book, code.clone(), 1, now, approve);
             let j = j.expect("joiner done").expect_err("declined");
             let h = h.expect("host done").expect_err("declined");
-            assert_eq!((j.code, h.code), (reject::SAS_DECLINED, reject::SAS_DECLINED));
+            assert_eq!(
+                (j.code, h.code),
+                (reject::SAS_DECLINED, reject::SAS_DECLINED)
+            );
             // the side that declined reports it locally, the other as the peer's answer
             assert_eq!(j.by_peer, approve.0, "{approve:?}");
             assert_eq!(h.by_peer, approve.1, "{approve:?}");
@@ -1123,7 +1136,9 @@ mod tests {
         let mut identity = [0u8; 32];
         identity[0] = 1;
         // a point of order 8 (small subgroup), not a point, and a non-canonical encoding
-        let torsion = curve25519_dalek::constants::EIGHT_TORSION[1].compress().to_bytes();
+        let torsion = curve25519_dalek::constants::EIGHT_TORSION[1]
+            .compress()
+            .to_bytes();
         let mut not_a_point = [0u8; 32];
         not_a_point[0] = 2;
         let non_canonical = [0xffu8; 32];
@@ -1131,12 +1146,14 @@ mod tests {
             .into_iter()
             .enumerate()
         {
-            assert!(check_point(&{
-                let mut m = [0x41u8; 33];
-                m[1..].copy_from_slice(&p);
-                m
-            })
-            .is_err());
+            assert!(
+                check_point(&{
+                    let mut m = [0x41u8; 33];
+                    m[1..].copy_from_slice(&p);
+                    m
+                })
+                .is_err()
+            );
             let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), i as u64);
             let out = h.receive(&mut book, &hello_with_point(&code, p), now, os_rng());
             let f = out.done.expect("done").expect_err("bad point");

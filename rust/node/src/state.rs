@@ -121,9 +121,7 @@ impl StateDir {
     /// survives a crash.
     fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
         let path = self.dir.join(name);
-        let tmp = self
-            .dir
-            .join(format!(".{name}.{}.tmp", std::process::id()));
+        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
         let _ = fs::remove_file(&tmp);
         let written = (|| -> Result<()> {
             let mut f = OpenOptions::new()
@@ -134,8 +132,7 @@ impl StateDir {
                 .with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(data)?;
             f.sync_all()?;
-            fs::rename(&tmp, &path)
-                .with_context(|| format!("renaming to {}", path.display()))?;
+            fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
             Ok(())
         })();
         if written.is_err() {
@@ -223,11 +220,12 @@ mod tests {
         // a failed write (the target is a directory) leaves the old file and no temporary
         fs::create_dir(d.join("blocked")).expect("mkdir");
         assert!(state.write_atomic("blocked", b"x").is_err());
-        assert!(
-            fs::read_dir(&d)
-                .expect("list")
-                .all(|e| !e.expect("e").file_name().to_string_lossy().ends_with(".tmp"))
-        );
+        assert!(fs::read_dir(&d).expect("list").all(|e| {
+            !e.expect("e")
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".tmp")
+        }));
         drop(state);
         fs::remove_dir_all(&d).expect("cleanup");
     }

@@ -387,7 +387,11 @@ fn spake2_full_run_transcript_keys_and_messages() {
         hx(&accept_mac),
         v["confirm"]["accept_mac"].as_str().expect("mac")
     );
-    assert!(verify_confirmation_mac(&keys.joiner_accept, &th, &accept_mac));
+    assert!(verify_confirmation_mac(
+        &keys.joiner_accept,
+        &th,
+        &accept_mac
+    ));
     assert_eq!(
         hx(&keys.sas),
         v["sas"]["sas_key"].as_str().expect("sas key")
