@@ -325,6 +325,13 @@ def test_cost_printed() -> None:
             return
         raise AssertionError("accepted")
 
+    def check_refused(raw: bytes) -> None:
+        try:
+            Spake2.check(b"B" + raw, "B")
+        except ProtocolError:
+            return
+        raise AssertionError("accepted")
+
     def start_only() -> None:
         Spake2.start("A", pw, id_a=id_a, id_b=id_b, entropy=ent)
 
@@ -344,5 +351,10 @@ def test_cost_printed() -> None:
         f"identity {per_call(lambda: reject(encode(IDENTITY)), 200):.0f} us, "
         f"order-8 point {per_call(lambda: reject(TORSION[-1]), 200):.0f} us, "
         f"valid + order-2 {per_call(lambda: reject(mixed), 200):.0f} us",
+        f"  Spake2.check alone (the host's Hello check, no start): valid "
+        f"{per_call(lambda: Spake2.check(msg_b, 'B'), 500):.0f} us, undecodable "
+        f"{per_call(lambda: check_refused(undecodable), 500):.0f} us, identity "
+        f"{per_call(lambda: check_refused(encode(IDENTITY)), 500):.0f} us, valid + order-2 "
+        f"{per_call(lambda: check_refused(mixed), 500):.0f} us",
     ]
     print("\n" + "\n".join(lines))
