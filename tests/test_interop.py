@@ -1,9 +1,12 @@
 """Cross-language interop: the Python `Node` against the plain-Rust `iroh-pair-node`.
 
 The Rust binary shares no code with the package (only docs/PROTOCOL.md and the vector files):
-pairing in both roles, SAS agreement, sealed requests both ways on the pairing connection, a
-wrong code, and tampered / replayed messages, all on 127.0.0.1 with relays, address lookup and
-the portmapper off. The Rust side's own vector checks run in `cargo test -p iroh-pair-node`.
+pairing version 2 in both roles with the SAS shown to (and approved by) both applications and
+equal on both sides, a SAS declined on the Rust side leaving nothing stored on either side,
+version 1 refused both ways with the typed UNSUPPORTED_VERSION, strangers that cannot block the
+Rust host, sealed requests both ways on the pairing connection, a wrong code, and tampered /
+replayed messages, all on 127.0.0.1 with relays, address lookup and the portmapper off. The
+Rust side's own vector checks run in `cargo test -p iroh-pair-node`.
 """
 
 from __future__ import annotations
@@ -19,12 +22,21 @@ from typing import Any
 import pytest
 
 from iroh_pair.code import PairingCode
-from iroh_pair.errors import RemoteError
+from iroh_pair.errors import RemoteError, StreamReset
 from iroh_pair.messaging import new_message_id
-from iroh_pair.node import Node, NodeEvent, PairingFailed
-from iroh_pair.protocol import ALPN, RejectCode, StreamErrorCode, encode_header
+from iroh_pair.node import Node, NodeEvent, PairingFailed, SasCheck
+from iroh_pair.protocol import (
+    ALPN,
+    MAX_MESSAGE,
+    PAIR_KIND,
+    PAIR_KIND_V1,
+    RejectCode,
+    StreamErrorCode,
+    encode_header,
+    wire,
+)
 from iroh_pair.registry import PairedDevice
-from iroh_pair.transport import EndpointAddr
+from iroh_pair.transport import Connection, Endpoint, EndpointAddr
 
 LOCAL: dict[str, Any] = dict(
     relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
@@ -132,6 +144,27 @@ def collect(node: Node) -> tuple[list[NodeEvent], asyncio.Task[None]]:
     return events, asyncio.ensure_future(run())
 
 
+class Asked:
+    """A ``confirm`` callback that records every SAS question and answers ``answer``."""
+
+    def __init__(self, answer: bool = True) -> None:
+        self.answer = answer
+        self.checks: list[SasCheck] = []
+
+    def __call__(self, check: SasCheck) -> bool:
+        self.checks.append(check)
+        return self.answer
+
+
+def rust_devices(state: Path) -> list[dict[str, Any]]:
+    """What the Rust node stored (nothing when it never wrote its registry)."""
+    path = state / "devices.json"
+    if not path.exists():
+        return []
+    devices: list[dict[str, Any]] = json.loads(path.read_text())["devices"]
+    return devices
+
+
 def rust_device(state: Path) -> dict[str, Any]:
     data: dict[str, Any] = json.loads((state / "devices.json").read_text())
     devices: list[dict[str, Any]] = data["devices"]
@@ -154,7 +187,8 @@ def wrong_words(code: PairingCode) -> str:
 async def test_python_host_rust_joiner(rust_node: Path, tmp_path: Path) -> None:
     async with py_node(tmp_path / "py", "py-host") as host:
         events, task = collect(host)
-        hosted = await host.host_pairing()
+        asked = Asked()
+        hosted = await host.host_pairing(confirm=asked)
         state = tmp_path / "rs"
         async with rust(
             rust_node, "join", str(hosted.code), "--state", str(state), "--name", "rusty",
@@ -167,6 +201,13 @@ async def test_python_host_rust_joiner(rust_node: Path, tmp_path: Path) -> None:
             assert paired["peer"] == str(host.id) and paired["name"] == "py-host"
             assert dev.name == "rusty" and paired["role"] == "joiner"
             assert paired["sas"] == await paired_sas(host, events)
+            # version 2: both applications were shown the same SAS before anything was stored
+            sas = await r.event("sas")
+            assert sas["role"] == "joiner" and sas["approve"] is True
+            assert [c.sas for c in asked.checks] == [sas["sas"]] == [paired["sas"]]
+            assert asked.checks[0].peer_id == bytes.fromhex(ready["id"])
+            assert asked.checks[0].peer_info is not None and asked.checks[0].peer_info.name == "rusty"
+            assert sas["formatted"] == asked.checks[0].formatted
             check_keys(dev, rust_device(state))
             # Rust -> Python on the pairing connection
             reply = await r.event("reply")
@@ -192,12 +233,17 @@ async def test_rust_host_python_joiner(rust_node: Path, tmp_path: Path) -> None:
         code = (await r.event("code"))["code"]
         async with py_node(tmp_path / "py", "py-joiner") as joiner:
             events, task = collect(joiner)
-            dev = await joiner.join(code, timeout=TIMEOUT)
+            asked = Asked()
+            dev = await joiner.join(code, timeout=TIMEOUT, confirm=asked)
             assert str(dev.endpoint_id) == ready["id"] and dev.name == "rusty"
             paired = await r.event("paired")
             assert paired["peer"] == str(joiner.id) and paired["name"] == "py-joiner"
             assert paired["role"] == "host"
             assert paired["sas"] == await paired_sas(joiner, events)
+            sas = await r.event("sas")
+            assert sas["role"] == "host" and sas["peer"] == str(joiner.id)
+            assert [c.sas for c in asked.checks] == [sas["sas"]] == [paired["sas"]]
+            assert asked.checks[0].peer_info is None  # the joiner learns the host's info later
             check_keys(dev, rust_device(state))
             # Python -> Rust, then Rust -> Python, on the pairing connection
             assert await joiner.request(dev, b"hello rust", timeout=TIMEOUT) == b"rust got hello rust"
@@ -331,3 +377,181 @@ async def test_python_dials_rust_serve_after_pairing(rust_node: Path, tmp_path: 
             assert await host.request(dev, b"again", timeout=TIMEOUT) == b"rust got again"
             msg = await r.event("message")
             assert msg["text"] == "again" and msg["stats"]["connections_accepted"] == 1
+
+
+# -- version 2: a declined SAS, version 1 refused, strangers ---------------------------------
+
+
+async def test_rust_joiner_declines_the_sas_nothing_stored(rust_node: Path, tmp_path: Path) -> None:
+    """The Rust joiner's user says no: both sides fail with SAS_DECLINED, nothing is stored,
+    and the declined code ends on the Python host (§8.3)."""
+    state = tmp_path / "rs"
+    async with py_node(tmp_path / "py", "py-host") as host:
+        asked = Asked()
+        hosted = await host.host_pairing(confirm=asked)
+        async with rust(rust_node, "join", str(hosted.code), "--state", str(state),
+                        "--confirm", "no") as r:
+            sas = await r.event("sas")
+            assert sas["approve"] is False
+            failed = await r.event("failed")
+            assert failed["code"] == int(RejectCode.SAS_DECLINED) == 16
+            assert failed["name"] == "SAS_DECLINED" and failed["by_peer"] is False
+            assert await r.wait() == 1
+        with pytest.raises(PairingFailed) as e:
+            await hosted.wait(TIMEOUT)
+        assert e.value.code == RejectCode.SAS_DECLINED and e.value.by_peer
+        # the host saw the same SAS (its Confirm arrived before the joiner's Reject), or none
+        assert [c.sas for c in asked.checks] in ([], [sas["sas"]])
+        assert host.devices() == []
+    assert rust_devices(state) == []
+
+
+async def test_rust_host_declines_the_sas_nothing_stored(rust_node: Path, tmp_path: Path) -> None:
+    """The Rust host's user says no: the Python joiner fails with SAS_DECLINED from the peer
+    and stores nothing; the Rust host stores nothing and ends the code."""
+    state = tmp_path / "rs"
+    async with rust(rust_node, "host", "--state", str(state), "--confirm", "no") as r:
+        code = (await r.event("code"))["code"]
+        async with py_node(tmp_path / "py", "py-joiner") as joiner:
+            asked = Asked()
+            with pytest.raises(PairingFailed) as e:
+                await joiner.join(code, timeout=TIMEOUT, confirm=asked)
+            assert e.value.code == RejectCode.SAS_DECLINED and e.value.by_peer
+            sas = await r.event("sas")
+            assert sas["role"] == "host" and sas["approve"] is False
+            assert [c.sas for c in asked.checks] == [sas["sas"]]
+            failed = await r.event("failed")
+            assert failed["code"] == 16 and failed["by_peer"] is False
+            ended = await r.event("offer_ended")
+            assert ended["code"] == 16  # the code gets no more attempts
+            assert joiner.devices() == []
+            assert await r.wait() == 1
+    assert rust_devices(state) == []
+
+
+async def test_version_1_peer_gets_the_typed_version_error_from_the_rust_host(
+    rust_node: Path, tmp_path: Path
+) -> None:
+    """A version-1 joiner, crafted by hand: a ``pair`` stream with a version-1 Hello (tag, id,
+    pA). The Rust host answers Reject(UNSUPPORTED_VERSION) naming both versions, finishes, does
+    no PAKE work and counts no attempt (the code still pairs afterwards)."""
+    async with rust(rust_node, "host", "--state", str(tmp_path / "rs"), "--serve") as r:
+        code = PairingCode.parse((await r.event("code"))["code"])
+        async with await Endpoint.bind() as ep:
+            conn = await ep.connect(EndpointAddr.from_ticket(code.ticket), ALPN, timeout=5)
+            send, recv = await conn.open_bi()
+            v1_hello = b"\x01" + code.tag + ep.id.to_bytes() + b"A" + bytes(32)
+            assert len(v1_hello) == 82
+            await send.write_frame(encode_header(PAIR_KIND_V1) + v1_hello)
+            body = await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), TIMEOUT)
+            assert body is not None
+            msg = wire.decode(body)
+            assert isinstance(msg, wire.Reject)
+            assert msg.code == RejectCode.UNSUPPORTED_VERSION == 14
+            assert "version 1" in msg.text and "version 2" in msg.text
+            assert await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), TIMEOUT) is None
+            refused = await r.event("version_refused")
+            assert refused["peer"] == str(ep.id) and refused["version"] == 1
+            # an unpaired version-1 peer's connection is closed after the grace period
+            info = await asyncio.wait_for(conn.closed(), TIMEOUT)
+            assert info.code == 2 and info.by_peer
+        async with py_node(tmp_path / "py", "py-joiner") as joiner:
+            dev = await joiner.join(str(code), timeout=TIMEOUT)
+            paired = await r.event("paired")
+            assert paired["peer"] == str(joiner.id) and dev.name == "iroh-pair-node"
+            assert paired["stats"]["version_refused"] == 1
+            # Hello + Confirm + Accept of the one real attempt: the v1 Hello was not processed
+            assert paired["stats"]["pairing_messages_received"] == 3
+
+
+async def test_rust_joiner_facing_a_version_1_host_reports_unsupported_version(
+    rust_node: Path, tmp_path: Path
+) -> None:
+    """A version-1 host does not know ``pair2`` and resets it with UNKNOWN_KIND before any
+    reply: the Rust joiner fails with UNSUPPORTED_VERSION, naming version 2."""
+    async with await Endpoint.bind(alpns=[ALPN], bind_addrs=("127.0.0.1:0",)) as old_host:
+        code = PairingCode.generate(old_host.ticket())
+        seen: list[bytes] = []
+
+        async def version_1_host() -> None:
+            conn = await old_host.accept()
+            assert conn is not None
+            send, recv = await conn.accept_bi()
+            first = await recv.read_frame(MAX_MESSAGE)
+            assert first is not None
+            seen.append(first)
+            recv.stop(int(StreamErrorCode.UNKNOWN_KIND))
+            send.reset(int(StreamErrorCode.UNKNOWN_KIND))
+            await asyncio.sleep(TIMEOUT)
+
+        task = asyncio.ensure_future(version_1_host())
+        try:
+            async with rust(rust_node, "join", str(code), "--state", str(tmp_path / "rs")) as r:
+                failed = await r.event("failed")
+                assert failed["code"] == int(RejectCode.UNSUPPORTED_VERSION) == 14
+                assert failed["name"] == "UNSUPPORTED_VERSION"
+                assert "version 2" in failed["reason"]
+                assert await r.wait() == 1
+            assert seen and seen[0].startswith(encode_header(PAIR_KIND))
+        finally:
+            task.cancel()
+    assert rust_devices(tmp_path / "rs") == []
+
+
+async def _closed_code(conn: Connection) -> int | None:
+    info = await asyncio.wait_for(conn.closed(), TIMEOUT)
+    return info.code
+
+
+async def test_strangers_cannot_block_the_rust_host(rust_node: Path, tmp_path: Path) -> None:
+    """With a code hosted by the Rust node (4 unknown slots): 8 strangers that send nothing,
+    4 that stall inside a pair2 first frame, one that opens a messaging stream. The messaging
+    stream is refused NOT_ADMITTED before its body, a stranger's third concurrent stream is not
+    granted, every stranger is closed NOT_PAIRED (evicted by a newcomer, or past its 5 s start
+    deadline), and a real joiner arriving after all of them pairs."""
+    async with rust(rust_node, "host", "--state", str(tmp_path / "rs"), "--serve") as r:
+        code = PairingCode.parse((await r.event("code"))["code"])
+        target = EndpointAddr.from_ticket(code.ticket)
+        eps: list[Endpoint] = []
+
+        async def stranger() -> Connection:
+            ep = await Endpoint.bind()
+            eps.append(ep)
+            return await ep.connect(target, ALPN, timeout=5)
+
+        try:
+            conns = [await stranger() for _ in range(8)]  # idle
+            for i in range(4):  # stalled: a 60,000-byte pair2 frame's first 8 bytes, then nothing
+                c = await stranger()
+                conns.append(c)
+                s, _ = await c.open_bi()
+                await s.write((60_000).to_bytes(4, "big") + encode_header(PAIR_KIND) + b"\x01")
+                if i == 0:
+                    # at most 2 concurrent streams for a stranger: the third is not granted
+                    s2, _ = await c.open_bi()
+                    await s2.write(b"\x00")
+                    with pytest.raises(TimeoutError):
+                        await asyncio.wait_for(c.open_bi(), 1.0)
+            # a messaging kind from an unknown peer: NOT_ADMITTED after the header, the declared
+            # 1,000-byte body never sent
+            c = await stranger()
+            conns.append(c)
+            send, recv = await c.open_bi()
+            await send.write((1000).to_bytes(4, "big") + encode_header("msg"))
+            with pytest.raises(StreamReset) as e:
+                await asyncio.wait_for(recv.read_frame(MAX_MESSAGE), TIMEOUT)
+            assert e.value.code == StreamErrorCode.NOT_ADMITTED
+            codes = await asyncio.gather(*(_closed_code(c) for c in conns))
+            assert codes == [4] * 13, codes  # NOT_PAIRED
+            async with py_node(tmp_path / "py", "py-joiner") as joiner:
+                dev = await joiner.join(str(code), timeout=TIMEOUT)
+                paired = await r.event("paired")
+                assert paired["peer"] == str(joiner.id) and dev.name == "iroh-pair-node"
+                stats = paired["stats"]
+                # 13 strangers in 4 slots: 9 evicted, the last 4 closed by the start deadline
+                assert stats["evicted"] == 9 and stats["start_timeouts"] == 4, stats
+                assert stats["not_admitted"] == 1
+                assert stats["unknown_connections"] == 0  # the joiner was promoted
+        finally:
+            for ep in eps:
+                await ep.close()

@@ -115,6 +115,8 @@ pub struct Offer {
     active_until: Instant,
     tokens: f64,
     refilled: Instant,
+    /// Ended early with this code (a declined SAS, §8.3): later Hellos get BAD_TAG.
+    pub ended: Option<u16>,
 }
 
 impl Offer {
@@ -129,6 +131,7 @@ impl Offer {
             active_until: now,
             tokens: HELLO_RATE,
             refilled: now,
+            ended: None,
         }
     }
 
@@ -138,7 +141,7 @@ impl Offer {
 
     /// Whether the offer can still pair a device (not used, burned or expired).
     pub fn live(&self, now: Instant) -> bool {
-        !self.used && !self.burned() && now < self.expires_at
+        self.ended.is_none() && !self.used && !self.burned() && now < self.expires_at
     }
 
     fn busy(&self, now: Instant) -> bool {
@@ -147,6 +150,9 @@ impl Offer {
 
     /// USED, BURNED or EXPIRED when the offer has ended, BUSY while a handshake holds it.
     pub fn check(&self, now: Instant) -> Result<(), ProtoError> {
+        if let Some(code) = self.ended {
+            return Err(ProtoError::new(code, "this code was ended"));
+        }
         if self.used {
             return Err(ProtoError::new(
                 reject::USED,
@@ -396,6 +402,11 @@ impl HostHandshake {
             && let Some(offer) = book.offers.get_mut(&tag)
         {
             offer.release(self.session);
+            // Two screens that disagree: someone else knows the code, it gets no more
+            // attempts (§8.3).
+            if matches!(&out.done, Some(Err(f)) if f.code == reject::SAS_DECLINED) {
+                offer.ended = Some(reject::SAS_DECLINED);
+            }
         }
         self.state = State::Failed;
         self.keys = None;
@@ -469,6 +480,7 @@ impl HostHandshake {
         let offer = book
             .offers
             .get_mut(&tag)
+            .filter(|o| o.ended.is_none())
             .ok_or_else(|| ProtoError::new(reject::BAD_TAG, "unknown session tag"))?;
         if joiner_id != self.remote_id {
             return Err(ProtoError::new(
@@ -476,12 +488,13 @@ impl HostHandshake {
                 "claimed id is not the connection's id",
             ));
         }
-        if !offer.used && !offer.burned() && now < offer.expires_at {
+        // An invalid point is refused before any scalar multiplication and before the Hello
+        // rate's token (so it cannot starve the real joiner), and costs no attempt.
+        check_point(&joiner_msg)?;
+        if offer.live(now) {
             offer.rate(now)?;
         }
         offer.check(now)?;
-        // An invalid point is refused before any scalar multiplication, and costs no attempt.
-        check_point(&joiner_msg)?;
         let spake = Spake::start(
             Role::Host,
             &offer.code.password(),
@@ -1170,25 +1183,49 @@ mod tests {
     fn hellos_are_rate_limited_per_offer() {
         let now = Instant::now();
         let (mut book, code) = setup(now);
-        let mut busy = 0;
-        let mut malformed = 0;
+        book.offers.get_mut(&code.tag).expect("offer").max_attempts = 100;
         let mut identity = [0u8; 32];
         identity[0] = 1;
-        for i in 0..25 {
+        // invalid points take no token: 50 of them leave the bucket full
+        for i in 0..50 {
             let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), i);
             let out = h.receive(&mut book, &hello_with_point(&code, identity), now, os_rng());
-            match out.done.expect("done").expect_err("refused").code {
-                reject::BUSY => busy += 1,
-                reject::MALFORMED => malformed += 1,
-                other => panic!("unexpected {other}"),
+            let f = out.done.expect("done").expect_err("bad point");
+            assert_eq!(f.code, reject::MALFORMED);
+        }
+        // valid Hellos at one instant, each handshake abandoned at once: 10 get M2, then BUSY
+        let (mut replies, mut busy) = (0, 0);
+        for i in 100..125 {
+            let mut j = JoinerHandshake::new(code.clone(), JOINER, HOST, CB, info("j"));
+            let mut h = HostHandshake::new(HOST, JOINER, CB, info("h"), i);
+            let out = h.receive(&mut book, &j.start(os_rng()), now, os_rng());
+            match out.done {
+                None => {
+                    replies += 1;
+                    h.abort(&mut book, reject::CANCELLED, "gone");
+                }
+                Some(Err(f)) if f.code == reject::BUSY => busy += 1,
+                other => panic!("unexpected {other:?}"),
             }
         }
-        // a bucket of 10 at one instant: 10 get the (failing) PAKE check, 15 are BUSY
-        assert_eq!((malformed, busy), (10, 15));
+        assert_eq!((replies, busy), (10, 15));
+        assert_eq!(book.offers[&code.tag].attempts_used, 10);
         // refilled after a second: a real joiner gets through
-        let (j, h) = run(&mut book, code.clone(), 100, now + Duration::from_secs(1));
+        let (j, h) = run(&mut book, code.clone(), 200, now + Duration::from_secs(1));
         assert!(j.expect("done").is_ok() && h.expect("done").is_ok());
+    }
+
+    #[test]
+    fn a_declined_sas_ends_the_code() {
+        let now = Instant::now();
+        let (mut book, code) = setup(now);
+        let (_, h, _, _) = run_with(&mut book, code.clone(), 1, now, (false, true));
+        assert_eq!(h.expect("done").expect_err("declined").code, reject::SAS_DECLINED);
+        assert!(!book.hosting(now));
         assert_eq!(book.offers[&code.tag].attempts_used, 1);
+        // the right words again: the code is gone
+        let (j, _) = run(&mut book, code, 2, now);
+        assert_eq!(j.expect("done").expect_err("ended").code, reject::BAD_TAG);
     }
 
     #[test]
