@@ -342,35 +342,63 @@ pub async fn read_body(
     n: usize,
     early: impl FnOnce(usize) -> String,
 ) -> Result<Vec<Bytes>, Error> {
-    let mut blocks = Vec::new();
-    let mut block = bytes::BytesMut::new();
-    // `got`: bytes received; `placed`: bytes in `blocks` (full blocks, not counting `block`).
-    let (mut got, mut placed) = (0, 0);
-    while got < n {
-        match recv.read_chunk(n - got).await? {
-            Some(c) => {
-                let mut c = &c[..];
-                got += c.len();
-                while !c.is_empty() {
-                    if block.len() == block.capacity() {
-                        if !block.is_empty() {
-                            placed += block.len();
-                            blocks.push(block.split().freeze());
-                        }
-                        block = bytes::BytesMut::with_capacity(BODY_BLOCK.min(n - placed));
-                    }
-                    let take = c.len().min(block.capacity() - block.len());
-                    block.extend_from_slice(&c[..take]);
-                    c = &c[take..];
-                }
-            }
-            None => return Err(Error::Truncated(early(got))),
+    let mut blocks = Blocks::new(n);
+    while blocks.got < n {
+        match recv.read_chunk(n - blocks.got).await? {
+            Some(c) => blocks.push(&c),
+            None => return Err(Error::Truncated(early(blocks.got))),
         }
     }
-    if !block.is_empty() {
-        blocks.push(block.freeze());
+    Ok(blocks.finish())
+}
+
+/// Received bytes copied into owned blocks of at most `BODY_BLOCK` bytes, none of them larger
+/// than what is left of `max` (see `read_body`).
+struct Blocks {
+    max: usize,
+    done: Vec<Bytes>,
+    block: bytes::BytesMut,
+    /// Bytes received; bytes in `done` (full blocks, not counting `block`).
+    got: usize,
+    placed: usize,
+}
+
+impl Blocks {
+    fn new(max: usize) -> Self {
+        Self {
+            max,
+            done: Vec::new(),
+            block: bytes::BytesMut::new(),
+            got: 0,
+            placed: 0,
+        }
     }
-    Ok(blocks)
+
+    /// Appends `c` (at most what is left of `max`).
+    fn push(&mut self, mut c: &[u8]) {
+        self.got += c.len();
+        while !c.is_empty() {
+            if self.block.len() == self.block.capacity() {
+                if !self.block.is_empty() {
+                    self.placed += self.block.len();
+                    self.done.push(self.block.split().freeze());
+                }
+                self.block = bytes::BytesMut::with_capacity(
+                    BODY_BLOCK.min(self.max.saturating_sub(self.placed)).max(1),
+                );
+            }
+            let take = c.len().min(self.block.capacity() - self.block.len());
+            self.block.extend_from_slice(&c[..take]);
+            c = &c[take..];
+        }
+    }
+
+    fn finish(mut self) -> Vec<Bytes> {
+        if !self.block.is_empty() {
+            self.done.push(self.block.freeze());
+        }
+        self.done
+    }
 }
 
 /// Reads one frame: `None` at a clean end of stream before any byte of it. The length is checked
@@ -600,7 +628,8 @@ impl RecvStream {
         bridge.submit_sized(py, token, fut, n)
     }
 
-    /// Everything up to the end of the stream; `FrameTooLarge` beyond `limit` bytes.
+    /// Everything up to the end of the stream; `FrameTooLarge` beyond `limit` bytes. Holds what
+    /// has arrived plus less than one block (see `read_body`).
     fn read_to_end(
         &self,
         py: Python<'_>,
@@ -612,18 +641,18 @@ impl RecvStream {
         let inner = self.inner.clone();
         bridge.submit(py, token, async move {
             let mut recv = inner.lock().await;
-            let (mut chunks, mut got) = (Vec::new(), 0);
+            // Copied into blocks as it arrives, as a frame's body is (see `read_body`).
+            let mut blocks = Blocks::new(limit);
             while let Some(c) = recv.read_chunk(usize::MAX).await? {
-                got += c.len();
-                if got > limit {
+                if blocks.got + c.len() > limit {
                     return Err(Error::FrameTooLarge {
                         length: limit as u64 + 1, // at least: the rest is not read
                         limit: limit as u64,
                     });
                 }
-                chunks.push(c);
+                blocks.push(&c);
             }
-            Ok(JoinedOut(chunks))
+            Ok(JoinedOut(blocks.finish()))
         })
     }
 
