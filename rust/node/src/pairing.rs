@@ -1220,7 +1220,10 @@ mod tests {
         let now = Instant::now();
         let (mut book, code) = setup(now);
         let (_, h, _, _) = run_with(&mut book, code.clone(), 1, now, (false, true));
-        assert_eq!(h.expect("done").expect_err("declined").code, reject::SAS_DECLINED);
+        assert_eq!(
+            h.expect("done").expect_err("declined").code,
+            reject::SAS_DECLINED
+        );
         assert!(!book.hosting(now));
         assert_eq!(book.offers[&code.tag].attempts_used, 1);
         // the right words again: the code is gone
