@@ -7,14 +7,16 @@ answers one JSON line per command line:
 
 * ``{"op": "host", "ttl": 300}`` -> ``{"code": "...", "tag": "<hex>", "index": i}``
 * ``{"op": "wait", "index": i, "timeout": t}`` -> ``{"device": name}`` or ``{"error": "..."}``
-* ``{"op": "stats"}`` -> the node's counters, unknown slots in use and each offer's attempts
+* ``{"op": "stats"}`` -> the node's counters, unknown slots in use, each offer's attempts and
+  the spy's counts
 * ``{"op": "cpu"}`` -> ``{"cpu": process CPU seconds}``
 * ``{"op": "hello_rate", "rate": r, "burst": b}`` -> sets the Hello token bucket of offers made
   afterwards (module constants of :mod:`iroh_pair.protocol.offer`)
 * ``{"op": "quit"}``
 
 The host answers every ``msg`` request with its bytes (echo). The SPAKE2 work of the host's
-state machine is counted (``stats``: ``spake_starts``, ``spake_finishes``; ``hello_seconds``, the
+state machine is counted (``stats``: ``spake_starts``, ``spake_finishes``, ``spake_checks``
+(point checks before any SPAKE2 work); ``hello_seconds``, the
 time spent in ``HostHandshake.receive`` on Hellos): a spy, not a mock, the real code runs.
 
 :class:`HostProcess` is the test side's client.
@@ -128,6 +130,7 @@ class _Spy:
 
     spake_starts = 0
     spake_finishes = 0
+    spake_checks = 0
     hellos = 0
     hello_seconds = 0.0
 
@@ -155,6 +158,14 @@ def _install_spy() -> None:
             key: bytes = self._inner.finish(peer_msg)
             return key
 
+        @staticmethod
+        def check(*args: Any, **kwargs: Any) -> Any:
+            _Spy.spake_checks += 1
+            return real.check(*args, **kwargs)
+
+    for name in dir(real):  # anything else the machine uses, as it is
+        if not name.startswith("_") and name not in vars(CountingSpake2):
+            setattr(CountingSpake2, name, getattr(real, name))
     setattr(machine, "Spake2", CountingSpake2)
     receive = machine.HostHandshake.receive
 
@@ -215,6 +226,7 @@ async def _child(data_dir: Path) -> None:
                     ],
                     "spake_starts": _Spy.spake_starts,
                     "spake_finishes": _Spy.spake_finishes,
+                    "spake_checks": _Spy.spake_checks,
                     "hellos": _Spy.hellos,
                     "hello_seconds": _Spy.hello_seconds,
                 })
