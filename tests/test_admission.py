@@ -325,3 +325,42 @@ async def test_stranger_cannot_send_large_first_frames(tmp_path: Path) -> None:
     finally:
         await close_all(strangers)
         await host.close()
+
+
+async def test_newcomer_refused_only_when_every_slot_is_pairing(tmp_path: Path) -> None:
+    """Four handshakes in progress (each host-side SAS question still open) fill the slots:
+    none is evicted for a stranger, who is refused instead; then all four pair."""
+    host = await open_local_node(tmp_path / "host", "host")
+    asked = 0
+    answer = asyncio.Event()
+
+    async def confirm(check: object) -> bool:
+        nonlocal asked
+        asked += 1
+        await asyncio.wait_for(answer.wait(), 30)
+        return True
+
+    joiners = [await open_local_node(tmp_path / f"j{i}", f"j{i}") for i in range(4)]
+    strangers: list[Stranger] = []
+    try:
+        codes = [await host.host_pairing(confirm=confirm) for _ in joiners]
+        joins = [asyncio.ensure_future(j.join(str(h.code), timeout=60)) for j, h in zip(joiners, codes)]
+        for _ in range(200):
+            if asked == 4:
+                break
+            await asyncio.sleep(0.05)
+        assert asked == 4 and len(host._unknown) == 4
+        s = await stranger(host.endpoint.addr())
+        strangers.append(s)
+        info = await asyncio.wait_for(s.closed, SLACK)
+        assert info.code == CloseCode.NOT_PAIRED and bytes(info.reason) == b"busy: try again"
+        assert host.counters["unknown_refused"] == 1 and host.counters["unknown_evicted"] == 0
+        answer.set()
+        devices = await asyncio.wait_for(asyncio.gather(*joins), 60)
+        assert sorted(d.name for d in devices) == ["host"] * 4
+        assert len(host.devices()) == 4 and host.counters["unknown_promoted"] == 4
+    finally:
+        await close_all(strangers)
+        for j in joiners:
+            await j.close()
+        await host.close()

@@ -1236,12 +1236,28 @@ class Node:
             q.put_nowait(ev)
 
     def stats(self) -> dict[str, object]:
-        """Counters: the endpoint's (native), the cache's, and the node's own."""
+        """Counters: the endpoint's (native), the cache's, and the node's own.
+
+        ``node`` includes the admission of unknown peers (docs/PROTOCOL.md §9.1):
+        ``unknown_admitted``, ``unknown_evicted`` (closed to make room, "evicted"),
+        ``unknown_refused`` (every slot was pairing), ``unknown_start_timeouts`` (no pairing
+        within ``unknown_start_timeout``), ``unknown_closed_offer_end``, ``unknown_promoted``
+        (paired: no longer unknown) and ``unknown_protocol_errors`` (closed for a malformed
+        Hello); ``not_admitted`` counts every refused connection and stream. ``admission``
+        is the slots in use now. Example::
+
+            s = node.stats()
+            print(s["admission"]["unknown_connections"], s["node"]["unknown_evicted"])
+        """
         return {
             "endpoint": self.endpoint.stats(),
             "cache": self.cache.stats(),
             "node": dict(self.counters),
             "rejections": dict(self.rejections),
+            "admission": {
+                "unknown_connections": len(self._unknown),
+                "max_unknown_connections": self.max_unknown_connections,
+            },
         }
 
     def _spawn(self, coro: Awaitable[None]) -> None:
