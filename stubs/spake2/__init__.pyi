@@ -1,4 +1,4 @@
-# Minimal hand-written stub for python-spake2 0.9 (the parts iroh-pair uses).
+# Minimal hand-written stub for python-spake2 0.9 (the parts the tests and tools/gen_vectors.py use: it is their oracle).
 from collections.abc import Callable
 
 class SPAKEError(Exception): ...
