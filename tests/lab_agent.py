@@ -22,7 +22,18 @@ Roles:
   - ``steady``: numbered messages until ``stop``; prints ``steady`` after 20 and
     ``recovered`` at the first one through after ``mark link_up``;
   - ``soak``: numbered messages for ``--minutes``, a ``sample`` line every ``--sample-every``
-    seconds (messages, latency p50/p99, RSS).
+    seconds (messages, the interval's latency p50/p99/max and histogram, RSS, open fds);
+    ``--resume`` (no ``--code``): a restarted joiner continues with the peer it paired with
+    before, at the message its outbox file (``soak-outbox`` in ``--data``) names, under the
+    same message id (what ``bench/soak.py`` uses after killing a joiner).
+
+Constant-size state (issue #35): whatever runs for an hour keeps no per-message record. The
+receiver keeps the ids it got in :class:`IdWindow` (a bitmap window over the id space plus
+counters for repeats and gaps), the sender its latencies in :class:`LatencyHistogram` (fixed
+log-spaced buckets: p50/p99 within 2%, max exact), reset every sample interval; the host also
+prints a ``sample`` line (RSS, fds, receive counters) every ``--sample-every`` seconds instead
+of keeping them. ``--leak`` (tests only) makes the host's handler keep every payload: the
+deliberate leak with which ``tests/test_soak.py`` checks that the soak's RSS check can fail.
 
 Application-level exactly-once: the sender retries each message until it is acknowledged,
 always under the same ``message_id`` (``Node.request(..., message_id=...)``), so the receiving
@@ -44,11 +55,11 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import math
 import os
-import statistics
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +91,173 @@ def rss_kb() -> int:
     return 0
 
 
+def open_fds() -> int:
+    """How many file descriptors this process has open (Linux /proc)."""
+    try:
+        return len(os.listdir("/proc/self/fd"))
+    except OSError:
+        return -1
+
+
+class LatencyHistogram:
+    """Latencies in fixed log-spaced buckets (HDR-style, constant size): bucket ``i`` holds
+    ``[MIN * G**i, MIN * G**(i+1))`` seconds, so a quantile read from it is within ``G - 1``
+    (4%, reported at the bucket's geometric middle: within 2%) of the true one; ``max`` is
+    exact. ``counts`` is a plain list, ``sparse()`` its non-zero buckets (what a ``sample``
+    line carries, so a harness can merge intervals).
+
+    >>> h = LatencyHistogram()
+    >>> for x in (0.001, 0.002, 0.003): h.add(x)
+    >>> round(h.quantile(0.5) * 1000, 1), h.max
+    (2.0, 0.003)
+    """
+
+    MIN = 1e-5  # 10 µs
+    G = 1.04
+    BUCKETS = 420  # up to MIN * G**420 ≈ 140 s; longer ones land in the last bucket
+
+    def __init__(self) -> None:
+        self.counts = [0] * self.BUCKETS
+        self.n = 0
+        self.max = 0.0
+        self.total = 0.0
+
+    @classmethod
+    def index(cls, seconds: float) -> int:
+        if seconds <= cls.MIN:
+            return 0
+        return min(cls.BUCKETS - 1, int(math.log(seconds / cls.MIN) / math.log(cls.G)))
+
+    @classmethod
+    def value(cls, i: int) -> float:
+        return float(cls.MIN * cls.G ** (i + 0.5))
+
+    def add(self, seconds: float) -> None:
+        self.counts[self.index(seconds)] += 1
+        self.n += 1
+        self.total += seconds
+        self.max = max(self.max, seconds)
+
+    def merge_sparse(self, sparse: dict[str, int], mx: float) -> None:
+        for k, c in sparse.items():
+            self.counts[int(k)] += c
+            self.n += c
+        self.max = max(self.max, mx)
+
+    def quantile(self, q: float) -> float | None:
+        if self.n == 0:
+            return None
+        rank = max(1, math.ceil(q * self.n))
+        seen = 0
+        for i, c in enumerate(self.counts):
+            seen += c
+            if seen >= rank:
+                return min(self.value(i), self.max)
+        return self.max
+
+    def sparse(self) -> dict[str, int]:
+        return {str(i): c for i, c in enumerate(self.counts) if c}
+
+    def summary(self) -> dict[str, Any]:
+        return {"n": self.n, "p50_ms": ms(self.quantile(0.5)), "p99_ms": ms(self.quantile(0.99)),
+                "max_ms": ms(self.max) if self.n else None}
+
+
+class IdWindow:
+    """The message ids a receiver got, in constant space: a bitmap over ``[base, base+size)``
+    plus counters. Ids arrive roughly in order (the sender retries each until acknowledged);
+    when an id beyond the window arrives, the window slides and every id it leaves behind
+    without having seen it counts as missing (the first 50 are kept). A second bitmap marks ids
+    seen more than once, so ``exactly_once`` is exact within the window.
+
+    >>> w = IdWindow(64)
+    >>> for n in (0, 1, 1, 3): w.add(n)
+    >>> w.report()["unique"], w.report()["repeated_deliveries"], w.report()["missing"]
+    (3, 1, [2])
+    """
+
+    def __init__(self, size: int = 1 << 16) -> None:
+        self.size = size - size % 8
+        self.base = 0
+        self.bits = bytearray(self.size // 8)
+        self.rep = bytearray(self.size // 8)
+        self.unique = 0
+        self.deliveries = 0
+        self.repeated = 0  # deliveries beyond the first, per id
+        self.repeated_ids = 0  # ids delivered more than once
+        self.below = 0  # ids below the window (already slid past): counted as repeats
+        self.max_id = -1
+        self.missing_slid = 0
+        self.missing_first: list[int] = []
+
+    def _slide(self, n: int) -> None:
+        """Moves the window so that it ends at ``n`` (whole bytes): every id it leaves behind
+        unseen is missing (all are below ``n``, which has just arrived)."""
+        shift = max(n - (self.base + self.size) + 1, self.size // 4)  # a quarter at least
+        shift = -(-shift // 8) * 8  # whole bytes
+        nbytes = shift // 8
+        gone = self.bits[:nbytes]
+        seen = sum(bin(b).count("1") for b in gone)
+        self.missing_slid += shift - seen
+        if len(self.missing_first) < 50:
+            for i in range(self.base, self.base + shift):
+                off = i - self.base
+                if off >= self.size or not self.bits[off >> 3] >> (off & 7) & 1:
+                    self.missing_first.append(i)
+                    if len(self.missing_first) == 50:
+                        break
+        if nbytes >= len(self.bits):
+            self.bits = bytearray(len(self.bits))
+            self.rep = bytearray(len(self.rep))
+        else:
+            self.bits = self.bits[nbytes:] + bytearray(nbytes)
+            self.rep = self.rep[nbytes:] + bytearray(nbytes)
+        self.base += shift
+
+    def add(self, n: int) -> None:
+        """Records one delivery of id ``n`` (``n >= 0``)."""
+        self.deliveries += 1
+        if n < self.base:
+            self.below += 1
+            self.repeated += 1
+            return
+        if n >= self.base + self.size:
+            self._slide(n)
+        off = n - self.base
+        byte, bit = off >> 3, 1 << (off & 7)
+        if self.bits[byte] & bit:
+            self.repeated += 1
+            if not self.rep[byte] & bit:
+                self.rep[byte] |= bit
+                self.repeated_ids += 1
+        else:
+            self.bits[byte] |= bit
+            self.unique += 1
+        self.max_id = max(self.max_id, n)
+
+    def report(self) -> dict[str, Any]:
+        missing = list(self.missing_first)
+        count = self.missing_slid
+        for i in range(self.base, self.max_id + 1):
+            off = i - self.base
+            if not self.bits[off >> 3] >> (off & 7) & 1:
+                count += 1
+                if len(missing) < 50:
+                    missing.append(i)
+        return {
+            "unique": self.unique,
+            "deliveries": self.deliveries,
+            "repeated_deliveries": self.repeated,
+            "repeated_ids": self.repeated_ids,
+            "exactly_once": self.unique - self.repeated_ids,
+            "below_window": self.below,
+            "applied": self.unique,  # once per id, by construction of handle()
+            "max_id": self.max_id,
+            "missing": missing,
+            "missing_count": count,
+        }
+
+
 def percentile(xs: list[float], q: float) -> float | None:
     if not xs:
         return None
@@ -98,14 +276,18 @@ class PathWatch:
     def __init__(self, node: Node, peer: PairedDevice) -> None:
         self.node = node
         self.peer = peer
-        self.log: list[dict[str, Any]] = []
+        # bounded, for hour-long soaks: the last path events, the first selected kinds
+        self.log: deque[dict[str, Any]] = deque(maxlen=200)
         self.kinds_listed: set[str] = set()
-        self.selected_seq: list[str] = []  # distinct consecutive selected kinds
-        self.conn_ids: list[int] = []
+        self.selected_seq: list[str] = []  # distinct consecutive selected kinds (first 100)
+        self.selected_changes = 0
+        self.conn_ids: deque[int] = deque(maxlen=20)
+        self.connections = 0
         self.direct_at: float | None = None
         self._watched: Connection | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
+        self._last_selected: str | None = None
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._poll()))
@@ -127,8 +309,11 @@ class PathWatch:
         for p in conn.paths():
             self.kinds_listed.add(p.kind)
             if p.selected:
-                if not self.selected_seq or self.selected_seq[-1] != p.kind:
-                    self.selected_seq.append(p.kind)
+                if self._last_selected != p.kind:
+                    self._last_selected = p.kind
+                    self.selected_changes += 1
+                    if len(self.selected_seq) < 100:
+                        self.selected_seq.append(p.kind)
                     self.log.append({"at": now(), "selected": p.kind, "addr": p.addr})
                     emit("path", selected=p.kind, addr=p.addr, conn=conn.stable_id)
                     self._changed.set()
@@ -141,7 +326,8 @@ class PathWatch:
             if conn is not None and conn is not self._watched:
                 self._watched = conn
                 self.conn_ids.append(conn.stable_id)
-                emit("connection", conn=conn.stable_id, side=conn.side, n=len(self.conn_ids))
+                self.connections += 1
+                emit("connection", conn=conn.stable_id, side=conn.side, n=self.connections)
                 self._tasks.append(asyncio.create_task(self._events(conn)))
             if self._watched is not None and not self._watched.is_closed:
                 self._note(self._watched)
@@ -186,8 +372,9 @@ class PathWatch:
             "kinds_listed": sorted(self.kinds_listed),
             "direct_ever_listed": "direct" in self.kinds_listed,
             "direct_ever_selected": "direct" in self.selected_seq,
-            "connections_seen": len(self.conn_ids),
-            "path_log": self.log[-60:],
+            "selected_changes": self.selected_changes,
+            "connections_seen": self.connections,
+            "path_log": list(self.log)[-60:],
         }
 
 
@@ -200,9 +387,10 @@ class Agent:
         self.marks: dict[str, float] = {}
         self.stop = asyncio.Event()
         self.node_events: Counter[str] = Counter()
-        self.rss: list[tuple[float, int]] = []
+        self.rss: deque[tuple[float, int]] = deque(maxlen=120)  # the last 10 minutes at 5 s
         # receiver side
-        self.deliveries: Counter[int] = Counter()
+        self.ids = IdWindow()
+        self.leaked: list[bytes] = []  # --leak: every payload, kept (the deliberate leak)
         self.blob_bytes = 0
         self.requests_answered = 0
 
@@ -230,8 +418,15 @@ class Agent:
             emit("node_event", kind=ev.kind, path=ev.path, detail=ev.detail[:120])
 
     async def sample_rss(self) -> None:
+        """RSS every ``--sample-every`` s (the last 120 kept); the host also prints each as a
+        ``sample`` line with its open fds and receive counters (the joiner's soak prints its own)."""
         while True:
-            self.rss.append((now(), rss_kb()))
+            kb = rss_kb()
+            self.rss.append((now(), kb))
+            if self.args.role == "host":
+                ids = self.ids
+                emit("sample", rss_kb=kb, fds=open_fds(), unique=ids.unique, repeated=ids.repeated,
+                     max_id=ids.max_id, leaked=len(self.leaked))
             await asyncio.sleep(self.args.sample_every)
 
     def paired(self, dev: PairedDevice) -> None:
@@ -249,7 +444,8 @@ class Agent:
             "node_events": dict(self.node_events),
             "counters": dict(self.node.counters),
             "paths": self.watch.summary() if self.watch else None,
-            "rss_kb": self.rss,
+            "rss_kb": list(self.rss),
+            "fds": open_fds(),
             # what the endpoint knows of itself at the end: with QUIC address discovery at the
             # relay this includes the NAT-mapped public address
             "ip_addrs": self.node.endpoint.addr().ip_addrs,
@@ -260,7 +456,9 @@ class Agent:
     def handle(self, dev: PairedDevice, data: bytes) -> bytes:
         if data.startswith(b"seq:"):
             n = int(data.split(b":", 2)[1])
-            self.deliveries[n] += 1  # the application applies n only on its first delivery
+            self.ids.add(n)  # the application applies n only on its first delivery
+            if self.args.leak:
+                self.leaked.append(data)
             return b"ack:%d" % n
         if data.startswith(b"blob:"):
             self.blob_bytes += len(data) - 5
@@ -282,21 +480,11 @@ class Agent:
         emit("code", code=str(hosted.code))
         self.paired(await hosted.wait(90))
         await self.stop.wait()
-        ids = sorted(self.deliveries)
-        top = ids[-1] if ids else -1
-        missing = sorted(set(range(top + 1)) - set(ids))
         emit(
             "done",
             role="host",
-            received={
-                "unique": len(ids),
-                "deliveries": sum(self.deliveries.values()),
-                "repeated_deliveries": sum(c - 1 for c in self.deliveries.values()),
-                "applied": len(ids),  # once per id, by construction of handle()
-                "max_id": top,
-                "missing": missing[:50],
-                "missing_count": len(missing),
-            },
+            received=self.ids.report(),
+            leaked=len(self.leaked),
             blob_bytes=self.blob_bytes,
             requests_answered=self.requests_answered,
             **self.common(),
@@ -306,7 +494,13 @@ class Agent:
 
     async def run_join(self) -> None:
         started = time.monotonic()
-        dev = await self.node.join(self.args.code, timeout=60)
+        if self.args.resume:  # restarted: the peer paired before, from the registry
+            devs = self.node.devices()
+            if len(devs) != 1:
+                raise RuntimeError(f"--resume needs exactly one paired device, found {len(devs)}")
+            dev = devs[0]
+        else:
+            dev = await self.node.join(self.args.code, timeout=60)
         paired_at = time.monotonic()
         self.paired(dev)
         addr = self.node.endpoint.addr()
@@ -385,10 +579,12 @@ class Agent:
             "selected_at_end": self.watch.selected(),
         }
 
-    async def send_numbered(self, dev: PairedDevice, n: int, stats: dict[str, Any]) -> float:
-        """Sends message ``n`` until it is acknowledged; returns its latency (last attempt)."""
-        payload = b"seq:%d:" % n + b"x" * 64
-        mid = new_message_id()
+    async def send_numbered(self, dev: PairedDevice, n: int, stats: dict[str, Any],
+                            mid: bytes | None = None) -> float:
+        """Sends message ``n`` (under ``mid``, default a fresh id) until it is acknowledged;
+        returns its latency (last attempt)."""
+        payload = b"seq:%d:" % n + b"x" * self.args.payload_bytes
+        mid = mid or new_message_id()
         attempt = 0
         while True:
             attempt += 1
@@ -441,32 +637,62 @@ class Agent:
                 "recovery_after_link_up_s": None if recovered is None else round(recovered, 3),
                 "selected_at_end": self.watch.selected() if self.watch else None}
 
+    def outbox(self) -> tuple[int, bytes | None]:
+        """The soak's outbox file: the next message number and its message id, written before
+        the message's first attempt, so that a killed and restarted joiner (``--resume``) sends
+        the same message under the same id (the receiver then answers DUPLICATE if it had it)."""
+        try:
+            n, mid = (self.args.data / "soak-outbox").read_text().split()
+            return int(n), bytes.fromhex(mid)
+        except (OSError, ValueError):
+            return 0, None
+
+    def write_outbox(self, n: int, mid: bytes) -> None:
+        tmp = self.args.data / "soak-outbox.tmp"
+        tmp.write_text(f"{n} {mid.hex()}\n")
+        os.replace(tmp, self.args.data / "soak-outbox")
+
     async def work_soak(self, dev: PairedDevice, started: float, paired_at: float) -> dict[str, Any]:
+        """Numbered messages until ``--minutes`` (from the agent's start) or ``stop``; constant
+        state: the interval's :class:`LatencyHistogram` (reset at every ``sample`` line) and the
+        whole run's, counters, and a ``stall`` line whenever an acknowledgement came more than
+        1 s after the previous one (when the harness's faults are felt, and for how long)."""
         stats: dict[str, Any] = {"failed_attempts": 0, "retried_messages": 0, "duplicates_answered": 0,
                                  "errors": []}
-        end = time.monotonic() + self.args.minutes * 60
+        end = T0 + self.args.minutes * 60
+        n, mid = self.outbox() if self.args.resume else (0, None)
+        first = n
+        if self.args.resume:
+            emit("resumed", at_message=n, same_id=mid is not None)
+        interval, whole = LatencyHistogram(), LatencyHistogram()
         next_sample = time.monotonic() + self.args.sample_every
-        window: list[float] = []
-        all_lat: list[float] = []
-        samples: list[dict[str, Any]] = []
-        n = 0
+        last_ack = time.monotonic()
         while time.monotonic() < end and not self.stop.is_set():
-            lat = await self.send_numbered(dev, n, stats)
+            mid = mid or new_message_id()
+            self.write_outbox(n, mid)
+            failed_before = stats["failed_attempts"]
+            lat = await self.send_numbered(dev, n, stats, mid)
+            acked = time.monotonic()
+            if acked - last_ack > 1.0:
+                emit("stall", n=n, gap_s=round(acked - last_ack, 3),
+                     failed_attempts=stats["failed_attempts"] - failed_before,
+                     selected=self.watch.selected() if self.watch else None)
+            last_ack = acked
             n += 1
-            window.append(lat)
-            all_lat.append(lat)
-            if time.monotonic() >= next_sample:
-                s = {"at": now(), "messages": n, "window": len(window), "p50_ms": ms(percentile(window, 0.5)),
-                     "p99_ms": ms(percentile(window, 0.99)), "rss_kb": rss_kb(),
-                     "selected": self.watch.selected() if self.watch else None}
-                samples.append(s)
-                emit("sample", **s)
-                window = []
-                next_sample += self.args.sample_every
+            mid = None
+            interval.add(lat)
+            whole.add(lat)
+            if acked >= next_sample:
+                emit("sample", messages=n, rss_kb=rss_kb(), fds=open_fds(), **interval.summary(),
+                     hist=interval.sparse(), failed_attempts=stats["failed_attempts"],
+                     selected=self.watch.selected() if self.watch else None)
+                interval = LatencyHistogram()
+                next_sample = max(next_sample + self.args.sample_every, acked)
             await asyncio.sleep(self.args.interval)
-        return {"sent": n, "acked": n, **stats, "samples": samples,
-                "p50_ms": ms(percentile(all_lat, 0.5)), "p99_ms": ms(percentile(all_lat, 0.99)),
-                "mean_ms": ms(statistics.fmean(all_lat)) if all_lat else None,
+        self.write_outbox(n, new_message_id())
+        return {"sent": n, "acked": n, "first": first, **stats, **{f"whole_{k}": v for k, v in whole.summary().items()},
+                "p50_ms": ms(whole.quantile(0.5)), "p99_ms": ms(whole.quantile(0.99)),
+                "mean_ms": ms(whole.total / whole.n) if whole.n else None,
                 "selected_at_end": self.watch.selected() if self.watch else None}
 
 
@@ -478,7 +704,7 @@ def node_options(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "relay": [args.relay],
         "lookup": LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server),
-        "bind_addrs": (),  # every interface of the device
+        "bind_addrs": (args.bind,) if args.bind else (),  # default: every interface of the device
         "portmapper": False,
         "ca_certs": Path(args.ca_cert).read_bytes() if args.ca_cert else None,
     }
@@ -519,6 +745,7 @@ def main() -> int:
     p.add_argument("--dns-server")
     p.add_argument("--ca-cert", help="extra trusted CA (PEM) for the relay's QUIC address discovery")
     p.add_argument("--local", action="store_true", help="loopback only: no relay, no lookup")
+    p.add_argument("--bind", help="with servers: bind this address only (e.g. 127.0.0.1:0)")
     p.add_argument("--code", help="join: the host's pairing code")
     p.add_argument("--work", choices=("direct", "relayed", "steady", "soak"), default="direct")
     p.add_argument("--direct-timeout", type=float, default=30.0)
@@ -529,9 +756,15 @@ def main() -> int:
     p.add_argument("--attempt-timeout", type=float, default=5.0)
     p.add_argument("--minutes", type=float, default=1.0)
     p.add_argument("--sample-every", type=float, default=5.0)
+    p.add_argument("--payload-bytes", type=int, default=64, help="numbered messages: filler bytes")
+    p.add_argument("--resume", action="store_true",
+                   help="join: restarted; use the device paired before and the soak's outbox file")
+    p.add_argument("--leak", action="store_true",
+                   help="host, tests only: the handler keeps every payload (a deliberate leak)")
     args = p.parse_args()
-    if args.role == "join" and not args.code:
-        p.error("--role join needs --code")
+    args.data = Path(args.data)
+    if args.role == "join" and not (args.code or args.resume):
+        p.error("--role join needs --code (or --resume)")
     return asyncio.run(amain(args))
 
 

@@ -156,6 +156,12 @@ impl Proc {
         }
     }
 
+    /// Kills the process (SIGKILL) and reaps it.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+        emit("lab", json!({"event": "killed", "proc": self.label}));
+    }
+
     /// Writes one command line to the process's stdin.
     pub async fn send(&mut self, line: &str) -> Result<()> {
         let stdin = self

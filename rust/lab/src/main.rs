@@ -15,6 +15,7 @@
 //! iroh-pair-lab SCENARIO --python PYTHON --agent tests/lab_agent.py
 //!     [--relay-bin PATH] [--dns-bin PATH] [--deadline SECS] [--minutes M] [--pairs N]
 //!     [--outage SECS] [--outage-side join|host]
+//!     [--interval SECS] [--faults] [--fault-every SECS] [--server-down SECS]
 //! iroh-pair-lab list
 //! ```
 //!
@@ -44,7 +45,8 @@ use crate::scenario::Scenario;
 
 const USAGE: &str = "usage: iroh-pair-lab SCENARIO --python PYTHON --agent AGENT.py \
 [--relay-bin PATH] [--dns-bin PATH] [--deadline SECS] [--minutes M] [--pairs N] \
-[--outage SECS] [--outage-side join|host]\n       iroh-pair-lab list";
+[--outage SECS] [--outage-side join|host] [--interval SECS] [--faults] [--fault-every SECS] \
+[--server-down SECS]\n       iroh-pair-lab list";
 
 /// The command line.
 #[derive(Debug, Clone)]
@@ -64,6 +66,15 @@ pub struct Args {
     pub outage: Duration,
     /// Outage: which device loses its link ("join" or "host").
     pub outage_side: String,
+    /// Soak: pause between a joiner's messages, seconds.
+    pub interval: f64,
+    /// Soak: inject the fault schedule (link outage, joiner killed and restarted, relay
+    /// restarted, lookup server restarted, in turn).
+    pub faults: bool,
+    /// Soak: seconds between faults (0: the run's length / 5).
+    pub fault_every: f64,
+    /// Soak: how long a restarted server stays down.
+    pub server_down: Duration,
 }
 
 fn default_bin(name: &str, env: &str) -> PathBuf {
@@ -110,6 +121,10 @@ fn parse_args() -> Result<Option<Args>> {
         pairs: 1,
         outage: Duration::from_secs(5),
         outage_side: "join".into(),
+        interval: 0.02,
+        faults: false,
+        fault_every: 0.0,
+        server_down: Duration::from_secs(3),
     };
     let mut deadline = None;
     while let Some(a) = it.next() {
@@ -136,11 +151,37 @@ fn parse_args() -> Result<Option<Args>> {
                     Duration::from_secs_f64(value("--outage")?.parse().context("bad --outage")?)
             }
             "--outage-side" => args.outage_side = value("--outage-side")?,
+            "--interval" => {
+                args.interval = value("--interval")?.parse().context("bad --interval")?
+            }
+            "--faults" => args.faults = true,
+            "--fault-every" => {
+                args.fault_every = value("--fault-every")?
+                    .parse()
+                    .context("bad --fault-every")?
+            }
+            "--server-down" => {
+                args.server_down = Duration::from_secs_f64(
+                    value("--server-down")?
+                        .parse()
+                        .context("bad --server-down")?,
+                )
+            }
             other => bail!("unknown argument {other:?}\n{USAGE}"),
         }
     }
     if args.minutes.is_nan() || args.minutes <= 0.0 || args.pairs == 0 {
         bail!("--minutes and --pairs must be positive");
+    }
+    if args.interval.is_nan()
+        || args.interval < 0.0
+        || args.fault_every.is_nan()
+        || args.fault_every < 0.0
+    {
+        bail!("--interval and --fault-every must not be negative");
+    }
+    if args.fault_every == 0.0 {
+        args.fault_every = args.minutes * 60.0 / 5.0;
     }
     if args.outage_side != "join" && args.outage_side != "host" {
         bail!("--outage-side must be join or host");

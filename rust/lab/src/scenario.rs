@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use crate::Args;
 use crate::agent::Proc;
 use crate::out::emit;
-use crate::world::{LanKind, World};
+use crate::world::{LanKind, Server, World};
 
 /// A scenario of the lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -70,7 +70,9 @@ impl Scenario {
             Self::Outage => {
                 "link down/up on one device during steady messaging: exactly-once delivery"
             }
-            Self::Soak => "steady messaging for --minutes: one connection per pair, RSS flat",
+            Self::Soak => {
+                "steady messaging for --minutes, optional --faults: exactly once, reconnects, RSS/fds flat"
+            }
             Self::Lan(l) => l.about(),
         }
     }
@@ -82,7 +84,7 @@ impl Scenario {
     /// Seconds for the whole run unless `--deadline` says otherwise.
     pub fn default_deadline(self, args: &Args) -> f64 {
         match self {
-            Self::Soak => args.minutes * 60.0 + 120.0,
+            Self::Soak => args.minutes * 60.0 + 180.0 + 30.0 * args.pairs as f64,
             Self::Outage => 120.0 + args.outage.as_secs_f64(),
             Self::Lan(l) => l.deadline(),
             _ => 120.0,
@@ -245,7 +247,12 @@ async fn outage(args: &Args) -> Result<Value> {
 }
 
 /// Scenario 5 (`bench/soak.py --lab`): `--pairs` pairs, each on two Moderate NATs, steady
-/// messaging for `--minutes`.
+/// messaging for `--minutes`. With `--faults`, every `--fault-every` seconds one fault, in
+/// turn: the link of pair k's joiner device down for `--outage` s; pair k's joiner killed
+/// (SIGKILL) and restarted with `--resume` (same data directory and outbox); the relay
+/// restarted; the lookup server restarted (each down for `--server-down` s). Each fault is a
+/// `fault` line (`phase` `start`, then `end`); `bench/soak.py` attributes reconnects and
+/// stalls to them.
 async fn soak(args: &Args) -> Result<Value> {
     let mut w = World::new(args, "soak").await?;
     let mut devs = Vec::new();
@@ -263,20 +270,72 @@ async fn soak(args: &Args) -> Result<Value> {
         devs.push((a, b));
     }
     let topology = w.net.topology();
-    let minutes = args.minutes.to_string();
-    let work = strings(&[
-        "--work",
-        "soak",
-        "--minutes",
-        &minutes,
-        "--interval",
-        "0.02",
-    ]);
+    let interval = args.interval.to_string();
+    let work = |minutes: f64| {
+        strings(&[
+            "--work",
+            "soak",
+            "--minutes",
+            &minutes.to_string(),
+            "--interval",
+            &interval,
+        ])
+    };
     let mut agents = Vec::new();
     for (a, b) in &devs {
-        agents.push(pair(&w, a, b, &work).await?);
+        agents.push(pair(&w, a, b, &work(args.minutes)).await?);
     }
-    let wait = Duration::from_secs_f64(args.minutes * 60.0 + 60.0);
+    // The joiners' clocks started at their own start; the schedule counts from here.
+    let start = tokio::time::Instant::now();
+    let total = args.minutes * 60.0;
+    let mut faults = Vec::new();
+    let cycle = ["outage", "kill", "relay", "dns"];
+    let mut k = 0usize;
+    while args.faults && (k + 1) as f64 * args.fault_every < total - 10.0 {
+        tokio::time::sleep_until(
+            start + Duration::from_secs_f64((k + 1) as f64 * args.fault_every),
+        )
+        .await;
+        let kind = cycle[k % cycle.len()];
+        let i = k % args.pairs;
+        let target = matches!(kind, "outage" | "kill").then_some(i);
+        emit(
+            "lab",
+            json!({"event": "fault", "kind": kind, "pair": target, "phase": "start", "n": k}),
+        );
+        let t0 = crate::out::now();
+        match kind {
+            "outage" => {
+                let iface = devs[i].1.iface("eth0").context("device has no eth0")?;
+                iface.link_down().await.context("link_down")?;
+                tokio::time::sleep(args.outage).await;
+                iface.link_up().await.context("link_up")?;
+            }
+            "kill" => {
+                agents[i].1.kill().await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let left = (total - start.elapsed().as_secs_f64()).max(1.0) / 60.0;
+                let mut extra = vec!["--resume".to_string()];
+                extra.extend(work(left));
+                let mut j = w.agent(&devs[i].1, "join", &extra)?;
+                j.wait_event("paired", STEP)
+                    .await
+                    .context("restarted joiner")?;
+                agents[i].1 = j;
+            }
+            "relay" => w.restart_server(Server::Relay, args.server_down).await?,
+            _ => w.restart_server(Server::Dns, args.server_down).await?,
+        }
+        let took = crate::out::now() - t0;
+        emit(
+            "lab",
+            json!({"event": "fault", "kind": kind, "pair": target, "phase": "end", "n": k, "took_s": took}),
+        );
+        faults.push(json!({"kind": kind, "pair": target, "took_s": took}));
+        k += 1;
+    }
+    let left = (total - start.elapsed().as_secs_f64()).max(0.0);
+    let wait = Duration::from_secs_f64(left + 90.0);
     let mut pairs = Vec::new();
     for (h, mut j) in agents {
         let join = j.wait_event("done", wait).await?;
@@ -287,5 +346,5 @@ async fn soak(args: &Args) -> Result<Value> {
     if pairs.is_empty() {
         bail!("no pairs");
     }
-    Ok(json!({"topology": topology, "minutes": args.minutes, "pairs": pairs}))
+    Ok(json!({"topology": topology, "minutes": args.minutes, "faults": faults, "pairs": pairs}))
 }

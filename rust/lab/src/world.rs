@@ -127,6 +127,17 @@ pub struct World {
     workdir: PathBuf,
     python: PathBuf,
     agent: PathBuf,
+    /// The public host's device and how to start each server on it (for restarts).
+    server_dev: Device,
+    relay: (PathBuf, Vec<String>),
+    dns: (PathBuf, Vec<String>),
+}
+
+/// The servers of a [`World`], for [`World::restart_server`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    Relay,
+    Dns,
 }
 
 impl World {
@@ -142,6 +153,8 @@ impl World {
         let workdir = std::env::temp_dir().join(format!("iroh-pair-lab-{}", std::process::id()));
         std::fs::create_dir_all(&workdir)?;
         let (ca_cert, relay_cert, relay_key) = make_certs(&workdir, ip)?;
+        let cfg = workdir.join("dns.toml");
+        std::fs::write(&cfg, dns_config(&workdir.join("dns-data"), &ip.to_string()))?;
         let mut world = Self {
             servers: Vec::new(),
             net,
@@ -150,52 +163,64 @@ impl World {
             workdir,
             python: args.python.clone(),
             agent: args.agent.clone(),
+            server_dev: host,
+            relay: (
+                args.relay_bin.clone(),
+                vec![
+                    "--http-bind".into(),
+                    format!("{ip}:{RELAY_PORT}"),
+                    "--tls-cert".into(),
+                    relay_cert.display().to_string(),
+                    "--tls-key".into(),
+                    relay_key.display().to_string(),
+                    "--quic-bind".into(),
+                    format!("{ip}:{QAD_PORT}"),
+                ],
+            ),
+            dns: (
+                args.dns_bin.clone(),
+                vec!["--config".into(), cfg.display().to_string()],
+            ),
         };
-        let quiet = [("RUST_LOG", "warn"), ("NO_COLOR", "1")];
-        let mut relay = Proc::spawn(
-            &host,
-            "relay",
-            &args.relay_bin,
-            &[
-                "--http-bind".into(),
-                format!("{ip}:{RELAY_PORT}"),
-                "--tls-cert".into(),
-                relay_cert.display().to_string(),
-                "--tls-key".into(),
-                relay_key.display().to_string(),
-                "--quic-bind".into(),
-                format!("{ip}:{QAD_PORT}"),
-            ],
-            &quiet,
-            false,
-        )?;
-        let ready = relay
-            .wait_event("ready", Duration::from_secs(20))
-            .await
-            .context("relay server")?;
-        if ready["quic_addr"].as_str() != Some(format!("{ip}:{QAD_PORT}").as_str()) {
-            bail!("the relay did not start QUIC address discovery on {ip}:{QAD_PORT}: {ready}");
-        }
+        let relay = world.start_server(Server::Relay).await?;
         world.servers.push(relay);
-
-        let cfg = world.workdir.join("dns.toml");
-        std::fs::write(
-            &cfg,
-            dns_config(&world.workdir.join("dns-data"), &ip.to_string()),
-        )?;
-        let mut dns = Proc::spawn(
-            &host,
-            "dns",
-            &args.dns_bin,
-            &["--config".into(), cfg.display().to_string()],
-            &quiet,
-            false,
-        )?;
-        dns.wait_event("ready", Duration::from_secs(20))
-            .await
-            .context("lookup server")?;
+        let dns = world.start_server(Server::Dns).await?;
         world.servers.push(dns);
         Ok(world)
+    }
+
+    /// Starts one server on the public host and waits for its ready line.
+    async fn start_server(&self, which: Server) -> Result<Proc> {
+        let quiet = [("RUST_LOG", "warn"), ("NO_COLOR", "1")];
+        let ((bin, argv), label) = match which {
+            Server::Relay => (&self.relay, "relay"),
+            Server::Dns => (&self.dns, "dns"),
+        };
+        let mut p = Proc::spawn(&self.server_dev, label, bin, argv, &quiet, false)?;
+        let ready = p
+            .wait_event("ready", Duration::from_secs(20))
+            .await
+            .with_context(|| format!("{label} server"))?;
+        if which == Server::Relay {
+            let ip = self.server_ip;
+            if ready["quic_addr"].as_str() != Some(format!("{ip}:{QAD_PORT}").as_str()) {
+                bail!("the relay did not start QUIC address discovery on {ip}:{QAD_PORT}: {ready}");
+            }
+        }
+        Ok(p)
+    }
+
+    /// Kills a server (SIGKILL), waits `down`, starts it again on the same addresses (the
+    /// lookup server keeps its database) and waits until it is ready.
+    pub async fn restart_server(&mut self, which: Server, down: Duration) -> Result<()> {
+        let idx = match which {
+            Server::Relay => 0,
+            Server::Dns => 1,
+        };
+        self.servers[idx].kill().await;
+        tokio::time::sleep(down).await;
+        self.servers[idx] = self.start_server(which).await?;
+        Ok(())
     }
 
     pub fn relay_url(&self) -> String {
