@@ -17,7 +17,8 @@ is the library's. Two flavours:
 the cycle: the link of one joiner's device down for ``--outage`` s, a joiner process killed
 (SIGKILL) and restarted (``--resume``: same data directory, same outbox), the relay restarted,
 the lookup server restarted. Loopback has only the kill (no link, relay or lookup server);
-single-device faults go to pair ``k % pairs``.
+single-device faults go to pair ``(k + k // cycle length) % pairs``
+(every pair gets each kind in turn).
 
 Report (printed, ``--json FILE`` and a plot ``FILE.png`` beside it), per pair: messages sent,
 delivered exactly once, lost, repeated, connections used and reconnects (per fault), p50/p99/max
@@ -142,7 +143,7 @@ def schedule(args: argparse.Namespace, cycle: tuple[str, ...]) -> list[tuple[flo
     out = []
     k = 0
     while (k + 1) * every < total - 10:
-        out.append(((k + 1) * every, cycle[k % len(cycle)], k % args.pairs))
+        out.append(((k + 1) * every, cycle[k % len(cycle)], (k + k // len(cycle)) % args.pairs))
         k += 1
     return out
 

@@ -248,7 +248,7 @@ async fn outage(args: &Args) -> Result<Value> {
 
 /// Scenario 5 (`bench/soak.py --lab`): `--pairs` pairs, each on two Moderate NATs, steady
 /// messaging for `--minutes`. With `--faults`, every `--fault-every` seconds one fault, in
-/// turn: the link of pair k's joiner device down for `--outage` s; pair k's joiner killed
+/// turn: the link of one pair's joiner device down for `--outage` s; a joiner killed
 /// (SIGKILL) and restarted with `--resume` (same data directory and outbox); the relay
 /// restarted; the lookup server restarted (each down for `--server-down` s). Each fault is a
 /// `fault` line (`phase` `start`, then `end`); `bench/soak.py` attributes reconnects and
@@ -297,7 +297,8 @@ async fn soak(args: &Args) -> Result<Value> {
         )
         .await;
         let kind = cycle[k % cycle.len()];
-        let i = k % args.pairs;
+        // pair k's device, shifted each cycle so that every pair gets each kind in turn
+        let i = (k + k / cycle.len()) % args.pairs;
         let target = matches!(kind, "outage" | "kill").then_some(i);
         emit(
             "lab",
