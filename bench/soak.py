@@ -475,6 +475,36 @@ def plot(rep: dict[str, Any], lines: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def markdown(rep: dict[str, Any], json_path: str, png_path: str) -> str:
+    """A short Markdown section for bench/RESULTS.md from a report (``--summarize``)."""
+    mode = rep["mode"] + (" with faults" if rep["faults"] else "")
+    kinds = [f["kind"] for f in rep["faults"] if f.get("phase") == "start"]
+    out = [f"### Soak: {mode}, {rep['minutes']:g} min, {len(rep['pairs'])} pairs, one message per "
+           f"{rep['interval']:g} s per pair",
+           "",
+           f"`bench/soak.py` report [{json_path}]({Path(json_path).name}), plot [{png_path}]({Path(png_path).name}). "
+           f"Wall {rep['wall_s'] / 60:.1f} min; warm-up {rep['warmup_s']:g} s; limits: RSS +{rep['limits']['rss_pct']:g}% "
+           f"and {rep['limits']['rss_kib_h']:g} KiB/hour (spans >= {rep['limits']['slope_span_s']:g} s), fds "
+           f"+{rep['limits']['fds']}." + (f" Faults ({len(kinds)}): {', '.join(kinds)}." if kinds else ""),
+           "",
+           "| pair | sent | exactly once | lost | repeated | connections | reconnects per fault (longest stall) | p50 / p99 / max ms |",
+           "|---|---|---|---|---|---|---|---|"]
+    for p in rep["pairs"]:
+        lat = p["latency"]
+        per = ", ".join(f"{f['kind']} {f['reconnects']} ({f['max_stall_s']:.1f} s)" for f in p["per_fault"]) or "none"
+        out.append(f"| {p['pair']} | {p['sent']} | {p['delivered_exactly_once']} | {p['lost']} | {p['repeated']} | "
+                   f"{p['connections']} | {per} | {lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']} |")
+    out += ["", "| process | post-warm-up span | RSS KiB | growth | KiB/hour | fds first → last (max) |",
+            "|---|---|---|---|---|---|"]
+    for p in rep["pairs"]:
+        for r in p["processes"]:
+            out.append(f"| {r['proc']}#{r['incarnation']} | {r['post_warmup_span_s'] / 60:.1f} min | "
+                       f"{r['warm_kb']} → {r['end_kb']} | {r['growth_pct']}% | {r['slope_kib_h']} | "
+                       f"{r.get('fds_first')} → {r.get('fds_last')} ({r.get('fds_max')}) |")
+    out += ["", "Checks: " + ("all passed." if not rep["failures"] else "; ".join(rep["failures"])), ""]
+    return "\n".join(out)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description="steady messaging with faults: exactly once, reconnects, latency, RSS, fds")
     ap.add_argument("--minutes", type=float, default=1.0)
@@ -499,7 +529,13 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the report here (and the plot beside it, .png)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--lines", type=Path, help="also write every process's JSON lines here (JSON Lines)")
+    ap.add_argument("--summarize", type=Path, help="print a Markdown section for bench/RESULTS.md from this report")
     args = ap.parse_args()
+    if args.summarize:
+        done = json.loads(args.summarize.read_text())
+        rel = os.path.relpath(args.summarize, ROOT)
+        print(markdown(done, rel, str(Path(rel).with_suffix(".png"))))
+        return 0
     args.report_every = args.report_every or (60.0 if args.minutes >= 10 else 10.0)
     args.warmup = args.warmup or (60.0 if args.minutes >= 10 else 30.0)
     if args.lab and args.leak:
