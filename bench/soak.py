@@ -309,6 +309,9 @@ def process_report(lines: list[dict[str, Any]], src: str, warmup: float, every: 
             r.update(warm_kb=warm, end_kb=end, max_kb=max(x[1] for x in after),
                      growth_kb=end - warm, growth_pct=round(100.0 * (end - warm) / warm, 2),
                      slope_kib_h=slope_kib_h([(t, kb) for t, kb, _ in after]),
+                     # the second half alone: a plateau reached early is not an ongoing leak
+                     slope_second_half_kib_h=slope_kib_h([(t, kb) for t, kb, _ in after
+                                                          if t >= after[0][0] + span / 2]),
                      fds_first=after[0][2], fds_last=after[-1][2],
                      fds_min=min(x[2] for x in after), fds_max=max(x[2] for x in after))
         else:
@@ -494,12 +497,14 @@ def markdown(rep: dict[str, Any], json_path: str, png_path: str) -> str:
         per = ", ".join(f"{f['kind']} {f['reconnects']} ({f['max_stall_s']:.1f} s)" for f in p["per_fault"]) or "none"
         out.append(f"| {p['pair']} | {p['sent']} | {p['delivered_exactly_once']} | {p['lost']} | {p['repeated']} | "
                    f"{p['connections']} | {per} | {lat['p50_ms']} / {lat['p99_ms']} / {lat['max_ms']} |")
-    out += ["", "| process | post-warm-up span | RSS KiB | growth | KiB/hour | fds first → last (max) |",
+    out += ["", "| process | post-warm-up span | RSS KiB | growth | KiB/hour (whole span / second half) "
+                "| fds first → last (max) |",
             "|---|---|---|---|---|---|"]
     for p in rep["pairs"]:
         for r in p["processes"]:
             out.append(f"| {r['proc']}#{r['incarnation']} | {r['post_warmup_span_s'] / 60:.1f} min | "
-                       f"{r['warm_kb']} → {r['end_kb']} | {r['growth_pct']}% | {r['slope_kib_h']} | "
+                       f"{r['warm_kb']} → {r['end_kb']} | {r['growth_pct']}% | {r['slope_kib_h']} / "
+                       f"{r.get('slope_second_half_kib_h')} | "
                        f"{r.get('fds_first')} → {r.get('fds_last')} ({r.get('fds_max')}) |")
     out += ["", "Checks: " + ("all passed." if not rep["failures"] else "; ".join(rep["failures"])), ""]
     return "\n".join(out)
@@ -529,6 +534,8 @@ def main() -> int:
     ap.add_argument("--json", type=Path, help="write the report here (and the plot beside it, .png)")
     ap.add_argument("--no-plot", action="store_true")
     ap.add_argument("--lines", type=Path, help="also write every process's JSON lines here (JSON Lines)")
+    ap.add_argument("--from-lines", type=Path,
+                    help="rebuild the report from a --lines file of an earlier run (same run options)")
     ap.add_argument("--summarize", type=Path, help="print a Markdown section for bench/RESULTS.md from this report")
     args = ap.parse_args()
     if args.summarize:
@@ -542,15 +549,18 @@ def main() -> int:
         ap.error("--leak is loopback only")
     sink = Sink()
     error = None
-    try:
-        (run_lab if args.lab else run_loopback)(args, sink)
-    except (RuntimeError, TimeoutError) as e:
-        error = str(e)
+    if args.from_lines:
+        sink.lines = [json.loads(x) for x in args.from_lines.read_text().splitlines() if x.strip()]
+    else:
+        try:
+            (run_lab if args.lab else run_loopback)(args, sink)
+        except (RuntimeError, TimeoutError) as e:
+            error = str(e)
     lines = sink.lines
-    if args.lines:
+    if args.lines and not args.from_lines:
         args.lines.write_text("".join(json.dumps(e) + "\n" for e in lines))
     faults = [e for e in lines if e.get("event") == "fault"]
-    end_t = now()
+    end_t = max(e["t"] for e in lines) if args.from_lines and lines else now()
     rep: dict[str, Any] = {
         "mode": "lab" if args.lab else "loopback", "minutes": args.minutes, "interval": args.interval,
         "pairs_n": args.pairs, "wall_s": end_t, "warmup_s": args.warmup, "report_every_s": args.report_every,
@@ -572,7 +582,8 @@ def main() -> int:
               f"p99 {lat['p99_ms']} ms, max {lat['max_ms']} ms")
         for r in p["processes"]:
             print(f"    {r['proc']}#{r['incarnation']}: RSS {r['warm_kb']} -> {r['end_kb']} KiB "
-                  f"({r['growth_pct']}%, {r['slope_kib_h']} KiB/h over {r['post_warmup_span_s']} s), "
+                  f"({r['growth_pct']}%, {r['slope_kib_h']} KiB/h over {r['post_warmup_span_s']} s, second half "
+                  f"{r.get('slope_second_half_kib_h')} KiB/h), "
                   f"fds {r.get('fds_first')} -> {r.get('fds_last')} (max {r.get('fds_max')})")
     for b in bad:
         print("FAIL:", b)
