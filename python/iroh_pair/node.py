@@ -731,10 +731,18 @@ class Node:
                 # Different SAS on the two screens means someone else knows the code (§8.3):
                 # it gets no more attempts.
                 for offer in compared:
-                    self._end_offer(offer, PairingFailed(
+                    declined = PairingFailed(
                         RejectCode.SAS_DECLINED,
                         "the SAS was not confirmed: someone else may know this code; make a new one",
-                        out.by_peer))
+                        out.by_peer)
+                    if out.by_peer:
+                        self._end_offer(offer, declined)
+                    else:
+                        # Declined here: no more Hellos at once, but hosted.wait() fails only
+                        # after the grace, so that an app which then exits lets our Reject out.
+                        self._offers.remove(offer.tag)
+                        asyncio.get_running_loop().call_later(
+                            FAILURE_GRACE, self._end_offer, offer, declined)
             # an unknown peer's connection is closed after the grace period: PROTOCOL_ERROR
             # for an invalid Hello (e.g. a bad SPAKE2 point, §9), else PAIRING_FAILED
             self._after_failed_attempt(conn, out)

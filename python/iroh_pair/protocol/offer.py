@@ -176,6 +176,11 @@ class PairingOffer:
         self._active_until = now + self.confirm_timeout
         return self._active_until
 
+    @property
+    def holds_any(self) -> bool:
+        """True while some handshake holds the code (past its deadline or not)."""
+        return self._active is not None
+
     def holds(self, session: object) -> bool:
         """True if ``session`` is the active handshake."""
         return self._active is session
