@@ -9,6 +9,7 @@
 mod admission;
 mod bench;
 mod code;
+mod delivered;
 #[cfg(test)]
 mod fuzz;
 mod kdf;
@@ -43,6 +44,8 @@ const NODE_USAGE: &str = "
   iroh-pair-node request DEVICE TEXT [--tamper | --replay] [OPTIONS]
       DEVICE is an EndpointId (hex); prints the reply, or the stream error code of a refusal
   iroh-pair-node devices [OPTIONS]
+  iroh-pair-node unpair DEVICE [OPTIONS]
+      remove a paired device and forget its delivered message ids
   OPTIONS: --state DIR  --name NAME  --device-type TYPE  --peer-addr TICKET  --relay URL
            --pkarr-url URL  --dns-origin ORIGIN  --dns-server ADDR  --bind ADDR
            --confirm yes|no  (the answer to \"do both screens show this SAS?\", default yes;
@@ -145,7 +148,7 @@ async fn main() -> Result<()> {
             let mib: usize = bench::arg(&raw, "--mib").unwrap_or("64".into()).parse()?;
             bench::bench(&workload, count, mib).await
         }
-        Some(mode @ ("host" | "join" | "serve" | "send" | "request" | "devices")) => {
+        Some(mode @ ("host" | "join" | "serve" | "send" | "request" | "devices" | "unpair")) => {
             let mode = mode.to_owned();
             let args = Args::parse(raw[1..].to_vec())?;
             let code = match run(&mode, &args).await {
@@ -283,6 +286,12 @@ async fn run(mode: &str, args: &Args) -> Result<i32> {
                 );
             }
             0
+        }
+        "unpair" => {
+            let peer = parse_id(&args.pos(0, "DEVICE")?)?;
+            let removed = node.unpair(&peer)?;
+            emit(json!({"event": "unpaired", "id": hex(&peer), "removed": removed}));
+            if removed { 0 } else { 1 }
         }
         _ => usage(),
     };

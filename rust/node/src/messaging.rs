@@ -1,8 +1,6 @@
 //! Sealed application messages (PROTOCOL.md §13): subkeys, AAD, counters, replay window,
 //! message ids.
 
-use std::collections::{HashSet, VecDeque};
-
 use chacha20poly1305::ChaCha20Poly1305;
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 
@@ -16,7 +14,6 @@ pub const MESSAGE_ID_LEN: usize = 16;
 pub const HEADER_LEN: usize = 9;
 pub const OVERHEAD: usize = HEADER_LEN + MESSAGE_ID_LEN + 16;
 pub const REPLAY_WINDOW: u64 = 1024;
-pub const SEEN_IDS_CAPACITY: usize = 4096;
 pub const DEFAULT_MAX_PLAINTEXT: usize = 16 * 1024 * 1024 - 128;
 
 pub type MessageId = [u8; MESSAGE_ID_LEN];
@@ -126,32 +123,6 @@ impl ReplayWindow {
                 self.top = Some(counter);
             }
         }
-    }
-}
-
-/// A bounded LRU set of delivered message ids of one peer.
-#[derive(Debug, Default)]
-pub struct SeenIds {
-    order: VecDeque<MessageId>,
-    set: HashSet<MessageId>,
-}
-
-impl SeenIds {
-    /// True if new; a known id is refreshed as most recent.
-    pub fn add(&mut self, id: MessageId) -> bool {
-        if self.set.contains(&id) {
-            self.order.retain(|x| x != &id);
-            self.order.push_back(id);
-            return false;
-        }
-        self.set.insert(id);
-        self.order.push_back(id);
-        if self.order.len() > SEEN_IDS_CAPACITY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-        true
     }
 }
 

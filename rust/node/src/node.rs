@@ -21,8 +21,9 @@ use tokio::sync::mpsc;
 
 use crate::admission::{Admit, Slots};
 use crate::code::PairingCode;
+use crate::delivered::{self, Check, Delivered};
 use crate::kdf::{ALPN, PAIRING_BINDING_LABEL};
-use crate::messaging::{self, MessageChannel, MessageId, SeenIds, new_message_id};
+use crate::messaging::{self, MessageChannel, MessageId, new_message_id};
 use crate::pairing::{
     CONFIRM_TIMEOUT, Failure, HANDSHAKE_TIMEOUT, HostHandshake, JoinerHandshake, Offer, OfferBook,
     PairingResult, os_rng,
@@ -113,7 +114,8 @@ struct Inner {
     unknown: Slots<Connection>,
     devices: HashMap<[u8; 32], Device>,
     book: OfferBook,
-    seen: HashMap<[u8; 32], SeenIds>,
+    /// Delivered message ids per device, persisted (§13.8), and the ids being handled.
+    delivered: Delivered,
     /// One channel per connection (by stable id), with the peer it is for.
     channels: HashMap<usize, Arc<Mutex<MessageChannel>>>,
     conns: HashMap<[u8; 32], Connection>,
@@ -128,7 +130,7 @@ impl Default for Inner {
             unknown: Slots::new(MAX_UNKNOWN_CONNECTIONS),
             devices: HashMap::new(),
             book: OfferBook::default(),
-            seen: HashMap::new(),
+            delivered: Delivered::memory(),
             channels: HashMap::new(),
             conns: HashMap::new(),
             hints: HashMap::new(),
@@ -141,6 +143,20 @@ impl Default for Inner {
 impl Inner {
     fn hosting(&self, now: Instant) -> bool {
         self.book.hosting(now)
+    }
+}
+
+/// A message being handled: dropped without being disarmed (a panic in the handler), it ends
+/// the in-progress mark without recording the id (§13.8).
+struct Handling<'a> {
+    node: &'a Node,
+    peer: [u8; 32],
+    id: MessageId,
+}
+
+impl Drop for Handling<'_> {
+    fn drop(&mut self) {
+        self.node.lock().delivered.abandon(&self.peer, &self.id);
     }
 }
 
@@ -289,6 +305,7 @@ impl Node {
             for d in s.load_devices()? {
                 inner.devices.insert(d.id()?, d);
             }
+            inner.delivered = Delivered::load(&s.dir, delivered::now_ms())?;
         }
         let ep = bind_endpoint(key, net).await?;
         let (tx, rx) = mpsc::unbounded_channel();
@@ -437,8 +454,8 @@ impl Node {
         if let Some(s) = &self.state {
             s.save_devices(&all)?;
         }
+        // a re-pairing keeps the delivered ids (§13.8)
         inner.devices.insert(r.peer_id, dev.clone());
-        inner.seen.remove(&r.peer_id);
         // channels of an existing connection were built with the old keys
         inner
             .channels
@@ -446,16 +463,49 @@ impl Node {
         Ok(dev)
     }
 
-    /// Removes a stored pairing again (the host refused to finish, §5).
+    /// Removes a stored pairing again (the host refused to finish, §5). The delivered ids
+    /// stay: this undoes a pairing, it is not an unpairing (§13.8).
     fn forget(&self, peer: &[u8; 32]) -> Result<()> {
         let mut inner = self.lock();
         inner.devices.remove(peer);
-        inner.seen.remove(peer);
         if let Some(s) = &self.state {
             let all: Vec<Device> = inner.devices.values().cloned().collect();
             s.save_devices(&all)?;
         }
         Ok(())
+    }
+
+    /// Unpairs `peer`: removes its entry and forgets its delivered ids (§13.8), closes its
+    /// connection. False if it was not paired.
+    pub fn unpair(&self, peer: &[u8; 32]) -> Result<bool> {
+        let conn = {
+            let mut inner = self.lock();
+            let known = inner.devices.remove(peer).is_some();
+            if let Some(s) = &self.state {
+                let all: Vec<Device> = inner.devices.values().cloned().collect();
+                s.save_devices(&all)?;
+            }
+            inner.delivered.forget(peer)?;
+            inner
+                .channels
+                .retain(|_, ch| ch.lock().map(|c| c.peer_id != *peer).unwrap_or(false));
+            if !known {
+                return Ok(false);
+            }
+            inner.conns.remove(peer)
+        };
+        if let Some(c) = conn {
+            c.close(VarInt::from_u32(close::NOT_PAIRED), b"unpaired");
+        }
+        Ok(true)
+    }
+
+    /// Whether `id` from `peer` is recorded as delivered (§13.8).
+    #[cfg(test)]
+    pub fn is_delivered(&self, peer: &[u8; 32], id: &MessageId) -> bool {
+        self.lock()
+            .delivered
+            .is_delivered(peer, id, delivered::now_ms())
     }
 
     pub fn paired_json(&self, r: &PairingResult) -> Value {
@@ -904,12 +954,17 @@ impl Node {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .open(&kind, &body, None);
+        // §13.8: DUPLICATE for a delivered id, IN_PROGRESS for one being handled (streams are
+        // served concurrently); otherwise it is marked in progress until recorded below.
         let opened = opened.and_then(|m| {
-            let mut inner = self.lock();
-            if inner.seen.entry(peer).or_default().add(m.message_id) {
-                Ok(m)
-            } else {
-                Err(messaging::Rejected(stream::DUPLICATE))
+            match self
+                .lock()
+                .delivered
+                .begin(&peer, &m.message_id, delivered::now_ms())
+            {
+                Check::New => Ok(m),
+                Check::Duplicate => Err(messaging::Rejected(stream::DUPLICATE)),
+                Check::InProgress => Err(messaging::Rejected(stream::IN_PROGRESS)),
             }
         });
         let msg = match opened {
@@ -922,6 +977,13 @@ impl Node {
                 );
                 return refuse(&mut send, &mut recv, r.0);
             }
+        };
+        // Whatever happens to this task before the commit below (a panic), the id stops being
+        // in progress and nothing is recorded: a retry is delivered.
+        let handling = Handling {
+            node: &self,
+            peer,
+            id: msg.message_id,
         };
         bump(&self.counters.messages_delivered);
         let mut reply = b"rust got ".to_vec();
@@ -942,6 +1004,17 @@ impl Node {
             "connection": conn.stable_id(),
             "stats": self.stats(),
         }));
+        // The handler (the echo above) has returned: record the id before the reply goes out.
+        // If the log cannot be written the id is still recorded in memory and the reply goes
+        // out (the handler did run once); only a restart would deliver a retry again.
+        std::mem::forget(handling);
+        let recorded = self
+            .lock()
+            .delivered
+            .commit(&peer, &msg.message_id, delivered::now_ms());
+        if let Err(e) = recorded {
+            eprintln!("recording a delivered message id failed: {e:#}");
+        }
         if send.write_all(&sealed).await.is_ok() {
             let _ = send.finish();
         }
@@ -1050,5 +1123,89 @@ impl Node {
             }
         }
         Ok(replies)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kdf::{Role, SessionKeys};
+
+    fn result(peer: [u8; 32], key: u8) -> PairingResult {
+        PairingResult {
+            role: Role::Host,
+            peer_id: peer,
+            keys: SessionKeys {
+                send: [key; 32],
+                receive: [key ^ 0xff; 32],
+            },
+            sas: "123456".into(),
+            peer_info: DeviceInfo {
+                name: "peer".into(),
+                device_type: "other".into(),
+                os: "linux".into(),
+                app_version: "1".into(),
+            },
+            transcript_hash: [0; 32],
+        }
+    }
+
+    fn info() -> DeviceInfo {
+        DeviceInfo {
+            name: "node".into(),
+            device_type: "other".into(),
+            os: "linux".into(),
+            app_version: "1".into(),
+        }
+    }
+
+    /// Re-pairing and an undone pairing keep a device's delivered ids, unpairing forgets them,
+    /// and a new node on the same state directory sees what is on disk.
+    #[tokio::test]
+    async fn delivered_ids_survive_re_pairing_and_go_with_unpairing() {
+        let dir = std::env::temp_dir().join(format!(
+            "iroh-pair-node-test-node-delivered-{}-{}",
+            std::process::id(),
+            hex(&new_message_id()[..4])
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        let state = StateDir::open(&dir).expect("state");
+        let (node, _events) = Node::open(Some(state), info(), &NetConfig::default(), true)
+            .await
+            .expect("open");
+        let (a, b) = ([0xa1; 32], [0xb2; 32]);
+        let (m1, m2) = (new_message_id(), new_message_id());
+        node.store(&result(a, 1)).expect("pair a");
+        node.store(&result(b, 2)).expect("pair b");
+        for (peer, m) in [(a, m1), (b, m2)] {
+            let mut inner = node.lock();
+            assert_eq!(
+                inner.delivered.begin(&peer, &m, delivered::now_ms()),
+                Check::New
+            );
+            inner
+                .delivered
+                .commit(&peer, &m, delivered::now_ms())
+                .expect("record");
+        }
+        node.store(&result(a, 3)).expect("re-pair a");
+        assert!(node.is_delivered(&a, &m1), "re-pairing keeps the ids");
+        node.forget(&a).expect("undo");
+        assert!(
+            node.is_delivered(&a, &m1),
+            "an undone pairing keeps them too"
+        );
+        node.store(&result(a, 4)).expect("pair a again");
+        assert!(node.unpair(&b).expect("unpair"));
+        assert!(!node.is_delivered(&b, &m2), "unpairing forgets them");
+        assert!(!node.unpair(&b).expect("unpair again"));
+        // what a restarted node loads from the same directory
+        let reloaded = Delivered::load(&dir, delivered::now_ms()).expect("reload");
+        assert!(reloaded.is_delivered(&a, &m1, delivered::now_ms()));
+        assert!(!reloaded.is_delivered(&b, &m2, delivered::now_ms()));
+        assert_eq!(reloaded.count(&b), 0);
+        node.ep.close().await;
+        drop(node);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -1,5 +1,6 @@
 //! The state directory: one process at a time (an exclusive lock on `node.lock`), the secret
-//! key (`secret_key`, hex, mode 0600) and the paired devices (`devices.json`).
+//! key (`secret_key`, hex, mode 0600), the paired devices (`devices.json`) and the delivered
+//! message ids (`delivered/`, see `delivered.rs`).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
@@ -79,6 +80,35 @@ pub fn unhex32(s: &str) -> Result<[u8; 32]> {
         .map_err(|_| anyhow::anyhow!("expected 32 bytes"))
 }
 
+/// Replaces `dir/name` atomically: a temporary file in the same directory (mode 0600,
+/// created exclusively), fsync, rename, then fsync of the directory so the rename itself
+/// survives a crash.
+pub fn write_atomic_in(dir: &Path, name: &str, data: &[u8]) -> Result<()> {
+    let path = dir.join(name);
+    let tmp = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let written = (|| -> Result<()> {
+        let mut f = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("creating {}", tmp.display()))?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("fsync of {}", dir.display()))?;
+    Ok(())
+}
+
 /// An open, locked state directory.
 pub struct StateDir {
     pub dir: PathBuf,
@@ -116,33 +146,9 @@ impl StateDir {
         Ok(key)
     }
 
-    /// Replaces `name` atomically: a temporary file in the same directory (mode 0600,
-    /// created exclusively), fsync, rename, then fsync of the directory so the rename itself
-    /// survives a crash.
+    /// Replaces `name` atomically (see [`write_atomic_in`]).
     fn write_atomic(&self, name: &str, data: &[u8]) -> Result<()> {
-        let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.{}.tmp", std::process::id()));
-        let _ = fs::remove_file(&tmp);
-        let written = (|| -> Result<()> {
-            let mut f = OpenOptions::new()
-                .create_new(true)
-                .write(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            fs::rename(&tmp, &path).with_context(|| format!("renaming to {}", path.display()))?;
-            Ok(())
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .with_context(|| format!("fsync of {}", self.dir.display()))?;
-        Ok(())
+        write_atomic_in(&self.dir, name, data)
     }
 
     pub fn load_devices(&self) -> Result<Vec<Device>> {
