@@ -5,7 +5,8 @@ pairing version 2 in both roles with the SAS shown to (and approved by) both app
 equal on both sides, a SAS declined on the Rust side leaving nothing stored on either side,
 version 1 refused both ways with the typed UNSUPPORTED_VERSION, strangers that cannot block the
 Rust host, sealed requests both ways on the pairing connection, a wrong code, and tampered /
-replayed messages, all on 127.0.0.1 with relays, address lookup and the portmapper off. The
+replayed messages, delivered message ids that survive the Rust process being killed (§13.8),
+all on 127.0.0.1 with relays, address lookup and the portmapper off. The
 Rust side's own vector checks run in `cargo test -p iroh-pair-node`.
 """
 
@@ -377,6 +378,53 @@ async def test_python_dials_rust_serve_after_pairing(rust_node: Path, tmp_path: 
             assert await host.request(dev, b"again", timeout=TIMEOUT) == b"rust got again"
             msg = await r.event("message")
             assert msg["text"] == "again" and msg["stats"]["connections_accepted"] == 1
+
+
+async def test_rust_receiver_remembers_delivered_ids_across_a_kill(
+    rust_node: Path, tmp_path: Path
+) -> None:
+    """§13.8 on the Rust side: a request delivered once, then the Rust process is killed
+    (SIGKILL, no shutdown) and restarted on the same state directory; the retry with the same
+    message id is answered DUPLICATE and not delivered again, a new id still is."""
+    state = tmp_path / "rs"
+    async with py_node(tmp_path / "py", "py-host") as host:
+        hosted = await host.host_pairing()
+        async with rust(rust_node, "join", str(hosted.code), "--state", str(state)) as r:
+            await r.event("paired")
+            assert await r.wait() == 0
+        dev = await hosted.wait(TIMEOUT)
+        mid = new_message_id()
+
+        async def serve() -> RustNode:
+            r = await RustNode.start(rust_node, "serve", "--state", str(state))
+            ready = await r.event("ready")
+            host._hints[dev.endpoint_id] = EndpointAddr.from_ticket(ready["ticket"])
+            return r
+
+        first = await serve()
+        try:
+            assert await host.request(dev, b"job", message_id=mid, timeout=TIMEOUT) == b"rust got job"
+            msg = await first.event("message")
+            assert msg["text"] == "job" and msg["message_id"] == mid.hex()
+        finally:
+            await first.stop()  # SIGKILL
+        assert first.proc.returncode == -9
+        stale = host.cache.peek(dev.endpoint_id, ALPN)
+        if stale is not None:
+            stale.close()  # the killed process sent no CONNECTION_CLOSE
+        second = await serve()
+        try:
+            with pytest.raises(RemoteError) as e:
+                await host.request(dev, b"job", message_id=mid, timeout=TIMEOUT)
+            assert e.value.code == StreamErrorCode.DUPLICATE
+            rejected = await second.event("rejected_incoming")
+            assert rejected["name"] == "DUPLICATE"
+            assert await host.request(dev, b"other", timeout=TIMEOUT) == b"rust got other"
+            msg = await second.event("message")
+            assert msg["text"] == "other"
+            assert msg["stats"]["messages_delivered"] == 1  # "job" was not delivered again
+        finally:
+            await second.stop()
 
 
 # -- version 2: a declined SAS, version 1 refused, strangers ---------------------------------
