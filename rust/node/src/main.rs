@@ -230,6 +230,11 @@ async fn run(mode: &str, args: &Args) -> Result<i32> {
                             emit(failed_json(f.code, &f.reason, f.by_peer));
                             if let Some(end) = node.offer_end(&code.tag) {
                                 emit(json!({"event": "offer_ended", "code": end, "name": reject::name(end)}));
+                                if !f.by_peer {
+                                    // our Reject was just written: let it reach the joiner
+                                    // before the process exits and closes the connection
+                                    tokio::time::sleep(crate::node::GRACE).await;
+                                }
                                 break 1;
                             }
                         }
