@@ -273,7 +273,10 @@ async def run_joiner(
         entropy=entropy,
     )
     loop = asyncio.get_running_loop()
-    send, recv = await conn.open_bi()
+    try:  # a host that grants no stream (all its streams for strangers in use) is not waited on
+        send, recv = await asyncio.wait_for(conn.open_bi(), reply_timeout)
+    except TimeoutError:
+        raise PairingFailed(RejectCode.TIMEOUT, "the host granted no stream in time") from None
     waits = _Waits(recv)
     deadline = loop.time() + reply_timeout
     replied = False
