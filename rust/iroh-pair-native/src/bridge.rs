@@ -36,6 +36,7 @@ use tokio::task::AbortHandle;
 
 use crate::connection::IncomingOut;
 use crate::error::Error;
+use crate::sync::lock;
 
 /// The runtimes iroh can run on; one is chosen per process, before its first use.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -362,7 +363,7 @@ const RESUME_MAX: usize = 64 * 1024;
 
 impl Parked {
     fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.slot)
     }
 
     /// Polls the queued future on the loop's thread (while draining). Ready: its completion is
@@ -508,7 +509,7 @@ impl Drop for Heavy {
 
 impl Shared {
     fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        lock(&self.queue)
     }
 
     fn push(&self, item: Item) {
@@ -733,7 +734,7 @@ impl Bridge {
         {
             taken += items.len();
             {
-                let mut aborts = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+                let mut aborts = lock(&self.aborts);
                 for item in &items {
                     if let Item::Done(c) = item
                         && !c.persistent
@@ -850,15 +851,8 @@ impl Bridge {
     /// Aborts the task started under `token` (the Python future was cancelled). Returns whether
     /// a running task was found.
     fn cancel(&self, token: u64) -> bool {
-        self.handlers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&token);
-        let handle = self
-            .aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&token);
+        lock(&self.handlers).remove(&token);
+        let handle = lock(&self.aborts).remove(&token);
         match handle {
             Some(h) => {
                 h.cancel();
@@ -870,7 +864,7 @@ impl Bridge {
 
     /// Operations started and not yet drained or cancelled.
     fn pending_count(&self) -> usize {
-        self.aborts.lock().unwrap_or_else(|e| e.into_inner()).len()
+        lock(&self.aborts).len()
     }
 
     /// `(completions delivered through the queue, wake-ups written, operations completed by
@@ -893,7 +887,7 @@ impl Bridge {
     /// registration never outlives the descriptor (or names another file that reuses its
     /// number) when Python closes its selector first.
     fn selector_fd(&self, epfd: i32) -> PyResult<Arc<AsyncFd<OwnedFd>>> {
-        let mut sel = self.selector.lock().unwrap_or_else(|e| e.into_inner());
+        let mut sel = lock(&self.selector);
         if let Some((fd, a)) = &*sel
             && *fd == epfd
         {
@@ -929,12 +923,7 @@ impl Bridge {
             && let Ok(v) = &c.outcome
             && (&**v as &dyn Any).is::<IncomingOut>()
         {
-            let handler = self
-                .handlers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(&token)
-                .map(|h| h.clone_ref(py));
+            let handler = lock(&self.handlers).get(&token).map(|h| h.clone_ref(py));
             if let Some(handler) = handler {
                 let Ok(v) = c.outcome else { unreachable!() };
                 let any: Box<dyn Any + Send> = v;
@@ -971,10 +960,7 @@ impl Bridge {
             callbacks.get_item(0)?.call1((ok, value))?;
         } else {
             streams.del_item(&key)?;
-            self.handlers
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&token);
+            lock(&self.handlers).remove(&token);
             callbacks.get_item(1)?.call1((ok, value))?;
         }
         Ok(())
@@ -991,7 +977,7 @@ impl Bridge {
         handler: Py<PyAny>,
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
-        let request = crate::streams::join_to_py(py, &inc.request)?;
+        let request = crate::buffers::join_to_py(py, &inc.request)?;
         let result = handler.call1(py, (request,));
         let callback = |ok: bool, value: Bound<'_, PyAny>| -> PyResult<()> {
             if let Some(cbs) = streams.get_item(token)? {
@@ -1011,7 +997,7 @@ impl Bridge {
                 }
             }
             Err(e) => {
-                inc.reject(crate::streams::codes::HANDLER_ERROR);
+                inc.reject(crate::codes::HANDLER_ERROR);
                 callback(false, e.into_value(py).into_bound(py).into_any())
             }
         }
@@ -1019,10 +1005,7 @@ impl Bridge {
 
     /// Registers the native handler of the serve loop started under `token`.
     pub fn set_handler(&self, token: u64, handler: Py<PyAny>) {
-        self.handlers
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, handler);
+        lock(&self.handlers).insert(token, handler);
     }
 
     /// Starts `fut` for `token`: polls it once here and returns its value when it is ready at
@@ -1071,10 +1054,7 @@ impl Bridge {
             }
         }
         parked.park(Box::pin(self.completing(token, fut)));
-        self.aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, Cancel::Parked(parked));
+        lock(&self.aborts).insert(token, Cancel::Parked(parked));
         Ok(pending(py))
     }
 
@@ -1109,10 +1089,7 @@ impl Bridge {
     {
         self.shared.spawned.fetch_add(1, Ordering::Relaxed);
         let handle = RUNTIME.spawn(self.completing(token, fut));
-        self.aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, Cancel::Task(handle.abort_handle()));
+        lock(&self.aborts).insert(token, Cancel::Task(handle.abort_handle()));
     }
 
     /// Spawns a long-running task that emits many results under `token` (see `Shared::emit`).
@@ -1123,10 +1100,7 @@ impl Bridge {
     {
         let fut = make(self.shared.clone());
         let handle = RUNTIME.spawn(fut);
-        self.aborts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(token, Cancel::Task(handle.abort_handle()));
+        lock(&self.aborts).insert(token, Cancel::Task(handle.abort_handle()));
     }
 }
 

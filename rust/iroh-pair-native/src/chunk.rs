@@ -4,16 +4,41 @@
 //! the chunks iroh received, and writing a chunk shares its storage with iroh instead of copying
 //! it (a bulk sender makes its chunk once and writes it many times; a proxy forwards what it
 //! read). Its storage is an immutable `Bytes`, freed by whichever thread drops the last
-//! reference, so tokio threads never hold anything of Python's.
+//! reference, so tokio threads never hold anything of Python's. `copy_bytes` turns any
+//! bytes-like object (a chunk shared, anything else copied once) into what a write sends.
 
 use std::ffi::c_int;
 
 use bytes::Bytes;
+use pyo3::buffer::PyBuffer;
 use pyo3::exceptions::PyBufferError;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
-use crate::streams::copy_bytes;
+use crate::buffers;
+
+/// Copies any bytes-like object into Rust-owned `Bytes`, once. The copy is deliberate: the bytes
+/// outlive this call on tokio threads, which must never touch (or release) a Python buffer, and a
+/// mutable buffer could change under a retransmission. Large copies go into recycled buffers
+/// (see `buffers::copy`), so a bulk sender does not fault in fresh pages for every write. A
+/// `Chunk` is Rust's already: it is shared, not copied.
+pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(c) = obj.cast::<Chunk>() {
+        return Ok(c.get().0.clone());
+    }
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(buffers::copy(b.as_bytes()));
+    }
+    let buf = PyBuffer::<u8>::get(obj)?;
+    if buf.is_c_contiguous() && buf.readonly() {
+        // SAFETY: a read-only, C-contiguous buffer of `len_bytes()` bytes, held (and the GIL
+        // with it) for the duration of the copy.
+        let src =
+            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
+        return Ok(buffers::copy(src));
+    }
+    Ok(Bytes::from(buf.to_vec(obj.py())?))
+}
 
 /// Immutable bytes held by Rust: `len()`, `bytes()`, `memoryview()`, comparison with any
 /// bytes-like object. Writing one to a stream does not copy it.
@@ -55,7 +80,7 @@ impl Chunk {
         if let Ok(c) = other.cast::<Chunk>() {
             return c.get().0 == self.0;
         }
-        match pyo3::buffer::PyBuffer::<u8>::get(other) {
+        match PyBuffer::<u8>::get(other) {
             Ok(buf) => buf.to_vec(other.py()).is_ok_and(|v| v == self.0),
             Err(_) => false,
         }

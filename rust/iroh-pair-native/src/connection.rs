@@ -11,13 +11,14 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out};
-use crate::endpoint::Counters;
+use crate::chunk::copy_bytes;
+use crate::codes;
+use crate::counters::Counters;
 use crate::error::Error;
 use crate::keys::EndpointId;
 use crate::limits::{First, KindLimits, read_first_frame};
-use crate::streams::{
-    RecvStream, SendState, SendStream, codes, copy_bytes, frame_header, read_frame,
-};
+use crate::streams::{RecvStream, SendState, SendStream, frame_header, read_frame};
+use crate::sync::lock;
 
 /// A live QUIC connection to one peer on one ALPN.
 #[pyclass(module = "iroh_pair._native", frozen)]
@@ -212,7 +213,7 @@ impl ToPy for IncomingOut {
         Ok(Py::new(
             py,
             IncomingRequest {
-                request: crate::streams::join_to_py(py, &this.request)?.unbind(),
+                request: crate::buffers::join_to_py(py, &this.request)?.unbind(),
                 send: Mutex::new(Some(this.send)),
                 recv: Mutex::new(Some(this.recv)),
                 counters: this.counters,
@@ -224,9 +225,7 @@ impl ToPy for IncomingOut {
 
 impl IncomingRequest {
     fn take_send(&self) -> Result<SendState, Error> {
-        self.send
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        lock(&self.send)
             .take()
             .ok_or_else(|| Error::StreamClosed("this request was already answered".into()))
     }
@@ -245,7 +244,7 @@ impl IncomingRequest {
     fn respond(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let data = copy_bytes(data)?;
         let send = self.take_send()?;
-        if let Some(recv) = self.recv.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(recv) = lock(&self.recv).take() {
             release_request(recv);
         }
         respond_on(send, data, &self.counters);
@@ -258,21 +257,14 @@ impl IncomingRequest {
     fn reject(&self, code: u64) -> PyResult<()> {
         varint_check(code)?;
         let send = self.take_send()?;
-        reject_on(
-            send,
-            self.recv.lock().unwrap_or_else(|e| e.into_inner()).take(),
-            code,
-        );
+        reject_on(send, lock(&self.recv).take(), code);
         Ok(())
     }
 
     /// Takes the stream for an interactive exchange (after the first frame).
     fn take_streams(&self) -> PyResult<(SendStream, RecvStream)> {
         let send = self.take_send()?;
-        let recv = self
-            .recv
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let recv = lock(&self.recv)
             .take()
             .ok_or_else(|| Error::StreamClosed("the streams were already taken".into()))?;
         Ok((

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
@@ -15,30 +15,13 @@ use pyo3::types::PyDict;
 
 use crate::bridge::{Bridge, ClassOut, Plain, RUNTIME};
 use crate::connection::Connection;
+use crate::counters::Counters;
 use crate::error::Error;
 use crate::keys::{EndpointAddr, EndpointId, SecretKey};
 use crate::mdns::MdnsAnnouncement;
+use crate::sync::lock;
 use iroh_mdns_address_lookup::MdnsAddressLookup;
 use n0_future::StreamExt;
-
-/// Counted natively, per endpoint, so that tests can check what really went over the wire.
-#[derive(Default)]
-pub struct Counters {
-    pub conns_accepted: AtomicU64,
-    pub conns_dialed: AtomicU64,
-    pub bi_accepted: AtomicU64,
-    pub bi_opened: AtomicU64,
-    pub uni_accepted: AtomicU64,
-    pub uni_opened: AtomicU64,
-    pub requests_served: AtomicU64,
-    pub handshakes_failed: AtomicU64,
-}
-
-impl Counters {
-    pub fn bump(c: &AtomicU64) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-}
 
 fn secs(what: &str, v: f64) -> Result<Duration, Error> {
     Duration::try_from_secs_f64(v).map_err(|_| {
@@ -354,12 +337,8 @@ impl Endpoint {
     /// Closes every connection gracefully and stops the endpoint.
     fn close(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
-        let mdns = self.mdns.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let lan_watch = self
-            .lan_watch
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        let mdns = lock(&self.mdns).take();
+        let lan_watch = lock(&self.lan_watch).take();
         bridge.submit(py, token, async move {
             ep.close().await;
             // Stop every lookup service (mDNS announcing above all) with the endpoint.
@@ -374,16 +353,11 @@ impl Endpoint {
     /// Subscribes to LAN discovery events under `token` (a persistent token): dicts with
     /// `event` ("discovered" or "expired"), `id` and `addrs`. Needs `mdns=True` at bind.
     fn lan_events(&self, bridge: &Bridge, token: u64) -> PyResult<()> {
-        if self
-            .mdns
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_none()
-        {
+        if lock(&self.mdns).is_none() {
             return Err(Error::Value("this endpoint was bound without mdns=True".into()).into());
         }
         let watch = {
-            let mut w = self.lan_watch.lock().unwrap_or_else(|e| e.into_inner());
+            let mut w = lock(&self.lan_watch);
             match &*w {
                 Some(m) => m.clone(),
                 None => {

@@ -7,8 +7,11 @@
 use pyo3::prelude::*;
 
 mod bridge;
+mod buffers;
 mod chunk;
+mod codes;
 mod connection;
+mod counters;
 mod endpoint;
 mod error;
 mod keys;
@@ -16,6 +19,7 @@ mod limits;
 mod mdns;
 mod spake;
 mod streams;
+mod sync;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -39,14 +43,14 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bridge::runtime_kind, m)?)?;
     m.add_function(wrap_pyfunction!(bridge::worker_threads, m)?)?;
     m.add("MAX_WORKER_THREADS", bridge::MAX_WORKERS)?;
-    m.add("STREAM_CANCELLED", streams::codes::STREAM_CANCELLED)?;
-    m.add("STREAM_DROPPED", streams::codes::STREAM_DROPPED)?;
-    m.add("HANDLER_ERROR", streams::codes::HANDLER_ERROR)?;
-    m.add("FRAME_TOO_LARGE", streams::codes::FRAME_TOO_LARGE)?;
-    m.add("STREAM_TIMEOUT", streams::codes::TIMEOUT)?;
-    m.add("UNKNOWN_KIND", streams::codes::UNKNOWN_KIND)?;
-    m.add("BAD_ENVELOPE", streams::codes::BAD_ENVELOPE)?;
-    m.add("NOT_ADMITTED", streams::codes::NOT_ADMITTED)?;
+    m.add("STREAM_CANCELLED", codes::STREAM_CANCELLED)?;
+    m.add("STREAM_DROPPED", codes::STREAM_DROPPED)?;
+    m.add("HANDLER_ERROR", codes::HANDLER_ERROR)?;
+    m.add("FRAME_TOO_LARGE", codes::FRAME_TOO_LARGE)?;
+    m.add("STREAM_TIMEOUT", codes::TIMEOUT)?;
+    m.add("UNKNOWN_KIND", codes::UNKNOWN_KIND)?;
+    m.add("BAD_ENVELOPE", codes::BAD_ENVELOPE)?;
+    m.add("NOT_ADMITTED", codes::NOT_ADMITTED)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -10,8 +10,10 @@ use iroh::endpoint::RecvStream as IrohRecv;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use crate::codes;
 use crate::error::Error;
-use crate::streams::{codes, read_body, read_frame_len};
+use crate::streams::{read_body, read_frame_len};
+use crate::sync::lock;
 
 /// Envelope version this serve loop accepts.
 pub const ENVELOPE_VERSION: u8 = 1;
@@ -89,11 +91,11 @@ pub struct KindLimits {
 impl KindLimits {
     /// The current limits (a cheap snapshot).
     pub fn snapshot(&self) -> Arc<Table> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        lock(&self.table).clone()
     }
 
     fn update(&self, f: impl FnOnce(&mut Table)) {
-        let mut guard = self.table.lock().unwrap_or_else(|e| e.into_inner());
+        let mut guard = lock(&self.table);
         let mut t = Table::clone(&guard);
         f(&mut t);
         *guard = Arc::new(t);

@@ -24,6 +24,7 @@ use tokio::task::AbortHandle;
 use crate::bridge::{Bridge, Plain, RUNTIME, ToPy, out};
 use crate::error::Error;
 use crate::keys::{EndpointAddr, EndpointId};
+use crate::sync::lock;
 
 /// How often the LAN is asked who is there (the crate's default, 700 ms, made explicit).
 const CADENCE: Duration = Duration::from_millis(700);
@@ -133,7 +134,7 @@ impl MdnsAnnouncement {
 impl MdnsAnnouncement {
     /// Stops announcing (idempotent).
     fn close(&self) {
-        if let Some((_lookup, task)) = self.inner.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some((_lookup, task)) = lock(&self.inner).take() {
             task.abort();
         }
     }
@@ -141,10 +142,7 @@ impl MdnsAnnouncement {
     /// Whether the announcement is still being made.
     #[getter]
     fn active(&self) -> bool {
-        self.inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_some()
+        lock(&self.inner).is_some()
     }
 
     /// The service name announced under.

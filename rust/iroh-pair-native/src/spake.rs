@@ -18,6 +18,8 @@ use pyo3::types::PyBytes;
 use rand_core::{CryptoRng, RngCore};
 use spake2::{Ed25519Group, Identity, Password};
 
+use crate::sync::lock;
+
 const ENTROPY_LEN: usize = 64;
 const MSG_LEN: usize = 33;
 const SIDE_A: u8 = b'A';
@@ -209,10 +211,7 @@ impl Spake2 {
     /// The shared 32-byte key from the peer's 33-byte message. `ValueError` for a message that
     /// is refused (checked before any use of our secret), or a second call.
     fn finish<'py>(&self, py: Python<'py>, peer_msg: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let inner = self
-            .inner
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
+        let inner = lock(&self.inner)
             .take()
             .ok_or_else(|| PyValueError::new_err("finish() may be called once"))?;
         if let Some(why) = check_peer(&self.own, peer_msg) {

@@ -9,133 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use iroh::endpoint::{RecvStream as IrohRecv, SendStream as IrohSend, VarInt};
-use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 use tokio::sync::Mutex;
 
 use crate::bridge::{Bridge, Plain, ToPy};
-use crate::chunk::Chunk;
+use crate::buffers::join_to_py;
+use crate::chunk::{Chunk, copy_bytes};
+use crate::codes;
 use crate::error::Error;
-
-/// Application error codes this package uses on streams (documented in docs/PROTOCOL.md).
-pub mod codes {
-    /// A write or request was cancelled midway by the local application.
-    pub const STREAM_CANCELLED: u64 = 1;
-    /// A send stream was dropped without `finish()`.
-    pub const STREAM_DROPPED: u64 = 2;
-    /// The serving side's handler raised; the request failed.
-    pub const HANDLER_ERROR: u64 = 3;
-    /// The request's first frame was larger than the server allows, or truncated.
-    pub const FRAME_TOO_LARGE: u64 = 4;
-    /// The stream kind is not served here.
-    pub const UNKNOWN_KIND: u64 = 5;
-    /// The first frame's envelope header is malformed (version, kind length or kind name).
-    pub const BAD_ENVELOPE: u64 = 6;
-    /// The first frame did not arrive within the serve loop's `frame_timeout`.
-    pub const TIMEOUT: u64 = 7;
-    /// The stream kind is not allowed from this peer (its `KindLimits` limit is 0).
-    pub const NOT_ADMITTED: u64 = 8;
-}
 
 fn varint(code: u64) -> Result<VarInt, Error> {
     VarInt::from_u64(code)
         .map_err(|_| Error::Value(format!("error code {code} does not fit a QUIC varint")))
-}
-
-/// Copies any bytes-like object into Rust-owned `Bytes`, once. The copy is deliberate: the bytes
-/// outlive this call on tokio threads, which must never touch (or release) a Python buffer, and a
-/// mutable buffer could change under a retransmission. Large copies go into recycled buffers
-/// (see `pool`), so a bulk sender does not fault in fresh pages for every write. A `Chunk` is
-/// Rust's already: it is shared, not copied.
-pub fn copy_bytes(obj: &Bound<'_, PyAny>) -> PyResult<Bytes> {
-    if let Ok(c) = obj.cast::<Chunk>() {
-        return Ok(c.get().0.clone());
-    }
-    if let Ok(b) = obj.cast::<PyBytes>() {
-        return Ok(pool::copy(b.as_bytes()));
-    }
-    let buf = PyBuffer::<u8>::get(obj)?;
-    if buf.is_c_contiguous() && buf.readonly() {
-        // SAFETY: a read-only, C-contiguous buffer of `len_bytes()` bytes, held (and the GIL
-        // with it) for the duration of the copy.
-        let src =
-            unsafe { std::slice::from_raw_parts(buf.buf_ptr() as *const u8, buf.len_bytes()) };
-        return Ok(pool::copy(src));
-    }
-    Ok(Bytes::from(buf.to_vec(obj.py())?))
-}
-
-/// Recycled buffers for copies of large writes: a bulk sender would otherwise get fresh memory
-/// from the allocator for every write (and fault its pages in) while iroh frees the acknowledged
-/// ones on another thread. Bounded to `MAX_POOLED` bytes; small copies are plain allocations.
-mod pool {
-    use std::sync::Mutex;
-
-    use bytes::Bytes;
-
-    const MIN: usize = 64 * 1024;
-    const MAX_POOLED: usize = 8 * 1024 * 1024;
-
-    static FREE: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
-
-    struct Pooled(Vec<u8>);
-
-    impl AsRef<[u8]> for Pooled {
-        fn as_ref(&self) -> &[u8] {
-            &self.0
-        }
-    }
-
-    impl Drop for Pooled {
-        fn drop(&mut self) {
-            let buf = std::mem::take(&mut self.0);
-            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-            let held: usize = free.iter().map(Vec::capacity).sum();
-            if held + buf.capacity() <= MAX_POOLED {
-                free.push(buf);
-            }
-        }
-    }
-
-    /// `src` as `Bytes`, copied once.
-    pub fn copy(src: &[u8]) -> Bytes {
-        if src.len() < MIN || src.len() > MAX_POOLED {
-            return Bytes::copy_from_slice(src);
-        }
-        let reused = {
-            let mut free = FREE.lock().unwrap_or_else(|e| e.into_inner());
-            free.iter()
-                .position(|b| b.capacity() >= src.len())
-                .map(|i| free.swap_remove(i))
-        };
-        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(src.len()));
-        buf.clear();
-        buf.extend_from_slice(src);
-        Bytes::from_owner(Pooled(buf))
-    }
-}
-
-/// Builds a Python `bytes` of the given chunks, joined: one copy, no zero-filling first.
-pub fn join_to_py<'py>(py: Python<'py>, chunks: &[Bytes]) -> PyResult<Bound<'py, PyBytes>> {
-    if let [one] = chunks {
-        return Ok(PyBytes::new(py, one));
-    }
-    let len: usize = chunks.iter().map(Bytes::len).sum();
-    // SAFETY: `PyBytes_FromStringAndSize(NULL, len)` returns a new, uninitialised bytes object
-    // of `len` bytes (or NULL with an exception set, turned into an error here); every byte of
-    // it is written below before the object is visible to any Python code.
-    unsafe {
-        let obj =
-            pyo3::ffi::PyBytes_FromStringAndSize(std::ptr::null(), len as pyo3::ffi::Py_ssize_t);
-        let obj = Bound::from_owned_ptr_or_err(py, obj)?;
-        let mut at = pyo3::ffi::PyBytes_AsString(obj.as_ptr()).cast::<u8>();
-        for c in chunks {
-            std::ptr::copy_nonoverlapping(c.as_ptr(), at, c.len());
-            at = at.add(c.len());
-        }
-        Ok(obj.cast_into_unchecked())
-    }
 }
 
 /// Received chunks that become one Python `bytes` on the loop's thread (one copy in all: the
