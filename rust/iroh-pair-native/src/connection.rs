@@ -10,13 +10,14 @@ use n0_future::StreamExt;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
-use crate::bridge::{Bridge, ClassOut, Plain, PyBytesOut, ToPy, out};
+use crate::bridge::Bridge;
 use crate::chunk::copy_bytes;
 use crate::codes;
 use crate::counters::Counters;
 use crate::error::Error;
 use crate::keys::EndpointId;
 use crate::limits::{First, KindLimits, read_first_frame};
+use crate::outcome::{ClassOut, Plain, PyBytesOut, ToPy, out};
 use crate::streams::{RecvStream, SendState, SendStream, frame_header, read_frame};
 use crate::sync::lock;
 
@@ -181,7 +182,7 @@ impl IncomingOut {
 /// which the peer would answer with a RESET_STREAM: two needless packets per request. A stream
 /// that goes on past its first frame is still stopped.
 fn release_request(mut recv: iroh::endpoint::RecvStream) {
-    let _ = crate::bridge::poll_once(recv.read_chunk(1));
+    let _ = crate::runtime::poll_once(recv.read_chunk(1));
 }
 
 /// Writes `data` as the whole reply and finishes: at once when the flow-control window is open
@@ -194,8 +195,8 @@ fn respond_on(mut send: SendState, data: Bytes, counters: &Counters) {
         }
     };
     let mut fut = Box::pin(fut);
-    if crate::bridge::poll_once(fut.as_mut()).is_none() {
-        crate::bridge::RUNTIME.spawn(fut);
+    if crate::runtime::poll_once(fut.as_mut()).is_none() {
+        crate::runtime::RUNTIME.spawn(fut);
     }
 }
 

@@ -13,12 +13,14 @@ use iroh::{RelayMode, RelayUrl};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use crate::bridge::{Bridge, ClassOut, Plain, RUNTIME};
+use crate::bridge::Bridge;
 use crate::connection::Connection;
 use crate::counters::Counters;
 use crate::error::Error;
 use crate::keys::{EndpointAddr, EndpointId, SecretKey};
 use crate::mdns::MdnsAnnouncement;
+use crate::outcome::{ClassOut, Plain};
+use crate::runtime::RUNTIME;
 use crate::sync::lock;
 use iroh_mdns_address_lookup::MdnsAddressLookup;
 use n0_future::StreamExt;

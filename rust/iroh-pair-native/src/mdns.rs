@@ -21,9 +21,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 use tokio::task::AbortHandle;
 
-use crate::bridge::{Bridge, Plain, RUNTIME, ToPy, out};
+use crate::bridge::Bridge;
 use crate::error::Error;
 use crate::keys::{EndpointAddr, EndpointId};
+use crate::outcome::{Plain, ToPy, out};
+use crate::runtime::RUNTIME;
 use crate::sync::lock;
 
 /// How often the LAN is asked who is there (the crate's default, 700 ms, made explicit).

@@ -12,11 +12,12 @@ use iroh::endpoint::{RecvStream as IrohRecv, SendStream as IrohSend, VarInt};
 use pyo3::prelude::*;
 use tokio::sync::Mutex;
 
-use crate::bridge::{Bridge, Plain, ToPy};
+use crate::bridge::Bridge;
 use crate::buffers::join_to_py;
 use crate::chunk::{Chunk, copy_bytes};
 use crate::codes;
 use crate::error::Error;
+use crate::outcome::{Plain, ToPy};
 
 fn varint(code: u64) -> Result<VarInt, Error> {
     VarInt::from_u64(code)
@@ -71,7 +72,7 @@ pub async fn read_exact_chunks(
 fn take_ready(recv: &mut IrohRecv, chunks: &mut Vec<Bytes>, n: usize) {
     let mut got: usize = chunks.iter().map(Bytes::len).sum();
     while got < n {
-        match crate::bridge::poll_once(recv.read_chunk(n - got)) {
+        match crate::runtime::poll_once(recv.read_chunk(n - got)) {
             Some(Ok(Some(chunk))) => {
                 got += chunk.len();
                 chunks.push(chunk);
