@@ -20,9 +20,9 @@ use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, Wake, Waker};
+use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
 use pyo3::intern;
@@ -30,418 +30,17 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
-use tokio::task::AbortHandle;
 
 use crate::connection::IncomingOut;
 use crate::error::Error;
-use crate::outcome::{Outcome, ToPy};
+use crate::outcome::ToPy;
+use crate::parked::{Cancel, Heavy, Parked, RESUME_MAX, Shared};
+use crate::queue::{Completion, DrainGuard, Driving, Item};
 use crate::runtime::RUNTIME;
 use crate::sync::lock;
 
-struct Completion {
-    token: u64,
-    persistent: bool,
-    outcome: Outcome,
-}
-
-/// What the queue carries to the loop's thread.
-enum Item {
-    /// A finished operation, or one result of a subscription.
-    Done(Completion),
-    /// A parked operation was woken: the loop polls it once more (see `Parked`).
-    Resume(Arc<Parked>),
-}
-
-/// The queue, and whether the loop is draining it right now (then a push needs no wake-up:
-/// the drain takes it before it returns).
-struct Queue {
-    items: Vec<Item>,
-    draining: bool,
-    /// The bridge is gone (its loop closed): items are dropped, not queued. A queued `Resume`
-    /// holds an operation whose task holds this queue's `Shared`: kept, it would be a cycle.
-    closed: bool,
-}
-
-/// The wake-up file descriptor: an eventfd on Linux, a non-blocking pipe elsewhere.
-struct WakeFd {
-    read_fd: i32,
-    write_fd: i32,
-}
-
-impl WakeFd {
-    fn new() -> std::io::Result<Self> {
-        #[cfg(target_os = "linux")]
-        {
-            // SAFETY: plain syscall, the result is checked.
-            let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(Self {
-                read_fd: fd,
-                write_fd: fd,
-            })
-        }
-        #[cfg(not(target_os = "linux"))]
-        {
-            let mut fds = [0i32; 2];
-            // SAFETY: fds has room for the two descriptors; the result is checked.
-            if unsafe { libc::pipe(fds.as_mut_ptr()) } != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            for fd in fds {
-                // SAFETY: fd is a descriptor we own.
-                unsafe {
-                    let flags = libc::fcntl(fd, libc::F_GETFL);
-                    libc::fcntl(fd, libc::F_SETFL, flags | libc::O_NONBLOCK);
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            Ok(Self {
-                read_fd: fds[0],
-                write_fd: fds[1],
-            })
-        }
-    }
-
-    fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a valid u64 to our own descriptor. A full pipe or a
-        // saturated eventfd (EAGAIN) already means a wake-up is pending, so errors are ignored.
-        unsafe {
-            libc::write(self.write_fd, (&one as *const u64).cast(), 8);
-        }
-    }
-
-    fn clear(&self) {
-        let mut buf = [0u8; 64];
-        loop {
-            // SAFETY: reads into a local buffer of the stated size from our own descriptor.
-            let n = unsafe { libc::read(self.read_fd, buf.as_mut_ptr().cast(), buf.len()) };
-            // eventfd: one read resets the counter. pipe: read until it is empty.
-            if n <= 0 || cfg!(target_os = "linux") {
-                break;
-            }
-        }
-    }
-}
-
-impl Drop for WakeFd {
-    fn drop(&mut self) {
-        // SAFETY: we own these descriptors and close each exactly once.
-        unsafe {
-            libc::close(self.read_fd);
-            if self.write_fd != self.read_fd {
-                libc::close(self.write_fd);
-            }
-        }
-    }
-}
-
-type BoxTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
-
-/// Where a started operation is: parked until its first wake-up, polled once more on the
-/// loop's thread, and only then, if it still waits, a tokio task.
-enum Slot {
-    /// Being polled on the loop's thread (inline at the start, or resumed).
-    Empty,
-    /// Woken while it was being polled: it goes to the runtime next.
-    Woken,
-    /// Waiting for its first wake-up.
-    Parked(BoxTask),
-    /// Woken; a `Resume` for it is on the queue.
-    Queued(BoxTask),
-    Running(AbortHandle),
-    /// Completed on the loop's thread.
-    Done,
-    Cancelled,
-}
-
-/// An operation that did not complete inline. Its waker is this struct. The first wake-up
-/// (usually iroh's connection driver, on a tokio worker, when the awaited data has arrived)
-/// queues the future for the loop, which polls it once more while draining: then the result
-/// is read where it is needed, with no tokio task in between and without waiting for the
-/// driver to finish its turn. A future that still waits after that goes to the runtime, whose
-/// own waker takes over, so the loop polls an operation at most twice.
-struct Parked {
-    slot: Mutex<Slot>,
-    shared: Arc<Shared>,
-    /// Whether the first wake-up goes through the loop (else straight to the runtime).
-    resume: bool,
-}
-
-/// The largest transfer whose operation the loop polls again at its first wake-up.
-const RESUME_MAX: usize = 64 * 1024;
-
-impl Parked {
-    fn slot(&self) -> std::sync::MutexGuard<'_, Slot> {
-        lock(&self.slot)
-    }
-
-    /// Polls the queued future on the loop's thread (while draining). Ready: its completion is
-    /// on the queue, where this drain picks it up. Still waiting: it becomes a tokio task.
-    fn resume(self: &Arc<Self>) {
-        let mut slot = self.slot();
-        let mut task = match std::mem::replace(&mut *slot, Slot::Empty) {
-            Slot::Queued(task) => task,
-            other => {
-                *slot = other; // cancelled meanwhile
-                return;
-            }
-        };
-        drop(slot);
-        let _rt = RUNTIME.enter();
-        let waker = Waker::from(self.clone());
-        let ready = task
-            .as_mut()
-            .poll(&mut Context::from_waker(&waker))
-            .is_ready();
-        let mut slot = self.slot();
-        *slot = match std::mem::replace(&mut *slot, Slot::Empty) {
-            _ if ready => {
-                self.shared.resumed.fetch_add(1, Ordering::Relaxed);
-                Slot::Done
-            }
-            Slot::Empty | Slot::Woken => self.run(task),
-            other => other,
-        };
-    }
-
-    /// Spawns the operation on the runtime, where the task's own waker takes over.
-    fn run(&self, task: BoxTask) -> Slot {
-        self.shared.spawned.fetch_add(1, Ordering::Relaxed);
-        Slot::Running(RUNTIME.spawn(task).abort_handle())
-    }
-
-    /// Hands over the future that was polled inline with this waker.
-    fn park(&self, task: BoxTask) {
-        let mut slot = self.slot();
-        match std::mem::replace(&mut *slot, Slot::Empty) {
-            Slot::Empty => *slot = Slot::Parked(task),
-            Slot::Woken => *slot = self.run(task),
-            other => *slot = other, // cancelled meanwhile: `task` is dropped
-        }
-    }
-
-    /// Aborts the task, or drops the parked future here (inside the runtime's context, since
-    /// it may hold timers).
-    fn cancel(&self) {
-        let parked = match std::mem::replace(&mut *self.slot(), Slot::Cancelled) {
-            Slot::Parked(task) | Slot::Queued(task) => Some(task),
-            Slot::Running(handle) => {
-                handle.abort();
-                None
-            }
-            _ => None,
-        };
-        if let Some(task) = parked {
-            let _rt = RUNTIME.enter();
-            drop(task);
-        }
-    }
-}
-
-impl Wake for Parked {
-    fn wake(self: Arc<Self>) {
-        self.wake_by_ref();
-    }
-
-    fn wake_by_ref(self: &Arc<Self>) {
-        let mut slot = self.slot();
-        match std::mem::replace(&mut *slot, Slot::Empty) {
-            Slot::Empty => *slot = Slot::Woken,
-            Slot::Parked(task) if self.resume => {
-                *slot = Slot::Queued(task);
-                drop(slot);
-                self.shared.push(Item::Resume(self.clone()));
-            }
-            Slot::Parked(task) => *slot = self.run(task),
-            // Already queued, running (the task's own waker rules), done or cancelled.
-            other => *slot = other,
-        }
-    }
-}
-
-/// How `Bridge::cancel` stops an operation.
-enum Cancel {
-    Task(AbortHandle),
-    Parked(Arc<Parked>),
-}
-
-impl Cancel {
-    fn cancel(self) {
-        match self {
-            Cancel::Task(h) => h.abort(),
-            Cancel::Parked(p) => p.cancel(),
-        }
-    }
-}
-
-/// The part of a bridge that tokio tasks hold: the queue and the wake-up fd. No Python objects.
-pub struct Shared {
-    queue: Mutex<Queue>,
-    wake: WakeFd,
-    completed: AtomicU64,
-    wakeups: AtomicU64,
-    /// Woken operations that the loop's second poll completed.
-    resumed: AtomicU64,
-    /// Operations that went on as tokio tasks.
-    spawned: AtomicU64,
-    /// Whether the queue has items: what `Bridge::spin` watches, without the queue's lock.
-    ready: AtomicBool,
-    /// Operations in flight that keep tokio's workers busy (see `Heavy`): no spinning then.
-    heavy: AtomicUsize,
-    /// Woken when the queue turns non-empty: what `Bridge::drive` waits on.
-    notify: tokio::sync::Notify,
-    /// The loop's thread is in `Bridge::drive`: a push needs no fd write, the drive returns
-    /// True and the selector reports the bridge's fd itself.
-    driving: AtomicBool,
-    /// The wake-up fd was written and not yet read: a drain without it skips the read.
-    signalled: AtomicBool,
-}
-
-/// Held by an operation whose work keeps tokio's workers busy: a bulk transfer (over
-/// `RESUME_MAX`) or a dial (handshake crypto). While one is in flight, `Bridge::spin` returns at
-/// once: on a small machine a spinning loop thread takes CPU those workers need (measured on 2
-/// cores: a 256 MiB transfer lost ~20% of its rate).
-pub struct Heavy(Arc<Shared>);
-
-impl Heavy {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.heavy.fetch_add(1, Ordering::Relaxed);
-        Self(shared.clone())
-    }
-}
-
-impl Drop for Heavy {
-    fn drop(&mut self) {
-        self.0.heavy.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-impl Shared {
-    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
-        lock(&self.queue)
-    }
-
-    fn push(&self, item: Item) {
-        if matches!(item, Item::Done(_)) {
-            self.completed.fetch_add(1, Ordering::Relaxed);
-        }
-        let wake = {
-            let mut q = self.queue();
-            if q.closed {
-                drop(q);
-                let _rt = RUNTIME.enter(); // a parked future may hold timers
-                drop(item);
-                return;
-            }
-            let wake = q.items.is_empty() && !q.draining;
-            q.items.push(item);
-            self.ready.store(true, Ordering::Release);
-            wake
-        };
-        if wake {
-            self.wakeups.fetch_add(1, Ordering::Relaxed);
-            self.notify.notify_one();
-            if !self.driving.load(Ordering::Acquire) {
-                self.signal();
-            }
-        }
-    }
-
-    /// Writes the wake-up fd. The flag is set after the write: a drain that reads it as unset
-    /// skips the read, and the fd, still readable, brings the loop back for it.
-    fn signal(&self) {
-        self.wake.wake();
-        self.signalled.store(true, Ordering::Release);
-    }
-
-    /// Empties the wake-up fd, if it was written.
-    fn unsignal(&self) {
-        if self.signalled.swap(false, Ordering::AcqRel) {
-            self.wake.clear();
-        }
-    }
-
-    /// The next batch for a drain; `None` (and draining over) when the queue is empty.
-    fn next_batch(&self) -> Option<Vec<Item>> {
-        let mut q = self.queue();
-        if q.items.is_empty() {
-            q.draining = false;
-            return None;
-        }
-        q.draining = true;
-        self.ready.store(false, Ordering::Relaxed);
-        Some(std::mem::take(&mut q.items))
-    }
-
-    /// Delivers one result of a persistent subscription (a serve loop, path events).
-    pub fn emit(&self, token: u64, outcome: Outcome) {
-        self.push(Item::Done(Completion {
-            token,
-            persistent: true,
-            outcome,
-        }));
-    }
-
-    /// Ends a persistent subscription: its last completion, delivered as a one-shot one.
-    pub fn finish(&self, token: u64, outcome: Outcome) {
-        self.push(Item::Done(Completion {
-            token,
-            persistent: false,
-            outcome,
-        }));
-    }
-}
-
-impl Drop for Bridge {
-    fn drop(&mut self) {
-        let items = {
-            let mut q = self.shared.queue();
-            q.closed = true;
-            std::mem::take(&mut q.items)
-        };
-        let _rt = RUNTIME.enter();
-        drop(items);
-    }
-}
-
 /// How many queued items one drain takes at most before it lets the loop run.
 const DRAIN_MAX: usize = 4096;
-
-/// Marks the loop's thread as in `Bridge::drive` (pushes write no fd) until dropped.
-struct Driving<'a>(&'a Shared);
-
-impl<'a> Driving<'a> {
-    fn start(shared: &'a Shared) -> Self {
-        shared.driving.store(true, Ordering::Release);
-        Self(shared)
-    }
-}
-
-impl Drop for Driving<'_> {
-    fn drop(&mut self) {
-        self.0.driving.store(false, Ordering::Release);
-    }
-}
-
-/// Ends a drain whichever way it leaves (a panic included): draining is over, and anything
-/// left on the queue gets its wake-up, so nothing waits for a drain that is not coming.
-struct DrainGuard<'a>(&'a Shared);
-
-impl Drop for DrainGuard<'_> {
-    fn drop(&mut self) {
-        let pending = {
-            let mut q = self.0.queue();
-            q.draining = false;
-            !q.items.is_empty()
-        };
-        if pending {
-            self.0.signal();
-        }
-    }
-}
 
 /// One bridge per running asyncio loop. Created by `iroh_pair._bridge`, which watches
 /// `fileno()` and calls `drain()` when it is readable.
@@ -454,6 +53,12 @@ pub struct Bridge {
     /// The loop's selector (see `drive`): the fd Python gave, and our own duplicate of it,
     /// registered with the runtime's reactor.
     selector: Mutex<Option<(i32, Arc<AsyncFd<OwnedFd>>)>>,
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.shared.close();
+    }
 }
 
 /// Whether `fd` is readable now (for an epoll fd: whether it has ready events), not waiting.
@@ -493,24 +98,9 @@ impl Bridge {
     #[new]
     fn py_new() -> PyResult<Self> {
         Ok(Self {
-            shared: Arc::new(Shared {
-                queue: Mutex::new(Queue {
-                    items: Vec::with_capacity(256),
-                    draining: false,
-                    closed: false,
-                }),
-                wake: WakeFd::new()
-                    .map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
-                completed: AtomicU64::new(0),
-                wakeups: AtomicU64::new(0),
-                resumed: AtomicU64::new(0),
-                spawned: AtomicU64::new(0),
-                ready: AtomicBool::new(false),
-                heavy: AtomicUsize::new(0),
-                notify: tokio::sync::Notify::new(),
-                driving: AtomicBool::new(false),
-                signalled: AtomicBool::new(false),
-            }),
+            shared: Arc::new(
+                Shared::new().map_err(|e| pyo3::exceptions::PyOSError::new_err(e.to_string()))?,
+            ),
             selector: Mutex::new(None),
             aborts: Mutex::new(HashMap::new()),
             handlers: Mutex::new(HashMap::new()),
@@ -519,7 +109,7 @@ impl Bridge {
 
     /// The file descriptor the asyncio loop watches for readability.
     fn fileno(&self) -> i32 {
-        self.shared.wake.read_fd
+        self.shared.fileno()
     }
 
     /// Delivers every queued completion, on the loop's thread: a one-shot result resolves the
@@ -845,11 +435,7 @@ impl Bridge {
         F: Future<Output = Result<T, Error>> + Send + 'static,
         T: ToPy,
     {
-        let parked = Arc::new(Parked {
-            slot: Mutex::new(Slot::Empty),
-            shared: self.shared.clone(),
-            resume: bytes <= RESUME_MAX,
-        });
+        let parked = Arc::new(Parked::new(self.shared.clone(), bytes <= RESUME_MAX));
         let heavy = (bytes > RESUME_MAX).then(|| self.heavy());
         let mut fut = Box::pin(async move {
             let _heavy = heavy;

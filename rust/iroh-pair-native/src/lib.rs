@@ -18,6 +18,8 @@ mod keys;
 mod limits;
 mod mdns;
 mod outcome;
+mod parked;
+mod queue;
 mod runtime;
 mod spake;
 mod streams;
