@@ -16,7 +16,6 @@
 //! Tokio threads never take the GIL: the queue holds plain Rust values (`Outcome`), and nothing
 //! a task owns or drops is a Python object.
 
-use std::any::Any;
 use std::collections::HashMap;
 use std::future::Future;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -31,9 +30,8 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-use crate::connection::IncomingOut;
 use crate::error::Error;
-use crate::outcome::ToPy;
+use crate::outcome::{Request, ToPy};
 use crate::parked::{Cancel, Heavy, Parked, RESUME_MAX, Shared};
 use crate::queue::{Completion, DrainGuard, Driving, Item};
 use crate::runtime::RUNTIME;
@@ -152,6 +150,12 @@ impl Bridge {
                         n += 1;
                         if let Err(e) = self.deliver(py, c, futures, streams) {
                             // A callback failed: report it like asyncio does, and go on.
+                            e.write_unraisable(py, None);
+                        }
+                    }
+                    Item::Request(token, request) => {
+                        n += 1;
+                        if let Err(e) = self.deliver_request(py, token, request, futures, streams) {
                             e.write_unraisable(py, None);
                         }
                     }
@@ -313,6 +317,30 @@ impl Bridge {
         Ok(a)
     }
 
+    /// A serve loop's request: to its native handler, if it has one, else to its Python
+    /// callback like any result of a subscription.
+    fn deliver_request(
+        &self,
+        py: Python<'_>,
+        token: u64,
+        request: Box<dyn Request>,
+        futures: &Bound<'_, PyDict>,
+        streams: &Bound<'_, PyDict>,
+    ) -> PyResult<()> {
+        let handler = lock(&self.handlers).get(&token).map(|h| h.clone_ref(py));
+        match handler {
+            Some(handler) => self.handle_request(py, token, request, handler, streams),
+            None => {
+                let c = Completion {
+                    token,
+                    persistent: true,
+                    outcome: Ok(request),
+                };
+                self.deliver(py, c, futures, streams)
+            }
+        }
+    }
+
     fn deliver(
         &self,
         py: Python<'_>,
@@ -321,18 +349,6 @@ impl Bridge {
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
         let token = c.token;
-        if c.persistent
-            && let Ok(v) = &c.outcome
-            && (&**v as &dyn Any).is::<IncomingOut>()
-        {
-            let handler = lock(&self.handlers).get(&token).map(|h| h.clone_ref(py));
-            if let Some(handler) = handler {
-                let Ok(v) = c.outcome else { unreachable!() };
-                let any: Box<dyn Any + Send> = v;
-                let inc = *any.downcast::<IncomingOut>().expect("checked above");
-                return self.handle_request(py, token, inc, handler, streams);
-            }
-        }
         let (ok, value) = match c.outcome {
             Ok(v) => match v.to_py(py) {
                 Ok(obj) => (true, obj),
@@ -375,11 +391,11 @@ impl Bridge {
         &self,
         py: Python<'_>,
         token: u64,
-        inc: IncomingOut,
+        inc: Box<dyn Request>,
         handler: Py<PyAny>,
         streams: &Bound<'_, PyDict>,
     ) -> PyResult<()> {
-        let request = crate::buffers::join_to_py(py, &inc.request)?;
+        let request = crate::buffers::join_to_py(py, inc.request())?;
         let result = handler.call1(py, (request,));
         let callback = |ok: bool, value: Bound<'_, PyAny>| -> PyResult<()> {
             if let Some(cbs) = streams.get_item(token)? {
@@ -394,7 +410,7 @@ impl Bridge {
                     inc.respond(Bytes::copy_from_slice(b.as_bytes()));
                     Ok(())
                 } else {
-                    let obj = Box::new(inc).to_py(py)?.into_bound(py);
+                    let obj = inc.to_py(py)?.into_bound(py);
                     callback(true, PyTuple::new(py, [obj, r])?.into_any())
                 }
             }

@@ -1,6 +1,6 @@
 //! `Connection`: streams, close, paths, keying material, the fused request and the serve loop.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,14 +12,14 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use crate::bridge::Bridge;
 use crate::chunk::copy_bytes;
-use crate::codes;
 use crate::counters::Counters;
 use crate::error::Error;
+use crate::frame::{SendState, frame_header};
 use crate::keys::EndpointId;
-use crate::limits::{First, KindLimits, read_first_frame};
+use crate::limits::KindLimits;
 use crate::outcome::{ClassOut, Plain, PyBytesOut, ToPy, out};
-use crate::streams::{RecvStream, SendState, SendStream, frame_header, read_frame};
-use crate::sync::lock;
+use crate::serve::{self, FirstFrame};
+use crate::streams::{RecvStream, SendStream};
 
 /// A live QUIC connection to one peer on one ALPN.
 #[pyclass(module = "iroh_pair._native", frozen)]
@@ -143,138 +143,6 @@ impl ToPy for PathEventOut {
         d.set_item("kind", self.transport)?;
         d.set_item("addr", self.addr)?;
         Ok(d.into_any().unbind())
-    }
-}
-
-/// An accepted stream whose first frame (the request) has been read, handed to Python by the
-/// native serve loop.
-#[pyclass(module = "iroh_pair._native", frozen)]
-pub struct IncomingRequest {
-    request: Py<PyBytes>,
-    send: Mutex<Option<SendState>>,
-    recv: Mutex<Option<iroh::endpoint::RecvStream>>,
-    counters: Arc<Counters>,
-}
-
-pub struct IncomingOut {
-    pub request: Vec<Bytes>,
-    send: SendState,
-    recv: iroh::endpoint::RecvStream,
-    counters: Arc<Counters>,
-}
-
-impl IncomingOut {
-    /// Sends the whole reply (see `respond_on`).
-    pub fn respond(self, data: Bytes) {
-        release_request(self.recv);
-        respond_on(self.send, data, &self.counters);
-    }
-
-    /// Refuses the request with `code` (see `reject_on`).
-    pub fn reject(self, code: u64) {
-        reject_on(self.send, Some(self.recv), code);
-    }
-}
-
-/// Lets go of a request stream whose first frame was read. A request is normally one frame and
-/// the end of the stream, both in one packet: reading that end here (when it has arrived) spares
-/// the peer a STOP_SENDING, which iroh drops a `RecvStream` with when its end was not read, and
-/// which the peer would answer with a RESET_STREAM: two needless packets per request. A stream
-/// that goes on past its first frame is still stopped.
-fn release_request(mut recv: iroh::endpoint::RecvStream) {
-    let _ = crate::runtime::poll_once(recv.read_chunk(1));
-}
-
-/// Writes `data` as the whole reply and finishes: at once when the flow-control window is open
-/// (polled here, inline), otherwise on the runtime. Never waits.
-fn respond_on(mut send: SendState, data: Bytes, counters: &Counters) {
-    Counters::bump(&counters.requests_served);
-    let fut = async move {
-        if send.write_all_chunks(&mut [data]).await.is_ok() {
-            let _ = send.finish();
-        }
-    };
-    let mut fut = Box::pin(fut);
-    if crate::runtime::poll_once(fut.as_mut()).is_none() {
-        crate::runtime::RUNTIME.spawn(fut);
-    }
-}
-
-/// Resets the reply and stops the request with `code`.
-fn reject_on(mut send: SendState, recv: Option<iroh::endpoint::RecvStream>, code: u64) {
-    let _ = send.reset(code);
-    if let Some(mut r) = recv {
-        let _ = r.stop(VarInt::from_u64(code).unwrap_or(VarInt::from_u32(0)));
-    }
-}
-
-impl ToPy for IncomingOut {
-    fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        let this = *self;
-        Ok(Py::new(
-            py,
-            IncomingRequest {
-                request: crate::buffers::join_to_py(py, &this.request)?.unbind(),
-                send: Mutex::new(Some(this.send)),
-                recv: Mutex::new(Some(this.recv)),
-                counters: this.counters,
-            },
-        )?
-        .into_any())
-    }
-}
-
-impl IncomingRequest {
-    fn take_send(&self) -> Result<SendState, Error> {
-        lock(&self.send)
-            .take()
-            .ok_or_else(|| Error::StreamClosed("this request was already answered".into()))
-    }
-}
-
-#[pymethods]
-impl IncomingRequest {
-    /// The request's bytes (the stream's first frame).
-    #[getter]
-    fn request(&self, py: Python<'_>) -> Py<PyBytes> {
-        self.request.clone_ref(py)
-    }
-
-    /// Sends `data` as the whole reply and finishes the stream. Does not wait: the write
-    /// completes on the runtime (at once when the flow-control window is open).
-    fn respond(&self, data: &Bound<'_, PyAny>) -> PyResult<()> {
-        let data = copy_bytes(data)?;
-        let send = self.take_send()?;
-        if let Some(recv) = lock(&self.recv).take() {
-            release_request(recv);
-        }
-        respond_on(send, data, &self.counters);
-        Ok(())
-    }
-
-    /// Refuses the request: resets the reply stream and stops the request stream with `code`.
-    /// The caller's `request` fails with `RemoteError(code)`.
-    #[pyo3(signature = (code = codes::HANDLER_ERROR))]
-    fn reject(&self, code: u64) -> PyResult<()> {
-        varint_check(code)?;
-        let send = self.take_send()?;
-        reject_on(send, lock(&self.recv).take(), code);
-        Ok(())
-    }
-
-    /// Takes the stream for an interactive exchange (after the first frame).
-    fn take_streams(&self) -> PyResult<(SendStream, RecvStream)> {
-        let send = self.take_send()?;
-        let recv = lock(&self.recv)
-            .take()
-            .ok_or_else(|| Error::StreamClosed("the streams were already taken".into()))?;
-        Ok((
-            SendStream {
-                id: send.stream.id().index(),
-                inner: Arc::new(tokio::sync::Mutex::new(send)),
-            },
-            RecvStream::new(recv),
-        ))
     }
 }
 
@@ -583,52 +451,12 @@ impl Connection {
         let conn = self.conn.clone();
         let counters = self.counters.clone();
         bridge.spawn_stream(token, move |shared| async move {
-            let mut tasks = tokio::task::JoinSet::new();
-            let end = loop {
-                tokio::select! {
-                    accepted = conn.accept_bi() => match accepted {
-                        Ok((s, mut r)) => {
-                            Counters::bump(&counters.bi_accepted);
-                            let shared = shared.clone();
-                            let counters = counters.clone();
-                            let table = kind_limits.as_ref().map(|k| k.get().snapshot());
-                            tasks.spawn(async move {
-                                let mut send = SendState::new(s);
-                                let first = match table {
-                                    Some(t) => {
-                                        tokio::time::timeout(t.frame_timeout(), read_first_frame(&mut r, &t))
-                                            .await
-                                            .unwrap_or(First::Refuse(codes::TIMEOUT))
-                                    }
-                                    None => match tokio::time::timeout(frame_timeout, read_frame(&mut r, max_request)).await {
-                                        Ok(Ok(Some(request))) => First::Frame(request),
-                                        Ok(Err(Error::FrameTooLarge { .. })) | Ok(Err(Error::Truncated(_))) => {
-                                            First::Refuse(codes::FRAME_TOO_LARGE)
-                                        }
-                                        Err(_) => First::Refuse(codes::TIMEOUT),
-                                        // An empty stream, or one reset by the peer: nothing to serve.
-                                        Ok(Ok(None)) | Ok(Err(_)) => First::Nothing,
-                                    },
-                                };
-                                match first {
-                                    First::Frame(request) => shared.emit(
-                                        token,
-                                        Ok(out(IncomingOut { request, send, recv: r, counters })),
-                                    ),
-                                    First::Refuse(code) => {
-                                        let _ = send.reset(code);
-                                        let _ = r.stop(VarInt::from_u32(code as u32));
-                                    }
-                                    First::Nothing => {}
-                                }
-                            });
-                        }
-                        Err(e) => break Error::from(e),
-                    },
-                    Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
-                }
+            let first = FirstFrame {
+                max_request,
+                frame_timeout,
+                kind_limits,
             };
-            tasks.shutdown().await;
+            let end = serve::accept(conn, counters, &shared, token, first).await;
             shared.finish(token, Ok(out(CloseOut(end))));
         });
         Ok(())
@@ -643,12 +471,6 @@ impl Connection {
             self.is_closed()
         )
     }
-}
-
-fn varint_check(code: u64) -> Result<(), Error> {
-    VarInt::from_u64(code)
-        .map(|_| ())
-        .map_err(|_| Error::Value(format!("error code {code} does not fit a QUIC varint")))
 }
 
 /// In a request, the peer resetting or stopping the stream is its refusal of the request.

@@ -12,7 +12,7 @@ use pyo3::types::PyDict;
 
 use crate::codes;
 use crate::error::Error;
-use crate::streams::{read_body, read_frame_len};
+use crate::frame::{read_body, read_frame_len};
 use crate::sync::lock;
 
 /// Envelope version this serve loop accepts.

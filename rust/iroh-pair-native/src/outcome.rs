@@ -1,12 +1,12 @@
 //! What a finished operation hands to the loop: `Outcome`, a Rust value (or error) that
-//! becomes a Python object only on the loop's thread (`ToPy`).
+//! becomes a Python object only on the loop's thread (`ToPy`), and `Request`, a serve loop's
+//! own output, which the bridge may answer natively while draining.
 //!
 //! ```ignore
 //! bridge.submit(py, token, async move { Ok(Plain(42u64)) }) // an int, on the loop's thread
 //! ```
 
-use std::any::Any;
-
+use bytes::Bytes;
 use pyo3::prelude::*;
 
 use crate::error::Error;
@@ -16,7 +16,7 @@ use crate::error::Error;
 pub type Outcome = Result<Box<dyn ToPy>, Error>;
 
 /// Conversion of an operation's result into a Python object, done on the asyncio loop's thread.
-pub trait ToPy: Any + Send + 'static {
+pub trait ToPy: Send + 'static {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>>;
 }
 
@@ -66,4 +66,16 @@ impl<T: ToPy> ToPy for Option<T> {
 /// Boxes a value for the completion queue.
 pub fn out<T: ToPy>(v: T) -> Box<dyn ToPy> {
     Box::new(v)
+}
+
+/// A request a serve loop read (a stream's first frame), delivered under the loop's persistent
+/// token. With a native handler the bridge answers it while draining (see
+/// `Bridge::handle_request`); otherwise it becomes a Python object like any other result.
+pub trait Request: ToPy {
+    /// The request's bytes, as received.
+    fn request(&self) -> &[Bytes];
+    /// Sends `data` as the whole reply; never waits.
+    fn respond(self: Box<Self>, data: Bytes);
+    /// Refuses the request with the stream error `code`.
+    fn reject(self: Box<Self>, code: u64);
 }

@@ -16,7 +16,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, Request};
 use crate::runtime::RUNTIME;
 use crate::sync::lock;
 
@@ -30,6 +30,8 @@ pub struct Completion {
 pub enum Item<R> {
     /// A finished operation, or one result of a subscription.
     Done(Completion),
+    /// A request of the serve loop started under this token (a persistent one).
+    Request(u64, Box<dyn Request>),
     /// A parked operation was woken: the loop polls it once more (see `parked::Parked`).
     Resume(R),
 }
@@ -194,7 +196,7 @@ impl<R> Shared<R> {
     }
 
     pub fn push(&self, item: Item<R>) {
-        if matches!(item, Item::Done(_)) {
+        if matches!(item, Item::Done(_) | Item::Request(..)) {
             self.completed.fetch_add(1, Ordering::Relaxed);
         }
         let wake = {
@@ -252,6 +254,11 @@ impl<R> Shared<R> {
             persistent: true,
             outcome,
         }));
+    }
+
+    /// Delivers one request of a serve loop (see `outcome::Request`).
+    pub fn request(&self, token: u64, request: Box<dyn Request>) {
+        self.push(Item::Request(token, request));
     }
 
     /// Ends a persistent subscription: its last completion, delivered as a one-shot one.
