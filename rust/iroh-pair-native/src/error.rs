@@ -1,7 +1,13 @@
 //! The one Rust error enum, and the one place it becomes a Python exception.
 //!
-//! The exception classes are defined in Python (`iroh_pair.errors`); this module only maps onto
-//! them, in `impl From<Error> for PyErr`.
+//! The exception classes are defined in Python (`iroh_pair.errors`); this module imports them
+//! (`import_exception!`) and maps onto them in one place, `impl From<Error> for PyErr`:
+//!
+//! ```ignore
+//! fn finish(&self) -> PyResult<()> {
+//!     Err(Error::StreamClosed("already finished".into()))? // raises iroh_pair.errors.StreamClosed
+//! }
+//! ```
 
 use std::fmt;
 
@@ -9,8 +15,6 @@ use iroh::endpoint::{
     ConnectionError, ReadError, ReadExactError, ReadToEndError, StoppedError, WriteError,
 };
 use pyo3::prelude::*;
-use pyo3::sync::PyOnceLock;
-use pyo3::types::PyModule;
 
 /// Every way a native operation can fail.
 #[derive(Debug, Clone)]
@@ -178,50 +182,50 @@ pub fn read_to_end_error(e: ReadToEndError, limit: usize) -> Error {
     }
 }
 
-static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
-
-fn errors_module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
-    ERRORS
-        .get_or_try_init(py, || Ok(py.import("iroh_pair.errors")?.unbind()))
-        .map(|m| m.bind(py))
+/// The exception classes of `iroh_pair.errors`, each imported from Python on its first use.
+mod exceptions {
+    pyo3::import_exception!(iroh_pair.errors, BindError);
+    pyo3::import_exception!(iroh_pair.errors, ConnectError);
+    pyo3::import_exception!(iroh_pair.errors, ConnectionLost);
+    pyo3::import_exception!(iroh_pair.errors, StreamReset);
+    pyo3::import_exception!(iroh_pair.errors, RemoteError);
+    pyo3::import_exception!(iroh_pair.errors, StreamClosed);
+    pyo3::import_exception!(iroh_pair.errors, FrameTooLarge);
+    pyo3::import_exception!(iroh_pair.errors, TruncatedFrame);
+    pyo3::import_exception!(iroh_pair.errors, Timeout);
+    pyo3::import_exception!(iroh_pair.errors, InvalidKey);
+    pyo3::import_exception!(iroh_pair.errors, InvalidTicket);
+    pyo3::import_exception!(iroh_pair.errors, TransportError);
 }
 
-fn make(py: Python<'_>, e: &Error) -> PyResult<PyErr> {
-    let m = errors_module(py)?;
-    let msg = e.to_string();
-    let value = match e {
-        Error::Bind(_) => m.getattr("BindError")?.call1((msg,))?,
-        Error::Connect(_) => m.getattr("ConnectError")?.call1((msg,))?,
-        Error::ConnectionLost {
-            code,
-            reason,
-            by_peer,
-            kind,
-        } => m.getattr("ConnectionLost")?.call1((
-            msg,
-            *code,
-            pyo3::types::PyBytes::new(py, reason),
-            *by_peer,
-            *kind,
-        ))?,
-        Error::StreamReset(c) => m.getattr("StreamReset")?.call1((msg, *c))?,
-        Error::Remote(c) => m.getattr("RemoteError")?.call1((msg, *c))?,
-        Error::StreamClosed(_) => m.getattr("StreamClosed")?.call1((msg,))?,
-        Error::FrameTooLarge { length, limit } => {
-            m.getattr("FrameTooLarge")?.call1((msg, *length, *limit))?
-        }
-        Error::Truncated(_) => m.getattr("TruncatedFrame")?.call1((msg,))?,
-        Error::Timeout(_) => m.getattr("Timeout")?.call1((msg,))?,
-        Error::InvalidKey(_) => m.getattr("InvalidKey")?.call1((msg,))?,
-        Error::InvalidTicket(_) => m.getattr("InvalidTicket")?.call1((msg,))?,
-        Error::Value(_) => return Ok(pyo3::exceptions::PyValueError::new_err(msg)),
-        Error::Transport(_) => m.getattr("TransportError")?.call1((msg,))?,
-    };
-    Ok(PyErr::from_value(value))
-}
-
+/// The one mapping of the Rust error onto the Python classes: the message first, then the
+/// class's own fields (`ConnectionLost(message, code, reason, by_peer, kind)`, ...). A bad
+/// value is a plain `ValueError`.
 impl From<Error> for PyErr {
     fn from(e: Error) -> PyErr {
-        Python::attach(|py| make(py, &e).unwrap_or_else(|err| err))
+        use exceptions as py;
+        let msg = e.to_string();
+        match e {
+            Error::Bind(_) => py::BindError::new_err((msg,)),
+            Error::Connect(_) => py::ConnectError::new_err((msg,)),
+            Error::ConnectionLost {
+                code,
+                reason,
+                by_peer,
+                kind,
+            } => py::ConnectionLost::new_err((msg, code, reason, by_peer, kind)),
+            Error::StreamReset(c) => py::StreamReset::new_err((msg, c)),
+            Error::Remote(c) => py::RemoteError::new_err((msg, c)),
+            Error::StreamClosed(_) => py::StreamClosed::new_err((msg,)),
+            Error::FrameTooLarge { length, limit } => {
+                py::FrameTooLarge::new_err((msg, length, limit))
+            }
+            Error::Truncated(_) => py::TruncatedFrame::new_err((msg,)),
+            Error::Timeout(_) => py::Timeout::new_err((msg,)),
+            Error::InvalidKey(_) => py::InvalidKey::new_err((msg,)),
+            Error::InvalidTicket(_) => py::InvalidTicket::new_err((msg,)),
+            Error::Value(_) => pyo3::exceptions::PyValueError::new_err(msg),
+            Error::Transport(_) => py::TransportError::new_err((msg,)),
+        }
     }
 }
