@@ -135,6 +135,39 @@ struct PathEventOut {
     addr: Option<String>,
 }
 
+impl From<PathEvent> for PathEventOut {
+    fn from(ev: PathEvent) -> Self {
+        let kind = match &ev {
+            PathEvent::Opened { .. } => "opened",
+            PathEvent::Closed { .. } => "closed",
+            PathEvent::Selected { .. } => "selected",
+            _ => "lagged",
+        };
+        match ev {
+            PathEvent::Opened {
+                id, remote_addr, ..
+            }
+            | PathEvent::Closed {
+                id, remote_addr, ..
+            }
+            | PathEvent::Selected {
+                id, remote_addr, ..
+            } => Self {
+                kind,
+                id: Some(path_id(id)),
+                transport: Some(addr_kind(&remote_addr)),
+                addr: Some(addr_str(&remote_addr)),
+            },
+            _ => Self {
+                kind,
+                id: None,
+                transport: None,
+                addr: None,
+            },
+        }
+    }
+}
+
 impl ToPy for PathEventOut {
     fn to_py(self: Box<Self>, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let d = PyDict::new(py);
@@ -296,39 +329,7 @@ impl Connection {
         let mut events = self.conn.path_events();
         bridge.spawn_stream(token, move |shared| async move {
             while let Some(ev) = events.next().await {
-                let o = match ev {
-                    PathEvent::Opened {
-                        id, remote_addr, ..
-                    } => PathEventOut {
-                        kind: "opened",
-                        id: Some(path_id(id)),
-                        transport: Some(addr_kind(&remote_addr)),
-                        addr: Some(addr_str(&remote_addr)),
-                    },
-                    PathEvent::Closed {
-                        id, remote_addr, ..
-                    } => PathEventOut {
-                        kind: "closed",
-                        id: Some(path_id(id)),
-                        transport: Some(addr_kind(&remote_addr)),
-                        addr: Some(addr_str(&remote_addr)),
-                    },
-                    PathEvent::Selected {
-                        id, remote_addr, ..
-                    } => PathEventOut {
-                        kind: "selected",
-                        id: Some(path_id(id)),
-                        transport: Some(addr_kind(&remote_addr)),
-                        addr: Some(addr_str(&remote_addr)),
-                    },
-                    _ => PathEventOut {
-                        kind: "lagged",
-                        id: None,
-                        transport: None,
-                        addr: None,
-                    },
-                };
-                shared.emit(token, Ok(out(o)));
+                shared.emit(token, Ok(out(PathEventOut::from(ev))));
             }
             shared.finish(token, Ok(out(Plain(()))));
         });
