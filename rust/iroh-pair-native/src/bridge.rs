@@ -1,20 +1,25 @@
-//! The async bridge: tokio does the waiting, asyncio gets the results.
+//! The async bridge: tokio does the waiting, asyncio gets the results. This module is its
+//! Python surface, `Bridge` (one per asyncio loop) and `PENDING`; the queue it drains is in
+//! `queue`, the life of an operation between its start and its completion in `parked`.
 //!
 //! Every native operation that may wait is started from Python with a token. It is first polled
 //! once on the calling thread: when it can complete at once (data already buffered, flow-control
 //! window open) its result is returned directly, with no thread hop. Otherwise it stays parked,
 //! costing the runtime nothing, until iroh (or a timer) wakes it. The wake-up queues it for the
 //! loop, which polls it once more while draining (usually the awaited data is all there then);
-//! only an operation that still waits is spawned on the shared multi-thread runtime. So starting
-//! an operation never wakes a tokio worker just to poll a future that is still waiting, and most
-//! short operations never become tokio tasks. A tokio task that finishes pushes
-//! `(token, outcome)` onto this bridge's queue. One eventfd (a pipe on other platforms), which
-//! the asyncio loop watches with `add_reader`, is written when the queue turns non-empty while no
-//! drain is running; a drain takes batches until the queue is empty and converts them to Python
-//! objects on the loop's thread.
+//! only an operation that still waits is spawned on the shared multi-thread runtime. A tokio
+//! task that finishes pushes `(token, outcome)` onto this bridge's queue, whose wake-up fd the
+//! asyncio loop watches with `add_reader`; a drain takes batches until the queue is empty and
+//! converts them to Python objects on the loop's thread.
 //!
 //! Tokio threads never take the GIL: the queue holds plain Rust values (`Outcome`), and nothing
 //! a task owns or drops is a Python object.
+//!
+//! ```python
+//! result = conn.open_bi(bridge, token)   # what iroh_pair._bridge.call does
+//! if result is PENDING:                  # it arrives through bridge.drain() under `token`
+//!     result = await future_for(token)
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -1,62 +1,136 @@
 //! `iroh_pair._native`: a thin binding of iroh 1.x for asyncio.
 //!
 //! The Python package owns everything above the transport; this crate owns the transport and the
-//! hot path (stream I/O, framing, the fused request, the serve loop). See `bridge.rs` for how
+//! hot path (stream I/O, framing, the fused request, the serve loop). See `bridge` for how
 //! results reach asyncio without tokio ever taking the GIL.
+//!
+//! # Layers
+//!
+//! The modules import each other in one direction only: each one imports only modules listed
+//! above it (`tools/check_mod_deps.py` checks that there is no cycle, and
+//! `tests/test_native_layers.py` that this list is in an order the imports allow).
+//!
+//! Foundations, which know nothing of the bridge:
+//! - `sync`: `lock`, a mutex guard whatever a thread that panicked holding it left.
+//! - `error`: the one error enum, and its one mapping onto the classes of `iroh_pair.errors`.
+//! - `codes`: the stream error codes of docs/PROTOCOL.md.
+//! - `counters`: what an endpoint and its connections did, counted per endpoint.
+//! - `runtime`: the process's tokio runtime (its kind and workers) and `poll_once`.
+//! - `buffers`: recycled buffers for large writes; the one copy of chunks into a Python `bytes`.
+//! - `outcome`: what a finished operation hands to the loop (`ToPy`), and a serve loop's
+//!   `Request`.
+//!
+//! Values and the wire, still without the bridge:
+//! - `keys`: `SecretKey`, `EndpointId`, `EndpointAddr` and tickets.
+//! - `spake`: `Spake2`, the password-authenticated key exchange of pairing.
+//! - `chunk`: `Chunk`, bytes Python reads in place; `copy_bytes` for what a write sends.
+//! - `frame`: `SendState` (reset when dropped unfinished), framing and bounded reads.
+//! - `limits`: `KindLimits` and the serve loop's first-frame read under them.
+//!
+//! The bridge between tokio and asyncio:
+//! - `queue`: one bridge's completion queue and its wake-up fd.
+//! - `parked`: the parked-operation state machine (inline poll, resume on the loop, task).
+//! - `bridge`: the `Bridge` and `Pending` classes: submit, drain, spin, drive, cancel.
+//!
+//! The transport's Python classes, on the bridge:
+//! - `streams`: `SendStream` and `RecvStream`.
+//! - `mdns`: LAN discovery and `MdnsAnnouncement`.
+//! - `serve`: the native serve loop and `IncomingRequest`.
+//! - `connection`: `Connection`: streams, close, paths, the fused request.
+//! - `endpoint`: `Endpoint`: bind, dial, accept, lookups.
+//!
+//! This file, the crate root, declares them and exports the Python module.
 
-use pyo3::prelude::*;
+mod sync;
 
-mod bridge;
-mod buffers;
-mod chunk;
 mod codes;
-mod connection;
 mod counters;
-mod endpoint;
 mod error;
+mod runtime;
+
+mod buffers;
+mod outcome;
+
+mod chunk;
 mod frame;
 mod keys;
 mod limits;
-mod mdns;
-mod outcome;
+mod spake;
+
+mod bridge;
 mod parked;
 mod queue;
-mod runtime;
-mod serve;
-mod spake;
-mod streams;
-mod sync;
 
-#[pymodule]
-fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<bridge::Bridge>()?;
-    m.add_class::<bridge::Pending>()?;
-    m.add("PENDING", bridge::pending(m.py()))?;
-    m.add_class::<keys::SecretKey>()?;
-    m.add_class::<keys::EndpointId>()?;
-    m.add_class::<keys::EndpointAddr>()?;
-    m.add_class::<endpoint::Endpoint>()?;
-    m.add_class::<connection::Connection>()?;
-    m.add_class::<mdns::MdnsAnnouncement>()?;
-    m.add_class::<serve::IncomingRequest>()?;
-    m.add_class::<limits::KindLimits>()?;
-    m.add_class::<spake::Spake2>()?;
-    m.add_class::<streams::SendStream>()?;
-    m.add_class::<streams::RecvStream>()?;
-    m.add_class::<chunk::Chunk>()?;
-    m.add_function(wrap_pyfunction!(endpoint::_debug_stats, m)?)?;
-    m.add_function(wrap_pyfunction!(runtime::use_runtime, m)?)?;
-    m.add_function(wrap_pyfunction!(runtime::runtime_kind, m)?)?;
-    m.add_function(wrap_pyfunction!(runtime::worker_threads, m)?)?;
-    m.add("MAX_WORKER_THREADS", runtime::MAX_WORKERS)?;
-    m.add("STREAM_CANCELLED", codes::STREAM_CANCELLED)?;
-    m.add("STREAM_DROPPED", codes::STREAM_DROPPED)?;
-    m.add("HANDLER_ERROR", codes::HANDLER_ERROR)?;
-    m.add("FRAME_TOO_LARGE", codes::FRAME_TOO_LARGE)?;
-    m.add("STREAM_TIMEOUT", codes::TIMEOUT)?;
-    m.add("UNKNOWN_KIND", codes::UNKNOWN_KIND)?;
-    m.add("BAD_ENVELOPE", codes::BAD_ENVELOPE)?;
-    m.add("NOT_ADMITTED", codes::NOT_ADMITTED)?;
-    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
-    Ok(())
+mod connection;
+mod endpoint;
+mod mdns;
+mod serve;
+mod streams;
+
+#[pyo3::pymodule]
+mod _native {
+    use pyo3::prelude::*;
+
+    // The bridge: how operations started from Python complete on the asyncio loop.
+    #[pymodule_export]
+    use crate::bridge::{Bridge, Pending};
+
+    // The process's runtime, chosen before the first endpoint or operation.
+    #[pymodule_export]
+    use crate::runtime::{runtime_kind, use_runtime, worker_threads};
+    #[pymodule_export]
+    const MAX_WORKER_THREADS: usize = crate::runtime::MAX_WORKERS;
+
+    // Identities and addresses.
+    #[pymodule_export]
+    use crate::keys::{EndpointAddr, EndpointId, SecretKey};
+
+    // The transport: endpoints, connections, streams, the serve loop, LAN discovery.
+    #[pymodule_export]
+    use crate::chunk::Chunk;
+    #[pymodule_export]
+    use crate::connection::Connection;
+    #[pymodule_export]
+    use crate::endpoint::{_debug_stats, Endpoint};
+    #[pymodule_export]
+    use crate::limits::KindLimits;
+    #[pymodule_export]
+    use crate::mdns::MdnsAnnouncement;
+    #[pymodule_export]
+    use crate::serve::IncomingRequest;
+    #[pymodule_export]
+    use crate::streams::{RecvStream, SendStream};
+
+    // Pairing.
+    #[pymodule_export]
+    use crate::spake::Spake2;
+
+    // Stream error codes (docs/PROTOCOL.md).
+    #[pymodule_export]
+    const STREAM_CANCELLED: u64 = crate::codes::STREAM_CANCELLED;
+    #[pymodule_export]
+    const STREAM_DROPPED: u64 = crate::codes::STREAM_DROPPED;
+    #[pymodule_export]
+    const HANDLER_ERROR: u64 = crate::codes::HANDLER_ERROR;
+    #[pymodule_export]
+    const FRAME_TOO_LARGE: u64 = crate::codes::FRAME_TOO_LARGE;
+    #[pymodule_export]
+    const STREAM_TIMEOUT: u64 = crate::codes::TIMEOUT;
+    #[pymodule_export]
+    const UNKNOWN_KIND: u64 = crate::codes::UNKNOWN_KIND;
+    #[pymodule_export]
+    const BAD_ENVELOPE: u64 = crate::codes::BAD_ENVELOPE;
+    #[pymodule_export]
+    const NOT_ADMITTED: u64 = crate::codes::NOT_ADMITTED;
+
+    #[pymodule_export]
+    #[allow(non_upper_case_globals)]
+    const __version__: &str = env!("CARGO_PKG_VERSION");
+
+    /// Adds what is a Python object rather than a class, function or constant.
+    #[pymodule_init]
+    fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        // The one `Pending` instance an operation returns when its result comes later.
+        m.add("PENDING", crate::bridge::pending(m.py()))
+    }
 }
