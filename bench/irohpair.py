@@ -2,9 +2,9 @@
 
 * ``raw``: the binding itself, :class:`iroh_pair.transport.Connection`: ``request`` on the
   client, the native ``serve`` loop on the server (also what ``bench/transport.py`` measures).
-* ``layer``: the cache/request layer, :class:`iroh_pair.peer.RequestPeer` on both sides
-  (requests go through the :class:`~iroh_pair.cache.ConnectionCache`, with its default
-  per-request timeout); pairing runs one layer up, in :class:`iroh_pair.node.Node`.
+* ``layer``: the cache/request layer, :class:`iroh_pair.RequestPeer` on both sides
+  (requests go through the :class:`~iroh_pair.ConnectionCache`, with its default
+  per-request timeout); pairing runs one layer up, in :class:`iroh_pair.Node`.
 
 Client and server share one process (as the Rust node's bench mode does), except for
 idle-connection memory (the server is another process) and pairing (host and joiner are two
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from bench.common import ALPN, REPLY, REQUEST, WARMUP, Result, emit, idle_result, latency_summary, rss_kib
 
 if TYPE_CHECKING:
-    from iroh_pair.node import Node
+    from iroh_pair import Node
     from iroh_pair.transport import Connection, Endpoint
 
 #: Concurrent bidirectional streams per connection: iroh's default, which the package keeps.
@@ -152,7 +152,7 @@ async def raw_server(workload: str) -> None:
 
 async def layer_worker(workload: str, count: int, samples: bool = False) -> Result:
     """One cell of the cache/request layer: sequential | queued, RequestPeer to RequestPeer."""
-    from iroh_pair.peer import RequestPeer
+    from iroh_pair import RequestPeer
     from iroh_pair.transport import Endpoint
 
     reply = bytes([7]) * REPLY
@@ -222,7 +222,7 @@ async def serve_forever() -> None:
 
 async def _local_node(path: str, name: str) -> Node:
     """A Node reachable on loopback only: no relays, no address lookup, no portmapper."""
-    from iroh_pair.node import Node
+    from iroh_pair import Node
 
     return await Node.open(
         path, name=name, relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False

@@ -57,9 +57,9 @@ CONTENDERS = [
               "one stream: a sized transfer, one `Chunk` written again and again, `read_exact` in 1 MiB blocks",
               "100 (iroh default)"),
     Contender("cores", "iroh-pair raw, a worker per core", "the raw binding's cells on one tokio worker thread per "
-              "core (`iroh_pair.runtime.use_worker_threads`), where the default leaves one core to the asyncio loop",
+              "core (`iroh_pair.runtime.run(..., worker_threads=N)`), where the default leaves one core to the asyncio loop",
               "100 (iroh default)"),
-    Contender("busy", "iroh-pair busy-poll", "the raw binding's cells on `iroh_pair.busy_poll`'s event loop, which "
+    Contender("busy", "iroh-pair busy-poll", "the raw binding's cells on `iroh_pair.runtime`'s busy-poll loop, which "
               "spins (up to 200 us, adaptive; not while a bulk transfer or a dial is in flight) on the bridge before it blocks", "100 (iroh default)"),
     Contender("layer", "iroh-pair layer", "this package's cache/request layer: `RequestPeer` (cache, timeouts); "
               "pairing: `Node`", "100 (iroh default)"),

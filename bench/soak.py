@@ -156,7 +156,7 @@ class Servers:
     def __init__(self) -> None:
         import asyncio
 
-        from iroh_pair.servers import LocalServers
+        from iroh_pair.testing import LocalServers
 
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()

@@ -18,10 +18,10 @@ the default count (one per core but one). On 2 cores that compares one worker (a
 process's networking on one thread: fewer wake-ups between threads per request, but both
 peers' crypto on one core when they share the process) with two.
 
-The "busy-poll" column runs this binding's cells on `iroh_pair.busy_poll`'s event loop
+The "busy-poll" column runs this binding's cells on `iroh_pair.runtime`'s busy-poll loop
 (`--busy-poll US`, the largest polling window; 0 leaves the column out), which spins on the
 bridge before it blocks instead of sleeping in epoll_wait. With `--loop-thread`, one more
-column runs them on `iroh_pair.loop_thread`'s loop, which runs iroh itself on the loop's thread
+column runs them on `iroh_pair.runtime`'s loop-thread loop, which runs iroh itself on the loop's thread
 while it waits (no thread hops; one core for iroh and Python). It is made for peers in separate
 processes: compare it with `--split`.
 
@@ -159,7 +159,7 @@ def main() -> None:
     ap.add_argument("--split", action="store_true", help="run each cell's server in another process")
     ap.add_argument("--busy-poll", type=int, default=200, metavar="US",
                     help="the busy-poll column's polling window in microseconds (0: no such column)")
-    ap.add_argument("--loop-thread", action="store_true", help="add a column for iroh_pair.loop_thread's loop")
+    ap.add_argument("--loop-thread", action="store_true", help="add a column for iroh_pair.runtime's loop-thread loop")
     ap.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), metavar="N",
                     help="a column on the default loop with N tokio worker threads (default: one per core; "
                     "0: no such column)")
@@ -169,13 +169,13 @@ def main() -> None:
     ap.add_argument("--loop", choices=["default", "busy", "thread"], default="default", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.server or args.worker:
-        from iroh_pair import busy_poll, loop_thread
+        from iroh_pair import runtime
 
         job = _server(args.server) if args.server else _worker(args.worker, args.count, args.mib, args.peer)
         if args.loop == "busy":
-            r = busy_poll.run(job, busy_poll_us=args.busy_poll)
+            r = runtime.run(job, loop="busy-poll", busy_poll_us=args.busy_poll)
         else:
-            r = loop_thread.run(job) if args.loop == "thread" else asyncio.run(job)
+            r = runtime.run(job, loop="loop-thread") if args.loop == "thread" else asyncio.run(job)
         if args.worker:
             print(json.dumps(r))
         return

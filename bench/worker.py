@@ -2,7 +2,7 @@
 
 Prints one JSON line: the result (bench/run.py starts it; pairing cells also print the event
 lines the driver timestamps). CONTENDER is raw | cores (raw on a tokio worker per core) |
-busy (raw on iroh_pair.busy_poll's loop) |
+busy (raw on iroh_pair.runtime's busy-poll loop) |
 layer | pypi-iroh | aioquic; WORKLOAD is
 sequential | queued | bulk | connect-per-message | idle-connections (with ``--peer``, the
 server in another process) | pair-host | pair-join (with ``--peer CODE``) | serve (the server of
@@ -25,10 +25,7 @@ from bench.common import Result, emit
 
 async def run(contender: str, workload: str, count: int, mib: int, peer: str, samples: bool) -> Result:
     if contender == "cores":
-        from iroh_pair import runtime
-
-        runtime.use_worker_threads(len(os.sched_getaffinity(0)))  # before the first endpoint
-        contender = "raw"
+        contender = "raw"  # on a worker per core: chosen in main(), by the loop's entry point
     if contender == "busy":
         from bench import irohpair
 
@@ -77,9 +74,13 @@ def main() -> None:
     a = ap.parse_args()
     cell = run(a.contender, a.workload, a.count, a.mib, a.peer, a.samples)
     if a.contender == "busy":
-        from iroh_pair import busy_poll
+        from iroh_pair import runtime
 
-        emit(busy_poll.run(cell))
+        emit(runtime.run(cell, loop="busy-poll"))
+    elif a.contender == "cores":
+        from iroh_pair import runtime
+
+        emit(runtime.run(cell, worker_threads=len(os.sched_getaffinity(0))))
     else:
         emit(asyncio.run(cell))
 

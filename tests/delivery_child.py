@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 from iroh_pair.errors import IrohPairError, RemoteError
-from iroh_pair.identity import ensure_data_dir, load_or_create_secret_key
-from iroh_pair.kdf import SessionKeys
-from iroh_pair.node import Node
-from iroh_pair.registry import REGISTRY_FILE, DeviceRegistry, PairedDevice
+from iroh_pair.store import ensure_data_dir, load_or_create_secret_key
+from iroh_pair.protocol.kdf import SessionKeys
+from iroh_pair._node import Node
+from iroh_pair.store import REGISTRY_FILE, DeviceRegistry, PairedDevice
 from iroh_pair.transport import EndpointAddr, EndpointId
 
 LOCAL: dict[str, Any] = dict(relay="disabled", lookup="none", portmapper=False)

@@ -64,10 +64,11 @@ from pathlib import Path
 from typing import Any
 
 from iroh_pair.errors import IrohPairError, RemoteError
-from iroh_pair.messaging import MessageErrorCode, new_message_id
-from iroh_pair.node import Node, NodeEvent
+from iroh_pair.protocol.constants import StreamErrorCode as MessageErrorCode
+from iroh_pair.protocol.messaging import new_message_id
+from iroh_pair._node import Node, NodeEvent
 from iroh_pair.protocol import ALPN
-from iroh_pair.registry import PairedDevice
+from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection, LookupConfig
 
 T0 = time.monotonic()

@@ -48,11 +48,12 @@ from collections import Counter
 from typing import Any
 
 from iroh_pair.errors import IrohPairError
-from iroh_pair.node import Node, NodeEvent, PairingFailed
+from iroh_pair._node import Node, NodeEvent
+from iroh_pair._pairing import PairingFailed
 from iroh_pair.protocol import ALPN
-from iroh_pair.registry import PairedDevice
+from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection, Endpoint, EndpointId
-from iroh_pair.words import generate_words
+from iroh_pair.protocol.words import generate_words
 
 T0 = time.monotonic()
 #: mDNS only: no relay, no lookup server, every interface (what the CLI's --lan does).

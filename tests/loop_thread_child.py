@@ -15,8 +15,9 @@ import time
 from typing import Any
 
 from helpers import socket_read_during_flood  # tests/ is on sys.path: this file is run as a script
-from iroh_pair import _native, loop_thread
-from iroh_pair.transport import Connection, Endpoint, debug_stats
+from iroh_pair import _native, runtime
+from iroh_pair.runtime import LoopThreadSelector, debug_stats
+from iroh_pair.transport import Connection, Endpoint
 
 ALPN = b"iroh-pair-test/1"
 BULK_ALPN = b"iroh-pair-test/bulk"
@@ -106,8 +107,8 @@ async def one_process() -> dict[str, Any]:
     conn.close(3, b"done")
     await b.close()
     await a.close()
-    sel = loop_thread.selector_of()
-    out["drives"] = sel.drives if sel is not None else 0
+    sel = runtime.selector_of()
+    out["drives"] = sel.drives if isinstance(sel, LoopThreadSelector) else 0
     return out
 
 
@@ -151,7 +152,7 @@ def two_threads() -> dict[str, Any]:
         await b.close()
         await a.close()
 
-    threads = [threading.Thread(target=loop_thread.run, args=(job(n),)) for n in ("t1", "t2")]
+    threads = [threading.Thread(target=run_loop_thread, args=(job(n),)) for n in ("t1", "t2")]
     for t in threads:
         t.start()
     for t in threads:
@@ -159,12 +160,22 @@ def two_threads() -> dict[str, Any]:
     return {"alive": [t.is_alive() for t in threads], "results": results}
 
 
+def run_loop_thread(main: Any) -> Any:
+    """Runs ``main`` on a loop-thread loop (the runtime's entry point)."""
+    return runtime.run(main, loop="loop-thread")
+
+
+def enable() -> None:
+    """Chooses the loop-thread runtime for this process, before any loop runs."""
+    runtime.new_event_loop("loop-thread").close()
+
+
 def refuse_default_loop() -> dict[str, Any]:
-    loop_thread.enable()
+    enable()
     try:
         asyncio.run(Endpoint.bind())
     except RuntimeError as e:
-        return {"error": str(e), "enabled": loop_thread.enabled()}
+        return {"error": str(e), "enabled": runtime.kind() == "loop-thread"}
     return {"error": None}
 
 
@@ -174,9 +185,9 @@ def refuse_late_enable() -> dict[str, Any]:
 
     asyncio.run(use())
     try:
-        loop_thread.enable()
+        enable()
     except RuntimeError as e:
-        return {"error": str(e), "kind": _native.runtime_kind(), "enabled": loop_thread.enabled()}
+        return {"error": str(e), "kind": _native.runtime_kind(), "enabled": runtime.kind() == "loop-thread"}
     return {"error": None}
 
 
@@ -184,12 +195,12 @@ def main() -> None:
     scenario = sys.argv[1]
     out: Any
     if scenario == "one-process":
-        out = loop_thread.run(one_process())
+        out = run_loop_thread(one_process())
     elif scenario == "serve":
-        loop_thread.run(serve())
+        run_loop_thread(serve())
         return
     elif scenario == "client-loop-thread":
-        out = loop_thread.run(client(sys.argv[2]))
+        out = run_loop_thread(client(sys.argv[2]))
     elif scenario == "client-default":
         out = asyncio.run(client(sys.argv[2]))
     elif scenario == "two-threads":

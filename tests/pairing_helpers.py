@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from iroh_pair.code import PairingCode
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.device import DeviceInfo
 from iroh_pair.protocol.offer import OfferBook, PairingOffer
 from iroh_pair.protocol.pairing import (

@@ -10,7 +10,18 @@ import sys
 from typing import Any
 
 from loop_thread_child import bulk, served_pair  # tests/ is on sys.path: run as a script
-from iroh_pair import _native, loop_thread, runtime
+from iroh_pair import _native, runtime
+
+
+def workers(n: Any) -> None:
+    """Chooses ``n`` worker threads through the runtime's entry point (the loop it makes is not
+    needed: the choice is the process's)."""
+    runtime.new_event_loop(worker_threads=n).close()
+
+
+def loop_thread() -> None:
+    """Chooses the loop-thread runtime through the runtime's entry point."""
+    runtime.new_event_loop("loop-thread").close()
 
 
 def error_of(f: Any, *args: Any) -> str | None:
@@ -39,13 +50,13 @@ async def traffic() -> dict[str, Any]:
 
 
 def two_workers() -> dict[str, Any]:
-    runtime.use_worker_threads(2)  # not the default on a 2-core machine (one)
+    workers(2)  # not the default on a 2-core machine (one)
     out: dict[str, Any] = {"chosen": runtime.worker_threads()}
     out.update(asyncio.run(traffic()))
     out["workers"] = _native._debug_stats()["workers"]
-    out["again"] = error_of(runtime.use_worker_threads, 2)
-    out["other"] = error_of(runtime.use_worker_threads, 1)
-    out["loop_thread"] = error_of(loop_thread.enable)
+    out["again"] = error_of(workers, 2)
+    out["other"] = error_of(workers, 1)
+    out["loop_thread"] = error_of(loop_thread)
     return out
 
 
@@ -54,13 +65,13 @@ def default() -> dict[str, Any]:
     out.update(asyncio.run(traffic()))
     out["after"] = runtime.worker_threads()
     out["workers"] = _native._debug_stats()["workers"]
-    out["late_other"] = error_of(runtime.use_worker_threads, out["workers"] + 1)
-    out["late_same"] = error_of(runtime.use_worker_threads, out["workers"])
+    out["late_other"] = error_of(workers, out["workers"] + 1)
+    out["late_same"] = error_of(workers, out["workers"])
     return out
 
 
 def bad_counts() -> dict[str, Any]:
-    out: dict[str, Any] = {repr(n): error_of(runtime.use_worker_threads, n) for n in (0, -1, 1025, 2**70, "2", True, 1.5)}
+    out: dict[str, Any] = {repr(n): error_of(workers, n) for n in (0, -1, 1025, 2**70, "2", True, 1.5)}
     out["count_for_loop_thread"] = error_of(_native.use_runtime, "loop-thread", 2)
     out["native_too_many"] = error_of(_native.use_runtime, "multi-thread", runtime.MAX_WORKER_THREADS + 1)
     # None of these fixed anything: the process may still choose either runtime.
@@ -69,8 +80,8 @@ def bad_counts() -> dict[str, Any]:
 
 
 def loop_thread_first() -> dict[str, Any]:
-    loop_thread.enable()
-    return {"error": error_of(runtime.use_worker_threads, 1), "workers": runtime.worker_threads()}
+    loop_thread()
+    return {"error": error_of(workers, 1), "workers": runtime.worker_threads()}
 
 
 SCENARIOS = {"two-workers": two_workers, "default": default, "bad-counts": bad_counts, "loop-thread-first": loop_thread_first}

@@ -1,4 +1,5 @@
-"""The busy-polling event loop (iroh_pair.busy_poll) over real iroh endpoints on 127.0.0.1."""
+"""The busy-polling event loop (``iroh_pair.runtime``, ``loop="busy-poll"``) over real iroh endpoints
+on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from iroh_pair import _bridge, _native, busy_poll, errors
-from iroh_pair.busy_poll import BusyPollSelector
+from iroh_pair import _native, errors, runtime
+from iroh_pair.runtime import BusyPollSelector, _bridge
 from iroh_pair.transport import Connection, Endpoint, EndpointAddr, SecretKey
 
 from helpers import ALPN, socket_read_during_flood
@@ -32,8 +33,8 @@ async def served_pair() -> tuple[Endpoint, Endpoint, Connection]:
 
 
 def this_selector() -> BusyPollSelector:
-    sel = busy_poll.selector_of()
-    assert sel is not None, "not on a busy-polling loop"
+    sel = runtime.selector_of()
+    assert isinstance(sel, BusyPollSelector), "not on a busy-polling loop"
     return sel
 
 
@@ -56,7 +57,7 @@ def spin_counts() -> tuple[int, int, int]:
             await b.close()
             await a.close()
 
-    return busy_poll.run(main(), busy_poll_us=1000)
+    return runtime.run(main(), loop="busy-poll", busy_poll_us=1000)
 
 
 def test_requests_complete_while_the_loop_spins() -> None:
@@ -67,7 +68,8 @@ def test_requests_complete_while_the_loop_spins() -> None:
     here = Path(__file__).resolve().parent
     out = subprocess.run(
         [sys.executable, "-c", "import json, test_busy_poll as t; print(json.dumps(t.spin_counts()))"],
-        cwd=here, env={**os.environ, "PYTHONPATH": str(here)}, capture_output=True, text=True,
+        cwd=here, env={**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (str(here), os.environ.get("PYTHONPATH"))))},
+        capture_output=True, text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr[-3000:]
@@ -101,7 +103,7 @@ def test_an_idle_loop_stops_spinning() -> None:
             await b.close()
             await a.close()
 
-    grown, after, spins_before, spins_after = busy_poll.run(main(), busy_poll_us=1000)
+    grown, after, spins_before, spins_after = runtime.run(main(), loop="busy-poll", busy_poll_us=1000)
     assert grown > 0
     assert after == 0 and spins_after == spins_before
 
@@ -118,7 +120,7 @@ def test_timers_and_other_sockets_are_served_while_spinning() -> None:
             await b.close()
             await a.close()
 
-    got, flooded = busy_poll.run(main(), busy_poll_us=500)
+    got, flooded = runtime.run(main(), loop="busy-poll", busy_poll_us=500)
     assert got == b"hello"
     assert flooded > 0
 
@@ -129,12 +131,12 @@ def test_a_loop_without_native_operations_never_spins() -> None:
             await asyncio.sleep(0.001)
         return this_selector().spins
 
-    assert busy_poll.run(main()) == 0
+    assert runtime.run(main(), loop="busy-poll") == 0
 
 
 def test_a_default_loop_is_not_a_busy_polling_one() -> None:
-    async def main() -> BusyPollSelector | None:
-        return busy_poll.selector_of()
+    async def main() -> BusyPollSelector | runtime.LoopThreadSelector | None:
+        return runtime.selector_of()
 
     assert asyncio.run(main()) is None
 
@@ -142,7 +144,7 @@ def test_a_default_loop_is_not_a_busy_polling_one() -> None:
 @pytest.mark.parametrize("us", [-1, 1_000_001])
 def test_the_window_is_bounded(us: int) -> None:
     with pytest.raises(ValueError, match="busy_poll_us"):
-        busy_poll.new_event_loop(us)
+        runtime.new_event_loop("busy-poll", busy_poll_us=us)
 
 
 def test_bulk_transfers_and_dials_hold_off_spinning() -> None:
@@ -191,4 +193,4 @@ def test_bulk_transfers_and_dials_hold_off_spinning() -> None:
             await b.close()
             await a.close()
 
-    assert busy_poll.run(main()) == [0, 0, 1, 0, 1, 0]
+    assert runtime.run(main(), loop="busy-poll") == [0, 0, 1, 0, 1, 0]

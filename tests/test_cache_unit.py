@@ -1,4 +1,4 @@
-"""Unit tests of :mod:`iroh_pair.cache` with a fake dialer and fake connections (no Rust, no network).
+"""Unit tests of :mod:`iroh_pair._cache` with a fake dialer and fake connections (no Rust, no network).
 
 Peer ids are plain ``int`` (hashable and ordered, like ``EndpointId``). Timing is controlled with
 asyncio events: a dial waits on ``FakeDialer.gate`` when it is set, and a fake connection's request
@@ -15,14 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iroh_pair.cache import (
-    CLOSE_DUPLICATE,
-    CLOSE_SHUTDOWN,
-    CLOSE_UNRESPONSIVE,
-    CacheClosedError,
-    CacheStats,
-    ConnectionCache,
-)
+from iroh_pair._cache import CacheClosedError, CacheStats, ConnectionCache
 from iroh_pair.errors import (
     ConnectError,
     ConnectionLost,
@@ -31,6 +24,7 @@ from iroh_pair.errors import (
     StreamReset,
     Timeout,
 )
+from iroh_pair.protocol.constants import CloseCode
 
 ALPN = b"test/1"
 Handler = Callable[[bytes], Awaitable[bytes]]
@@ -72,7 +66,7 @@ def raising(exc: BaseException) -> Handler:
 
 
 class FakeConn:
-    """Satisfies :class:`iroh_pair.cache.CacheableConnection` structurally."""
+    """Satisfies :class:`iroh_pair._cache.CacheableConnection` structurally."""
 
     def __init__(self, remote_id: int, alpn: bytes, side: str, handler: Handler = echo) -> None:
         self.remote_id = remote_id
@@ -354,7 +348,7 @@ async def test_stale_connection_timeout_evicts_redials_and_retries() -> None:
         reply = await cache.request(10, ALPN, b"ping", timeout=0.05)
         assert reply == b"ok:ping"
         stale, fresh = dialer.conns
-        assert stale.close_code == CLOSE_UNRESPONSIVE
+        assert stale.close_code == CloseCode.UNRESPONSIVE
         assert cache.peek(10, ALPN) is fresh
         s = cache.stats()
         assert (s.dials, s.retries, s.evictions, s.live) == (2, 1, 1, 1)
@@ -375,7 +369,7 @@ async def test_connection_lost_evicts_and_retries() -> None:
     dialer.handlers = [raising(ConnectionLost("reset", kind="reset")), echo]
     async with cache:
         assert await cache.request(10, ALPN, b"x") == b"ok:x"
-        assert dialer.conns[0].close_code == CLOSE_UNRESPONSIVE
+        assert dialer.conns[0].close_code == CloseCode.UNRESPONSIVE
         s = cache.stats()
         assert (s.dials, s.retries, s.evictions) == (2, 1, 1)
 
@@ -388,7 +382,7 @@ async def test_retry_fails_too_raises_and_evicts_again() -> None:
             await cache.request(10, ALPN, b"x", timeout=0.02)
         s = cache.stats()
         assert (s.dials, s.retries, s.evictions, s.live) == (2, 1, 2, 0)
-        assert all(c.close_code == CLOSE_UNRESPONSIVE for c in dialer.conns)
+        assert all(c.close_code == CloseCode.UNRESPONSIVE for c in dialer.conns)
 
 
 async def test_non_idempotent_request_is_not_retried() -> None:
@@ -399,7 +393,7 @@ async def test_non_idempotent_request_is_not_retried() -> None:
             await cache.request(10, ALPN, b"pay", timeout=0.02, idempotent=False)
         s = cache.stats()
         assert (s.dials, s.retries, s.evictions, s.live) == (1, 0, 1, 0)
-        assert dialer.conns[0].close_code == CLOSE_UNRESPONSIVE
+        assert dialer.conns[0].close_code == CloseCode.UNRESPONSIVE
         # The next request dials a fresh connection.
         assert await cache.request(10, ALPN, b"again") == b"ok:again"
         assert cache.stats().dials == 2
@@ -525,7 +519,7 @@ async def test_tie_break_local_lower_keeps_our_dial_and_drains_inbound() -> None
         release.set()
         assert await in_flight == b"answer"
         await eventually(lambda: inbound.is_closed)
-        assert inbound.close_code == CLOSE_DUPLICATE
+        assert inbound.close_code == CloseCode.DUPLICATE
         assert not ours.is_closed
         s = cache.stats()
         assert (s.duplicates, s.live, s.dials, s.adoptions, s.evictions) == (1, 1, 1, 1, 0)
@@ -543,7 +537,7 @@ async def test_tie_break_local_lower_rejects_inbound_when_outbound_cached() -> N
         assert cache.adopt(inbound) is False
         assert cache.peek(10, ALPN) is ours
         await eventually(lambda: inbound.is_closed)
-        assert inbound.close_code == CLOSE_DUPLICATE
+        assert inbound.close_code == CloseCode.DUPLICATE
         assert not ours.is_closed
         assert cache.stats().duplicates == 1
 
@@ -565,7 +559,7 @@ async def test_tie_break_local_higher_adopts_inbound_and_drains_our_dial() -> No
         release.set()
         assert await in_flight == b"answer"
         await eventually(lambda: ours.is_closed)
-        assert ours.close_code == CLOSE_DUPLICATE
+        assert ours.close_code == CloseCode.DUPLICATE
         assert not inbound.is_closed
         s = cache.stats()
         assert (s.duplicates, s.live, s.dials, s.adoptions) == (1, 1, 1, 1)
@@ -584,7 +578,7 @@ async def test_tie_break_local_higher_dial_completing_after_adoption_loses() -> 
         assert await getter is inbound
         ours = dialer.conns[0]
         await eventually(lambda: ours.is_closed)
-        assert ours.close_code == CLOSE_DUPLICATE
+        assert ours.close_code == CloseCode.DUPLICATE
         assert cache.peek(10, ALPN) is inbound
         assert cache.stats().duplicates == 1
 
@@ -606,7 +600,7 @@ async def test_both_perspectives_agree_on_the_winner() -> None:
         assert a_cache.peek(b_id, ALPN) is a_x
         assert b_cache.peek(a_id, ALPN) is b_x
         await eventually(lambda: a_y.is_closed and b_y.is_closed)
-        assert a_y.close_code == b_y.close_code == CLOSE_DUPLICATE
+        assert a_y.close_code == b_y.close_code == CloseCode.DUPLICATE
 
 
 async def test_closed_connection_never_wins_tie_break() -> None:
@@ -643,7 +637,7 @@ async def test_second_inbound_from_same_peer_replaces_first() -> None:
         assert cache.adopt(second) is True
         assert cache.peek(10, ALPN) is second
         await eventually(lambda: first.is_closed)
-        assert first.close_code == CLOSE_DUPLICATE
+        assert first.close_code == CloseCode.DUPLICATE
 
 
 async def test_lease_holds_loser_open_until_released() -> None:
@@ -655,7 +649,7 @@ async def test_lease_holds_loser_open_until_released() -> None:
             await settle()
             assert not ours.is_closed
         await eventually(lambda: ours.is_closed)
-        assert ours.close_code == CLOSE_DUPLICATE
+        assert ours.close_code == CloseCode.DUPLICATE
         assert cache.stats().in_flight == 0
 
 
@@ -668,7 +662,7 @@ async def test_drain_timeout_closes_anyway() -> None:
         await eventually(lambda: len(ours.requests) == 1)
         cache.adopt(FakeConn(10, ALPN, "server"))
         await eventually(lambda: ours.is_closed)
-        assert ours.close_code == CLOSE_DUPLICATE
+        assert ours.close_code == CloseCode.DUPLICATE
         with pytest.raises(ConnectionLost):
             await stuck
 
@@ -681,7 +675,7 @@ async def test_duplicate_grace_delays_close() -> None:
         await asyncio.sleep(0.01)
         assert not ours.is_closed
         await eventually(lambda: ours.is_closed)
-        assert ours.close_code == CLOSE_DUPLICATE
+        assert ours.close_code == CloseCode.DUPLICATE
 
 
 # ---------------------------------------------------------------------------------------------
@@ -707,7 +701,7 @@ async def test_aclose_closes_everything_and_later_get_raises() -> None:
     await cache.aclose()
     assert cache.is_closed
     for conn in (a, b, inbound):
-        assert conn.close_code == CLOSE_SHUTDOWN
+        assert conn.close_code == CloseCode.CACHE_SHUTDOWN
     assert dialer.cancelled == 1
     with pytest.raises(CacheClosedError):
         await waiter
@@ -720,7 +714,7 @@ async def test_aclose_closes_everything_and_later_get_raises() -> None:
     late = FakeConn(13, ALPN, "server")
     with pytest.raises(CacheClosedError):
         cache.adopt(late)
-    assert late.close_code == CLOSE_SHUTDOWN
+    assert late.close_code == CloseCode.CACHE_SHUTDOWN
     s = cache.stats()
     assert (s.live, s.dialing, s.draining) == (0, 0, 0)
     assert repr(cache).startswith("<ConnectionCache closed ")
@@ -732,7 +726,7 @@ async def test_async_with_closes() -> None:
     async with cache as c:
         assert c is cache
         conn = await cache.get(10, ALPN)
-    assert conn.close_code == CLOSE_SHUTDOWN
+    assert conn.close_code == CloseCode.CACHE_SHUTDOWN
     with pytest.raises(CacheClosedError):
         await cache.get(10, ALPN)
 
@@ -850,9 +844,9 @@ def test_random_operations_keep_invariants(local_id: int, ops: list[str]) -> Non
                 if conn is live or conn in closed_by_test:
                     continue
                 assert conn.is_closed
-                assert conn.close_code == CLOSE_DUPLICATE
+                assert conn.close_code == CloseCode.DUPLICATE
             assert s.duplicates == sum(
-                1 for c in [*dialer.conns, *adopted] if c.close_code == CLOSE_DUPLICATE
+                1 for c in [*dialer.conns, *adopted] if c.close_code == CloseCode.DUPLICATE
             )
 
     asyncio.run(scenario())

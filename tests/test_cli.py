@@ -175,7 +175,7 @@ async def evil_host(reason: str, code: int) -> tuple[Any, str, asyncio.Task[byte
     """A host built from the transport alone: it answers the joiner's Hello with
     Reject(``code``, ``reason``). Returns the endpoint, a pairing code for it, and a task that
     yields the first frame it received."""
-    from iroh_pair.code import PairingCode
+    from iroh_pair.protocol.code import PairingCode
     from iroh_pair.protocol import ALPN, MAX_MESSAGE, wire
     from iroh_pair.transport import Endpoint
 
@@ -436,7 +436,7 @@ async def test_yes_pairs_without_asking_on_a_terminal(tmp_path: Path) -> None:
 async def test_sas_question_shows_a_hostile_peer_name_harmlessly(tmp_path: Path) -> None:
     """The host's question names the joiner from its (sealed, but peer-chosen) device info."""
     from helpers import open_local_node
-    from iroh_pair.node import PairingFailed
+    from iroh_pair._pairing import PairingFailed
     from iroh_pair.protocol import DeviceInfo, RejectCode
 
     host = PtyProc("--data-dir", str(tmp_path / "h"), "--local", "host")

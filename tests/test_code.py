@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import iroh_pair.words as words_mod
-from iroh_pair.code import (
+import iroh_pair.protocol.words as words_mod
+from iroh_pair.protocol.code import (
     BadSessionTag,
     BadTicket,
     InvalidCode,
@@ -20,7 +20,7 @@ from iroh_pair.code import (
     encode_tag,
 )
 from iroh_pair.errors import IrohPairError
-from iroh_pair.words import (
+from iroh_pair.protocol.words import (
     WORDLIST_SHA256,
     BadWordCount,
     UnknownWord,
@@ -35,7 +35,7 @@ TICKET = "endpointaaqmaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
 
 
 def test_wordlist_is_bip39_english() -> None:
-    path = Path(words_mod.__file__).with_name("bip39_english.txt")
+    path = Path(words_mod.__file__).parents[1] / "bip39_english.txt"  # the package root (the Rust node embeds it)
     data = path.read_bytes()
     assert hashlib.sha256(data).hexdigest() == WORDLIST_SHA256
     assert WORDLIST_SHA256 == "2f5eed53a4727b4bf8880d8f3f199efc90e58503646d9ff8eff3a2ed3b24dbda"

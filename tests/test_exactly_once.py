@@ -26,10 +26,10 @@ import pytest
 from delivery_child import LOCAL, seed_pair
 
 from iroh_pair.errors import RemoteError
-from iroh_pair.messaging import new_message_id
-from iroh_pair.node import Node
+from iroh_pair.protocol.messaging import new_message_id
+from iroh_pair._node import Node
 from iroh_pair.protocol import StreamErrorCode
-from iroh_pair.registry import PairedDevice
+from iroh_pair.store import PairedDevice
 
 CHILD = Path(__file__).resolve().parent / "delivery_child.py"
 DUPLICATE = int(StreamErrorCode.DUPLICATE)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from helpers import open_local_node
-from iroh_pair import identity
-from iroh_pair.identity import KEY_FILE, ensure_data_dir, load_or_create_secret_key
+from iroh_pair.store import _identity as identity
+from iroh_pair.store import KEY_FILE, ensure_data_dir, load_or_create_secret_key
 
 
 def mode(p: Path) -> int:

@@ -22,10 +22,11 @@ from typing import Any
 
 import pytest
 
-from iroh_pair.code import PairingCode
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.errors import RemoteError, StreamReset
-from iroh_pair.messaging import new_message_id
-from iroh_pair.node import Node, NodeEvent, PairingFailed, SasCheck
+from iroh_pair.protocol.messaging import new_message_id
+from iroh_pair._node import Node, NodeEvent
+from iroh_pair._pairing import PairingFailed, SasCheck
 from iroh_pair.protocol import (
     ALPN,
     MAX_MESSAGE,
@@ -36,7 +37,7 @@ from iroh_pair.protocol import (
     encode_header,
     wire,
 )
-from iroh_pair.registry import PairedDevice
+from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection, Endpoint, EndpointAddr
 
 LOCAL: dict[str, Any] = dict(

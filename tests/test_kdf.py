@@ -8,8 +8,8 @@ import os
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iroh_pair.kdf import (
-    LABELS,
+from iroh_pair.protocol.constants import LABELS
+from iroh_pair.protocol.kdf import (
     PairingKeys,
     Role,
     SessionKeys,

@@ -12,11 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 
 from iroh_pair import errors
+from iroh_pair.protocol.constants import StreamErrorCode
 from iroh_pair.transport import (
-    BAD_ENVELOPE,
-    FRAME_TOO_LARGE,
-    NOT_ADMITTED,
-    STREAM_TIMEOUT,
     Connection,
     Endpoint,
     IncomingStream,
@@ -131,20 +128,20 @@ async def test_admitted_frame_is_handed_over_unchanged(
     [
         # bad envelopes: version, kind length 0 and 33, a character outside [a-z0-9._-],
         # a frame too short for its header, a frame of 0 and 1 bytes
-        (frame(header("pair2", version=2) + b"M1"), BAD_ENVELOPE),
-        (frame(bytes([1, 0]) + b"M1"), BAD_ENVELOPE),
-        (frame(bytes([1, 33]) + b"a" * 33), BAD_ENVELOPE),
-        (frame(bytes([1, 5]) + b"Pair2" + b"M1"), BAD_ENVELOPE),
-        (frame(bytes([1, 5]) + b"pa\x002"), BAD_ENVELOPE),
-        (frame(bytes([1, 5]) + b"pai", declared=5), BAD_ENVELOPE),
-        (frame(b""), BAD_ENVELOPE),
-        (frame(b"\x01"), BAD_ENVELOPE),
+        (frame(header("pair2", version=2) + b"M1"), StreamErrorCode.BAD_ENVELOPE),
+        (frame(bytes([1, 0]) + b"M1"), StreamErrorCode.BAD_ENVELOPE),
+        (frame(bytes([1, 33]) + b"a" * 33), StreamErrorCode.BAD_ENVELOPE),
+        (frame(bytes([1, 5]) + b"Pair2" + b"M1"), StreamErrorCode.BAD_ENVELOPE),
+        (frame(bytes([1, 5]) + b"pa\x002"), StreamErrorCode.BAD_ENVELOPE),
+        (frame(bytes([1, 5]) + b"pai", declared=5), StreamErrorCode.BAD_ENVELOPE),
+        (frame(b""), StreamErrorCode.BAD_ENVELOPE),
+        (frame(b"\x01"), StreamErrorCode.BAD_ENVELOPE),
         # a kind whose limit is 0 (the default here), declared 16 MiB with no body sent: refused
         # on the header alone
-        (frame(header("sync"), declared=16 << 20), NOT_ADMITTED),
-        (frame(header("pair2"), declared=PAIR_LIMIT + 1), FRAME_TOO_LARGE),
-        (frame(header("msg"), declared=(1 << 20) + 1), FRAME_TOO_LARGE),
-        (frame(header("pair2"), declared=0xFFFFFFFF), FRAME_TOO_LARGE),
+        (frame(header("sync"), declared=16 << 20), StreamErrorCode.NOT_ADMITTED),
+        (frame(header("pair2"), declared=PAIR_LIMIT + 1), StreamErrorCode.FRAME_TOO_LARGE),
+        (frame(header("msg"), declared=(1 << 20) + 1), StreamErrorCode.FRAME_TOO_LARGE),
+        (frame(header("pair2"), declared=0xFFFFFFFF), StreamErrorCode.FRAME_TOO_LARGE),
     ],
 )
 async def test_each_refusal_code_reaches_the_opener(
@@ -168,7 +165,7 @@ async def test_truncated_first_frame_is_frame_too_large(
         send.finish()
         with pytest.raises(errors.StreamReset) as e:
             await asyncio.wait_for(recv.read(10), 10)
-        assert e.value.code == FRAME_TOO_LARGE
+        assert e.value.code == StreamErrorCode.FRAME_TOO_LARGE
     assert on.frames == []
 
 
@@ -181,7 +178,7 @@ async def test_not_admitted_is_decided_before_the_body(
     rx_before = ca.stats()["stream_frames_rx"]
     send, recv = await cb.open_bi()
     await send.write_all(frame(header("sync"), declared=1 << 24))
-    assert await refusal(send, recv) == NOT_ADMITTED
+    assert await refusal(send, recv) == StreamErrorCode.NOT_ADMITTED
     # and what the opener sends after the refusal is not taken
     with pytest.raises(errors.StreamReset):
         for _ in range(100):
@@ -210,9 +207,9 @@ async def test_stalled_first_frame_is_reset_with_timeout(
 
     task = asyncio.ensure_future(trickle())
     try:
-        assert await refusal(stalled_send, stalled_recv) == STREAM_TIMEOUT
+        assert await refusal(stalled_send, stalled_recv) == StreamErrorCode.TIMEOUT
         elapsed = time.monotonic() - t0
-        assert await refusal(trickle_send, trickle_recv) == STREAM_TIMEOUT
+        assert await refusal(trickle_send, trickle_recv) == StreamErrorCode.TIMEOUT
     finally:
         task.cancel()
     print(f"\nstalled first frame reset with TIMEOUT after {elapsed:.3f} s (frame_timeout 0.6 s)")
@@ -239,15 +236,15 @@ async def test_limits_changed_at_runtime_apply_to_the_next_stream(
         except errors.StreamReset as e:
             return e.code
 
-    assert await attempt("sync", 10) == NOT_ADMITTED
+    assert await attempt("sync", 10) == StreamErrorCode.NOT_ADMITTED
     limits.set("sync", 1000)
     assert await attempt("sync", 10) == b"ok"
-    assert await attempt("sync", 2000) == FRAME_TOO_LARGE
+    assert await attempt("sync", 2000) == StreamErrorCode.FRAME_TOO_LARGE
     limits.set_default(1 << 16)
     assert await attempt("other", 2000) == b"ok"
-    assert await attempt("sync", 2000) == FRAME_TOO_LARGE  # its own limit wins
+    assert await attempt("sync", 2000) == StreamErrorCode.FRAME_TOO_LARGE  # its own limit wins
     limits.set("msg", 0)
-    assert await attempt("msg", 10) == NOT_ADMITTED
+    assert await attempt("msg", 10) == StreamErrorCode.NOT_ADMITTED
     # A stream accepted before a change keeps its limits: open one, let it be accepted with
     # its header, then forbid the kind and send the rest.
     send, recv = await cb.open_bi()
@@ -258,7 +255,7 @@ async def test_limits_changed_at_runtime_apply_to_the_next_stream(
     await send.write_all(frame(body)[10:])
     send.finish()
     assert await asyncio.wait_for(recv.read_to_end(10), 10) == b"ok"
-    assert await attempt("late", 10) == NOT_ADMITTED
+    assert await attempt("late", 10) == StreamErrorCode.NOT_ADMITTED
     assert len(on.frames) == 3
 
 

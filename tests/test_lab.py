@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from iroh_pair.servers import DNS_BIN, RELAY_BIN, find_binary
+from iroh_pair.testing import DNS_BIN, RELAY_BIN, find_binary
 
 import helpers
 from helpers import ROOT, lab_events

@@ -1,4 +1,4 @@
-"""LAN discovery over mDNS and spoken LAN codes (``iroh_pair.lan``).
+"""LAN discovery over mDNS and spoken LAN codes (``iroh_pair.protocol.lan``).
 
 The pure parts (parsing, the derived session tag, the CLI's LAN mode) run anywhere. The live
 parts need multicast on a LAN interface and must not touch the machine's real network, so they
@@ -22,13 +22,14 @@ import pytest
 
 from iroh_pair import errors
 from iroh_pair.cli import lan_mode, network_options, parser
-from iroh_pair.code import MalformedCode, PairingCode
-from iroh_pair.lan import LanCode, lan_tag, looks_spoken, service_name
-from iroh_pair.node import AmbiguousNameplate, NameplateNotFound, Node, NodeEvent, PairingFailed
+from iroh_pair.protocol.code import MalformedCode, PairingCode
+from iroh_pair.protocol.lan import LanCode, lan_tag, looks_spoken, service_name
+from iroh_pair._node import AmbiguousNameplate, NameplateNotFound, Node, NodeEvent
+from iroh_pair._pairing import PairingFailed
 from iroh_pair.protocol import ALPN as NODE_ALPN
 from iroh_pair.protocol import RejectCode
 from iroh_pair.transport import Endpoint, EndpointAddr, SecretKey
-from iroh_pair.words import UnknownWord
+from iroh_pair.protocol.words import UnknownWord
 
 from helpers import ALPN, interfaces, rerun_in_netns
 

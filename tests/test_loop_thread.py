@@ -1,4 +1,5 @@
-"""The loop-thread runtime (iroh_pair.loop_thread): iroh run by the asyncio loop's own thread.
+"""The loop-thread runtime (``iroh_pair.runtime``, ``loop="loop-thread"``): iroh run by the asyncio
+loop's own thread.
 
 The runtime is chosen once per process, and this test process runs the default one, so every
 scenario runs in a child process (tests/loop_thread_child.py) over real iroh endpoints on
@@ -85,10 +86,11 @@ def test_two_threads_take_turns() -> None:
 
 
 def test_a_loop_that_does_not_run_iroh_is_refused() -> None:
-    """After enable(), a plain asyncio loop would wait forever for iroh: it gets RuntimeError."""
+    """Once the loop-thread runtime is chosen, a plain asyncio loop would wait forever for iroh:
+    it gets RuntimeError, which names the entry point to use instead."""
     out = child("refuse-default-loop")
     assert out["enabled"] is True
-    assert out["error"] is not None and "iroh_pair.loop_thread.run()" in out["error"]
+    assert out["error"] is not None and 'iroh_pair.runtime.run(..., loop="loop-thread")' in out["error"]
 
 
 def test_enable_after_the_default_runtime_started_is_refused() -> None:
@@ -100,7 +102,7 @@ def test_enable_after_the_default_runtime_started_is_refused() -> None:
 def test_selector_needs_a_pollable_selector() -> None:
     import selectors
 
-    from iroh_pair.loop_thread import LoopThreadSelector
+    from iroh_pair.runtime import LoopThreadSelector
 
     with pytest.raises(TypeError, match="fileno"):
         LoopThreadSelector(selectors.SelectSelector())

@@ -15,17 +15,17 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from iroh_pair import _native
 from iroh_pair.errors import FrameTooLarge, IrohPairError
-from iroh_pair.kdf import SessionKeys
-from iroh_pair.protocol import StreamErrorCode
-from iroh_pair.messaging import (
-    CHANNEL_BINDING_LABEL,
+from iroh_pair.protocol.constants import MESSAGING_BINDING_LABEL as CHANNEL_BINDING_LABEL
+from iroh_pair.protocol.constants import StreamErrorCode
+from iroh_pair.protocol.kdf import SessionKeys
+from iroh_pair.protocol.messaging import (
     MESSAGE_ID_LEN,
     OVERHEAD,
     REPLAY_WINDOW,
-    MessageChannel,
-    MessageErrorCode,
     Deliveries,
+    MessageChannel,
     MessageRejected,
     ReplayWindow,
     SeenIds,
@@ -52,7 +52,7 @@ def _pair(
     return MessageChannel(H_ID, J_ID, hk, cb, **kw), MessageChannel(J_ID, H_ID, jk, cb, **kw)
 
 
-def _code(exc: pytest.ExceptionInfo[MessageRejected]) -> MessageErrorCode:
+def _code(exc: pytest.ExceptionInfo[MessageRejected]) -> StreamErrorCode:
     return exc.value.code
 
 
@@ -80,7 +80,7 @@ def test_keys_are_mirrored() -> None:
     h = MessageChannel(H_ID, J_ID, hk, cb)
     with pytest.raises(MessageRejected) as e:
         h.open("chat", h.seal("chat", b"self"))
-    assert _code(e) is MessageErrorCode.TAMPERED
+    assert _code(e) is StreamErrorCode.TAMPERED
     # swapped keys on one side: nothing opens
     bad = MessageChannel(J_ID, H_ID, hk, cb)
     with pytest.raises(MessageRejected):
@@ -97,13 +97,13 @@ def test_tamper_any_byte() -> None:
             with pytest.raises(MessageRejected) as e:
                 j.open("chat", bytes(bad))
             # the version byte is checked before authentication
-            want = MessageErrorCode.MALFORMED if i == 0 else MessageErrorCode.TAMPERED
+            want = StreamErrorCode.MALFORMED_MESSAGE if i == 0 else StreamErrorCode.TAMPERED
             assert _code(e) is want, i
     # truncated or extended
     for bad2 in (sealed[:-1], sealed + b"\x00", sealed[: OVERHEAD - 1]):
         with pytest.raises(MessageRejected) as e:
             j.open("chat", bad2)
-        assert _code(e) in (MessageErrorCode.TAMPERED, MessageErrorCode.MALFORMED)
+        assert _code(e) in (StreamErrorCode.TAMPERED, StreamErrorCode.MALFORMED_MESSAGE)
     # nothing above consumed the counter: the genuine message still opens
     assert j.open("chat", sealed).plaintext == b"attack at dawn"
 
@@ -114,7 +114,7 @@ def test_replay_rejected() -> None:
     j.open("chat", s)
     with pytest.raises(MessageRejected) as e:
         j.open("chat", s)
-    assert _code(e) is MessageErrorCode.REPLAYED and e.value.counter == 0
+    assert _code(e) is StreamErrorCode.REPLAYED and e.value.counter == 0
 
 
 def test_out_of_order_within_window() -> None:
@@ -127,7 +127,7 @@ def test_out_of_order_within_window() -> None:
     for i in (0, 150, 299):
         with pytest.raises(MessageRejected) as e:
             j.open("chat", msgs[i])
-        assert _code(e) is MessageErrorCode.REPLAYED
+        assert _code(e) is StreamErrorCode.REPLAYED
 
 
 def test_too_old() -> None:
@@ -136,10 +136,10 @@ def test_too_old() -> None:
     j.open("chat", msgs[-1])  # counter WINDOW + 1
     with pytest.raises(MessageRejected) as e:
         j.open("chat", msgs[0])
-    assert _code(e) is MessageErrorCode.TOO_OLD
+    assert _code(e) is StreamErrorCode.TOO_OLD
     with pytest.raises(MessageRejected) as e:
         j.open("chat", msgs[1])  # exactly WINDOW behind
-    assert _code(e) is MessageErrorCode.TOO_OLD
+    assert _code(e) is StreamErrorCode.TOO_OLD
     assert j.open("chat", msgs[2]).counter == 2  # WINDOW - 1 behind: still inside
 
 
@@ -150,12 +150,12 @@ def test_replay_window_unit() -> None:
         assert w.check(c) is None
         w.mark(c)
     assert w.highest == 9
-    assert w.check(5) is MessageErrorCode.REPLAYED
-    assert w.check(1) is MessageErrorCode.TOO_OLD
+    assert w.check(5) is StreamErrorCode.REPLAYED
+    assert w.check(1) is StreamErrorCode.TOO_OLD
     assert w.check(2) is None
     w.mark(100)  # jump beyond the width clears the bitmap
-    assert w.check(99) is None and w.check(100) is MessageErrorCode.REPLAYED
-    assert w.check(92) is MessageErrorCode.TOO_OLD
+    assert w.check(99) is None and w.check(100) is StreamErrorCode.REPLAYED
+    assert w.check(92) is StreamErrorCode.TOO_OLD
     with pytest.raises(ValueError):
         ReplayWindow(0)
 
@@ -190,7 +190,7 @@ def test_aad_and_key_binding(what: str) -> None:
         j = MessageChannel(J_ID, H_ID, _keys()[1], cb)
     with pytest.raises(MessageRejected) as e:
         j.open(kind, sealed, **open_kw)
-    assert _code(e) is MessageErrorCode.TAMPERED
+    assert _code(e) is StreamErrorCode.TAMPERED
 
 
 def test_reply_bound_to_request() -> None:
@@ -199,7 +199,7 @@ def test_reply_bound_to_request() -> None:
     reply = j.seal("rpc", b"answer", reply_to=req.message_id)
     with pytest.raises(MessageRejected) as e:
         h.open("rpc", reply, reply_to=os.urandom(16))
-    assert _code(e) is MessageErrorCode.TAMPERED
+    assert _code(e) is StreamErrorCode.TAMPERED
     assert h.open("rpc", reply, reply_to=req.message_id).plaintext == b"answer"
 
 
@@ -219,11 +219,11 @@ def test_duplicate_message_id_across_reconnects() -> None:
     retry = h2.seal("chat", b"hello", mid)
     with pytest.raises(MessageRejected) as e:
         j2.open("chat", retry)
-    assert _code(e) is MessageErrorCode.DUPLICATE and e.value.message_id == mid
+    assert _code(e) is StreamErrorCode.DUPLICATE and e.value.message_id == mid
     # the counter was consumed by the authentic duplicate
     with pytest.raises(MessageRejected) as e:
         j2.open("chat", retry)
-    assert _code(e) is MessageErrorCode.REPLAYED
+    assert _code(e) is StreamErrorCode.REPLAYED
     # a handler failure can un-see the id so that the next retry is delivered
     seen.discard(mid)
     assert j2.open("chat", h2.seal("chat", b"hello", mid)).message_id == mid
@@ -267,18 +267,18 @@ def test_deliveries_new_in_progress_duplicate_and_restart() -> None:
     d: Deliveries[str] = Deliveries(store)
     m = os.urandom(16)
     assert d.begin("a", m) is None and d.in_flight("a", m)
-    assert d.begin("a", m) is MessageErrorCode.IN_PROGRESS  # while the handler runs
+    assert d.begin("a", m) is StreamErrorCode.IN_PROGRESS  # while the handler runs
     assert d.begin("b", m) is None  # ids are per peer
     assert store.ids == {}  # nothing recorded before the handler returned
     d.commit("a", m)
     assert store.ids == {"a": {m}} and not d.in_flight("a", m)
-    assert d.begin("a", m) is MessageErrorCode.DUPLICATE
+    assert d.begin("a", m) is StreamErrorCode.DUPLICATE
     lookups = store.lookups
-    assert d.begin("a", m) is MessageErrorCode.DUPLICATE
+    assert d.begin("a", m) is StreamErrorCode.DUPLICATE
     assert store.lookups == lookups  # answered by the in-memory cache
     # a restart: empty memory, the same store
     d2: Deliveries[str] = Deliveries(store)
-    assert d2.begin("a", m) is MessageErrorCode.DUPLICATE
+    assert d2.begin("a", m) is StreamErrorCode.DUPLICATE
     # without persistence the restarted receiver would deliver it again (what §13.8 fixes)
     assert Deliveries[str]().begin("a", m) is None
 
@@ -292,7 +292,7 @@ def test_deliveries_failed_handler_records_nothing() -> None:
     assert store.ids == {} and not d.in_flight("a", m)
     assert d.begin("a", m) is None  # the retry is delivered
     d.commit("a", m)
-    assert d.begin("a", m) is MessageErrorCode.DUPLICATE
+    assert d.begin("a", m) is StreamErrorCode.DUPLICATE
 
 
 def test_deliveries_store_failure_and_forget() -> None:
@@ -304,7 +304,7 @@ def test_deliveries_store_failure_and_forget() -> None:
     with pytest.raises(IrohPairError):
         d.commit("a", m1)
     # the handler did run: this process still refuses the id, and it is no longer in flight
-    assert not d.in_flight("a", m1) and d.begin("a", m1) is MessageErrorCode.DUPLICATE
+    assert not d.in_flight("a", m1) and d.begin("a", m1) is StreamErrorCode.DUPLICATE
     store.fail = False
     for m in (m2, m3):
         assert d.begin("a", m) is None
@@ -312,12 +312,12 @@ def test_deliveries_store_failure_and_forget() -> None:
     # m1 fell out of the 2-entry cache and was never stored: delivered again (documented gap)
     assert d.begin("a", m1) is None
     d.abort("a", m1)
-    assert d.begin("a", m2) is MessageErrorCode.DUPLICATE  # from the cache or the store
+    assert d.begin("a", m2) is StreamErrorCode.DUPLICATE  # from the cache or the store
     assert d.begin("b", m1) is None
     d.forget("b")
     assert not d.in_flight("b", m1)
     d.forget("a")  # the store's ids are the store's business
-    assert d.begin("a", m2) is MessageErrorCode.DUPLICATE
+    assert d.begin("a", m2) is StreamErrorCode.DUPLICATE
 
 
 def test_deliveries_without_a_store_are_in_memory() -> None:
@@ -326,7 +326,7 @@ def test_deliveries_without_a_store_are_in_memory() -> None:
     for m in (m1, m2):
         assert d.begin("a", m) is None
         d.commit("a", m)
-    assert d.begin("a", m2) is MessageErrorCode.DUPLICATE
+    assert d.begin("a", m2) is StreamErrorCode.DUPLICATE
     assert d.begin("a", m1) is None  # evicted from the LRU: nothing behind it
 
 
@@ -357,7 +357,7 @@ def test_limits_and_arguments() -> None:
     big = MessageChannel(H_ID, J_ID, _keys()[0], os.urandom(32)).seal("k", b"x" * 101)
     with pytest.raises(MessageRejected) as e:
         j.open("k", big)
-    assert _code(e) is MessageErrorCode.TOO_LARGE and e.value.code == 4
+    assert _code(e) is StreamErrorCode.FRAME_TOO_LARGE and e.value.code == 4
     for bad_kind in ("", "Upper", "a" * 33, "sp ace"):
         with pytest.raises(ValueError):
             h.seal(bad_kind, b"")
@@ -371,19 +371,37 @@ def test_limits_and_arguments() -> None:
 
 
 def test_codes_fit_stream_error_table() -> None:
-    assert {c.name: int(c) for c in MessageErrorCode} == {
-        "TOO_LARGE": 4,
+    # One table (§10.3) for the transport, the protocol and messaging; a refused sealed message
+    # is reset with FRAME_TOO_LARGE (4) or one of messaging's own codes (16..21).
+    assert {c.name: int(c) for c in StreamErrorCode} == {
+        "CANCELLED": 1,
+        "DROPPED": 2,
+        "HANDLER_ERROR": 3,
+        "FRAME_TOO_LARGE": 4,
+        "UNKNOWN_KIND": 5,
+        "BAD_ENVELOPE": 6,
+        "TIMEOUT": 7,
+        "NOT_ADMITTED": 8,
         "TAMPERED": 16,
         "REPLAYED": 17,
         "DUPLICATE": 18,
-        "MALFORMED": 19,
+        "MALFORMED_MESSAGE": 19,
         "TOO_OLD": 20,
         "IN_PROGRESS": 21,
     }
-    stream_name = {"TOO_LARGE": "FRAME_TOO_LARGE", "MALFORMED": "MALFORMED_MESSAGE"}
-    for c in MessageErrorCode:  # the same numbers in the one stream error table (§10.3)
-        assert int(c) == int(StreamErrorCode[stream_name.get(c.name, c.name)]), c
-    assert isinstance(MessageRejected(MessageErrorCode.TAMPERED), IrohPairError)
+    # The native transport resets and stops streams with the same numbers.
+    native = {
+        "CANCELLED": _native.STREAM_CANCELLED,
+        "DROPPED": _native.STREAM_DROPPED,
+        "HANDLER_ERROR": _native.HANDLER_ERROR,
+        "FRAME_TOO_LARGE": _native.FRAME_TOO_LARGE,
+        "UNKNOWN_KIND": _native.UNKNOWN_KIND,
+        "BAD_ENVELOPE": _native.BAD_ENVELOPE,
+        "TIMEOUT": _native.STREAM_TIMEOUT,
+        "NOT_ADMITTED": _native.NOT_ADMITTED,
+    }
+    assert all(int(StreamErrorCode[name]) == value for name, value in native.items()), native
+    assert isinstance(MessageRejected(StreamErrorCode.TAMPERED), IrohPairError)
     assert CHANNEL_BINDING_LABEL == b"iroh-pair/1 messaging channel binding"
 
 

@@ -13,10 +13,10 @@ import pytest
 from helpers import open_local_node
 
 from iroh_pair import errors
-from iroh_pair.code import PairingCode
-from iroh_pair.messaging import new_message_id
-from iroh_pair.node import Node
-from iroh_pair.pairing import PairingFailed, SasCheck, channel_binding, run_joiner
+from iroh_pair.protocol.code import PairingCode
+from iroh_pair.protocol.messaging import new_message_id
+from iroh_pair._node import Node
+from iroh_pair._pairing import PairingFailed, SasCheck, channel_binding, run_joiner
 from iroh_pair.protocol import (
     ALPN,
     MAX_MESSAGE,

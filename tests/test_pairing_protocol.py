@@ -22,10 +22,11 @@ from pairing_helpers import (
     with_words,
 )
 
-from iroh_pair.code import PairingCode
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol import wire
-from iroh_pair.protocol.envelope import MAX_MESSAGE
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.protocol.constants import MAX_MESSAGE
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.offer import OfferBook, PairingOffer
 from iroh_pair.protocol.pairing import (
     Failed,

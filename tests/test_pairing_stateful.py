@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 from pairing_helpers import TICKET, make_pair, other_words, sends, with_tag, with_words
 
-from iroh_pair.code import PairingCode
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.offer import PairingOffer
 from iroh_pair.protocol.pairing import Event, Failed, HostHandshake, JoinerHandshake, Paired
 

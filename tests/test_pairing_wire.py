@@ -9,17 +9,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pairing_helpers import TICKET, make_pair
 
-from iroh_pair.code import PairingCode
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol import wire
 from iroh_pair.protocol.device import FIELD_LIMITS, DeviceInfo
-from iroh_pair.protocol.envelope import (
-    MAX_MESSAGE,
-    FrameBuffer,
-    decode_header,
-    encode_frame,
-    encode_header,
-)
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.protocol.constants import MAX_MESSAGE
+from iroh_pair.protocol.envelope import FrameBuffer, decode_header, encode_frame, encode_header
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.offer import PairingOffer
 
 SETTINGS = settings(max_examples=150, deadline=None)

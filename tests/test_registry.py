@@ -19,32 +19,24 @@ import pytest
 
 from iroh_pair import EndpointId, SecretKey
 from iroh_pair.errors import IrohPairError
-from iroh_pair.identity import (
-    KEY_FILE,
-    DataDirLock,
-    DataDirLocked,
-    KeyFileCorrupt,
-    load_or_create_secret_key,
-)
-from iroh_pair.kdf import SessionKeys
+from iroh_pair.store import KEY_FILE, DataDirLock, load_or_create_secret_key
+from iroh_pair.store._identity import DataDirLocked, KeyFileCorrupt
+from iroh_pair.protocol.kdf import SessionKeys
 from iroh_pair.protocol.device import DeviceInfo
-from iroh_pair import registry as registry_mod
-from iroh_pair.registry import (
+from iroh_pair.store import _registry as registry_mod
+from iroh_pair.store._registry import (
     APPLICATION_ID,
     DELIVERED_MAX_PER_DEVICE,
     DELIVERED_WINDOW,
     MIGRATIONS,
     SCHEMA_VERSION,
     AmbiguousDevice,
-    DeviceRegistry,
-    PairedDevice,
     RegistryCorrupt,
     RegistryError,
     RegistrySchemaTooNew,
     UnknownDevice,
-    safe_display,
-    sanitize_text,
 )
+from iroh_pair.store import DeviceRegistry, PairedDevice, safe_display, sanitize_text
 
 
 ENV = dict(os.environ)  # children import the same package as this run (the installed wheel in CI)
@@ -445,8 +437,8 @@ def test_schema_1_registry_is_migrated(tmp_path: Path) -> None:
 _ZYGOTE = r"""
 import os, sys, time
 from iroh_pair import SecretKey
-from iroh_pair.kdf import SessionKeys
-from iroh_pair.registry import DeviceRegistry, PairedDevice
+from iroh_pair.protocol.kdf import SessionKeys
+from iroh_pair.store import DeviceRegistry, PairedDevice
 db_path = sys.argv[1]
 pool = [SecretKey.from_bytes(os.urandom(32)).public() for _ in range(8)]
 for line in sys.stdin:
@@ -579,7 +571,7 @@ def test_lock_in_process(tmp_path: Path) -> None:
 
 _HOLD = r"""
 import sys, time
-from iroh_pair.identity import DataDirLock, DataDirLocked
+from iroh_pair.store._identity import DataDirLock, DataDirLocked
 try:
     lock = DataDirLock(sys.argv[1]).acquire()
 except DataDirLocked as e:
@@ -617,7 +609,7 @@ def test_lock_across_processes(tmp_path: Path) -> None:
 _FORKED_KEYS = r"""
 import os, sys
 from iroh_pair import SecretKey
-from iroh_pair.identity import load_or_create_secret_key
+from iroh_pair.store import load_or_create_secret_key
 SecretKey.generate()  # warm up the native RNG before forking
 for d in sys.argv[1:]:
     pid = os.fork()

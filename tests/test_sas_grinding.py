@@ -8,7 +8,7 @@ with M.
 
 To keep the search quick, the SAS is shortened here to 2 digits: the last two digits of the
 6-digit SAS, which is exactly ``int_be(sas_value[0:8]) mod 100`` (100 divides 10**6), i.e. the
-2-digit SAS of the same construction (:func:`iroh_pair.kdf.sas_digits` with ``digits=2``).
+2-digit SAS of the same construction (:func:`iroh_pair.protocol.kdf.sas_digits` with ``digits=2``).
 
 * Version 1 (kept only in this file: docs/PROTOCOL.md of commit c94d003~1, §7.3-7.6): the host's
   SPAKE2 message is the last input to the SAS, so M tries host scalars until J's SAS equals
@@ -41,13 +41,8 @@ import pytest
 from pairing_helpers import HOST_INFO, JOINER_INFO, TICKET, Conn, new_id, sas_ready, sends
 
 import iroh_pair.protocol.pairing as pairing_module
-from iroh_pair.code import PairingCode
-from iroh_pair.kdf import (
-    Transcript,
-    confirmation_mac,
-    derive_pairing_keys,
-    hkdf_sha256,
-)
+from iroh_pair.protocol.code import PairingCode
+from iroh_pair.protocol.kdf import Transcript, confirmation_mac, derive_pairing_keys, hkdf_sha256
 from iroh_pair.protocol import wire
 from iroh_pair.protocol.offer import PairingOffer
 from iroh_pair.protocol.pairing import HostHandshake, JoinerHandshake, SasReady

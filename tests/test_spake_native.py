@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from spake2 import SPAKE2_A, SPAKE2_B
 
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.spake import Spake2
 
 VECTORS = json.loads((Path(__file__).parent / "vectors" / "pairing.json").read_text())["spake2"]

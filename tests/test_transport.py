@@ -18,11 +18,10 @@ from pathlib import Path
 import pytest
 
 from iroh_pair import errors
-from iroh_pair._bridge import get_bridge
+from iroh_pair.protocol.constants import StreamErrorCode
+from iroh_pair.runtime import debug_stats
+from iroh_pair.runtime._bridge import get_bridge
 from iroh_pair.transport import (
-    HANDLER_ERROR,
-    STREAM_CANCELLED,
-    STREAM_DROPPED,
     Chunk,
     Connection,
     Endpoint,
@@ -31,7 +30,6 @@ from iroh_pair.transport import (
     RecvStream,
     SecretKey,
     SendStream,
-    debug_stats,
 )
 
 from helpers import ALPN
@@ -105,7 +103,7 @@ async def test_async_handler_and_handler_error(pair: tuple[Endpoint, Endpoint]) 
     assert await cb.request(b"abc", timeout=5) == b"ABC"
     with pytest.raises(errors.RemoteError) as e:
         await cb.request(b"boom", timeout=5)
-    assert e.value.code == HANDLER_ERROR
+    assert e.value.code == StreamErrorCode.HANDLER_ERROR
     assert await cb.request(b"still usable", timeout=5) == b"STILL USABLE"
     serving.cancel()
 
@@ -581,7 +579,7 @@ async def test_cancelled_write_resets_stream(pair: tuple[Endpoint, Endpoint]) ->
     with pytest.raises(errors.StreamReset) as e:
         while data := await r2.read(1 << 20):
             received += len(data)
-    assert e.value.code == STREAM_CANCELLED
+    assert e.value.code == StreamErrorCode.CANCELLED
     assert received < len(big)
     assert debug_stats()["pending_tokens"] == 0
 
@@ -670,7 +668,7 @@ async def test_dropped_send_stream_is_reset_not_finished(pair: tuple[Endpoint, E
     _, r2 = await ca.accept_bi()
     with pytest.raises(errors.StreamReset) as e:
         await r2.read_to_end(1000)
-    assert e.value.code == STREAM_DROPPED
+    assert e.value.code == StreamErrorCode.DROPPED
 
 
 async def test_ten_thousand_cancelled_requests_leak_nothing(pair: tuple[Endpoint, Endpoint]) -> None:

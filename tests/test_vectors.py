@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
-from iroh_pair.code import PairingCode, decode_tag, encode_tag
-from iroh_pair.kdf import (
+from iroh_pair.protocol.code import PairingCode, decode_tag, encode_tag
+from iroh_pair.protocol.constants import (
     ALPN,
-    CHANNEL_BINDING_LABEL,
     COMMITMENT_LABEL,
     LABELS,
+    PAIRING_BINDING_LABEL as CHANNEL_BINDING_LABEL,
     PROTOCOL_VERSION,
+)
+from iroh_pair.protocol.kdf import (
     Role,
     Transcript,
     commitment,
@@ -29,13 +31,8 @@ from iroh_pair.kdf import (
 )
 from iroh_pair.protocol import wire
 from iroh_pair.protocol.device import DeviceInfo
-from iroh_pair.protocol.envelope import (
-    PAIR_KIND,
-    FrameBuffer,
-    decode_header,
-    encode_frame,
-    encode_header,
-)
+from iroh_pair.protocol.constants import PAIR_KIND
+from iroh_pair.protocol.envelope import FrameBuffer, decode_header, encode_frame, encode_header
 from iroh_pair.protocol.offer import PairingOffer
 from iroh_pair.protocol.pairing import (
     HostHandshake,
@@ -46,7 +43,7 @@ from iroh_pair.protocol.pairing import (
 )
 from iroh_pair.protocol.spake import Spake2
 from iroh_pair.protocol.seal import open_sealed, seal
-from iroh_pair.words import BadWordCount, UnknownWord, normalize_words, secret_bytes
+from iroh_pair.protocol.words import BadWordCount, UnknownWord, normalize_words, secret_bytes
 
 V: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "pairing.json").read_text(encoding="utf-8")

@@ -6,17 +6,30 @@ above it (connection cache, pairing, registry, messaging) is Python.
 
 from __future__ import annotations
 
-from ._native import EndpointAddr, EndpointId, SecretKey
-from .errors import IrohPairError
-from .transport import Connection, Endpoint, RecvStream, SendStream
+from iroh_pair import _native
+from iroh_pair._cache import ConnectionCache
+from iroh_pair._native import EndpointAddr, EndpointId, SecretKey
+from iroh_pair._node import Node
+from iroh_pair._pairing import SasCheck
+from iroh_pair._peer import RequestPeer
+from iroh_pair.errors import IrohPairError
+from iroh_pair.protocol import spake as _spake
+from iroh_pair.transport import Connection, Endpoint, RecvStream, SendStream
+
+# The sans-I/O protocol computes SPAKE2 with the native implementation (see protocol/spake.py).
+_spake.use_backend(_native.Spake2)
 
 __all__ = [
     "Connection",
+    "ConnectionCache",
     "Endpoint",
     "EndpointAddr",
     "EndpointId",
     "IrohPairError",
+    "Node",
     "RecvStream",
+    "RequestPeer",
+    "SasCheck",
     "SecretKey",
     "SendStream",
 ]

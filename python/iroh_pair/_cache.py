@@ -16,7 +16,7 @@ What it does:
 * **Eviction.** A watcher task awaits ``conn.closed()`` for every cached connection and evicts it
   as soon as it closes, whoever closed it.
 * **Dead peers.** :meth:`ConnectionCache.request` and :meth:`ConnectionCache.send` evict (and
-  close, with :data:`CLOSE_UNRESPONSIVE`) a connection on which a request timed out or failed with
+  close, with ``CloseCode.UNRESPONSIVE``) a connection on which a request timed out or failed with
   a transport-level :class:`~iroh_pair.errors.ConnectionLost`, then, for idempotent requests, dial
   again once and retry once. A handler's :class:`~iroh_pair.errors.RemoteError` (and a
   :class:`~iroh_pair.errors.StreamReset` or :class:`~iroh_pair.errors.FrameTooLarge`) says nothing
@@ -33,7 +33,7 @@ What it does:
   is the one the peer holds. The loser leaves the cache at once (new requests go to the winner); it
   is *drained* (the requests the cache has in flight on it finish, up to ``drain_timeout``), held
   open for a further ``duplicate_grace`` seconds so that the peer's own in-flight requests on it
-  can complete, and then closed gracefully with :data:`CLOSE_DUPLICATE`.
+  can complete, and then closed gracefully with ``CloseCode.DUPLICATE``.
 
 Only requests made through the cache (:meth:`~ConnectionCache.request`,
 :meth:`~ConnectionCache.send`, :meth:`~ConnectionCache.lease`) are counted as in flight for
@@ -41,7 +41,7 @@ draining; a caller that opens its own streams on a connection from :meth:`~Conne
 should hold it with :meth:`~ConnectionCache.lease` instead.
 
 The connection type is structural (:class:`CacheableConnection`); the real
-:class:`iroh_pair.transport.Connection` satisfies it, and so do the fakes in the tests.
+:class:`iroh_pair.Connection` satisfies it, and so do the fakes in the tests.
 """
 
 from __future__ import annotations
@@ -54,13 +54,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from .errors import ConnectionLost, IrohPairError
+from iroh_pair.errors import ConnectionLost, IrohPairError
+from iroh_pair.protocol.constants import CloseCode
 
 __all__ = [
-    "CLOSE_NORMAL",
-    "CLOSE_DUPLICATE",
-    "CLOSE_UNRESPONSIVE",
-    "CLOSE_SHUTDOWN",
     "DEFAULT",
     "CacheClosedError",
     "CacheStats",
@@ -70,24 +67,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("iroh_pair.cache")
-
-# ---------------------------------------------------------------------------------------------
-# Application close codes used by the cache (QUIC application error codes, sent to the peer).
-# ---------------------------------------------------------------------------------------------
-
-CLOSE_NORMAL = 0x00
-"""Ordinary close, no particular reason."""
-
-CLOSE_DUPLICATE = 0x10
-"""The connection lost the simultaneous-dial tie break: another connection between the same two
-endpoints on the same ALPN is kept instead. Sent after the loser was drained."""
-
-CLOSE_UNRESPONSIVE = 0x11
-"""A request on the connection timed out or the connection failed; the cache evicted it."""
-
-CLOSE_SHUTDOWN = 0x12
-"""The cache was closed (:meth:`ConnectionCache.aclose`)."""
-
 
 class CacheClosedError(IrohPairError, RuntimeError):
     """The :class:`ConnectionCache` has been closed; it makes and hands out no more connections."""
@@ -185,7 +164,7 @@ class CacheStats:
       out or lost the connection;
     * ``retries``: requests retried on a fresh connection after such an eviction;
     * ``duplicates``: connections that lost a simultaneous-dial tie break (drained, then closed
-      with :data:`CLOSE_DUPLICATE`).
+      with ``CloseCode.DUPLICATE``).
 
     Gauges (current state):
 
@@ -395,7 +374,7 @@ class ConnectionCache(Generic[P, C]):
 
         If the request times out (:class:`~iroh_pair.errors.Timeout` / :class:`TimeoutError`) or
         the connection is lost (:class:`~iroh_pair.errors.ConnectionLost`), the connection is
-        evicted and closed with :data:`CLOSE_UNRESPONSIVE`; then, if ``idempotent``, the cache
+        evicted and closed with ``CloseCode.UNRESPONSIVE``; then, if ``idempotent``, the cache
         dials again (once) and retries (once), counting a retry. A non-idempotent request is not
         retried (the peer may have processed it) and the error propagates.
 
@@ -461,16 +440,16 @@ class ConnectionCache(Generic[P, C]):
 
         Later :meth:`get` / :meth:`request` calls for ``(conn.remote_id, conn.alpn)`` reuse it.
         If a live connection for that key is already cached, the simultaneous-dial tie break
-        decides which one stays; the loser is drained and closed with :data:`CLOSE_DUPLICATE`.
+        decides which one stays; the loser is drained and closed with ``CloseCode.DUPLICATE``.
         If one of our dials to that key is in flight, the tie break happens when it completes.
 
         :returns: whether ``conn`` is now the cached connection for its key (``False`` if it was
             already closed or lost the tie break).
         :raises CacheClosedError: the cache is closed (``conn`` is then closed with
-            :data:`CLOSE_SHUTDOWN`).
+            ``CloseCode.CACHE_SHUTDOWN``).
         """
         if self._closed:
-            conn.close(CLOSE_SHUTDOWN, b"connection cache closed")
+            conn.close(CloseCode.CACHE_SHUTDOWN, b"connection cache closed")
             raise CacheClosedError("the connection cache is closed")
         key: tuple[P, bytes] = (conn.remote_id, conn.alpn)
         existing = self._records.get(id(conn))
@@ -502,7 +481,7 @@ class ConnectionCache(Generic[P, C]):
         )
 
     async def aclose(self) -> None:
-        """Close the cache: close every connection it holds with :data:`CLOSE_SHUTDOWN`.
+        """Close the cache: close every connection it holds with ``CloseCode.CACHE_SHUTDOWN``.
 
         In-flight dials are cancelled (their waiters get :class:`CacheClosedError`), draining is
         cut short, watchers are stopped, and later :meth:`get`, :meth:`request`, :meth:`send` and
@@ -521,7 +500,7 @@ class ConnectionCache(Generic[P, C]):
         self._records.clear()
         self._live.clear()
         for rec in records:
-            rec.conn.close(CLOSE_SHUTDOWN, b"connection cache closed")
+            rec.conn.close(CloseCode.CACHE_SHUTDOWN, b"connection cache closed")
             for t in (rec.watcher, rec.drainer):
                 if t is not None:
                     t.cancel()
@@ -601,7 +580,7 @@ class ConnectionCache(Generic[P, C]):
             if self._dialing.get(key) is asyncio.current_task():
                 del self._dialing[key]
         if self._closed:
-            conn.close(CLOSE_SHUTDOWN, b"connection cache closed")
+            conn.close(CloseCode.CACHE_SHUTDOWN, b"connection cache closed")
             raise CacheClosedError("the connection cache was closed during the dial")
         if conn.is_closed:
             self._dial_failures += 1
@@ -690,10 +669,10 @@ class ConnectionCache(Generic[P, C]):
         rec = self._records.get(id(conn))
         if rec is not None:
             self._evict(rec, f"request failed: {type(exc).__name__}")
-        conn.close(CLOSE_UNRESPONSIVE, b"request timed out or connection lost")
+        conn.close(CloseCode.UNRESPONSIVE, b"request timed out or connection lost")
 
     def _retire(self, rec: _Record[C]) -> None:
-        """Drain a tie-break loser and close it with :data:`CLOSE_DUPLICATE` (in a task)."""
+        """Drain a tie-break loser and close it with ``CloseCode.DUPLICATE`` (in a task)."""
         if rec.drainer is None:
             rec.drainer = asyncio.get_running_loop().create_task(
                 self._drain(rec), name=f"iroh_pair.cache.drain({_fmt_key(rec.key)})"
@@ -710,5 +689,5 @@ class ConnectionCache(Generic[P, C]):
         if self._duplicate_grace > 0 and not rec.conn.is_closed:
             await asyncio.sleep(self._duplicate_grace)
         log.debug("closing duplicate %s connection %s", rec.conn.side, _fmt_key(rec.key))
-        rec.conn.close(CLOSE_DUPLICATE, b"duplicate connection")
+        rec.conn.close(CloseCode.DUPLICATE, b"duplicate connection")
 

@@ -1,7 +1,7 @@
 """The :class:`Node` facade: identity, registry, admission, pairing, encrypted messaging, events.
 
 One node per data directory (a lock enforces it). Its endpoint serves the package's one ALPN,
-``iroh-pair/1``. Every connection is kept in the :class:`~iroh_pair.cache.ConnectionCache`:
+``iroh-pair/1``. Every connection is kept in the :class:`~iroh_pair.ConnectionCache`:
 one per paired device, dialed by EndpointId (iroh finds the path), reused for every message,
 each message on a new stream. The pairing connection becomes the messaging connection.
 
@@ -27,21 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
-from . import identity
-from .cache import ConnectionCache
-from .code import PairingCode
-from .lan import LanCode, looks_spoken
-from .errors import ConnectError, IrohPairError, RemoteError
-from .messaging import (
-    MESSAGE_ID_LEN,
-    MessageChannel,
-    MessageErrorCode,
-    Deliveries,
-    MessageRejected,
-    new_message_id,
-)
-from .messaging import CHANNEL_BINDING_LABEL as MSG_BINDING_LABEL
-from .pairing import (
+from iroh_pair import store
+from iroh_pair._cache import ConnectionCache
+from iroh_pair._native import MdnsAnnouncement
+from iroh_pair._pairing import (
     HOST_FIRST_FRAME_TIMEOUT,
     JOINER_REPLY_TIMEOUT,
     ConfirmSas,
@@ -52,28 +41,34 @@ from .pairing import (
     run_host,
     run_joiner,
 )
-from .protocol import (
+from iroh_pair.errors import ConnectError, IrohPairError, ProtocolError, RemoteError
+from iroh_pair.protocol.code import PairingCode
+from iroh_pair.protocol.constants import (
     ALPN,
-    CONFIRM_TIMEOUT,
+    CHANNEL_BINDING_CONTEXT,
+    CHANNEL_BINDING_LEN,
     MAX_MESSAGE,
+    MESSAGING_BINDING_LABEL,
     PAIR_KIND,
     PAIR_KIND_V1,
     CloseCode,
-    DeviceInfo,
-    Failed,
-    OfferBook,
-    PairingOffer,
-    PairingResult,
-    ProtocolError,
     RejectCode,
     StreamErrorCode,
-    decode_header,
-    encode_header,
 )
-from .protocol.device import FIELD_LIMITS
-from .registry import REGISTRY_FILE, DeviceRegistry, PairedDevice, sanitize_text
-from ._native import MdnsAnnouncement
-from .transport import (
+from iroh_pair.protocol.device import FIELD_LIMITS, DeviceInfo
+from iroh_pair.protocol.envelope import decode_header, encode_header
+from iroh_pair.protocol.lan import LanCode, looks_spoken
+from iroh_pair.protocol.messaging import (
+    MESSAGE_ID_LEN,
+    Deliveries,
+    MessageChannel,
+    MessageRejected,
+    new_message_id,
+)
+from iroh_pair.protocol.offer import CONFIRM_TIMEOUT, OfferBook, PairingOffer
+from iroh_pair.protocol.pairing import Failed, PairingResult
+from iroh_pair.store import REGISTRY_FILE, DeviceRegistry, PairedDevice, sanitize_text
+from iroh_pair.transport import (
     DEFAULT_MAX_MESSAGE,
     Connection,
     Endpoint,
@@ -90,9 +85,6 @@ __all__ = [
     "HostedPairing",
     "MessageHandler",
     "DEFAULT_KIND",
-    "PairingFailed",
-    "SasCheck",
-    "ConfirmSas",
     "NameplateNotFound",
     "AmbiguousNameplate",
 ]
@@ -119,7 +111,7 @@ PAIR_FRAME_LIMIT = MAX_MESSAGE + 64
 #: Largest first frame of a paired peer's other streams: a 16 MiB message and its overhead.
 PAIRED_FRAME_LIMIT = DEFAULT_MAX_MESSAGE + 1024
 #: A paired peer's stream must deliver its first frame this soon (an unknown peer's:
-#: :data:`~iroh_pair.pairing.HOST_FIRST_FRAME_TIMEOUT`, 10 s).
+#: :data:`~iroh_pair._pairing.HOST_FIRST_FRAME_TIMEOUT`, 10 s).
 PAIRED_FIRST_FRAME_TIMEOUT = 30.0
 #: First delay before retrying a message the receiver answered ``IN_PROGRESS`` (doubles each
 #: time up to :data:`IN_PROGRESS_MAX_BACKOFF`, within the request's timeout).
@@ -242,7 +234,7 @@ class Node:
         self.registry: DeviceRegistry
         self.info: DeviceInfo
         self.data_dir: Path
-        self._lock: identity.DataDirLock
+        self._lock: store.DataDirLock
         self._devices: dict[EndpointId, PairedDevice] = {}
         self._handlers: dict[str, MessageHandler] = {}
         self._offers = OfferBook()
@@ -308,7 +300,7 @@ class Node:
         idle_timeout: float | None = None,
     ) -> Node:
         """Opens the node in ``data_dir`` (created 0700): takes the directory's lock (a second
-        process gets :class:`~iroh_pair.identity.DataDirLocked`), loads or creates the secret
+        process gets :class:`~iroh_pair.errors.DataDirLocked`), loads or creates the secret
         key, opens the registry and binds the endpoint.
 
         The defaults use n0's public relays and address lookup; pass ``relay``/``lookup`` for
@@ -319,10 +311,10 @@ class Node:
         ``ca_certs`` (PEM) trusts the private certificate of self-hosted servers.
         """
         self = cls()
-        self.data_dir = identity.ensure_data_dir(Path(data_dir).expanduser())
-        self._lock = identity.DataDirLock(self.data_dir).acquire()
+        self.data_dir = store.ensure_data_dir(Path(data_dir).expanduser())
+        self._lock = store.DataDirLock(self.data_dir).acquire()
         try:
-            key = identity.load_or_create_secret_key(self.data_dir)
+            key = store.load_or_create_secret_key(self.data_dir)
             self.registry = DeviceRegistry(self.data_dir / REGISTRY_FILE)
             self._deliveries.store = self.registry
             self._devices = {d.endpoint_id: d for d in self.registry.list()}
@@ -405,7 +397,7 @@ class Node:
 
     def device(self, ref: DeviceRef) -> PairedDevice:
         """A paired device by name, EndpointId, or id prefix; raises
-        :class:`~iroh_pair.registry.UnknownDevice` or :class:`~iroh_pair.registry.AmbiguousDevice`."""
+        :class:`~iroh_pair.errors.UnknownDevice` or :class:`~iroh_pair.errors.AmbiguousDevice`."""
         if isinstance(ref, PairedDevice):
             ref = ref.endpoint_id
         if isinstance(ref, EndpointId):
@@ -776,7 +768,7 @@ class Node:
 
         Dials by EndpointId only when no connection is live. Every message carries a 16-byte
         message id (``message_id``, default a fresh random one,
-        :func:`iroh_pair.messaging.new_message_id`): a request that fails on a dead connection
+        :func:`iroh_pair.new_message_id`): a request that fails on a dead connection
         is retried once on a new one under the same id, and a message whose handler is running
         right now on the receiver (``IN_PROGRESS``) is retried after a short backoff, all within
         ``timeout`` seconds in total.
@@ -863,7 +855,7 @@ class Node:
         try:
             await self.request(device, data, kind=kind, timeout=timeout, message_id=message_id)
         except RemoteError as e:
-            if e.code != MessageErrorCode.DUPLICATE:
+            if e.code != StreamErrorCode.DUPLICATE:
                 raise  # a duplicate was delivered before: done
 
     def _channel(self, conn: Connection, dev: PairedDevice) -> MessageChannel:
@@ -876,7 +868,9 @@ class Node:
             # back: a new one would restart the counter under the same subkey (§13.4).
             st.channel = st.retired.pop(keys, None)
             if st.channel is None:
-                binding = conn.export_keying_material(MSG_BINDING_LABEL, b"", 32)
+                binding = conn.export_keying_material(
+                    MESSAGING_BINDING_LABEL, CHANNEL_BINDING_CONTEXT, CHANNEL_BINDING_LEN
+                )
                 # deduplication is the node's (self._deliveries), across connections/restarts
                 st.channel = MessageChannel(self.id, dev.endpoint_id, dev.keys, binding)
             st.channel_keys = keys

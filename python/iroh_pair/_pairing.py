@@ -1,4 +1,4 @@
-"""Drives the pairing state machines (:mod:`iroh_pair.protocol`) over iroh streams.
+"""Drives the pairing state machines (:mod:`iroh_pair.protocol.pairing`) over iroh streams.
 
 I/O only: every decision is the state machines'. This module reads and writes frames, passes
 in the authenticated remote id, the channel binding and the clock, asks the application to
@@ -28,32 +28,34 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
-from .code import PairingCode
-from .errors import IrohPairError, StreamReset, TransportError
-from .kdf import CHANNEL_BINDING_LABEL, Role
-from .protocol import (
-    CONFIRM_TIMEOUT,
+from iroh_pair.errors import IrohPairError, ProtocolError, StreamReset, TransportError
+from iroh_pair.protocol import wire
+from iroh_pair.protocol.code import PairingCode
+from iroh_pair.protocol.constants import (
+    CHANNEL_BINDING_CONTEXT,
+    CHANNEL_BINDING_LEN,
     MAX_MESSAGE,
     PAIR_KIND,
-    DeviceInfo,
+    PAIRING_BINDING_LABEL,
+    RejectCode,
+    StreamErrorCode,
+)
+from iroh_pair.protocol.device import DeviceInfo
+from iroh_pair.protocol.envelope import encode_header
+from iroh_pair.protocol.kdf import Role
+from iroh_pair.protocol.offer import CONFIRM_TIMEOUT, OfferBook, PairingOffer
+from iroh_pair.protocol.pairing import (
     Entropy,
     Event,
     Failed,
     HostHandshake,
     JoinerHandshake,
-    OfferBook,
     Paired,
-    PairingOffer,
     PairingResult,
-    ProtocolError,
-    RejectCode,
     SasReady,
     SendMessage,
-    StreamErrorCode,
-    encode_header,
 )
-from .protocol import wire
-from .transport import Connection, RecvStream, SendStream
+from iroh_pair.transport import Connection, RecvStream, SendStream
 
 __all__ = [
     "PairingFailed",
@@ -68,7 +70,6 @@ __all__ = [
     "channel_binding",
     "JOINER_REPLY_TIMEOUT",
     "JOINER_FIN_TIMEOUT",
-    "CONFIRM_TIMEOUT",
     "HOST_FIRST_FRAME_TIMEOUT",
     "VERSION_1_REJECT_TEXT",
 ]
@@ -101,7 +102,7 @@ _NO_V2 = "the host does not speak pairing version 2"
 
 
 class PairingFailed(IrohPairError):
-    """Pairing did not complete. ``code`` is the :class:`~iroh_pair.protocol.RejectCode`
+    """Pairing did not complete. ``code`` is the :class:`~iroh_pair.protocol.constants.RejectCode`
     (``WRONG_CODE`` for wrong words, ``SAS_DECLINED`` when a user declined the SAS,
     ``UNSUPPORTED_VERSION`` for a peer of another pairing version), ``by_peer`` whether the
     other side reported it. ``reason`` may come from the peer: sanitise it before showing it."""
@@ -147,7 +148,9 @@ OnUnpaired = Callable[[PairingResult], Awaitable[None]]
 
 def channel_binding(conn: Connection) -> bytes:
     """The pairing's channel binding: TLS keying material of this connection (§7.2)."""
-    return conn.export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)
+    return conn.export_keying_material(
+        PAIRING_BINDING_LABEL, CHANNEL_BINDING_CONTEXT, CHANNEL_BINDING_LEN
+    )
 
 
 async def _ask(confirm: ConfirmSas, check: SasCheck) -> bool:

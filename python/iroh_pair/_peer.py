@@ -1,10 +1,14 @@
 """Request/response between endpoints, the right way: one cached connection per peer and ALPN,
 one new stream per message, both directions.
 
-:class:`RequestPeer` is the layer under :class:`~iroh_pair.node.Node` for applications that bring
+:class:`RequestPeer` is the layer under :class:`~iroh_pair.Node` for applications that bring
 their own protocol (their own ALPNs, no pairing): it serves handlers for several ALPNs, adopts
-inbound connections into its :class:`~iroh_pair.cache.ConnectionCache` (so requests to a peer
-that dialed us reuse that connection), and dials everything else through the cache.
+inbound connections into its :class:`~iroh_pair.ConnectionCache` (so requests to a peer that
+dialed us reuse that connection), and dials everything else through the cache. Example::
+
+    async with RequestPeer(endpoint, {b"my-app/1": handle}) as peer:
+        peer.add_address(other_addr)                 # first contact; later by id alone
+        reply = await peer.request(other_addr.id, b"my-app/1", b"hello")
 """
 
 from __future__ import annotations
@@ -14,9 +18,10 @@ import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
 
-from .cache import ConnectionCache
-from .errors import IrohPairError
-from .transport import (
+from iroh_pair._cache import ConnectionCache
+from iroh_pair.errors import IrohPairError
+from iroh_pair.protocol.constants import CloseCode
+from iroh_pair.transport import (
     DEFAULT_MAX_MESSAGE,
     CloseInfo,
     Connection,
@@ -103,12 +108,12 @@ class RequestPeer:
     async def _accept_loop(self) -> None:
         while (conn := await self.endpoint.accept()) is not None:
             if conn.alpn not in self.handlers:
-                conn.close(0, b"no handler")
+                conn.close(CloseCode.OK, b"no handler")
                 continue
             try:
                 self.cache.adopt(conn)
             except IrohPairError:
-                conn.close(0, b"shutting down")
+                conn.close(CloseCode.OK, b"shutting down")
                 return
             self._serve(conn)
 

@@ -32,14 +32,15 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from . import __version__
-from ._text import sanitize_for_terminal
-from .errors import IrohPairError
-from .lan import looks_spoken
-from .node import HostedPairing, Node, PairingFailed, SasCheck
-from .protocol import RejectCode
-from .registry import PairedDevice
-from .transport import LookupConfig
+from iroh_pair import __version__
+from iroh_pair._node import HostedPairing, Node
+from iroh_pair._pairing import PairingFailed, SasCheck
+from iroh_pair._text import sanitize_for_terminal
+from iroh_pair.errors import IrohPairError
+from iroh_pair.protocol.constants import RejectCode
+from iroh_pair.protocol.lan import looks_spoken
+from iroh_pair.store import PairedDevice
+from iroh_pair.transport import LookupConfig
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAIRING, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 #: Exit code when this side's user declined the SAS (or did not answer in time).

@@ -3,7 +3,7 @@
     python -m iroh_pair.demo
 
 It runs on an embedded default: a relay and an address-lookup server of its own on 127.0.0.1
-(:class:`iroh_pair.servers.LocalServers`), so it needs no internet and touches no public service.
+(:class:`iroh_pair.testing.LocalServers`), so it needs no internet and touches no public service.
 Each device is a separate ``iroh-pair`` process with its own data directory; after the restart
 they are new processes on new ports and find each other through the lookup server, by
 EndpointId alone: no address is stored or handed over.
@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .servers import LocalServers
+from iroh_pair.testing import LocalServers
 
 T0 = time.monotonic()
 

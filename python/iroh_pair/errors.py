@@ -9,6 +9,11 @@ also the builtin :class:`TimeoutError`.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
+    from iroh_pair.protocol.constants import RejectCode
+
 __all__ = [
     "IrohPairError",
     "TransportError",
@@ -23,6 +28,7 @@ __all__ = [
     "InvalidKey",
     "InvalidTicket",
     "RemoteError",
+    "ProtocolError",
 ]
 
 
@@ -108,3 +114,16 @@ class RemoteError(IrohPairError):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+class ProtocolError(IrohPairError):
+    """A pairing message or envelope was malformed, oversized, out of order or refused.
+
+    ``code`` is the :class:`~iroh_pair.protocol.constants.RejectCode`; this is the only
+    exception the decoders and state machines of :mod:`iroh_pair.protocol` raise for bad input.
+    """
+
+    def __init__(self, code: RejectCode, message: str = "") -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.reason = message or code.name.lower()

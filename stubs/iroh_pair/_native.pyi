@@ -3,7 +3,7 @@
 #
 # Operations that may wait take `(bridge, token, ...)` and return either their result (they
 # completed at once) or `PENDING` (the result arrives through `Bridge.drain()` under `token`).
-# Python code calls them through `iroh_pair._bridge.call`, never directly.
+# Python code calls them through `iroh_pair.runtime._bridge.call`, never directly.
 
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, final

@@ -17,7 +17,8 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 
-from iroh_pair.words import (
+from iroh_pair.protocol.constants import SESSION_TAG_LEN
+from iroh_pair.protocol.words import (
     DEFAULT_WORD_COUNT,
     BadWordCount,
     InvalidCode,
@@ -28,7 +29,6 @@ from iroh_pair.words import (
 )
 
 __all__ = [
-    "SESSION_TAG_LEN",
     "PairingCode",
     "InvalidCode",
     "UnknownWord",
@@ -40,8 +40,6 @@ __all__ = [
     "decode_tag",
 ]
 
-#: Length in bytes of the non-secret session tag.
-SESSION_TAG_LEN = 16
 _TAG_CHARS = 26  # base32 of 16 bytes without padding
 _MAX_TICKET = 4096
 
@@ -120,7 +118,7 @@ class PairingCode:
         """Parse the full form; raises an :class:`InvalidCode` subclass when it is not valid.
 
         The whole string is NFKC-normalised and stripped; the words follow
-        :func:`iroh_pair.words.normalize_words`, the tag is case-insensitive, the ticket is kept
+        :func:`iroh_pair.protocol.words.normalize_words`, the tag is case-insensitive, the ticket is kept
         verbatim.
         """
         folded = unicodedata.normalize("NFKC", text).strip()
@@ -140,7 +138,7 @@ class PairingCode:
         return "-".join(self.words)
 
     def password(self) -> bytes:
-        """The SPAKE2 password (:func:`iroh_pair.words.secret_bytes` of the words)."""
+        """The SPAKE2 password (:func:`iroh_pair.protocol.words.secret_bytes` of the words)."""
         return secret_bytes(self.words)
 
     def __str__(self) -> str:

@@ -14,7 +14,8 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import RejectCode
 
 __all__ = ["DeviceInfo", "FIELD_LIMITS", "MAX_DEVICE_INFO"]
 

@@ -13,16 +13,10 @@ from __future__ import annotations
 
 import re
 
-from iroh_pair.kdf import ALPN
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import ENVELOPE_VERSION, MAX_KIND_LEN, MAX_MESSAGE, RejectCode
 
 __all__ = [
-    "ALPN",
-    "ENVELOPE_VERSION",
-    "MAX_KIND_LEN",
-    "MAX_MESSAGE",
-    "PAIR_KIND",
-    "PAIR_KIND_V1",
     "encode_header",
     "header_kind_length",
     "decode_kind",
@@ -30,15 +24,6 @@ __all__ = [
     "encode_frame",
     "FrameBuffer",
 ]
-
-ENVELOPE_VERSION = 1
-MAX_KIND_LEN = 32
-#: Largest frame body (64 KiB).
-MAX_MESSAGE = 64 * 1024
-#: Stream kind of pairing version 2 (this implementation).
-PAIR_KIND = "pair2"
-#: Stream kind of pairing version 1 (refused with UNSUPPORTED_VERSION).
-PAIR_KIND_V1 = "pair"
 
 _KIND = re.compile(r"[a-z0-9._-]{1,32}")
 
@@ -81,7 +66,7 @@ def decode_header(data: bytes) -> tuple[str, int]:
 
 
 def encode_frame(body: bytes) -> bytes:
-    """``u32 BE length || body``; ProtocolError(TOO_LARGE) above :data:`MAX_MESSAGE`."""
+    """``u32 BE length || body``; ProtocolError(TOO_LARGE) above :data:`~iroh_pair.protocol.constants.MAX_MESSAGE`."""
     if len(body) > MAX_MESSAGE:
         raise ProtocolError(RejectCode.TOO_LARGE, f"{len(body)} > {MAX_MESSAGE} bytes")
     return len(body).to_bytes(4, "big") + body

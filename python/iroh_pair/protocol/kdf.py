@@ -7,7 +7,7 @@ Nothing here does I/O or keeps state; ``docs/PROTOCOL.md`` §7 is the normative 
 * transcript: SHA-256 over 13 items each encoded as ``lp(x) = u32 BE length || x``
   (:class:`Transcript`);
 * keys: ``HKDF-SHA256(IKM = SPAKE2 key, salt = transcript hash, info = label, L = 32)`` for each
-  label in :data:`LABELS`;
+  label in :data:`~iroh_pair.protocol.constants.LABELS`;
 * confirmation and accept MACs: ``HMAC-SHA256(key, transcript hash)``;
 * SAS: ``sas_value = HMAC-SHA256(sas key, host_nonce || joiner_nonce)``, shown as
   ``int_be(sas_value[0:8]) mod 10**6`` in 6 decimal digits (:func:`compute_sas`)::
@@ -26,17 +26,16 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from iroh_pair.protocol.constants import (
+    ALPN,
+    COMMITMENT_LABEL,
+    LABELS,
+    PROTOCOL_VERSION,
+    SAS_DIGITS,
+    TRANSCRIPT_LABEL,
+)
+
 __all__ = [
-    "ALPN",
-    "PROTOCOL_VERSION",
-    "TRANSCRIPT_LABEL",
-    "CHANNEL_BINDING_LABEL",
-    "CHANNEL_BINDING_CONTEXT",
-    "CHANNEL_BINDING_LEN",
-    "COMMITMENT_LABEL",
-    "NONCE_LEN",
-    "SAS_DIGITS",
-    "LABELS",
     "Role",
     "Transcript",
     "SessionKeys",
@@ -51,35 +50,6 @@ __all__ = [
     "commitment",
     "verify_commitment",
 ]
-
-#: The one ALPN of the package.
-ALPN = b"iroh-pair/1"
-#: Pairing protocol version (transcript item 2; the stream kind ``pair2`` carries it).
-PROTOCOL_VERSION = 2
-#: First transcript item: domain separation of the transcript hash.
-TRANSCRIPT_LABEL = b"iroh-pair/2 pairing transcript"
-#: ``export_keying_material`` label of the channel binding (context empty, 32 bytes).
-CHANNEL_BINDING_LABEL = b"iroh-pair/2 pairing channel binding"
-CHANNEL_BINDING_CONTEXT = b""
-CHANNEL_BINDING_LEN = 32
-#: Domain separation of the joiner's nonce commitment (§7.3).
-COMMITMENT_LABEL = b"iroh-pair/2 sas commitment"
-#: Length of ``joiner_nonce`` and ``host_nonce``.
-NONCE_LEN = 32
-#: Digits of the SAS shown to users.
-SAS_DIGITS = 6
-
-#: HKDF ``info`` labels, one per derived key.
-LABELS: dict[str, bytes] = {
-    "host_to_joiner": b"iroh-pair/2 key host->joiner",
-    "joiner_to_host": b"iroh-pair/2 key joiner->host",
-    "host_confirm": b"iroh-pair/2 confirm host",
-    "joiner_confirm": b"iroh-pair/2 confirm joiner",
-    "joiner_accept": b"iroh-pair/2 accept joiner",
-    "sas": b"iroh-pair/2 sas",
-    "host_seal": b"iroh-pair/2 seal host->joiner",
-    "joiner_seal": b"iroh-pair/2 seal joiner->host",
-}
 
 
 class Role(enum.Enum):
@@ -104,7 +74,7 @@ class Transcript:
 
     ``joiner_msg`` and ``host_msg`` are the SPAKE2 messages exactly as on the wire (33 bytes,
     including the side byte ``A``/``B``); ``channel_binding`` is the QUIC connection's
-    ``export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)``; ``commitment`` is the joiner's
+    ``export_keying_material(PAIRING_BINDING_LABEL, b"", 32)``; ``commitment`` is the joiner's
     (M1) and ``host_nonce`` the host's (M2). ``joiner_nonce`` is not an item (§7.3).
     """
 

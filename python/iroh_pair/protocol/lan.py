@@ -10,8 +10,8 @@ LAN browses that service to find the host. The words are the SPAKE2 password exa
 full code. The session tag, which the full code carries, is derived from the host's id and the
 nameplate, so both sides know it without it being spoken.
 
-This module does no I/O: it parses and formats codes and derives names; :mod:`iroh_pair.node`
-does the announcing and browsing.
+This module does no I/O: it parses and formats codes and derives names; the node
+(:class:`iroh_pair.Node`) does the announcing and browsing.
 """
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 
-from iroh_pair.code import SESSION_TAG_LEN, MalformedCode, PairingCode
-from iroh_pair.words import DEFAULT_WORD_COUNT, generate_words, normalize_words
+from iroh_pair.protocol.code import MalformedCode, PairingCode
+from iroh_pair.protocol.constants import LAN_SERVICE_PREFIX, LAN_TAG_LABEL, SESSION_TAG_LEN
+from iroh_pair.protocol.words import DEFAULT_WORD_COUNT, generate_words, normalize_words
 
 __all__ = [
     "NAMEPLATE_MAX",
-    "SERVICE_PREFIX",
     "LanCode",
     "looks_spoken",
     "service_name",
@@ -36,9 +36,6 @@ __all__ = [
 
 #: Nameplates are 1..NAMEPLATE_MAX (one or two digits to say).
 NAMEPLATE_MAX = 99
-#: The DNS-SD service of a nameplate is this prefix plus the number (at most 15 characters).
-SERVICE_PREFIX = "iroh-pair-"
-_TAG_LABEL = b"iroh-pair/v1 lan session tag"
 _SPOKEN = re.compile(r"^\s*(\d{1,3})\s*[-\s]")
 
 
@@ -50,7 +47,7 @@ def looks_spoken(text: str) -> bool:
 def service_name(nameplate: int) -> str:
     """The mDNS service announced for ``nameplate``: ``iroh-pair-7``."""
     _check_nameplate(nameplate)
-    return f"{SERVICE_PREFIX}{nameplate}"
+    return f"{LAN_SERVICE_PREFIX}{nameplate}"
 
 
 def lan_tag(host_id: bytes, nameplate: int) -> bytes:
@@ -59,7 +56,7 @@ def lan_tag(host_id: bytes, nameplate: int) -> bytes:
     _check_nameplate(nameplate)
     if len(host_id) != 32:
         raise ValueError("an EndpointId is 32 bytes")
-    digest = hashlib.sha256(_TAG_LABEL + host_id + str(nameplate).encode("ascii")).digest()
+    digest = hashlib.sha256(LAN_TAG_LABEL + host_id + str(nameplate).encode("ascii")).digest()
     return digest[:SESSION_TAG_LEN]
 
 
@@ -88,8 +85,8 @@ class LanCode:
     @classmethod
     def parse(cls, text: str) -> LanCode:
         """Parses ``7-ocean-tiger-river`` (spaces work as separators too; the words follow
-        :func:`iroh_pair.words.normalize_words`). Raises an
-        :class:`~iroh_pair.words.InvalidCode` subclass when it is not a valid LAN code."""
+        :func:`iroh_pair.protocol.words.normalize_words`). Raises an
+        :class:`~iroh_pair.protocol.words.InvalidCode` subclass when it is not a valid LAN code."""
         folded = unicodedata.normalize("NFKC", text).strip()
         m = _SPOKEN.match(folded)
         if not m:

@@ -5,7 +5,7 @@ the outputs. In short, per QUIC connection and direction (sender -> receiver):
 
 * subkey = ``HKDF-SHA256(IKM = directional session key, salt = channel binding,
   info = b"iroh-pair/1 message key" || sender_id || receiver_id, L = 32)`` where the channel
-  binding is the connection's ``export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)``;
+  binding is the connection's ``export_keying_material(MESSAGING_BINDING_LABEL, b"", 32)``;
 * each direction numbers its messages 0, 1, 2, …; the counter is the nonce
   (``4 zero bytes || u64 BE counter``), so a (subkey, nonce) pair never repeats and nothing is
   persisted: every connection has a new channel binding and thus new subkeys;
@@ -30,7 +30,7 @@ import re
 from collections import OrderedDict
 from dataclasses import dataclass
 from collections.abc import Hashable
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar, Union
+from typing import Generic, Protocol, SupportsBytes, TypeVar, Union
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -38,17 +38,15 @@ from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from iroh_pair.errors import FrameTooLarge, IrohPairError
-from iroh_pair.kdf import SessionKeys
-
-if TYPE_CHECKING:
-    from iroh_pair._native import EndpointId
+from iroh_pair.protocol.constants import (
+    CHANNEL_BINDING_LEN,
+    MESSAGE_KEY_LABEL,
+    MESSAGING_VERSION,
+    StreamErrorCode,
+)
+from iroh_pair.protocol.kdf import SessionKeys
 
 __all__ = [
-    "MESSAGING_VERSION",
-    "CHANNEL_BINDING_LABEL",
-    "CHANNEL_BINDING_CONTEXT",
-    "CHANNEL_BINDING_LEN",
-    "KEY_LABEL",
     "MESSAGE_ID_LEN",
     "HEADER_LEN",
     "TAG_LEN",
@@ -57,8 +55,8 @@ __all__ = [
     "SEEN_IDS_CAPACITY",
     "DEFAULT_MAX_PLAINTEXT",
     "MAX_COUNTER",
+    "IdLike",
     "MessageType",
-    "MessageErrorCode",
     "MessageRejected",
     "OpenedMessage",
     "ReplayWindow",
@@ -72,14 +70,6 @@ __all__ = [
     "new_message_id",
 ]
 
-#: Version byte of a sealed message (and first AAD byte).
-MESSAGING_VERSION = 1
-#: ``export_keying_material`` label of the messaging channel binding (context empty, 32 bytes).
-CHANNEL_BINDING_LABEL = b"iroh-pair/1 messaging channel binding"
-CHANNEL_BINDING_CONTEXT = b""
-CHANNEL_BINDING_LEN = 32
-#: HKDF ``info`` prefix of a per-connection, per-direction subkey.
-KEY_LABEL = b"iroh-pair/1 message key"
 #: Length of a message id.
 MESSAGE_ID_LEN = 16
 #: ``u8 version | u64 counter``.
@@ -101,7 +91,8 @@ MAX_COUNTER = 2**64 - 1
 _KIND = re.compile(r"[a-z0-9._-]{1,32}")
 _ZERO_ID = bytes(MESSAGE_ID_LEN)
 
-IdLike = Union[bytes, "EndpointId"]
+#: A 32-byte EndpointId: raw bytes or anything with ``__bytes__`` (:class:`iroh_pair.EndpointId`).
+IdLike = Union[bytes, SupportsBytes]
 _P = TypeVar("_P", bound=Hashable)
 _P_contra = TypeVar("_P_contra", bound=Hashable, contravariant=True)
 
@@ -113,28 +104,15 @@ class MessageType(enum.IntEnum):
     REPLY = 1
 
 
-class MessageErrorCode(enum.IntEnum):
-    """Why a sealed message was rejected. The values are stream error codes (PROTOCOL.md §10.3):
-    the receiver resets / stops the message stream with ``code``. ``TOO_LARGE`` is the shared
-    ``FRAME_TOO_LARGE`` (4); the others are messaging's own (16..)."""
-
-    TOO_LARGE = 4  # sealed message over the receiver's limit (FRAME_TOO_LARGE)
-    TAMPERED = 16  # authentication failed: wrong key/connection/ids/kind, or modified bytes
-    REPLAYED = 17  # this counter was already accepted on this connection
-    DUPLICATE = 18  # authentic, but this message id was already delivered (a retry): not again
-    MALFORMED = 19  # too short, or an unknown version byte
-    TOO_OLD = 20  # counter fell behind the replay window; the sender may retry (new counter)
-    IN_PROGRESS = 21  # this message id is being handled right now; the sender retries shortly
-
-
 class MessageRejected(IrohPairError):
-    """A sealed message was refused: ``code`` (:class:`MessageErrorCode`, also the stream error
-    code to reset with), ``counter`` when it could be read, and for ``DUPLICATE`` the
-    ``message_id`` of the duplicate."""
+    """A sealed message was refused: ``code`` (a :class:`StreamErrorCode`, the code to reset
+    the stream with: ``FRAME_TOO_LARGE``, ``TAMPERED``, ``REPLAYED``, ``DUPLICATE``,
+    ``MALFORMED_MESSAGE``, ``TOO_OLD`` or ``IN_PROGRESS``), ``counter`` when it could be read,
+    and for ``DUPLICATE`` the ``message_id`` of the duplicate."""
 
     def __init__(
         self,
-        code: MessageErrorCode,
+        code: StreamErrorCode,
         message: str = "",
         *,
         counter: int | None = None,
@@ -178,12 +156,12 @@ def derive_subkey(
     session_key: bytes, channel_binding: bytes, sender_id: IdLike, receiver_id: IdLike
 ) -> bytes:
     """The per-connection key of one direction: ``HKDF-SHA256(IKM = session_key, salt =
-    channel_binding, info = KEY_LABEL || sender_id || receiver_id, L = 32)``."""
+    channel_binding, info = MESSAGE_KEY_LABEL || sender_id || receiver_id, L = 32)``."""
     if len(session_key) != 32:
         raise ValueError("session keys are 32 bytes")
     if len(channel_binding) != CHANNEL_BINDING_LEN:
         raise ValueError(f"channel binding must be {CHANNEL_BINDING_LEN} bytes")
-    info = KEY_LABEL + _id(sender_id, "sender_id") + _id(receiver_id, "receiver_id")
+    info = MESSAGE_KEY_LABEL + _id(sender_id, "sender_id") + _id(receiver_id, "receiver_id")
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=channel_binding, info=info).derive(
         session_key
     )
@@ -253,16 +231,16 @@ class ReplayWindow:
         """The highest accepted counter, or ``None``."""
         return None if self._top < 0 else self._top
 
-    def check(self, counter: int) -> MessageErrorCode | None:
+    def check(self, counter: int) -> StreamErrorCode | None:
         """``None`` if ``counter`` would be accepted, else ``TOO_OLD`` or ``REPLAYED``.
         Does not change the window."""
         if counter > self._top:
             return None
         behind = self._top - counter
         if behind >= self.size:
-            return MessageErrorCode.TOO_OLD
+            return StreamErrorCode.TOO_OLD
         if (self._bits >> behind) & 1:
-            return MessageErrorCode.REPLAYED
+            return StreamErrorCode.REPLAYED
         return None
 
     def mark(self, counter: int) -> None:
@@ -310,7 +288,7 @@ class SeenIds:
 
 class DeliveryStore(Protocol[_P_contra]):
     """Where :class:`Deliveries` persists delivered ids (the node uses its
-    :class:`~iroh_pair.registry.DeviceRegistry`)."""
+    :class:`~iroh_pair.store.DeviceRegistry`)."""
 
     def is_delivered(self, peer: _P_contra, message_id: bytes, /) -> bool:
         """Whether ``message_id`` from ``peer`` was recorded (within the store's window)."""
@@ -356,19 +334,19 @@ class Deliveries(Generic[_P]):
         self._cache: dict[_P, SeenIds] = {}
         self._in_flight: set[tuple[_P, bytes]] = set()
 
-    def begin(self, peer: _P, message_id: bytes) -> MessageErrorCode | None:
+    def begin(self, peer: _P, message_id: bytes) -> StreamErrorCode | None:
         """``None`` (the message is new: it is now in flight), ``IN_PROGRESS`` or ``DUPLICATE``.
         May raise the store's errors (then nothing changed)."""
         mid = bytes(message_id)
         if (peer, mid) in self._in_flight:
-            return MessageErrorCode.IN_PROGRESS
+            return StreamErrorCode.IN_PROGRESS
         seen = self._cache.get(peer)
         if seen is not None and mid in seen:
             seen.add(mid)  # refresh
-            return MessageErrorCode.DUPLICATE
+            return StreamErrorCode.DUPLICATE
         if self.store is not None and self.store.is_delivered(peer, mid):
             self._seen(peer).add(mid)
-            return MessageErrorCode.DUPLICATE
+            return StreamErrorCode.DUPLICATE
         self._in_flight.add((peer, mid))
         return None
 
@@ -413,9 +391,9 @@ class MessageChannel:
     """Sealing and opening of application messages between us (``local_id``) and one paired
     peer (``peer_id``) on one QUIC connection.
 
-    ``keys`` are our :class:`~iroh_pair.kdf.SessionKeys` with the peer (``keys.send`` seals,
-    ``keys.receive`` opens; the peer's channel is the mirror image), ``channel_binding`` the
-    connection's ``export_keying_material(CHANNEL_BINDING_LABEL, b"", 32)``. Create a new
+    ``keys`` are our :class:`~iroh_pair.protocol.kdf.SessionKeys` with the peer (``keys.send``
+    seals, ``keys.receive`` opens; the peer's channel is the mirror image), ``channel_binding``
+    the connection's ``export_keying_material(MESSAGING_BINDING_LABEL, b"", 32)``. Create a new
     channel for every connection; never reuse one across connections.
 
     ``seen`` (optional, one per peer, shared across its connections) makes :meth:`open` reject
@@ -493,8 +471,8 @@ class MessageChannel:
         """Authenticates and decrypts a message from the peer that arrived on a stream of
         ``kind`` (``reply_to``: the message id of our request, when this is its reply).
 
-        Raises :class:`MessageRejected`: ``MALFORMED`` (too short, unknown version),
-        ``TOO_LARGE``, ``TOO_OLD`` / ``REPLAYED`` (replay window), ``TAMPERED`` (any
+        Raises :class:`MessageRejected`: ``MALFORMED_MESSAGE`` (too short, unknown version),
+        ``FRAME_TOO_LARGE``, ``TOO_OLD`` / ``REPLAYED`` (replay window), ``TAMPERED`` (any
         authentication failure), ``DUPLICATE`` (with ``seen``, an id delivered before).
         Only an authentic message changes the window.
         """
@@ -503,13 +481,13 @@ class MessageChannel:
             raise ValueError(f"reply_to must be a {MESSAGE_ID_LEN}-byte message id")
         data = bytes(sealed)
         if len(data) < OVERHEAD:
-            raise MessageRejected(MessageErrorCode.MALFORMED, f"{len(data)} bytes is too short")
+            raise MessageRejected(StreamErrorCode.MALFORMED_MESSAGE, f"{len(data)} bytes is too short")
         if data[0] != MESSAGING_VERSION:
-            raise MessageRejected(MessageErrorCode.MALFORMED, f"unknown version {data[0]}")
+            raise MessageRejected(StreamErrorCode.MALFORMED_MESSAGE, f"unknown version {data[0]}")
         counter = int.from_bytes(data[1:HEADER_LEN], "big")
         if len(data) - OVERHEAD > self.max_plaintext:
             raise MessageRejected(
-                MessageErrorCode.TOO_LARGE,
+                StreamErrorCode.FRAME_TOO_LARGE,
                 f"{len(data) - OVERHEAD} bytes over the limit of {self.max_plaintext}",
                 counter=counter,
             )
@@ -521,13 +499,13 @@ class MessageChannel:
             inner = self._open.decrypt(nonce(counter), data[HEADER_LEN:], aad)
         except InvalidTag:
             raise MessageRejected(
-                MessageErrorCode.TAMPERED, "authentication failed", counter=counter
+                StreamErrorCode.TAMPERED, "authentication failed", counter=counter
             ) from None
         self._window.mark(counter)
         mid, payload = inner[:MESSAGE_ID_LEN], inner[MESSAGE_ID_LEN:]
         if reply_to is None and self.seen is not None and not self.seen.add(mid):
             raise MessageRejected(
-                MessageErrorCode.DUPLICATE,
+                StreamErrorCode.DUPLICATE,
                 f"message {mid.hex()} was already delivered",
                 counter=counter,
                 message_id=mid,

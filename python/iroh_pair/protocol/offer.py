@@ -1,6 +1,6 @@
 """Host-side bookkeeping of pairing codes: lifetime, attempts, single use, one session at a time.
 
-A :class:`PairingOffer` is created by the host for one :class:`~iroh_pair.code.PairingCode`.
+A :class:`PairingOffer` is created by the host for one :class:`~iroh_pair.protocol.code.PairingCode`.
 Rules (``docs/PROTOCOL.md`` §9):
 
 * an attempt is counted when the host answers a Hello with its SPAKE2 message (M2); a wrong
@@ -25,8 +25,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from iroh_pair.code import PairingCode
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.code import PairingCode
+from iroh_pair.protocol.constants import RejectCode
 
 __all__ = [
     "DEFAULT_TTL",

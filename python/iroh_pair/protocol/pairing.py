@@ -38,10 +38,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from iroh_pair.code import PairingCode
-from iroh_pair.kdf import (
-    CHANNEL_BINDING_LEN,
-    NONCE_LEN,
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol import wire
+from iroh_pair.protocol.code import PairingCode
+from iroh_pair.protocol.constants import CHANNEL_BINDING_LEN, MAX_MESSAGE, NONCE_LEN, RejectCode
+from iroh_pair.protocol.device import DeviceInfo
+from iroh_pair.protocol.kdf import (
     PairingKeys,
     Role,
     SessionKeys,
@@ -53,10 +55,6 @@ from iroh_pair.kdf import (
     verify_commitment,
     verify_confirmation_mac,
 )
-from iroh_pair.protocol import wire
-from iroh_pair.protocol.device import DeviceInfo
-from iroh_pair.protocol.envelope import MAX_MESSAGE
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
 from iroh_pair.protocol.offer import OfferBook, PairingOffer
 from iroh_pair.protocol.seal import open_sealed, seal
 from iroh_pair.protocol.spake import ENTROPY_LEN, Spake2

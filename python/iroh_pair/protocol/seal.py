@@ -11,7 +11,8 @@ from __future__ import annotations
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import RejectCode
 
 __all__ = ["SEAL_NONCE", "TAG_LEN", "seal", "open_sealed"]
 

@@ -9,26 +9,67 @@ The state machines use only this interface::
 64 ``entropy`` bytes are reduced to the secret scalar exactly as python-spake2 does (big-endian,
 mod L), so fixed entropy reproduces the test vectors.
 
-It is computed natively, by the RustCrypto ``spake2`` crate (the one the Rust node uses) in the
-extension: a start or a finish takes tens of microseconds, run inline with no thread hop. Before
-any scalar multiplication with our secret, ``finish`` refuses a message of the wrong length or
-side byte, a point that does not decode or is not canonically encoded, the identity, a point
-outside the prime-order subgroup and a reflection of our own message, all as
-``ProtocolError(MALFORMED)``. (The pure-Python ``spake2`` package is only the tests' oracle.)
+The group arithmetic is a *backend* (:class:`Spake2Backend`), so that this module stays
+sans-I/O and imports nothing outside :mod:`iroh_pair.protocol`: importing :mod:`iroh_pair`
+installs the native one, the RustCrypto ``spake2`` crate (the one the Rust node uses) in the
+extension, where a start or a finish takes tens of microseconds, run inline with no thread hop.
+Before any scalar multiplication with our secret, its ``finish`` refuses a message of the wrong
+length or side byte, a point that does not decode or is not canonically encoded, the identity,
+a point outside the prime-order subgroup and a reflection of our own message (ValueError here,
+raised as ``ProtocolError(MALFORMED)``). (The pure-Python ``spake2`` package is only the tests'
+oracle.)
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, Protocol
 
-from iroh_pair import _native
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import RejectCode
 
-__all__ = ["Spake2", "ENTROPY_LEN", "MSG_LEN", "KEY_LEN"]
+__all__ = ["Spake2", "Spake2Backend", "Spake2State", "use_backend", "ENTROPY_LEN", "MSG_LEN", "KEY_LEN"]
 
 ENTROPY_LEN = 64
 MSG_LEN = 33
 KEY_LEN = 32
+
+
+class Spake2State(Protocol):
+    """One side of an exchange, as the backend keeps it."""
+
+    def finish(self, peer_msg: bytes, /) -> bytes:
+        """The shared key; ValueError for a message refused before any use of the secret."""
+        ...
+
+
+class Spake2Backend(Protocol):
+    """The SPAKE2 arithmetic: ``iroh_pair._native.Spake2`` (installed by ``import iroh_pair``)."""
+
+    def start(
+        self, side: str, password: bytes, id_a: bytes, id_b: bytes, entropy: bytes, /
+    ) -> tuple[Spake2State, bytes]:
+        """Starts ``side``: its state and its 33-byte message."""
+        ...
+
+    def check(self, peer_msg: bytes, side: str, /) -> None:
+        """ValueError when ``peer_msg`` (from ``side``) is not a valid message."""
+        ...
+
+
+_backend: Spake2Backend | None = None
+
+
+def use_backend(backend: Spake2Backend) -> None:
+    """Makes :class:`Spake2` compute with ``backend``. ``import iroh_pair`` calls it with the
+    native implementation; nothing else needs to."""
+    global _backend
+    _backend = backend
+
+
+def _use() -> Spake2Backend:
+    if _backend is None:  # pragma: no cover - importing any part of iroh_pair installs it
+        raise RuntimeError("no SPAKE2 backend: import iroh_pair first")
+    return _backend
 
 
 class Spake2:
@@ -43,7 +84,7 @@ class Spake2:
 
     __slots__ = ("_inner", "_done")
 
-    def __init__(self, inner: _native.Spake2) -> None:
+    def __init__(self, inner: Spake2State) -> None:
         self._inner = inner
         self._done = False
 
@@ -62,8 +103,7 @@ class Spake2:
             raise ValueError(f"entropy must be {ENTROPY_LEN} bytes")
         if side not in ("A", "B"):
             raise ValueError("side is 'A' or 'B'")
-        inner, msg = _native.Spake2.start(side, bytes(password), bytes(id_a), bytes(id_b),
-                                          bytes(entropy))
+        inner, msg = _use().start(side, bytes(password), bytes(id_a), bytes(id_b), bytes(entropy))
         return cls(inner), msg
 
     @staticmethod
@@ -75,7 +115,7 @@ class Spake2:
         if side not in ("A", "B"):
             raise ValueError("side is 'A' or 'B'")
         try:
-            _native.Spake2.check(bytes(peer_msg), side)
+            _use().check(bytes(peer_msg), side)
         except ValueError as e:
             raise ProtocolError(RejectCode.MALFORMED, str(e)) from None
 

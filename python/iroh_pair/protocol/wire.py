@@ -19,18 +19,16 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from iroh_pair.errors import ProtocolError
+from iroh_pair.protocol.constants import MAX_MESSAGE, NONCE_LEN, SESSION_TAG_LEN, RejectCode
 from iroh_pair.protocol.device import MAX_DEVICE_INFO
-from iroh_pair.protocol.envelope import MAX_MESSAGE
-from iroh_pair.protocol.errors import ProtocolError, RejectCode
 from iroh_pair.protocol.seal import TAG_LEN
 
 __all__ = [
     "MsgType",
     "ID_LEN",
-    "TAG_LEN_SESSION",
     "SPAKE_MSG_LEN",
     "MAC_LEN",
-    "NONCE_LEN",
     "COMMITMENT_LEN",
     "MAX_SEALED",
     "MAX_REJECT_TEXT",
@@ -49,10 +47,8 @@ __all__ = [
 ]
 
 ID_LEN = 32
-TAG_LEN_SESSION = 16
 SPAKE_MSG_LEN = 33
 MAC_LEN = 32
-NONCE_LEN = 32
 COMMITMENT_LEN = 32
 MIN_SEALED = TAG_LEN
 MAX_SEALED = MAX_DEVICE_INFO + TAG_LEN
@@ -60,7 +56,7 @@ MAX_REJECT_TEXT = 255
 SIDE_A = 0x41
 SIDE_B = 0x42
 #: Encoded sizes of the fixed-size messages (type byte included).
-HELLO_LEN = 1 + TAG_LEN_SESSION + ID_LEN + SPAKE_MSG_LEN + COMMITMENT_LEN
+HELLO_LEN = 1 + SESSION_TAG_LEN + ID_LEN + SPAKE_MSG_LEN + COMMITMENT_LEN
 REPLY_LEN = 1 + ID_LEN + SPAKE_MSG_LEN + NONCE_LEN + MAC_LEN
 ACCEPT_LEN = 1 + MAC_LEN
 
@@ -92,7 +88,7 @@ class Hello:
     commitment: bytes
 
     def __post_init__(self) -> None:
-        _need(len(self.session_tag) == TAG_LEN_SESSION, "session_tag is 16 bytes")
+        _need(len(self.session_tag) == SESSION_TAG_LEN, "session_tag is 16 bytes")
         _need(len(self.joiner_id) == ID_LEN, "joiner_id is 32 bytes")
         _need(len(self.spake_msg) == SPAKE_MSG_LEN and self.spake_msg[0] == SIDE_A,
               "spake_msg is 33 bytes starting with 'A'")

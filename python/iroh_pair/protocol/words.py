@@ -76,7 +76,8 @@ class BadWordCount(InvalidCode):
 @lru_cache(maxsize=1)
 def wordlist() -> tuple[str, ...]:
     """The 2048 BIP39 English words, in list order."""
-    text = Path(__file__).with_name("bip39_english.txt").read_text(encoding="ascii")
+    # The list sits at the package root, where the Rust node embeds it (include_str!).
+    text = (Path(__file__).resolve().parent.parent / "bip39_english.txt").read_text(encoding="ascii")
     return tuple(text.split("\n")[:-1])
 
 

@@ -7,7 +7,9 @@ watches it with ``add_reader`` and drains every queued completion in one call. T
 never take the GIL and never wake the loop more than once per batch.
 
 There is one bridge per running event loop, so separate loops (one per test, one per thread)
-each get their own.
+each get their own. This module is internal: the transport calls :func:`start` / :func:`call`,
+the loops of :mod:`iroh_pair.runtime` find a loop's bridge with :func:`bridge_of` and mark the
+loops that run iroh themselves with :func:`mark_driven`.
 """
 
 from __future__ import annotations
@@ -18,9 +20,9 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from . import _native
+from iroh_pair import _native
 
-__all__ = ["Bridge", "Operation", "get_bridge", "call", "start"]
+__all__ = ["Bridge", "Operation", "get_bridge", "bridge_of", "mark_driven", "call", "start"]
 
 T = TypeVar("T")
 
@@ -85,27 +87,41 @@ class Bridge:
 
 
 _bridges: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Bridge] = weakref.WeakKeyDictionary()
-#: Loops that run iroh while they wait (made by :mod:`iroh_pair.loop_thread`).
-driven_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+#: Loops that run iroh while they wait (the loop-thread runtime's, see :func:`mark_driven`).
+_driven_loops: weakref.WeakSet[asyncio.AbstractEventLoop] = weakref.WeakSet()
+
+
+def bridge_of(loop: asyncio.AbstractEventLoop) -> Bridge | None:
+    """The bridge of ``loop`` once a native operation created it, else None (for the selectors
+    of :mod:`iroh_pair.runtime`, which must not create one)."""
+    return _bridges.get(loop)
+
+
+def mark_driven(loop: asyncio.AbstractEventLoop) -> None:
+    """Records that ``loop`` runs iroh itself while it waits (the loop-thread runtime): its
+    bridge may then be created in a process that runs iroh on its loops' thread."""
+    _driven_loops.add(loop)
 
 
 def get_bridge() -> Bridge:
     """The bridge of the running loop, created on first use.
 
     The first bridge of a loop that does not run iroh itself fixes the process's runtime as the
-    multi-thread one. In a process that runs iroh on its loops' thread (:mod:`iroh_pair.loop_thread`)
-    such a loop would wait forever, so it gets RuntimeError instead."""
+    multi-thread one. In a process that runs iroh on its loops' thread (the ``"loop-thread"``
+    loop of :mod:`iroh_pair.runtime`) such a loop would wait forever, so it gets RuntimeError
+    instead."""
     loop = asyncio.get_running_loop()
     b = _bridges.get(loop)
     if b is None:
-        if loop not in driven_loops:
+        if loop not in _driven_loops:
             try:
                 _native.use_runtime("multi-thread")
             except RuntimeError:
                 raise RuntimeError(
-                    "this process runs iroh on its event loops' thread (iroh_pair.loop_thread), "
-                    "so a loop that uses iroh must come from iroh_pair.loop_thread.run() or "
-                    "new_event_loop(); this one would never run iroh"
+                    "this process runs iroh on its event loops' thread, so a loop that uses iroh "
+                    "must come from iroh_pair.runtime.run(..., loop=\"loop-thread\") or "
+                    "iroh_pair.runtime.new_event_loop(\"loop-thread\"); this one would never "
+                    "run iroh"
                 ) from None
         b = Bridge(loop)
         _bridges[loop] = b

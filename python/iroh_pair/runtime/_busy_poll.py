@@ -1,10 +1,11 @@
-"""An asyncio loop that busy-polls the native bridge: lower latency for a few microseconds of CPU.
+"""The ``"busy-poll"`` loop of :mod:`iroh_pair.runtime`: before it blocks, it watches the native
+bridge for a short while, for lower latency at the price of some CPU.
 
 With the default loop, each native completion reaches asyncio by waking the loop's thread out of
-``epoll_wait``. On a small (virtual) machine a thread that sleeps and is woken by another costs
+``epoll_wait``; on a small (virtual) machine a thread that sleeps and is woken by another costs
 tens of microseconds, and a request/reply crosses onto the loop's thread at least once on each
-side. A busy-polling loop, before it blocks, watches the bridge's queue for a short while with
-the GIL released (``Bridge.spin``) and picks the completion up as soon as it is pushed.
+side. A busy-polling loop, before it blocks, spins on the bridge's queue with the GIL released
+(``Bridge.spin``) and picks the completion up as soon as it is pushed.
 
 The polling window adapts the way Linux KVM's halt-polling does: it grows (doubling, from
 :data:`GROW_START_US`, up to ``busy_poll_us``) when the loop blocked and a completion woke it
@@ -14,23 +15,14 @@ few wake-ups, and a busy request/reply exchange spins at every wait.
 
 No spinning while a bulk transfer (an exact read or whole write over 64 KiB) or a dial is in
 flight: those keep tokio's workers busy (copies, handshake crypto), and on a small machine a
-spinning thread takes their CPU (measured on 2 cores: a 256 MiB transfer lost ~20% of its rate).
+spinning thread would take their CPU.
 
 Costs: up to ``busy_poll_us`` of one core per wait while exchanges are in flight, and other
 file descriptors (sockets of other asyncio transports) are seen up to ``busy_poll_us`` later
 while the loop spins. Timers are never delayed: a spin stops at the next timer's deadline.
-It suits many exchanges on established connections, in a process that has a core to spare
-for the spinning thread. Measured on 2 cores with two tokio workers: with client and server in
-one process, sequential p50 1.14-1.39x plain Rust's against 1.44-1.57x on the default loop;
-with client and server as two processes sharing those 2 cores, no gain (1.69-1.74x against
-1.63-1.65x); a new connection per message is slower (1.44x against 1.22x). On one worker (the
-default on 2 cores, see :mod:`iroh_pair.runtime`) it added little there: 1.24x against 1.25x
-over ten interleaved rounds; on a second 2-core machine, where plain Rust was faster and a
-wake-up a larger share of a request, 0.75-0.84x against 1.62-1.83x in one process (three runs;
-queued and one stream about the same), 0.98-1.98x against 1.56-2.09x as two processes. Opt in
-with :func:`run` or :func:`new_event_loop`::
-
-    iroh_pair.busy_poll.run(main(), busy_poll_us=200)
+Whether it pays depends on the machine and on whether client and server share a process:
+measured results are in ``bench/RESULTS.md`` and ``docs/ARCHITECTURE.md``. Choose it with
+``iroh_pair.runtime.run(main(), loop="busy-poll", busy_poll_us=200)``.
 """
 
 from __future__ import annotations
@@ -38,14 +30,10 @@ from __future__ import annotations
 import asyncio
 import selectors
 import time
-from collections.abc import Coroutine
-from typing import Any, TypeVar
 
-from ._selector import BridgeSelector, find, make_loop
+from iroh_pair.runtime._selector import BridgeSelector, make_loop
 
-__all__ = ["BusyPollSelector", "DEFAULT_BUSY_POLL_US", "GROW_START_US", "new_event_loop", "run", "selector_of"]
-
-T = TypeVar("T")
+__all__ = ["BusyPollSelector", "DEFAULT_BUSY_POLL_US", "GROW_START_US", "new_event_loop"]
 
 #: The default largest polling window, in microseconds: about one request/reply on loopback.
 DEFAULT_BUSY_POLL_US = 200
@@ -110,18 +98,5 @@ class BusyPollSelector(BridgeSelector):
 
 def new_event_loop(busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> asyncio.AbstractEventLoop:
     """A new selector event loop whose waits busy-poll the native bridge for up to
-    ``busy_poll_us`` microseconds (0: never, the same as the default loop). For
-    ``asyncio.Runner(loop_factory=...)`` or ``asyncio.run(..., loop_factory=...)`` (3.12+)."""
+    ``busy_poll_us`` microseconds (0: never, the same as the default loop)."""
     return make_loop(BusyPollSelector(busy_poll_us))
-
-
-def selector_of(loop: asyncio.AbstractEventLoop | None = None) -> BusyPollSelector | None:
-    """The busy-polling selector of ``loop`` (default: the running loop), or None when the loop
-    was not made by :func:`new_event_loop`: its counters show what the polling did."""
-    return find(loop, BusyPollSelector)
-
-
-def run(main: Coroutine[Any, Any, T], *, busy_poll_us: int = DEFAULT_BUSY_POLL_US, debug: bool | None = None) -> T:
-    """Like :func:`asyncio.run`, on a loop from :func:`new_event_loop`."""
-    with asyncio.Runner(debug=debug, loop_factory=lambda: new_event_loop(busy_poll_us)) as runner:
-        return runner.run(main)

@@ -1,5 +1,5 @@
-"""The base of the selectors that let an asyncio loop wait through the native bridge
-(:mod:`iroh_pair.busy_poll`, :mod:`iroh_pair.loop_thread`)."""
+"""The base of the selectors that let an asyncio loop wait through the native bridge (the
+``"busy-poll"`` and ``"loop-thread"`` loops of :mod:`iroh_pair.runtime`)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,9 @@ import asyncio
 import selectors
 import weakref
 from collections.abc import Mapping
-from typing import Any, TypeVar
+from typing import Any
 
-from . import _bridge
-
-S = TypeVar("S", bound="BridgeSelector")
-
+from iroh_pair.runtime import _bridge
 
 class BridgeSelector(selectors.BaseSelector):
     """Wraps another selector (``selectors.DefaultSelector()`` unless given): registrations go
@@ -42,7 +39,7 @@ class BridgeSelector(selectors.BaseSelector):
     def _bridge(self) -> _bridge.Bridge | None:
         """The loop's bridge, once an operation has created it (none: no native operation yet)."""
         if self._bridge_found is None and self.loop is not None:
-            self._bridge_found = _bridge._bridges.get(self.loop)
+            self._bridge_found = _bridge.bridge_of(self.loop)
         return self._bridge_found
 
 
@@ -50,15 +47,14 @@ _selectors: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, BridgeSelector]
 
 
 def make_loop(selector: BridgeSelector) -> asyncio.AbstractEventLoop:
-    """A selector event loop on ``selector``, which :func:`find` can then look up."""
+    """A selector event loop on ``selector``, which :func:`selector_of` can then look up."""
     loop = asyncio.SelectorEventLoop(selector)
     selector.loop = loop
     _selectors[loop] = selector
     return loop
 
 
-def find(loop: asyncio.AbstractEventLoop | None, cls: type[S]) -> S | None:
-    """The selector of ``loop`` (default: the running loop) when it is a ``cls`` made by
-    :func:`make_loop`, else None."""
-    sel = _selectors.get(loop if loop is not None else asyncio.get_running_loop())
-    return sel if isinstance(sel, cls) else None
+def selector_of(loop: asyncio.AbstractEventLoop | None) -> BridgeSelector | None:
+    """The selector of ``loop`` (default: the running loop) when :func:`make_loop` made it,
+    else None."""
+    return _selectors.get(loop if loop is not None else asyncio.get_running_loop())

@@ -42,9 +42,9 @@ from typing import TypeVar
 
 from iroh_pair._native import EndpointId
 from iroh_pair.errors import IrohPairError
-from iroh_pair.identity import fsync_dir
-from iroh_pair.kdf import SessionKeys
 from iroh_pair.protocol.device import FIELD_LIMITS, DeviceInfo
+from iroh_pair.protocol.kdf import SessionKeys
+from iroh_pair.store._identity import fsync_dir
 
 __all__ = [
     "APPLICATION_ID",

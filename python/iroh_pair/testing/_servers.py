@@ -43,8 +43,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import IrohPairError
-from .transport import LookupConfig, SecretKey
+from iroh_pair.errors import IrohPairError
+from iroh_pair.transport import LookupConfig, SecretKey
 
 __all__ = [
     "LocalServers",
@@ -53,6 +53,8 @@ __all__ = [
     "ServerStartError",
     "ServerNotFound",
     "DEFAULT_ORIGIN",
+    "RELAY_BIN",
+    "DNS_BIN",
     "find_binary",
 ]
 
@@ -61,10 +63,11 @@ log = logging.getLogger("iroh_pair.servers")
 #: The DNS origin the local lookup server answers for (a reserved test TLD, never public).
 DEFAULT_ORIGIN = "irohpair.test"
 
+#: The names of the two server binaries.
 RELAY_BIN = "iroh-pair-relay"
 DNS_BIN = "iroh-pair-dns"
 _ENV_BIN = {RELAY_BIN: "IROH_PAIR_RELAY_BIN", DNS_BIN: "IROH_PAIR_DNS_BIN"}
-_REPO_ROOT = Path(__file__).resolve().parents[2]
+_REPO_ROOT = Path(__file__).resolve().parents[3]  # python/iroh_pair/testing/_servers.py
 _STDERR_TAIL = 40
 
 
@@ -426,7 +429,7 @@ class LocalServers:
 def _dns_config(data_dir: Path, origin: str, http_port: int, dns_port: int) -> str:
     """iroh-dns-server's TOML config: loopback only, no HTTPS, no metrics, no mainline DHT."""
     return f"""\
-# Written by iroh_pair.servers.LocalServers.
+# Written by iroh_pair.testing.LocalServers.
 pkarr_put_rate_limit = "disabled"
 data_dir = {json.dumps(str(data_dir))}
 

@@ -1,13 +1,12 @@
-"""Typed asyncio objects over the native iroh binding: endpoints, connections and streams.
+"""A QUIC connection to one authenticated peer (:class:`Connection`), and a stream the peer
+opened with its first frame read (:class:`IncomingStream`).
 
-These are thin: each awaitable starts one native operation through the loop's bridge
-(:mod:`iroh_pair._bridge`). Identities and addresses (:class:`EndpointId`, :class:`SecretKey`,
-:class:`EndpointAddr`) are the native classes themselves.
+Open a new stream for every message: streams are cheap, connections cost round trips. Each
+awaitable starts one native operation through the loop's bridge; cancelling it aborts the
+operation. Example::
 
-Every wait can be bounded: dials take ``timeout``, requests take ``timeout``, and any other
-await can be wrapped in :func:`asyncio.timeout`; cancelling an await aborts its native task, and
-a write or request cancelled midway resets its stream (the peer never sees a truncated message
-as complete).
+    reply = await conn.request(b"ping", timeout=5)      # one stream, one frame each way
+    served = conn.serve(lambda request: request)        # answer the peer's requests
 """
 
 from __future__ import annotations
@@ -15,58 +14,27 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-from . import _native
-from ._bridge import call, get_bridge, start
-from ._native import Chunk, EndpointAddr, EndpointId, KindLimits, SecretKey
-
-#: What the write methods take. A :class:`Chunk` (Rust-owned bytes: see
-#: :meth:`RecvStream.read_chunks`) is written without a copy; anything else is copied once.
-Data = Union[bytes, bytearray, memoryview, Chunk]
+from iroh_pair import _native
+from iroh_pair._native import EndpointId, KindLimits
+from iroh_pair.protocol.constants import StreamErrorCode
+from iroh_pair.runtime._bridge import call, get_bridge, start
+from iroh_pair.transport._streams import Data, RecvStream, SendStream
 
 __all__ = [
-    "Endpoint",
-    "Connection",
-    "SendStream",
-    "RecvStream",
-    "EndpointId",
-    "EndpointAddr",
-    "SecretKey",
-    "Chunk",
-    "Data",
+    "DEFAULT_MAX_MESSAGE",
+    "Handler",
     "CloseInfo",
     "PathInfo",
     "PathEvent",
-    "LanEvent",
-    "LookupConfig",
-    "Handler",
+    "Connection",
     "IncomingStream",
-    "KindLimits",
-    "STREAM_CANCELLED",
-    "STREAM_DROPPED",
-    "HANDLER_ERROR",
-    "FRAME_TOO_LARGE",
-    "STREAM_TIMEOUT",
-    "UNKNOWN_KIND",
-    "BAD_ENVELOPE",
-    "NOT_ADMITTED",
-    "DEFAULT_MAX_MESSAGE",
 ]
 
 log = logging.getLogger("iroh_pair.transport")
-
-#: Stream error codes (see docs/PROTOCOL.md, "Stream error codes").
-STREAM_CANCELLED: int = _native.STREAM_CANCELLED
-STREAM_DROPPED: int = _native.STREAM_DROPPED
-HANDLER_ERROR: int = _native.HANDLER_ERROR
-FRAME_TOO_LARGE: int = _native.FRAME_TOO_LARGE
-STREAM_TIMEOUT: int = _native.STREAM_TIMEOUT
-UNKNOWN_KIND: int = _native.UNKNOWN_KIND
-BAD_ENVELOPE: int = _native.BAD_ENVELOPE
-NOT_ADMITTED: int = _native.NOT_ADMITTED
 
 # ``KindLimits`` (imported above) is the native class itself; its docstring, with an example, is
 # the one written in rust/iroh-pair-native/src/limits.rs:
@@ -78,21 +46,8 @@ NOT_ADMITTED: int = _native.NOT_ADMITTED
 #: Default bound on one request or reply.
 DEFAULT_MAX_MESSAGE = 16 * 1024 * 1024
 
-#: What ``connect`` accepts as the peer.
-Target = Union[EndpointAddr, EndpointId, str]
-
 #: A request handler: request bytes in, reply bytes out (or an awaitable of them).
 Handler = Callable[[bytes], Union[bytes, Awaitable[bytes]]]
-
-
-@dataclass(frozen=True, slots=True)
-class LookupConfig:
-    """Self-hosted address lookup: a pkarr relay to publish to and resolve from, the DNS
-    origin domain of the lookup server, and optionally the DNS server to ask (``"ip:port"``)."""
-
-    pkarr_url: str
-    dns_origin: str
-    dns_server: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,106 +84,6 @@ class PathEvent:
     kind: str | None
     addr: str | None
     paths: tuple[PathInfo, ...] = ()
-
-
-class SendStream:
-    """The sending half of a QUIC stream. Finish it when done: a stream dropped unfinished is
-    reset with :data:`STREAM_DROPPED`."""
-
-    __slots__ = ("_n",)
-
-    def __init__(self, native: _native.SendStream) -> None:
-        self._n = native
-
-    @property
-    def id(self) -> int:
-        """The stream's index within its connection."""
-        return self._n.id
-
-    async def write(self, data: Data) -> int:
-        """Writes some of ``data``; returns how many bytes were accepted."""
-        n: int = await call(self._n.write, data)
-        return n
-
-    async def write_all(self, data: Data) -> None:
-        """Writes all of ``data``."""
-        await call(self._n.write_all, data)
-
-    async def write_frame(self, data: Data) -> None:
-        """Writes ``data`` as one frame (u32 big-endian length, then the bytes)."""
-        await call(self._n.write_frame, data)
-
-    def finish(self) -> None:
-        """Ends the stream; the peer reads what was written, then the end."""
-        self._n.finish()
-
-    def reset(self, code: int) -> None:
-        """Abandons the stream; the peer's reads fail with ``StreamReset(code)``."""
-        self._n.reset(code)
-
-    async def stopped(self) -> int | None:
-        """Waits until the peer received everything (``None``) or stopped the stream (its code)."""
-        r: int | None = await call(self._n.stopped)
-        return r
-
-    def __repr__(self) -> str:
-        return f"<SendStream id={self.id}>"
-
-
-class RecvStream:
-    """The receiving half of a QUIC stream."""
-
-    __slots__ = ("_n",)
-
-    def __init__(self, native: _native.RecvStream) -> None:
-        self._n = native
-
-    @property
-    def id(self) -> int:
-        """The stream's index within its connection."""
-        return self._n.id
-
-    async def read(self, n: int = 65536) -> bytes:
-        """Up to ``n`` bytes as soon as any are available; ``b""`` at the end of the stream.
-
-        For bulk data of a known size prefer :meth:`read_exact` in large blocks (1 MiB): it
-        waits natively for the whole block, one wake-up of the loop per block instead of one
-        per burst of packets (on 2 cores, ~300 against ~250 MiB/s)."""
-        r: bytes = await call(self._n.read, n)
-        return r
-
-    async def read_chunks(self, n: int = 1 << 20) -> list[Chunk]:
-        """Up to ``n`` bytes, as the :class:`Chunk` objects iroh received (one per packet,
-        about 1.2 KB each), without copying them; ``[]`` at the end of the stream. A chunk is
-        read-only bytes-like (``len``, ``bytes()``, ``memoryview()``, ``hashlib``,
-        ``file.write``); writing it to another stream does not copy it either."""
-        r: list[Chunk] = await call(self._n.read_chunks, n)
-        return r
-
-    async def read_exact(self, n: int) -> bytes:
-        """Exactly ``n`` bytes; raises :class:`~iroh_pair.errors.TruncatedFrame` if the stream
-        ends first."""
-        r: bytes = await call(self._n.read_exact, n)
-        return r
-
-    async def read_to_end(self, limit: int) -> bytes:
-        """Everything up to the end; raises :class:`~iroh_pair.errors.FrameTooLarge` past
-        ``limit`` bytes."""
-        r: bytes = await call(self._n.read_to_end, limit)
-        return r
-
-    async def read_frame(self, max_len: int) -> bytes | None:
-        """One frame, or ``None`` at a clean end of stream. A length prefix over ``max_len``
-        raises :class:`~iroh_pair.errors.FrameTooLarge` before anything is allocated."""
-        r: bytes | None = await call(self._n.read_frame, max_len)
-        return r
-
-    def stop(self, code: int) -> None:
-        """Asks the peer to stop sending, with ``code``."""
-        self._n.stop(code)
-
-    def __repr__(self) -> str:
-        return f"<RecvStream id={self.id}>"
 
 
 def _paths(native: _native.Connection) -> tuple[PathInfo, ...]:
@@ -370,7 +225,7 @@ class Connection:
         The native serve loop accepts streams and reads each request (the stream's first
         frame); ``handler`` runs on the loop (a plain function inline, a coroutine function as
         a task per request). A handler that raises refuses the request with
-        :data:`HANDLER_ERROR`. Returns a future that resolves with the connection's
+        ``StreamErrorCode.HANDLER_ERROR``. Returns a future that resolves with the connection's
         :class:`CloseInfo` when serving ends; cancel it to stop serving.
         """
         loop = asyncio.get_running_loop()
@@ -415,10 +270,10 @@ class Connection:
 
         With ``kind_limits`` (a :class:`KindLimits`), the native loop reads the first frame's
         length and envelope header before its body and applies the kind's limit there: a bad
-        header is refused with :data:`BAD_ENVELOPE`, a kind whose limit is 0 with
-        :data:`NOT_ADMITTED` (its body is not read), a longer frame with
-        :data:`FRAME_TOO_LARGE`, and a first frame that does not arrive whole within the
-        limits' ``frame_timeout`` with :data:`STREAM_TIMEOUT`. ``max_first_frame`` and
+        header is refused with ``BAD_ENVELOPE``, a kind whose limit is 0 with ``NOT_ADMITTED``
+        (its body is not read), a longer frame with ``FRAME_TOO_LARGE``, and a first frame that
+        does not arrive whole within the limits' ``frame_timeout`` with ``TIMEOUT`` (the
+        :class:`~iroh_pair.protocol.constants.StreamErrorCode` values). ``max_first_frame`` and
         ``frame_timeout`` are then not used. The first frame handed over is unchanged
         (header and message). Example::
 
@@ -506,15 +361,6 @@ class Connection:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class LanEvent:
-    """A device seen or lost on the LAN (see :meth:`Endpoint.lan_events`)."""
-
-    event: Literal["discovered", "expired"]
-    id: EndpointId
-    addrs: tuple[str, ...]
-
-
 class IncomingStream:
     """A stream the peer opened, with its first frame already read (see
     :meth:`Connection.serve_streams`). Answer it exactly once: :meth:`respond`, :meth:`reject`
@@ -534,7 +380,7 @@ class IncomingStream:
         """Sends ``data`` as the whole reply and finishes the stream (does not wait)."""
         self._n.respond(data)
 
-    def reject(self, code: int = HANDLER_ERROR) -> None:
+    def reject(self, code: int = StreamErrorCode.HANDLER_ERROR) -> None:
         """Refuses the stream: resets the reply and stops the request with ``code``."""
         self._n.reject(code)
 
@@ -555,211 +401,8 @@ def _respond(incoming: _native.IncomingRequest, reply: object) -> None:
         log.debug("could not send a reply", exc_info=True)
 
 
-def _reject(incoming: _native.IncomingRequest, code: int = HANDLER_ERROR) -> None:
+def _reject(incoming: _native.IncomingRequest, code: int = StreamErrorCode.HANDLER_ERROR) -> None:
     try:
         incoming.reject(code)
     except Exception:
         log.debug("could not refuse a request", exc_info=True)
-
-
-class Endpoint:
-    """A bound iroh endpoint: dials and accepts connections.
-
-    Use :meth:`bind`; close it with :meth:`close` (or ``async with``) to end its connections
-    gracefully.
-    """
-
-    __slots__ = ("_n", "__weakref__")
-
-    def __init__(self, native: _native.Endpoint) -> None:
-        self._n = native
-
-    @classmethod
-    async def bind(
-        cls,
-        *,
-        secret_key: SecretKey | None = None,
-        alpns: Sequence[bytes] = (),
-        relay: Literal["disabled", "default"] | Sequence[str] = "disabled",
-        bind_addrs: Sequence[str] = ("127.0.0.1:0",),
-        clear_ip: bool = False,
-        portmapper: bool = False,
-        lookup: Literal["none", "n0"] | LookupConfig = "none",
-        mdns: bool = False,
-        ca_certs: bytes | None = None,
-        keep_alive: float | None = None,
-        idle_timeout: float | None = None,
-        max_bi_streams: int | None = None,
-    ) -> Endpoint:
-        """Binds a new endpoint.
-
-        The defaults are for local use and tests: relays off, address lookup off, portmapper
-        off, bound to 127.0.0.1 on a free port. For production pass ``relay="default"``,
-        ``lookup="n0"`` and ``bind_addrs=()`` (all interfaces), or your own servers:
-        ``relay=[url, ...]`` and ``lookup=LookupConfig(...)``.
-
-        ``mdns=True`` adds LAN discovery with no server (n0's mDNS address lookup, beside any
-        ``lookup``): the endpoint advertises its id and addresses on the LAN and finds other ids
-        there; :meth:`lan_events` reports devices appearing and leaving. It needs an address on
-        a multicast-capable interface, so pair it with ``bind_addrs=()`` or a LAN address.
-
-        ``ca_certs`` (a PEM bundle) adds trusted roots for the endpoint's own TLS clients, beside
-        the built-in web roots: a self-hosted relay or pkarr server with a private certificate.
-        The relay's QUIC address discovery (how an endpoint behind NAT learns its public
-        address, needed for hole punching) is always TLS, even for an ``http://`` relay URL.
-
-        ``clear_ip=True`` with no ``bind_addrs`` gives a relay-only endpoint. ``keep_alive`` and
-        ``idle_timeout`` (seconds) override iroh's QUIC defaults (5 s and 30 s);
-        ``max_bi_streams`` its limit of concurrent bidirectional streams per connection (100).
-        """
-        if isinstance(relay, str):
-            relay_mode, relay_urls = relay, []
-        else:
-            relay_mode, relay_urls = "custom", list(relay)
-        kwargs: dict[str, Any] = {}
-        if isinstance(lookup, LookupConfig):
-            kwargs.update(
-                lookup="custom",
-                pkarr_url=lookup.pkarr_url,
-                dns_origin=lookup.dns_origin,
-                dns_server=lookup.dns_server,
-            )
-        else:
-            kwargs["lookup"] = lookup
-        native = await call(
-            _native.Endpoint.bind,
-            secret_key=secret_key,
-            alpns=[bytes(a) for a in alpns],
-            relay=relay_mode,
-            relay_urls=relay_urls,
-            bind_addrs=[] if clear_ip and tuple(bind_addrs) == ("127.0.0.1:0",) else list(bind_addrs),
-            clear_ip=clear_ip,
-            portmapper=portmapper,
-            mdns=mdns,
-            ca_certs=None if ca_certs is None else bytes(ca_certs),
-            keep_alive=keep_alive,
-            idle_timeout=idle_timeout,
-            max_bi_streams=max_bi_streams,
-            **kwargs,
-        )
-        return cls(native)
-
-    @property
-    def native(self) -> _native.Endpoint:
-        """The native endpoint object."""
-        return self._n
-
-    @property
-    def id(self) -> EndpointId:
-        """This endpoint's id."""
-        return self._n.id
-
-    @property
-    def is_closed(self) -> bool:
-        """Whether :meth:`close` was called."""
-        return self._n.is_closed
-
-    def addr(self) -> EndpointAddr:
-        """How to reach this endpoint right now (for first contact or tests, never to store)."""
-        return self._n.addr()
-
-    def ticket(self) -> str:
-        """iroh's ticket string for :meth:`addr`."""
-        return self._n.addr().to_ticket()
-
-    def bound_sockets(self) -> list[str]:
-        """The local UDP sockets."""
-        return self._n.bound_sockets()
-
-    async def online(self) -> None:
-        """Waits until the endpoint is connected to its home relay."""
-        await call(self._n.online)
-
-    async def lookup(self, id: EndpointId, *, fresh: bool = False) -> EndpointAddr:
-        """Asks the address lookup services (DNS, pkarr, mDNS) for ``id``'s published
-        record and returns the first one found. ``fresh=True`` clears the DNS cache first
-        (a "not found" is cached too). Raises :class:`~iroh_pair.errors.ConnectError` when no
-        service knows ``id``; no timeout of its own (wrap it in ``asyncio.timeout``)."""
-        found: EndpointAddr = await call(self._n.lookup, id, fresh)
-        return found
-
-    async def connect(self, target: Target, alpn: bytes, *, timeout: float | None = 10.0) -> Connection:
-        """Dials ``target`` (an :class:`EndpointAddr`, an :class:`EndpointId` found through
-        address lookup, or a ticket string) on ``alpn``.
-
-        Raises :class:`~iroh_pair.errors.ConnectError` when the dial fails and
-        :class:`~iroh_pair.errors.Timeout` when it takes longer than ``timeout`` seconds.
-        """
-        native = await call(self._n.connect, target, bytes(alpn), timeout)
-        return Connection(native)
-
-    async def accept(self) -> Connection | None:
-        """The next incoming connection; ``None`` once the endpoint is closed."""
-        native = await call(self._n.accept)
-        return None if native is None else Connection(native)
-
-    async def close(self) -> None:
-        """Closes all connections gracefully and stops the endpoint."""
-        await call(self._n.close)
-
-    async def lan_events(self) -> AsyncGenerator[LanEvent, None]:
-        """Devices seen (``"discovered"``, again when their addresses change) or lost
-        (``"expired"``) on the LAN through mDNS, until the generator is closed. Needs
-        ``mdns=True`` at :meth:`bind` (:class:`ValueError` otherwise)."""
-        b = get_bridge()
-        queue: asyncio.Queue[LanEvent | None] = asyncio.Queue()
-
-        def on_item(ok: bool, ev: Any) -> None:
-            if ok:
-                queue.put_nowait(LanEvent(ev["event"], ev["id"], tuple(ev["addrs"])))
-
-        def on_end(ok: bool, value: Any) -> None:
-            queue.put_nowait(None)
-
-        token = b.subscribe(on_item, on_end)
-        try:
-            self._n.lan_events(b.native, token)
-        except BaseException:
-            b.unsubscribe(token)
-            raise
-        try:
-            while (ev := await queue.get()) is not None:
-                yield ev
-        finally:
-            b.unsubscribe(token)
-
-    def mdns_announce(self, service: str) -> _native.MdnsAnnouncement:
-        """Starts announcing this endpoint (id and addresses only) on the LAN under the DNS-SD
-        service ``service`` (1-15 letters, digits, hyphens) until the returned object's
-        ``close()``. Used for the LAN nameplate; works without ``mdns=True``."""
-        return self._n.mdns_announce(service)
-
-    async def mdns_browse(self, service: str, *, timeout: float = 5.0, settle: float = 0.5) -> list[EndpointAddr]:
-        """The endpoints announcing ``service`` on the LAN (not this one): empty if none was seen
-        within ``timeout`` seconds; after the first, waits ``settle`` more for others."""
-        found: list[EndpointAddr] = await call(self._n.mdns_browse, service, timeout, settle)
-        return found
-
-    def stats(self) -> dict[str, int]:
-        """The native counters: connections accepted and dialed, streams by kind, requests served."""
-        return self._n.stats()
-
-    async def __aenter__(self) -> Endpoint:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    def __repr__(self) -> str:
-        return f"<Endpoint id={self.id.fmt_short()} closed={self.is_closed}>"
-
-
-def debug_stats() -> dict[str, int]:
-    """The bridge's pending operations (running loop) and tokio's live task count."""
-    stats = dict(_native._debug_stats())
-    try:
-        stats["pending_tokens"] = get_bridge().pending()
-    except RuntimeError:
-        pass
-    return stats
-
