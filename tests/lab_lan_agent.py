@@ -47,9 +47,8 @@ import time
 from collections import Counter
 from typing import Any
 
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import IrohPairError, PairingFailed
 from iroh_pair._node import Node, NodeEvent
-from iroh_pair._pairing import PairingFailed
 from iroh_pair.protocol import ALPN
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection, Endpoint, EndpointId

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from iroh_pair._cache import CacheClosedError, CacheStats, ConnectionCache
 from iroh_pair.errors import (
+    CacheClosedError,
     ConnectError,
     ConnectionLost,
     FrameTooLarge,
@@ -24,6 +24,7 @@ from iroh_pair.errors import (
     StreamReset,
     Timeout,
 )
+from iroh_pair._cache import CacheStats, ConnectionCache
 from iroh_pair.protocol.constants import CloseCode
 
 ALPN = b"test/1"

@@ -436,7 +436,7 @@ async def test_yes_pairs_without_asking_on_a_terminal(tmp_path: Path) -> None:
 async def test_sas_question_shows_a_hostile_peer_name_harmlessly(tmp_path: Path) -> None:
     """The host's question names the joiner from its (sealed, but peer-chosen) device info."""
     from helpers import open_local_node
-    from iroh_pair._pairing import PairingFailed
+    from iroh_pair.errors import PairingFailed
     from iroh_pair.protocol import DeviceInfo, RejectCode
 
     host = PtyProc("--data-dir", str(tmp_path / "h"), "--local", "host")

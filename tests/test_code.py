@@ -10,20 +10,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import iroh_pair.protocol.words as words_mod
-from iroh_pair.protocol.code import (
+from iroh_pair.errors import (
     BadSessionTag,
     BadTicket,
+    BadWordCount,
     InvalidCode,
+    IrohPairError,
     MalformedCode,
-    PairingCode,
-    decode_tag,
-    encode_tag,
+    UnknownWord,
 )
-from iroh_pair.errors import IrohPairError
+from iroh_pair.protocol.code import PairingCode, decode_tag, encode_tag
 from iroh_pair.protocol.words import (
     WORDLIST_SHA256,
-    BadWordCount,
-    UnknownWord,
     generate_words,
     normalize_words,
     secret_bytes,

@@ -32,18 +32,17 @@ from hypothesis import strategies as st
 
 from iroh_pair import EndpointAddr, EndpointId, SecretKey
 from iroh_pair.protocol.code import PairingCode, decode_tag, encode_tag
-from iroh_pair.errors import InvalidTicket
+from iroh_pair.errors import InvalidCode, InvalidTicket, MessageRejected, ProtocolError
 from iroh_pair.protocol.kdf import SessionKeys
 from iroh_pair.protocol.lan import LanCode, looks_spoken
-from iroh_pair.protocol.messaging import MessageChannel, MessageRejected
+from iroh_pair.protocol.messaging import MessageChannel
 from iroh_pair.protocol import wire
 from iroh_pair.protocol.device import DeviceInfo
 from iroh_pair.protocol.constants import MAX_MESSAGE
 from iroh_pair.protocol.envelope import FrameBuffer, decode_header, encode_frame, encode_header
-from iroh_pair.errors import ProtocolError
 from iroh_pair.protocol.offer import PairingOffer
 from iroh_pair.protocol.pairing import Event, Failed, HostHandshake, JoinerHandshake
-from iroh_pair.protocol.words import InvalidCode, wordlist
+from iroh_pair.protocol.words import wordlist
 
 from pairing_helpers import HOST_INFO, JOINER_INFO, sas_ready, sends
 

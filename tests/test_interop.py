@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from iroh_pair.protocol.code import PairingCode
-from iroh_pair.errors import RemoteError, StreamReset
+from iroh_pair.errors import PairingFailed, RemoteError, StreamReset
 from iroh_pair.protocol.messaging import new_message_id
 from iroh_pair._node import Node, NodeEvent
-from iroh_pair._pairing import PairingFailed, SasCheck
+from iroh_pair._pairing import SasCheck
 from iroh_pair.protocol import (
     ALPN,
     MAX_MESSAGE,

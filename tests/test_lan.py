@@ -22,14 +22,19 @@ import pytest
 
 from iroh_pair import errors
 from iroh_pair.cli import lan_mode, network_options, parser
-from iroh_pair.protocol.code import MalformedCode, PairingCode
+from iroh_pair.errors import (
+    AmbiguousNameplate,
+    MalformedCode,
+    NameplateNotFound,
+    PairingFailed,
+    UnknownWord,
+)
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.lan import LanCode, lan_tag, looks_spoken, service_name
-from iroh_pair._node import AmbiguousNameplate, NameplateNotFound, Node, NodeEvent
-from iroh_pair._pairing import PairingFailed
+from iroh_pair._node import Node, NodeEvent
 from iroh_pair.protocol import ALPN as NODE_ALPN
 from iroh_pair.protocol import RejectCode
 from iroh_pair.transport import Endpoint, EndpointAddr, SecretKey
-from iroh_pair.protocol.words import UnknownWord
 
 from helpers import ALPN, interfaces, rerun_in_netns
 

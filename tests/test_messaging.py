@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from iroh_pair import _native
-from iroh_pair.errors import FrameTooLarge, IrohPairError
+from iroh_pair.errors import FrameTooLarge, IrohPairError, MessageRejected
 from iroh_pair.protocol.constants import MESSAGING_BINDING_LABEL as CHANNEL_BINDING_LABEL
 from iroh_pair.protocol.constants import StreamErrorCode
 from iroh_pair.protocol.kdf import SessionKeys
@@ -26,7 +26,6 @@ from iroh_pair.protocol.messaging import (
     REPLAY_WINDOW,
     Deliveries,
     MessageChannel,
-    MessageRejected,
     ReplayWindow,
     SeenIds,
     derive_subkey,

@@ -14,7 +14,7 @@ from helpers import open_local_node
 from iroh_pair import errors
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair._node import Node
-from iroh_pair._pairing import PairingFailed
+from iroh_pair.errors import PairingFailed
 from iroh_pair.protocol import ALPN, PairingOffer, RejectCode, StreamErrorCode
 from iroh_pair.store import DeviceRegistry
 from iroh_pair.transport import Endpoint
@@ -200,7 +200,7 @@ async def test_unpaired_msg_stream_reset_while_hosting(nodes: tuple[Node, Node])
 
 
 async def test_lock_excludes_second_node(tmp_path: Path) -> None:
-    from iroh_pair.store._identity import DataDirLocked
+    from iroh_pair.errors import DataDirLocked
 
     a = await open_node(tmp_path / "a", "a")
     try:

@@ -18,9 +18,17 @@ from pathlib import Path
 import pytest
 
 from iroh_pair import EndpointId, SecretKey
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import (
+    AmbiguousDevice,
+    DataDirLocked,
+    IrohPairError,
+    KeyFileCorrupt,
+    RegistryCorrupt,
+    RegistryError,
+    RegistrySchemaTooNew,
+    UnknownDevice,
+)
 from iroh_pair.store import KEY_FILE, DataDirLock, load_or_create_secret_key
-from iroh_pair.store._identity import DataDirLocked, KeyFileCorrupt
 from iroh_pair.protocol.kdf import SessionKeys
 from iroh_pair.protocol.device import DeviceInfo
 from iroh_pair.store import _registry as registry_mod
@@ -30,11 +38,6 @@ from iroh_pair.store._registry import (
     DELIVERED_WINDOW,
     MIGRATIONS,
     SCHEMA_VERSION,
-    AmbiguousDevice,
-    RegistryCorrupt,
-    RegistryError,
-    RegistrySchemaTooNew,
-    UnknownDevice,
 )
 from iroh_pair.store import DeviceRegistry, PairedDevice, safe_display, sanitize_text
 
@@ -571,7 +574,8 @@ def test_lock_in_process(tmp_path: Path) -> None:
 
 _HOLD = r"""
 import sys, time
-from iroh_pair.store._identity import DataDirLock, DataDirLocked
+from iroh_pair.errors import DataDirLocked
+from iroh_pair.store import DataDirLock
 try:
     lock = DataDirLock(sys.argv[1]).acquire()
 except DataDirLocked as e:

@@ -43,7 +43,8 @@ from iroh_pair.protocol.pairing import (
 )
 from iroh_pair.protocol.spake import Spake2
 from iroh_pair.protocol.seal import open_sealed, seal
-from iroh_pair.protocol.words import BadWordCount, UnknownWord, normalize_words, secret_bytes
+from iroh_pair.errors import BadWordCount, UnknownWord
+from iroh_pair.protocol.words import normalize_words, secret_bytes
 
 V: dict[str, Any] = json.loads(
     (Path(__file__).parent / "vectors" / "pairing.json").read_text(encoding="utf-8")

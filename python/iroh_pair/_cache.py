@@ -54,12 +54,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from iroh_pair.errors import ConnectionLost, IrohPairError
+from iroh_pair.errors import CacheClosedError, ConnectionLost
 from iroh_pair.protocol.constants import CloseCode
 
 __all__ = [
     "DEFAULT",
-    "CacheClosedError",
     "CacheStats",
     "CacheableConnection",
     "ConnectionCache",
@@ -67,10 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("iroh_pair.cache")
-
-class CacheClosedError(IrohPairError, RuntimeError):
-    """The :class:`ConnectionCache` has been closed; it makes and hands out no more connections."""
-
 
 class _DefaultType(enum.Enum):
     """Type of the :data:`DEFAULT` sentinel (distinct from ``None``, which means "no timeout")."""

@@ -34,14 +34,24 @@ from iroh_pair._pairing import (
     HOST_FIRST_FRAME_TIMEOUT,
     JOINER_REPLY_TIMEOUT,
     ConfirmSas,
-    PairingFailed,
     SasCheck,
     refuse,
     refuse_version_1,
     run_host,
     run_joiner,
 )
-from iroh_pair.errors import ConnectError, IrohPairError, ProtocolError, RemoteError
+from iroh_pair.errors import (
+    AmbiguousNameplate,
+    ConnectError,
+    InvalidCode,
+    IrohPairError,
+    MessageRejected,
+    NameplateNotFound,
+    PairingFailed,
+    ProtocolError,
+    RemoteError,
+    Timeout,
+)
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.constants import (
     ALPN,
@@ -62,7 +72,6 @@ from iroh_pair.protocol.messaging import (
     MESSAGE_ID_LEN,
     Deliveries,
     MessageChannel,
-    MessageRejected,
     new_message_id,
 )
 from iroh_pair.protocol.offer import CONFIRM_TIMEOUT, OfferBook, PairingOffer
@@ -85,8 +94,6 @@ __all__ = [
     "HostedPairing",
     "MessageHandler",
     "DEFAULT_KIND",
-    "NameplateNotFound",
-    "AmbiguousNameplate",
 ]
 
 log = logging.getLogger("iroh_pair.node")
@@ -181,16 +188,6 @@ class _Unknown:
         return self.handshakes == 0
 
 
-class NameplateNotFound(IrohPairError):
-    """No host announces this LAN code's nameplate on this LAN (wrong number, host gone, or not
-    on the same LAN)."""
-
-
-class AmbiguousNameplate(IrohPairError):
-    """More than one device announces this nameplate: the joiner refuses to guess (trying the
-    words on a stranger would give it a guess at them). The host should make a new code."""
-
-
 class HostedPairing:
     """A pairing code this node is hosting. ``await wait()`` gives the paired device; it fails
     with :class:`PairingFailed` when the code expires, burns or is cancelled.
@@ -214,8 +211,15 @@ class HostedPairing:
         self._fut = fut
 
     async def wait(self, timeout: float | None = None) -> PairedDevice:
-        """Waits for a device to pair with this code."""
-        return await asyncio.wait_for(asyncio.shield(self._fut), timeout)
+        """Waits for a device to pair with this code: :class:`~iroh_pair.errors.PairingFailed`
+        when the code ends without one, :class:`~iroh_pair.errors.Timeout` (a TimeoutError)
+        when ``timeout`` seconds pass first (the code stays live)."""
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._fut), timeout)
+        except TimeoutError:
+            if self._fut.done():
+                raise
+            raise Timeout(f"no device paired with this code within {timeout:g} s") from None
 
     @property
     def done(self) -> bool:
@@ -579,8 +583,9 @@ class Node:
         :class:`PairingFailed` (``code.code`` says why: ``WRONG_CODE`` for wrong words,
         ``BURNED``, ``EXPIRED``, ``SAS_DECLINED``, ``UNSUPPORTED_VERSION`` for a host of
         another pairing version, ...), :class:`NameplateNotFound` or
-        :class:`AmbiguousNameplate` for a LAN code, or a transport error when the host cannot
-        be reached.
+        :class:`AmbiguousNameplate` for a LAN code, :class:`InvalidCode` for a code that does not
+        parse or that this node created, or a transport error when the host cannot be reached
+        (:class:`~iroh_pair.errors.Timeout` when not within ``timeout``).
 
         ``timeout`` bounds reaching the SAS (dialing, the host's reply); then both users
         compare it: ``confirm`` (as in :meth:`host_pairing`) answers for this side, and the
@@ -601,7 +606,7 @@ class Node:
             pc = code if isinstance(code, PairingCode) else PairingCode.parse(code)
         addr = EndpointAddr.from_ticket(pc.ticket)
         if addr.id == self.id:
-            raise ValueError("this code was created by this node")
+            raise InvalidCode("this code was created by this node")
         self._hints[addr.id] = addr  # memory only: never stored
         result: list[PairedDevice] = []
         previous = self._devices.get(addr.id)
@@ -614,7 +619,12 @@ class Node:
 
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        conn = await asyncio.wait_for(self.cache.get(addr.id, ALPN), timeout)
+        try:
+            conn = await asyncio.wait_for(self.cache.get(addr.id, ALPN), timeout)
+        except TimeoutError as e:
+            if isinstance(e, Timeout):  # the dial's own
+                raise
+            raise Timeout(f"could not reach the host within {timeout:g} s") from None
         await run_joiner(
             conn, pc, local_id=self.id.to_bytes(), info=self.info, on_paired=stored,
             on_unpaired=undo, confirm=confirm, confirm_timeout=confirm_timeout,

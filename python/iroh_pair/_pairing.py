@@ -28,7 +28,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
-from iroh_pair.errors import IrohPairError, ProtocolError, StreamReset, TransportError
+from iroh_pair.errors import PairingFailed, ProtocolError, StreamReset, TransportError
 from iroh_pair.protocol import wire
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.constants import (
@@ -58,7 +58,6 @@ from iroh_pair.protocol.pairing import (
 from iroh_pair.transport import Connection, RecvStream, SendStream
 
 __all__ = [
-    "PairingFailed",
     "SasCheck",
     "ConfirmSas",
     "OnPaired",
@@ -99,20 +98,6 @@ async def _write(send: SendStream, body: bytes) -> None:
 #: The Reject text a version-2 host sends on a version-1 (``pair``) stream (§2.1).
 VERSION_1_REJECT_TEXT = "pairing version 1 is not supported: this device speaks version 2"
 _NO_V2 = "the host does not speak pairing version 2"
-
-
-class PairingFailed(IrohPairError):
-    """Pairing did not complete. ``code`` is the :class:`~iroh_pair.protocol.constants.RejectCode`
-    (``WRONG_CODE`` for wrong words, ``SAS_DECLINED`` when a user declined the SAS,
-    ``UNSUPPORTED_VERSION`` for a peer of another pairing version), ``by_peer`` whether the
-    other side reported it. ``reason`` may come from the peer: sanitise it before showing it."""
-
-    def __init__(self, code: RejectCode, reason: str, by_peer: bool = False) -> None:
-        who = "the peer" if by_peer else "this side"
-        super().__init__(f"pairing failed ({code.name}, reported by {who}): {reason}")
-        self.code = code
-        self.reason = reason
-        self.by_peer = by_peer
 
 
 @dataclass(frozen=True)

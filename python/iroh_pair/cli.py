@@ -34,9 +34,9 @@ from typing import Any
 
 from iroh_pair import __version__
 from iroh_pair._node import HostedPairing, Node
-from iroh_pair._pairing import PairingFailed, SasCheck
+from iroh_pair._pairing import SasCheck
 from iroh_pair._text import sanitize_for_terminal
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import IrohPairError, PairingFailed
 from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice

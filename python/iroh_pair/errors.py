@@ -1,21 +1,78 @@
-"""The exceptions of iroh-pair.
+"""Every exception of iroh-pair, in one hierarchy.
 
-Python defines the hierarchy; the native extension maps its single Rust error enum onto these
-classes in one place (``impl From<Error> for PyErr`` in ``rust/iroh-pair-native/src/error.rs``).
-Every error the package raises is an :class:`IrohPairError`, so ``except IrohPairError`` catches
-all of them; the ones caused by bad arguments are also :class:`ValueError`, and timeouts are
-also the builtin :class:`TimeoutError`.
+``except IrohPairError`` catches every failure the package reports. Where the standard library
+has the meaning, a class is also the builtin (a bad code is a :class:`ValueError`, a timeout a
+:class:`TimeoutError`, an unknown device a :class:`LookupError`), so code that catches the
+builtin keeps working. Misuse (a wrong type, an argument out of range, a runtime chosen twice)
+raises the plain builtin :class:`TypeError` / :class:`ValueError` / :class:`RuntimeError`, as
+the standard library does::
+
+    IrohPairError
+    ├── TransportError                  iroh failed: dialing, a connection, a stream
+    │   ├── BindError                   the endpoint could not be bound
+    │   ├── ConnectError                a dial failed (no address, refused, wrong ALPN)
+    │   ├── ConnectionLost              the connection is closed (code, reason, by_peer, kind)
+    │   ├── StreamReset                 the peer reset / stopped the stream (code)
+    │   ├── StreamClosed                the stream was already finished, reset or stopped
+    │   ├── FrameTooLarge               a frame or message over its limit (length, limit)
+    │   ├── TruncatedFrame              the stream ended inside a frame or exact read
+    │   └── Timeout (TimeoutError)      an operation did not complete within its timeout
+    ├── RemoteError                     the peer's handler refused a request (code)
+    ├── InvalidKey (ValueError)         a secret key or EndpointId that does not parse
+    ├── InvalidTicket (ValueError)      an iroh ticket or address that does not parse
+    ├── InvalidCode (ValueError)        a pairing code that does not parse
+    │   ├── UnknownWord                 a word not in the BIP39 list (word)
+    │   ├── BadWordCount                too few or too many words (count)
+    │   ├── MalformedCode               not ``words.tag.ticket`` (or not ``7-words``)
+    │   ├── BadSessionTag               the tag is not canonical base32 of 16 bytes
+    │   └── BadTicket                   the ticket part is empty, too long or not ASCII
+    ├── InvalidDeviceInfo (ValueError)  a device name, type, OS or version out of its limits
+    ├── ProtocolError                   a pairing message refused by the protocol (code)
+    ├── MessageRejected                 a sealed message refused (code, counter, message_id)
+    ├── PairingFailed                   pairing did not complete (code, reason, by_peer)
+    ├── NameplateNotFound (LookupError) nobody on this LAN announces the nameplate
+    ├── AmbiguousNameplate (LookupError) several devices announce it
+    ├── CacheClosedError (RuntimeError) the connection cache is closed
+    ├── DataDirLocked                   another node holds the data directory (pid, since)
+    ├── KeyFileCorrupt                  the secret key file is not a key (path, reason)
+    └── RegistryError                   the device registry failed
+        ├── RegistryCorrupt             not a registry, or damaged (path, reason)
+        ├── RegistrySchemaTooNew        written by a newer version (version, supported)
+        ├── UnknownDevice (LookupError)  no paired device matches (query)
+        └── AmbiguousDevice (LookupError) several paired devices match (query, candidates)
+
+(:mod:`iroh_pair.testing` adds ``ServerError`` for its local test servers, also an
+``IrohPairError``.) Example::
+
+    try:
+        device = await node.join(code)
+    except PairingFailed as e:          # e.code: WRONG_CODE, EXPIRED, SAS_DECLINED, ...
+        print("not paired:", e.code.name)
+    except IrohPairError as e:          # anything else: unreachable host, bad code, ...
+        print("failed:", e)
+
+The native extension raises the transport classes (and ``InvalidKey``, ``InvalidTicket``,
+``RemoteError``) by name from this module, in one place
+(``impl From<Error> for PyErr`` in ``rust/iroh-pair-native/src/error.rs``). This module imports
+nothing from the package, so that the sans-I/O :mod:`iroh_pair.protocol` can raise its classes.
 """
 
 from __future__ import annotations
 
+import os
+import time
+import unicodedata
+from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: this module imports nothing of the package at run time
-    from iroh_pair.protocol.constants import RejectCode
+if TYPE_CHECKING:  # for annotations only: nothing of the package is imported at run time
+    from iroh_pair.protocol.constants import RejectCode, StreamErrorCode
+    from iroh_pair.store import PairedDevice
 
 __all__ = [
     "IrohPairError",
+    # transport
     "TransportError",
     "BindError",
     "ConnectError",
@@ -25,15 +82,40 @@ __all__ = [
     "FrameTooLarge",
     "TruncatedFrame",
     "Timeout",
+    "RemoteError",
+    # bad input
     "InvalidKey",
     "InvalidTicket",
-    "RemoteError",
+    "InvalidCode",
+    "UnknownWord",
+    "BadWordCount",
+    "MalformedCode",
+    "BadSessionTag",
+    "BadTicket",
+    "InvalidDeviceInfo",
+    # protocol, pairing, messaging
     "ProtocolError",
+    "MessageRejected",
+    "PairingFailed",
+    "NameplateNotFound",
+    "AmbiguousNameplate",
+    "CacheClosedError",
+    # storage
+    "DataDirLocked",
+    "KeyFileCorrupt",
+    "RegistryError",
+    "RegistryCorrupt",
+    "RegistrySchemaTooNew",
+    "UnknownDevice",
+    "AmbiguousDevice",
 ]
 
 
 class IrohPairError(Exception):
     """Base class of every error raised by iroh-pair."""
+
+
+# -- transport ---------------------------------------------------------------------------------
 
 
 class TransportError(IrohPairError):
@@ -72,7 +154,8 @@ class ConnectionLost(TransportError):
 
 
 class StreamReset(TransportError):
-    """The peer reset the stream (or stopped reading it) with an application error ``code``."""
+    """The peer reset the stream (or stopped reading it) with an application error ``code``
+    (a :class:`~iroh_pair.protocol.constants.StreamErrorCode` value)."""
 
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
@@ -97,7 +180,20 @@ class TruncatedFrame(TransportError):
 
 
 class Timeout(TransportError, TimeoutError):
-    """An operation did not complete within its timeout."""
+    """An operation did not complete within its timeout (a dial, a request, reaching the
+    host of a pairing code, :meth:`HostedPairing.wait <iroh_pair.HostedPairing.wait>`)."""
+
+
+class RemoteError(IrohPairError):
+    """The peer's handler failed; it reset the stream with application ``code`` (a
+    :class:`~iroh_pair.protocol.constants.StreamErrorCode` value, e.g. ``DUPLICATE``)."""
+
+    def __init__(self, message: str, code: int) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# -- bad input -----------------------------------------------------------------------------------
 
 
 class InvalidKey(IrohPairError, ValueError):
@@ -108,12 +204,47 @@ class InvalidTicket(IrohPairError, ValueError):
     """An iroh ticket or address string could not be parsed."""
 
 
-class RemoteError(IrohPairError):
-    """The peer's handler failed; it reset the stream with application ``code``."""
+class InvalidCode(IrohPairError, ValueError):
+    """A pairing code (or its secret words) could not be parsed."""
 
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.code = code
+
+class UnknownWord(InvalidCode):
+    """A word of the secret is not in the BIP39 English list; ``word`` is the offending word."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__(f"not a pairing code word: {word!r}")
+        self.word = word
+
+
+class BadWordCount(InvalidCode):
+    """The secret has ``count`` words, not ``min_words`` to ``max_words``."""
+
+    def __init__(self, count: int, min_words: int, max_words: int) -> None:
+        super().__init__(f"a pairing code has {min_words}..{max_words} words, got {count}")
+        self.count = count
+        self.min_words = min_words
+        self.max_words = max_words
+
+
+class MalformedCode(InvalidCode):
+    """The code string does not have the ``words.tag.ticket`` structure (or a LAN code is not
+    ``nameplate-words``)."""
+
+
+class BadSessionTag(InvalidCode):
+    """The session tag part is not 26 characters of canonical base32 (16 bytes)."""
+
+
+class BadTicket(InvalidCode):
+    """The ticket part is empty, too long, or not printable ASCII without spaces."""
+
+
+class InvalidDeviceInfo(IrohPairError, ValueError):
+    """A device's name, type, OS or app version is outside its limits (length, characters),
+    for example a device name with nothing printable in it."""
+
+
+# -- protocol, pairing, messaging ----------------------------------------------------------------
 
 
 class ProtocolError(IrohPairError):
@@ -127,3 +258,160 @@ class ProtocolError(IrohPairError):
         super().__init__(f"{code.name}: {message}" if message else code.name)
         self.code = code
         self.reason = message or code.name.lower()
+
+
+class MessageRejected(IrohPairError):
+    """A sealed message was refused: ``code`` (a
+    :class:`~iroh_pair.protocol.constants.StreamErrorCode`, the code the stream is reset
+    with), ``counter`` when it could be read, and for ``DUPLICATE`` the ``message_id`` of the
+    duplicate."""
+
+    def __init__(
+        self,
+        code: StreamErrorCode,
+        message: str = "",
+        *,
+        counter: int | None = None,
+        message_id: bytes | None = None,
+    ) -> None:
+        super().__init__(f"{code.name}: {message}" if message else code.name)
+        self.code = code
+        self.counter = counter
+        self.message_id = message_id
+
+
+class PairingFailed(IrohPairError):
+    """Pairing did not complete. ``code`` is the
+    :class:`~iroh_pair.protocol.constants.RejectCode` (``WRONG_CODE`` for wrong words,
+    ``SAS_DECLINED`` when a user declined the SAS, ``UNSUPPORTED_VERSION`` for a peer of
+    another pairing version), ``by_peer`` whether the other side reported it. ``reason`` may
+    come from the peer: sanitise it before showing it."""
+
+    def __init__(self, code: RejectCode, reason: str, by_peer: bool = False) -> None:
+        who = "the peer" if by_peer else "this side"
+        super().__init__(f"pairing failed ({code.name}, reported by {who}): {reason}")
+        self.code = code
+        self.reason = reason
+        self.by_peer = by_peer
+
+
+class NameplateNotFound(IrohPairError, LookupError):
+    """No host announces this LAN code's nameplate on this LAN (wrong number, host gone, or not
+    on the same LAN)."""
+
+
+class AmbiguousNameplate(IrohPairError, LookupError):
+    """More than one device announces this nameplate: the joiner refuses to guess (trying the
+    words on a stranger would give it a guess at them). The host should make a new code."""
+
+
+class CacheClosedError(IrohPairError, RuntimeError):
+    """The :class:`~iroh_pair.ConnectionCache` has been closed; it makes and hands out no more
+    connections."""
+
+
+# -- storage -------------------------------------------------------------------------------------
+
+
+class DataDirLocked(IrohPairError):
+    """Another node (another process, or another ``DataDirLock`` in this process) holds the
+    data directory. ``pid`` is the holder's PID (``None`` if it could not be read) and
+    ``since`` the Unix time it took the lock (``None`` if unknown)."""
+
+    def __init__(self, path: Path, pid: int | None, since: float | None) -> None:
+        who = f"process {pid}" if pid is not None else "another process"
+        if pid is not None and pid == os.getpid():
+            who = f"this process ({pid})"
+        when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else ""
+        super().__init__(f"data directory {path} is in use by {who}{when}")
+        self.path = path
+        self.pid = pid
+        self.since = since
+
+
+class KeyFileCorrupt(IrohPairError):
+    """The secret key file exists but is not a valid key (wrong length or unreadable). It is left
+    untouched: move it away to create a new identity (which changes the EndpointId, so paired
+    devices would have to pair again)."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"secret key file {path} is corrupt: {reason}; it was not modified")
+        self.path = path
+        self.reason = reason
+
+
+class RegistryError(IrohPairError):
+    """Base class of the registry's errors."""
+
+
+class RegistryCorrupt(RegistryError):
+    """``path`` is not a usable registry: not an SQLite database, an SQLite database of another
+    application, or damaged. The file was not modified."""
+
+    def __init__(self, path: Path, reason: str) -> None:
+        super().__init__(f"device registry {path} is unusable: {reason}; it was not modified")
+        self.path = path
+        self.reason = reason
+
+
+class RegistrySchemaTooNew(RegistryError):
+    """The registry was written by a newer version (schema ``version`` > ``supported``)."""
+
+    def __init__(self, path: Path, version: int, supported: int) -> None:
+        super().__init__(
+            f"device registry {path} has schema version {version}, this version of iroh-pair "
+            f"understands up to {supported}; upgrade iroh-pair (the file was not modified)"
+        )
+        self.path = path
+        self.version = version
+        self.supported = supported
+
+
+class UnknownDevice(RegistryError, LookupError):
+    """No paired device matches ``query``."""
+
+    def __init__(self, query: str) -> None:
+        super().__init__(f"no paired device matches {_printable(query)}")
+        self.query = query
+
+
+class AmbiguousDevice(RegistryError, LookupError):
+    """Several paired devices match ``query``; ``candidates`` lists them (sorted by id)."""
+
+    def __init__(self, query: str, candidates: Sequence[PairedDevice]) -> None:
+        names = ", ".join(
+            f"{_printable(d.name)} ({d.endpoint_id.fmt_short()})" for d in candidates
+        )
+        super().__init__(
+            f"{_printable(query)} matches {len(candidates)} paired devices: {names}; "
+            "use a longer EndpointId prefix"
+        )
+        self.query = query
+        self.candidates = tuple(candidates)
+
+
+# -- text in messages ----------------------------------------------------------------------------
+
+#: Invisible characters that reorder or hide text (bidi embeddings/overrides/isolates, marks).
+_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _unsafe(c: str) -> bool:
+    # Cc: C0, DEL, C1 (incl. ESC and CSI); Cs: lone surrogates; Zl/Zp: line/paragraph separators
+    return c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+
+
+def _printable(text: str, max_chars: int = 80) -> str:
+    """``text`` (a device name, a query) made safe to show: control, bidi and separator
+    characters as escapes, cut to ``max_chars`` (with ``…``). It is
+    :func:`iroh_pair.store.safe_display`; it lives here so that messages of the errors above can
+    quote peer-supplied text without importing the store."""
+    out: list[str] = []
+    for c in text:
+        if _unsafe(c):
+            o = ord(c)
+            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
+        else:
+            out.append(c)
+    s = "".join(out)
+    return s if len(s) <= max_chars else s[: max(0, max_chars - 1)] + "…"

@@ -17,43 +17,18 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 
+from iroh_pair.errors import BadSessionTag, BadTicket, InvalidCode, MalformedCode
 from iroh_pair.protocol.constants import SESSION_TAG_LEN
-from iroh_pair.protocol.words import (
-    DEFAULT_WORD_COUNT,
-    BadWordCount,
-    InvalidCode,
-    UnknownWord,
-    generate_words,
-    normalize_words,
-    secret_bytes,
-)
+from iroh_pair.protocol.words import DEFAULT_WORD_COUNT, generate_words, normalize_words, secret_bytes
 
 __all__ = [
     "PairingCode",
-    "InvalidCode",
-    "UnknownWord",
-    "BadWordCount",
-    "MalformedCode",
-    "BadSessionTag",
-    "BadTicket",
     "encode_tag",
     "decode_tag",
 ]
 
 _TAG_CHARS = 26  # base32 of 16 bytes without padding
 _MAX_TICKET = 4096
-
-
-class MalformedCode(InvalidCode):
-    """The code string does not have the ``words.tag.ticket`` structure."""
-
-
-class BadSessionTag(InvalidCode):
-    """The session tag part is not 26 characters of canonical base32 (16 bytes)."""
-
-
-class BadTicket(InvalidCode):
-    """The ticket part is empty, too long, or not printable ASCII without spaces."""
 
 
 def encode_tag(tag: bytes) -> str:
@@ -115,7 +90,8 @@ class PairingCode:
 
     @classmethod
     def parse(cls, text: str) -> PairingCode:
-        """Parse the full form; raises an :class:`InvalidCode` subclass when it is not valid.
+        """Parse the full form; raises an :class:`~iroh_pair.errors.InvalidCode` subclass when it
+        is not valid.
 
         The whole string is NFKC-normalised and stripped; the words follow
         :func:`iroh_pair.protocol.words.normalize_words`, the tag is case-insensitive, the ticket is kept

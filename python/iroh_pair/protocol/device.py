@@ -14,7 +14,7 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-from iroh_pair.errors import ProtocolError
+from iroh_pair.errors import InvalidDeviceInfo, ProtocolError
 from iroh_pair.protocol.constants import RejectCode
 
 __all__ = ["DeviceInfo", "FIELD_LIMITS", "MAX_DEVICE_INFO"]
@@ -36,11 +36,11 @@ def _check(field: str, value: str) -> bytes:
     lo, hi = FIELD_LIMITS[field]
     raw = value.encode("utf-8", "strict")
     if not lo <= len(raw) <= hi:
-        raise ValueError(f"DeviceInfo.{field} must be {lo}..{hi} UTF-8 bytes")
+        raise InvalidDeviceInfo(f"DeviceInfo.{field} must be {lo}..{hi} UTF-8 bytes")
     if any(unicodedata.category(c) == "Cc" for c in value):
-        raise ValueError(f"DeviceInfo.{field} contains a control character")
+        raise InvalidDeviceInfo(f"DeviceInfo.{field} contains a control character")
     if field == "device_type" and not _TYPE.fullmatch(value):
-        raise ValueError("DeviceInfo.device_type is a token of [a-z0-9._-]")
+        raise InvalidDeviceInfo("DeviceInfo.device_type is a token of [a-z0-9._-]")
     return raw
 
 
@@ -49,7 +49,8 @@ class DeviceInfo:
     """Describes a device to its peer: display ``name``, ``device_type`` token (e.g.
     ``"desktop"``, ``"phone"``, ``"server"``), ``os`` and ``app_version`` free text.
 
-    The constructor validates the limits (ValueError); :meth:`decode` raises ProtocolError.
+    The constructor validates the limits (:class:`~iroh_pair.errors.InvalidDeviceInfo`, a
+    ValueError); :meth:`decode` raises ProtocolError.
     """
 
     name: str

@@ -22,7 +22,8 @@ import secrets
 import unicodedata
 from dataclasses import dataclass
 
-from iroh_pair.protocol.code import MalformedCode, PairingCode
+from iroh_pair.errors import MalformedCode
+from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.constants import LAN_SERVICE_PREFIX, LAN_TAG_LABEL, SESSION_TAG_LEN
 from iroh_pair.protocol.words import DEFAULT_WORD_COUNT, generate_words, normalize_words
 
@@ -86,7 +87,7 @@ class LanCode:
     def parse(cls, text: str) -> LanCode:
         """Parses ``7-ocean-tiger-river`` (spaces work as separators too; the words follow
         :func:`iroh_pair.protocol.words.normalize_words`). Raises an
-        :class:`~iroh_pair.protocol.words.InvalidCode` subclass when it is not a valid LAN code."""
+        :class:`~iroh_pair.errors.InvalidCode` subclass when it is not a valid LAN code."""
         folded = unicodedata.normalize("NFKC", text).strip()
         m = _SPOKEN.match(folded)
         if not m:

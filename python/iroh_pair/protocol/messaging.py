@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from iroh_pair.errors import FrameTooLarge, IrohPairError
+from iroh_pair.errors import FrameTooLarge, MessageRejected
 from iroh_pair.protocol.constants import (
     CHANNEL_BINDING_LEN,
     MESSAGE_KEY_LABEL,
@@ -57,7 +57,6 @@ __all__ = [
     "MAX_COUNTER",
     "IdLike",
     "MessageType",
-    "MessageRejected",
     "OpenedMessage",
     "ReplayWindow",
     "SeenIds",
@@ -102,26 +101,6 @@ class MessageType(enum.IntEnum):
 
     MESSAGE = 0
     REPLY = 1
-
-
-class MessageRejected(IrohPairError):
-    """A sealed message was refused: ``code`` (a :class:`StreamErrorCode`, the code to reset
-    the stream with: ``FRAME_TOO_LARGE``, ``TAMPERED``, ``REPLAYED``, ``DUPLICATE``,
-    ``MALFORMED_MESSAGE``, ``TOO_OLD`` or ``IN_PROGRESS``), ``counter`` when it could be read,
-    and for ``DUPLICATE`` the ``message_id`` of the duplicate."""
-
-    def __init__(
-        self,
-        code: StreamErrorCode,
-        message: str = "",
-        *,
-        counter: int | None = None,
-        message_id: bytes | None = None,
-    ) -> None:
-        super().__init__(f"{code.name}: {message}" if message else code.name)
-        self.code = code
-        self.counter = counter
-        self.message_id = message_id
 
 
 @dataclass(frozen=True)
@@ -471,8 +450,8 @@ class MessageChannel:
         """Authenticates and decrypts a message from the peer that arrived on a stream of
         ``kind`` (``reply_to``: the message id of our request, when this is its reply).
 
-        Raises :class:`MessageRejected`: ``MALFORMED_MESSAGE`` (too short, unknown version),
-        ``FRAME_TOO_LARGE``, ``TOO_OLD`` / ``REPLAYED`` (replay window), ``TAMPERED`` (any
+        Raises :class:`~iroh_pair.errors.MessageRejected`: ``MALFORMED_MESSAGE`` (too short,
+        unknown version), ``FRAME_TOO_LARGE``, ``TOO_OLD`` / ``REPLAYED`` (replay window), ``TAMPERED`` (any
         authentication failure), ``DUPLICATE`` (with ``seen``, an id delivered before).
         Only an authentic message changes the window.
         """

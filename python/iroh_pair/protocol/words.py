@@ -9,7 +9,7 @@ person typed (see ``docs/PROTOCOL.md``, "Pairing code"):
 3. the separators are U+0020 SPACE, U+0009 TAB, U+000A LF, U+000D CR and U+002D HYPHEN-MINUS
    (NFKC already maps the other space characters, e.g. U+00A0 or U+3000, to U+0020): leading and
    trailing separators are dropped and any run of separators separates two words;
-4. every word must be in the list, otherwise :class:`UnknownWord` is raised.
+4. every word must be in the list, otherwise :class:`~iroh_pair.errors.UnknownWord` is raised.
 
 The SPAKE2 password is :func:`secret_bytes`: the normalised words joined with one ``-``, encoded
 as UTF-8.
@@ -24,16 +24,13 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import BadWordCount, UnknownWord
 
 __all__ = [
     "WORDLIST_SHA256",
     "DEFAULT_WORD_COUNT",
     "MIN_WORDS",
     "MAX_WORDS",
-    "InvalidCode",
-    "UnknownWord",
-    "BadWordCount",
     "wordlist",
     "word_index",
     "normalize_words",
@@ -53,26 +50,6 @@ MAX_WORDS = 24
 _SEPARATORS = re.compile(r"[ \t\r\n\-]+")
 
 
-class InvalidCode(IrohPairError, ValueError):
-    """A pairing code (or its secret words) could not be parsed."""
-
-
-class UnknownWord(InvalidCode):
-    """A word of the secret is not in the BIP39 English list; ``word`` is the offending word."""
-
-    def __init__(self, word: str) -> None:
-        super().__init__(f"not a pairing code word: {word!r}")
-        self.word = word
-
-
-class BadWordCount(InvalidCode):
-    """The secret has fewer than :data:`MIN_WORDS` or more than :data:`MAX_WORDS` words."""
-
-    def __init__(self, count: int) -> None:
-        super().__init__(f"a pairing code has {MIN_WORDS}..{MAX_WORDS} words, got {count}")
-        self.count = count
-
-
 @lru_cache(maxsize=1)
 def wordlist() -> tuple[str, ...]:
     """The 2048 BIP39 English words, in list order."""
@@ -87,7 +64,8 @@ def _index() -> dict[str, int]:
 
 
 def word_index(word: str) -> int:
-    """The position (0..2047) of an already normalised ``word``; :class:`UnknownWord` if absent."""
+    """The position (0..2047) of an already normalised ``word``; :class:`~iroh_pair.errors.UnknownWord`
+    if absent."""
     try:
         return _index()[word]
     except KeyError:
@@ -97,15 +75,16 @@ def word_index(word: str) -> int:
 def normalize_words(text: str) -> tuple[str, ...]:
     """Normalise typed secret words (NFKC, lower case, spaces/hyphens separate) and check them.
 
-    Raises :class:`UnknownWord` for the first word not in the list, else :class:`BadWordCount`
-    when the number of words is outside ``MIN_WORDS..MAX_WORDS``.
+    Raises :class:`~iroh_pair.errors.UnknownWord` for the first word not in the list, else
+    :class:`~iroh_pair.errors.BadWordCount` when the number of words is outside
+    ``MIN_WORDS..MAX_WORDS``.
     """
     folded = unicodedata.normalize("NFKC", text).lower()
     words = tuple(w for w in _SEPARATORS.split(folded) if w)
     for w in words:
         word_index(w)
     if not MIN_WORDS <= len(words) <= MAX_WORDS:
-        raise BadWordCount(len(words))
+        raise BadWordCount(len(words), MIN_WORDS, MAX_WORDS)
     return words
 
 
@@ -119,6 +98,6 @@ def generate_words(
 ) -> tuple[str, ...]:
     """Draw ``count`` words uniformly and independently from the list (CSPRNG by default)."""
     if not MIN_WORDS <= count <= MAX_WORDS:
-        raise BadWordCount(count)
+        raise BadWordCount(count, MIN_WORDS, MAX_WORDS)
     words = wordlist()
     return tuple(words[randbelow(len(words))] for _ in range(count))

@@ -5,10 +5,10 @@ A data directory belongs to one running node at a time:
 * ``secret.key`` holds the node's Ed25519 secret key, 32 raw bytes, mode 0600. It is created
   once (temp file, fsync, atomic no-clobber link into place, fsync of the directory), so the
   node's EndpointId is stable across restarts. A key file of the wrong length is reported as
-  :class:`KeyFileCorrupt` and is never overwritten.
+  :class:`~iroh_pair.errors.KeyFileCorrupt` and is never overwritten.
 * ``lock`` is held with ``fcntl.flock`` by the running node (:class:`DataDirLock`) and contains
   the holder's PID and the time it took the lock. A second lock — from another process, or from
-  the same process — raises :class:`DataDirLocked` naming the holder. The kernel releases the
+  the same process — raises :class:`~iroh_pair.errors.DataDirLocked` naming the holder. The kernel releases the
   lock when the holder dies, so a stale lock file never blocks a new node.
 
 The directory itself is created with mode 0700 when it does not exist; an existing one with
@@ -28,14 +28,12 @@ from pathlib import Path
 from types import TracebackType
 
 from iroh_pair._native import SecretKey
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import DataDirLocked, IrohPairError, KeyFileCorrupt
 
 __all__ = [
     "KEY_FILE",
     "LOCK_FILE",
     "SECRET_KEY_LEN",
-    "DataDirLocked",
-    "KeyFileCorrupt",
     "DataDirLock",
     "ensure_data_dir",
     "load_or_create_secret_key",
@@ -49,33 +47,6 @@ KEY_FILE = "secret.key"
 LOCK_FILE = "lock"
 #: Length of the raw secret key.
 SECRET_KEY_LEN = 32
-
-
-class DataDirLocked(IrohPairError):
-    """Another node (another process, or another :class:`DataDirLock` in this process) holds the
-    data directory. ``pid`` is the holder's PID (``None`` if it could not be read) and
-    ``since`` the Unix time it took the lock (``None`` if unknown)."""
-
-    def __init__(self, path: Path, pid: int | None, since: float | None) -> None:
-        who = f"process {pid}" if pid is not None else "another process"
-        if pid is not None and pid == os.getpid():
-            who = f"this process ({pid})"
-        when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else ""
-        super().__init__(f"data directory {path} is in use by {who}{when}")
-        self.path = path
-        self.pid = pid
-        self.since = since
-
-
-class KeyFileCorrupt(IrohPairError):
-    """The secret key file exists but is not a valid key (wrong length or unreadable). It is left
-    untouched: move it away to create a new identity (which changes the EndpointId, so paired
-    devices would have to pair again)."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"secret key file {path} is corrupt: {reason}; it was not modified")
-        self.path = path
-        self.reason = reason
 
 
 def ensure_data_dir(path: str | os.PathLike[str]) -> Path:

@@ -33,7 +33,6 @@ import os
 import sqlite3
 import threading
 import time
-import unicodedata
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -41,7 +40,17 @@ from types import TracebackType
 from typing import TypeVar
 
 from iroh_pair._native import EndpointId
-from iroh_pair.errors import IrohPairError
+from iroh_pair.errors import (
+    AmbiguousDevice,
+    InvalidDeviceInfo,
+    IrohPairError,
+    RegistryCorrupt,
+    RegistryError,
+    RegistrySchemaTooNew,
+    UnknownDevice,
+    _printable,
+    _unsafe,
+)
 from iroh_pair.protocol.device import FIELD_LIMITS, DeviceInfo
 from iroh_pair.protocol.kdf import SessionKeys
 from iroh_pair.store._identity import fsync_dir
@@ -56,11 +65,6 @@ __all__ = [
     "DELIVERED_MAX_PER_DEVICE",
     "DELIVERED_PRUNE_INTERVAL",
     "DELIVERED_DURABLE",
-    "RegistryError",
-    "RegistryCorrupt",
-    "RegistrySchemaTooNew",
-    "UnknownDevice",
-    "AmbiguousDevice",
     "PairedDevice",
     "DeviceRegistry",
     "sanitize_text",
@@ -135,64 +139,10 @@ MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class RegistryError(IrohPairError):
-    """Base class of the registry's errors."""
-
-
-class RegistryCorrupt(RegistryError):
-    """``path`` is not a usable registry: not an SQLite database, an SQLite database of another
-    application, or damaged. The file was not modified."""
-
-    def __init__(self, path: Path, reason: str) -> None:
-        super().__init__(f"device registry {path} is unusable: {reason}; it was not modified")
-        self.path = path
-        self.reason = reason
-
-
-class RegistrySchemaTooNew(RegistryError):
-    """The registry was written by a newer version (schema ``version`` > ``supported``)."""
-
-    def __init__(self, path: Path, version: int, supported: int) -> None:
-        super().__init__(
-            f"device registry {path} has schema version {version}, this version of iroh-pair "
-            f"understands up to {supported}; upgrade iroh-pair (the file was not modified)"
-        )
-        self.path = path
-        self.version = version
-        self.supported = supported
-
-
-class UnknownDevice(RegistryError, LookupError):
-    """No paired device matches ``query``."""
-
-    def __init__(self, query: str) -> None:
-        super().__init__(f"no paired device matches {safe_display(query)}")
-        self.query = query
-
-
-class AmbiguousDevice(RegistryError, LookupError):
-    """Several paired devices match ``query``; ``candidates`` lists them (sorted by id)."""
-
-    def __init__(self, query: str, candidates: tuple[PairedDevice, ...]) -> None:
-        names = ", ".join(f"{safe_display(d.name)} ({d.endpoint_id.fmt_short()})" for d in candidates)
-        super().__init__(
-            f"{safe_display(query)} matches {len(candidates)} paired devices: {names}; "
-            "use a longer EndpointId prefix"
-        )
-        self.query = query
-        self.candidates = candidates
-
-
 # --------------------------------------------------------------------------------------------
 # text hygiene
 
-#: Invisible characters that reorder or hide text (bidi embeddings/overrides/isolates, marks).
-_BIDI = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
-
-
-def _unsafe(c: str) -> bool:
-    # Cc: C0, DEL, C1 (incl. ESC and CSI); Cs: lone surrogates; Zl/Zp: line/paragraph separators
-    return c in _BIDI or unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp")
+# The character test and the escaping live in iroh_pair.errors, whose messages quote such text.
 
 
 def _cap_utf8(text: str, max_bytes: int) -> str:
@@ -213,16 +163,12 @@ def sanitize_text(text: str, max_bytes: int) -> str:
 def safe_display(text: str, max_chars: int = 80) -> str:
     """``text`` made safe to print on a terminal: control, bidi and separator characters are
     shown as escapes (``\\x1b``, ``\\u202e``), and the result is cut to ``max_chars`` (with
-    ``…``)."""
-    out: builtins.list[str] = []
-    for c in text:
-        if _unsafe(c):
-            o = ord(c)
-            out.append(f"\\x{o:02x}" if o < 0x100 else f"\\u{o:04x}")
-        else:
-            out.append(c)
-    s = "".join(out)
-    return s if len(s) <= max_chars else s[: max(0, max_chars - 1)] + "…"
+    ``…``).
+
+    >>> safe_display("evil\\x1b[2Jname")
+    'evil\\\\x1b[2Jname'
+    """
+    return _printable(text, max_chars)
 
 
 def _clean_type(value: str) -> str:
@@ -565,10 +511,11 @@ class DeviceRegistry:
 
     def rename(self, endpoint_id: EndpointId, name: str) -> PairedDevice:
         """Sets the local display name of a device (sanitised); returns the updated record.
-        Raises :class:`UnknownDevice` if it is not paired, ``ValueError`` for an empty name."""
+        Raises :class:`UnknownDevice` if it is not paired, :class:`InvalidDeviceInfo` (a
+        ValueError) for a name with nothing printable in it."""
         clean = sanitize_text(name, FIELD_LIMITS["name"][1])
         if not clean:
-            raise ValueError("a device name must contain printable characters")
+            raise InvalidDeviceInfo("a device name must contain printable characters")
 
         def do(db: sqlite3.Connection) -> int:
             cur = db.execute(
