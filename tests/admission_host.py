@@ -186,7 +186,7 @@ async def _child(data_dir: Path) -> None:
     sys.path.insert(0, str(HERE))
     from helpers import open_local_node
 
-    from iroh_pair._node import HostedPairing
+    from iroh_pair import HostedPairing
     from iroh_pair.protocol import offer as offer_mod
 
     _install_spy()

@@ -35,7 +35,7 @@ from typing import Any
 from iroh_pair.errors import IrohPairError, RemoteError
 from iroh_pair.store import ensure_data_dir, load_or_create_secret_key
 from iroh_pair.protocol.kdf import SessionKeys
-from iroh_pair._node import Node
+from iroh_pair import Node
 from iroh_pair.store import REGISTRY_FILE, DeviceRegistry, PairedDevice
 from iroh_pair.transport import EndpointAddr, EndpointId
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from iroh_pair._node import Node
+    from iroh_pair import Node
     from iroh_pair.transport import Connection
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +37,7 @@ LOCAL_NODE: dict[str, object] = dict(
 
 async def open_local_node(path: Path, name: str) -> Node:
     """A Node in ``path`` reachable on loopback only."""
-    from iroh_pair._node import Node
+    from iroh_pair import Node
 
     return await Node.open(path, name=name, **LOCAL_NODE)  # type: ignore[arg-type]
 

@@ -66,7 +66,7 @@ from typing import Any
 from iroh_pair.errors import IrohPairError, RemoteError
 from iroh_pair.protocol.constants import StreamErrorCode as MessageErrorCode
 from iroh_pair.protocol.messaging import new_message_id
-from iroh_pair._node import Node, NodeEvent
+from iroh_pair import Node, NodeEvent
 from iroh_pair.protocol import ALPN
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection, LookupConfig

@@ -48,7 +48,7 @@ from collections import Counter
 from typing import Any
 
 from iroh_pair.errors import IrohPairError, PairingFailed
-from iroh_pair._node import Node, NodeEvent
+from iroh_pair import Node, NodeEvent
 from iroh_pair.protocol import ALPN
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection, Endpoint, EndpointId

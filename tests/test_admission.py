@@ -20,8 +20,8 @@ import pytest
 
 from admission_host import HostProcess
 from helpers import open_local_node, show
-from iroh_pair import errors
-from iroh_pair._node import PAIR_FRAME_LIMIT, UNKNOWN_START_TIMEOUT, Node
+from iroh_pair import Node, errors
+from iroh_pair._node import PAIR_FRAME_LIMIT, UNKNOWN_START_TIMEOUT
 from iroh_pair._pairing import HOST_FIRST_FRAME_TIMEOUT
 from iroh_pair.protocol import ALPN, PAIR_KIND, CloseCode, StreamErrorCode, encode_header
 from iroh_pair.transport import (

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from iroh_pair._peer import RequestPeer
+from iroh_pair import RequestPeer
 from iroh_pair.transport import Endpoint, EndpointAddr, SecretKey
 
 ALPN = b"iroh-pair-cache-test/1"

@@ -24,7 +24,7 @@ from iroh_pair.errors import (
     StreamReset,
     Timeout,
 )
-from iroh_pair._cache import CacheStats, ConnectionCache
+from iroh_pair import CacheStats, ConnectionCache
 from iroh_pair.protocol.constants import CloseCode
 
 ALPN = b"test/1"

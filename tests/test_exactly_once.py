@@ -27,7 +27,7 @@ from delivery_child import LOCAL, seed_pair
 
 from iroh_pair.errors import RemoteError
 from iroh_pair.protocol.messaging import new_message_id
-from iroh_pair._node import Node
+from iroh_pair import Node
 from iroh_pair.protocol import StreamErrorCode
 from iroh_pair.store import PairedDevice
 

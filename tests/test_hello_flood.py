@@ -25,8 +25,7 @@ import pytest
 
 from admission_host import HostProcess, hello_frame, invalid_points
 from helpers import open_local_node, show
-from iroh_pair import errors
-from iroh_pair._node import Node
+from iroh_pair import Node, errors
 from iroh_pair.protocol import ALPN, MAX_MESSAGE, CloseCode, RejectCode, wire
 from iroh_pair.transport import Connection, Endpoint, EndpointAddr
 

@@ -25,8 +25,7 @@ import pytest
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.errors import PairingFailed, RemoteError, StreamReset
 from iroh_pair.protocol.messaging import new_message_id
-from iroh_pair._node import Node, NodeEvent
-from iroh_pair._pairing import SasCheck
+from iroh_pair import Node, NodeEvent, SasCheck
 from iroh_pair.protocol import (
     ALPN,
     MAX_MESSAGE,

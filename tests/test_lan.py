@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from iroh_pair import errors
+from iroh_pair import Node, NodeEvent, errors
 from iroh_pair.cli import lan_mode, network_options, parser
 from iroh_pair.errors import (
     AmbiguousNameplate,
@@ -31,7 +31,6 @@ from iroh_pair.errors import (
 )
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.lan import LanCode, lan_tag, looks_spoken, service_name
-from iroh_pair._node import Node, NodeEvent
 from iroh_pair.protocol import ALPN as NODE_ALPN
 from iroh_pair.protocol import RejectCode
 from iroh_pair.transport import Endpoint, EndpointAddr, SecretKey

@@ -9,10 +9,9 @@ from pathlib import Path
 import pytest
 from helpers import open_local_node
 
-from iroh_pair import errors
+from iroh_pair import Node, errors
 from iroh_pair.protocol.constants import MESSAGING_BINDING_LABEL as CHANNEL_BINDING_LABEL
 from iroh_pair.protocol.messaging import MessageChannel, derive_subkey, new_message_id, nonce
-from iroh_pair._node import Node
 from iroh_pair.protocol import ALPN, StreamErrorCode, encode_header
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Connection

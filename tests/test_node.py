@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 from helpers import open_local_node
 
-from iroh_pair import errors
+from iroh_pair import Node, errors
 from iroh_pair.protocol.code import PairingCode
-from iroh_pair._node import Node
 from iroh_pair.errors import PairingFailed
 from iroh_pair.protocol import ALPN, PairingOffer, RejectCode, StreamErrorCode
 from iroh_pair.store import DeviceRegistry

@@ -12,12 +12,11 @@ from pathlib import Path
 import pytest
 from helpers import open_local_node
 
-from iroh_pair import errors
+from iroh_pair import Node, SasCheck, errors
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.messaging import new_message_id
-from iroh_pair._node import Node
 from iroh_pair.errors import PairingFailed
-from iroh_pair._pairing import SasCheck, channel_binding, run_joiner
+from iroh_pair._pairing import channel_binding, run_joiner
 from iroh_pair.protocol import (
     ALPN,
     MAX_MESSAGE,

@@ -471,7 +471,7 @@ def test_demo_devices_restart_and_talk_by_id_alone(tmp_path: Path) -> None:
 @inner
 async def test_node_events_say_relay_or_direct(servers: LocalServers, tmp_path: Path) -> None:
     """A restarted node dials its paired device by id alone; its events say over which path."""
-    from iroh_pair._node import Node, NodeEvent
+    from iroh_pair import Node, NodeEvent
 
     opts = dict(servers.endpoint_options(), bind_addrs=("127.0.0.1:0",), portmapper=False)
     a = await Node.open(tmp_path / "a", name="a", **opts)
@@ -509,7 +509,7 @@ async def test_wait_reachable_then_found_by_id_at_once(servers: LocalServers, tm
     """``Node.wait_reachable`` returns once the lookup server has the node's record with its
     home relay: a device started right after finds it by id on the first try, no retry. With
     the lookup server down it gives up after ``online_timeout`` and says so."""
-    from iroh_pair._node import Node
+    from iroh_pair import Node
 
     opts = dict(servers.endpoint_options(), bind_addrs=("127.0.0.1:0",), portmapper=False)
     a = await Node.open(tmp_path / "a", name="a", **opts)

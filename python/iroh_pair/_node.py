@@ -223,6 +223,7 @@ class HostedPairing:
 
     @property
     def done(self) -> bool:
+        """Whether the code has ended: a device paired, or it expired, burned or was cancelled."""
         return self._fut.done()
 
     def __repr__(self) -> str:

@@ -42,6 +42,8 @@ from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import LookupConfig
 
+__all__ = ["main"]
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAIRING, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 #: Exit code when this side's user declined the SAS (or did not answer in time).
 EXIT_DECLINED = EXIT_ERROR
@@ -70,13 +72,13 @@ def network_options(args: argparse.Namespace) -> dict[str, Any]:
         opts.update(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
     if lan_mode(args):
         if args.local:
-            raise UsageError("--lan and --local exclude each other (mDNS needs a LAN interface)")
+            raise _UsageError("--lan and --local exclude each other (mDNS needs a LAN interface)")
         opts.update(relay="disabled", lookup="none", bind_addrs=(), portmapper=False, mdns=True)
     if args.relay:
         opts["relay"] = list(args.relay)
     if args.pkarr_url or args.dns_origin:
         if not (args.pkarr_url and args.dns_origin):
-            raise UsageError("--pkarr-url and --dns-origin go together")
+            raise _UsageError("--pkarr-url and --dns-origin go together")
         opts["lookup"] = LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server)
     if args.bind:
         opts["bind_addrs"] = tuple(args.bind)
@@ -86,11 +88,11 @@ def network_options(args: argparse.Namespace) -> dict[str, Any]:
         try:
             opts["ca_certs"] = b"".join(Path(f).read_bytes() for f in args.ca_cert)
         except OSError as e:
-            raise UsageError(f"cannot read --ca-cert: {e}") from None
+            raise _UsageError(f"cannot read --ca-cert: {e}") from None
     return opts
 
 
-class UsageError(Exception):
+class _UsageError(Exception):
     pass
 
 
@@ -162,7 +164,7 @@ async def progress(text: str, quiet: bool) -> AsyncIterator[Progress]:
         p.clear()
 
 
-class SasDeclined(Exception):
+class _SasDeclined(Exception):
     """This side's user answered no (or nothing in time): nothing was stored."""
 
     def __init__(self, timed_out: bool = False, timeout: float = 0.0) -> None:
@@ -281,14 +283,14 @@ class SasQuestion:
         """Whether the question was open for (about) the whole ``timeout``."""
         return self.asked and time.monotonic() - self.asked_at >= self.timeout - 0.5
 
-    def declined(self, e: PairingFailed | None = None) -> SasDeclined | None:
+    def declined(self, e: PairingFailed | None = None) -> _SasDeclined | None:
         """This side's decline, if that is why the pairing ended: the user said no, or the
         question was still open when this side's ``confirm_timeout`` passed."""
         if self.answer is False:
-            return SasDeclined(self.timed_out, self.timeout)
+            return _SasDeclined(self.timed_out, self.timeout)
         if (e is not None and self.asked and self.answer is None and not e.by_peer
                 and e.code == RejectCode.TIMEOUT):
-            return SasDeclined(True, self.timeout)
+            return _SasDeclined(True, self.timeout)
         return None
 
     def end_prompt(self) -> None:
@@ -299,10 +301,10 @@ class SasQuestion:
 
 
 def sas_question(args: argparse.Namespace) -> SasQuestion:
-    """The question for this command; refuses (UsageError, exit 2) to pair without asking when
+    """The question for this command; refuses (_UsageError, exit 2) to pair without asking when
     stdin is not a terminal and ``--yes`` was not given."""
     if not args.yes and not sys.stdin.isatty():
-        raise UsageError(NOT_A_TERMINAL)
+        raise _UsageError(NOT_A_TERMINAL)
     return SasQuestion(assume_yes=args.yes, timeout=args.confirm_timeout)
 
 
@@ -389,9 +391,9 @@ async def _wait_hosted(hosted: HostedPairing, question: SasQuestion) -> PairedDe
                 try:  # the node sends Reject(SAS_DECLINED); let it leave before closing
                     return await asyncio.wait_for(asyncio.shield(waiter), 1.5)
                 except TimeoutError:
-                    raise SasDeclined(question.timed_out, question.timeout) from None
+                    raise _SasDeclined(question.timed_out, question.timeout) from None
             if question.cancelled and question.ran_out():
-                raise SasDeclined(True, question.timeout)  # the node's confirm_timeout passed
+                raise _SasDeclined(True, question.timeout)  # the node's confirm_timeout passed
             if question.cancelled or (question.answer is True and _attempt_over(hosted)):
                 raise PairingFailed(
                     RejectCode.CONNECTION_LOST,
@@ -596,6 +598,8 @@ def fail(text: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``iroh-pair`` command with ``argv`` (default: ``sys.argv[1:]``); returns its exit
+    code (see the module's text). ``iroh-pair --help`` lists the commands."""
     args = parser().parse_args(argv)
     setup_logging()
     try:
@@ -604,10 +608,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except UsageError as e:
+    except _UsageError as e:
         fail(str(e))
         return EXIT_USAGE
-    except SasDeclined as e:
+    except _SasDeclined as e:
         fail(str(e))
         return EXIT_DECLINED
     except PairingFailed as e:

@@ -23,6 +23,8 @@ from typing import Any
 
 from iroh_pair.testing import LocalServers
 
+__all__ = ["run"]
+
 T0 = time.monotonic()
 
 
@@ -129,6 +131,8 @@ async def main(keep: bool) -> None:
 
 
 def run() -> None:
+    """``python -m iroh_pair.demo [--keep]``: runs the demo (``--keep`` keeps the data
+    directories)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--keep", action="store_true", help="keep the data directories")
     args = ap.parse_args()

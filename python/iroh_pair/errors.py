@@ -60,9 +60,9 @@ nothing from the package, so that the sans-I/O :mod:`iroh_pair.protocol` can rai
 from __future__ import annotations
 
 import os
-import time
 import unicodedata
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -322,7 +322,7 @@ class DataDirLocked(IrohPairError):
         who = f"process {pid}" if pid is not None else "another process"
         if pid is not None and pid == os.getpid():
             who = f"this process ({pid})"
-        when = f" since {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(since))}" if since else ""
+        when = f" since {datetime.fromtimestamp(since):%Y-%m-%d %H:%M:%S}" if since else ""
         super().__init__(f"data directory {path} is in use by {who}{when}")
         self.path = path
         self.pid = pid

@@ -59,6 +59,8 @@ class BusyPollSelector(BridgeSelector):
         self.hits = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Spins on the bridge for up to the current window (none during bulk transfers and
+        dials, none past ``timeout``), then waits in the wrapped selector; adapts the window."""
         bridge = self._bridge() if self.max_us else None
         if bridge is None or timeout is not None and timeout <= 0:
             return self.inner.select(timeout)

@@ -49,6 +49,8 @@ class LoopThreadSelector(BridgeSelector):
         self.drives = 0
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
+        """Runs iroh (``Bridge.drive``) until a completion is queued, one of the loop's file
+        descriptors is ready or ``timeout`` passes; then reports the ready ones."""
         bridge = self._bridge()
         if bridge is None:
             return self.inner.select(timeout)
