@@ -141,10 +141,6 @@ class CacheableConnection(Protocol[P_co]):
 
 C = TypeVar("C", bound=CacheableConnection[Any])
 
-Dialer = Callable[[P, bytes], Awaitable[C]]
-"""``async def dial(peer_id, alpn) -> connection``: how the cache makes a connection."""
-
-
 @dataclass(frozen=True)
 class CacheStats:
     """A snapshot of a :class:`ConnectionCache`'s counters and state.

@@ -34,7 +34,6 @@ from iroh_pair._pairing import (
     HOST_FIRST_FRAME_TIMEOUT,
     JOINER_REPLY_TIMEOUT,
     ConfirmSas,
-    SasCheck,
     refuse,
     refuse_version_1,
     run_host,
@@ -494,7 +493,7 @@ class Node:
         the code's ticket can reach this node from behind a NAT.
 
         ``confirm`` asks the user to compare the SAS before anything is stored: it gets a
-        :class:`SasCheck` and returns (or resolves to) ``True`` to approve, ``False`` to decline
+        :class:`~iroh_pair.SasCheck` and returns (or resolves to) ``True`` to approve, ``False`` to decline
         (then nothing is stored on either side and both fail with ``SAS_DECLINED``); no answer
         within ``confirm_timeout`` seconds is ``TIMEOUT``. ``confirm=None`` approves at once:
         the flow stays automatic, but a man in the middle who knows the code is not detected

@@ -70,6 +70,7 @@ __all__ = [
     "JOINER_REPLY_TIMEOUT",
     "JOINER_FIN_TIMEOUT",
     "HOST_FIRST_FRAME_TIMEOUT",
+    "HOST_FIN_TIMEOUT",
     "VERSION_1_REJECT_TEXT",
 ]
 
@@ -81,6 +82,8 @@ JOINER_REPLY_TIMEOUT = 30.0
 JOINER_FIN_TIMEOUT = 5.0
 #: How long the host's serve loop waits for a stream's first frame (header + M1).
 HOST_FIRST_FRAME_TIMEOUT = 10.0
+#: How long the host, once paired, waits for the joiner to have its FIN before it reports it.
+HOST_FIN_TIMEOUT = 5.0
 #: How long writing one pairing message may take (a peer that grants no flow-control credit
 #: cannot hold a handshake, nor an unknown-connection slot, longer than this).
 WRITE_TIMEOUT = 10.0
@@ -238,7 +241,6 @@ async def run_joiner(
     confirm: ConfirmSas | None = None,
     reply_timeout: float = JOINER_REPLY_TIMEOUT,
     confirm_timeout: float = CONFIRM_TIMEOUT,
-    fin_timeout: float = JOINER_FIN_TIMEOUT,
     entropy: Entropy | None = None,
 ) -> PairingResult:
     """Pairs as the joiner over ``conn`` (dialed to the host named by ``code``).
@@ -246,7 +248,7 @@ async def run_joiner(
     Waits ``reply_timeout`` for the host's Reply, then ``confirm_timeout`` for both the host's
     Complete and this side's approval (``confirm``, see the module docstring). ``on_paired``
     stores the pairing before the Accept is sent; then the host's FIN is awaited for
-    ``fin_timeout`` seconds: if the host sends a Reject instead (it could not store),
+    :data:`JOINER_FIN_TIMEOUT` seconds: if the host sends a Reject instead (it could not store),
     ``on_unpaired`` undoes the storing and :class:`PairingFailed` is raised. A lost connection
     after the Accept keeps the pairing (§5). Raises :class:`PairingFailed` on any failure; a
     host that resets the stream with ``UNKNOWN_KIND``/``NOT_ADMITTED`` before any reply (a
@@ -321,7 +323,7 @@ async def run_joiner(
         if isinstance(outcome, Failed):
             raise PairingFailed(outcome.code, outcome.reason, outcome.by_peer)
         waits.ask = None
-        await _await_fin(waits, outcome, on_unpaired, fin_timeout)
+        await _await_fin(waits, outcome, on_unpaired, JOINER_FIN_TIMEOUT)
         return outcome
     finally:
         waits.cancel()
@@ -368,9 +370,7 @@ async def run_host(
     on_paired: OnPaired,
     confirm: ConfirmSas | None = None,
     confirm_for: Callable[[PairingOffer], ConfirmSas | None] | None = None,
-    clock: Callable[[], float] = time.monotonic,
     counts: Callable[[], None] | None = None,
-    delivery_timeout: float = 5.0,
     entropy: Entropy | None = None,
 ) -> PairingResult | Failed:
     """Answers one joiner on a ``pair2`` stream whose first message (M1) was already read.
@@ -381,7 +381,7 @@ async def run_host(
     (a Reject(``INTERNAL``) instead when storing fails). Returns the result or the failure (a
     host serves many attempts, so failures are values, not exceptions). ``counts`` is called
     once per pairing message received. On success it returns once the joiner has the FIN (or
-    after ``delivery_timeout``).
+    after :data:`HOST_FIN_TIMEOUT`).
     """
     hs = HostHandshake(
         offers,
@@ -398,7 +398,7 @@ async def run_host(
         if confirm_for is not None and hs.offer is not None:
             ask = confirm_for(hs.offer)
         if ask is None:
-            return hs.approve(clock())
+            return hs.approve(time.monotonic())
         check = SasCheck(Role.HOST, conn.remote_id.to_bytes(), ev.sas, ev.peer_info)
         waits.ask = asyncio.ensure_future(_ask(ask, check))
         return []
@@ -406,13 +406,13 @@ async def run_host(
     try:
         if counts:
             counts()
-        outcome = await _perform(hs.receive(first_message, clock()), send, on_paired, on_sas)
+        outcome = await _perform(hs.receive(first_message, time.monotonic()), send, on_paired, on_sas)
         while outcome is None and not hs.is_finished:
             deadline = hs.deadline
             assert deadline is not None  # set with the Reply
-            what, value = await waits.next(deadline - clock())
+            what, value = await waits.next(deadline - time.monotonic())
             if what == "answer":
-                events = _answer(hs, value, clock())
+                events = _answer(hs, value, time.monotonic())
             elif what == "frame":
                 if isinstance(value, BaseException):
                     log.debug("pairing stream failed: %r", value)
@@ -423,9 +423,9 @@ async def run_host(
                     assert isinstance(value, bytes)
                     if counts:
                         counts()
-                    events = hs.receive(value, clock())
+                    events = hs.receive(value, time.monotonic())
             else:
-                events = hs.check_deadline(clock()) or hs.abort(RejectCode.TIMEOUT)
+                events = hs.check_deadline(time.monotonic()) or hs.abort(RejectCode.TIMEOUT)
             outcome = await _perform(events, send, on_paired, on_sas)
         if outcome is None:
             outcome = hs.failure or hs.result
@@ -435,7 +435,7 @@ async def run_host(
             # that closes right after would otherwise discard it unsent.
             _finish(send)
             try:
-                await asyncio.wait_for(send.stopped(), delivery_timeout)
+                await asyncio.wait_for(send.stopped(), HOST_FIN_TIMEOUT)
             except (TimeoutError, TransportError) as e:
                 log.debug("the FIN was not acknowledged: %r", e)
         return outcome

@@ -27,11 +27,10 @@ from typing import Literal, Protocol
 from iroh_pair.errors import ProtocolError
 from iroh_pair.protocol.constants import RejectCode
 
-__all__ = ["Spake2", "Spake2Backend", "Spake2State", "use_backend", "ENTROPY_LEN", "MSG_LEN", "KEY_LEN"]
+__all__ = ["Spake2", "Spake2Backend", "Spake2State", "use_backend", "ENTROPY_LEN"]
 
+#: Bytes of entropy a side draws (reduced to its secret scalar).
 ENTROPY_LEN = 64
-MSG_LEN = 33
-KEY_LEN = 32
 
 
 class Spake2State(Protocol):

@@ -107,11 +107,6 @@ class Connection:
         self._alpn = native.alpn
 
     @property
-    def native(self) -> _native.Connection:
-        """The native connection object."""
-        return self._n
-
-    @property
     def remote_id(self) -> EndpointId:
         """The peer's id, authenticated by the QUIC handshake."""
         return self._remote_id

@@ -127,11 +127,6 @@ class Endpoint:
         return cls(native)
 
     @property
-    def native(self) -> _native.Endpoint:
-        """The native endpoint object."""
-        return self._n
-
-    @property
     def id(self) -> EndpointId:
         """This endpoint's id."""
         return self._n.id
