@@ -94,7 +94,7 @@ def _factory(
         return _loop_thread.new_event_loop
     us = DEFAULT_BUSY_POLL_US if busy_poll_us is None else busy_poll_us
     if loop == "busy-poll":
-        _busy_poll.BusyPollSelector(us)  # checks the window before the runtime is fixed
+        _busy_poll.check_window(us)  # before anything is fixed
     if worker_threads is not None:
         _native.use_runtime("multi-thread", worker_threads)
     if loop == "busy-poll":

@@ -33,7 +33,7 @@ import time
 
 from iroh_pair.runtime._selector import BridgeSelector, make_loop
 
-__all__ = ["BusyPollSelector", "DEFAULT_BUSY_POLL_US", "GROW_START_US", "new_event_loop"]
+__all__ = ["BusyPollSelector", "DEFAULT_BUSY_POLL_US", "GROW_START_US", "check_window", "new_event_loop"]
 
 #: The default largest polling window, in microseconds: about one request/reply on loopback.
 DEFAULT_BUSY_POLL_US = 200
@@ -50,8 +50,7 @@ class BusyPollSelector(BridgeSelector):
     a dial is in flight (``Bridge.heavy_count()``)."""
 
     def __init__(self, busy_poll_us: int = DEFAULT_BUSY_POLL_US, inner: selectors.BaseSelector | None = None) -> None:
-        if not 0 <= busy_poll_us <= 1_000_000:
-            raise ValueError(f"busy_poll_us must be between 0 and 1,000,000, got {busy_poll_us}")
+        check_window(busy_poll_us)
         super().__init__(inner)
         self.max_us = busy_poll_us
         self.window_us = 0
@@ -96,6 +95,12 @@ class BusyPollSelector(BridgeSelector):
             f"<BusyPollSelector max_us={self.max_us} window_us={self.window_us} "
             f"spins={self.spins} hits={self.hits}>"
         )
+
+
+def check_window(busy_poll_us: int) -> None:
+    """ValueError unless ``busy_poll_us`` is 0 to 1,000,000 microseconds."""
+    if not 0 <= busy_poll_us <= 1_000_000:
+        raise ValueError(f"busy_poll_us must be between 0 and 1,000,000, got {busy_poll_us}")
 
 
 def new_event_loop(busy_poll_us: int = DEFAULT_BUSY_POLL_US) -> asyncio.AbstractEventLoop:
