@@ -92,6 +92,22 @@ def rss_kb() -> int:
     return 0
 
 
+def memory_kb() -> dict[str, int]:
+    """RSS split into anonymous (heap, stacks: where a leak grows) and file-backed pages (the
+    extension's and the interpreter's code and data, paged in the first time a path runs, e.g. at
+    the first reconnect), and the thread count (Linux /proc)."""
+    out = {"rss_anon_kb": 0, "rss_file_kb": 0, "threads": 0}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key == "RssAnon":
+            out["rss_anon_kb"] = int(value.split()[0])
+        elif key == "RssFile":
+            out["rss_file_kb"] = int(value.split()[0])
+        elif key == "Threads":
+            out["threads"] = int(value.split()[0])
+    return out
+
+
 def open_fds() -> int:
     """How many file descriptors this process has open (Linux /proc)."""
     try:
@@ -426,7 +442,7 @@ class Agent:
             self.rss.append((now(), kb))
             if self.args.role == "host":
                 ids = self.ids
-                emit("sample", rss_kb=kb, fds=open_fds(), unique=ids.unique, repeated=ids.repeated,
+                emit("sample", rss_kb=kb, **memory_kb(), fds=open_fds(), unique=ids.unique, repeated=ids.repeated,
                      max_id=ids.max_id, leaked=len(self.leaked))
             await asyncio.sleep(self.args.sample_every)
 
@@ -684,7 +700,7 @@ class Agent:
             interval.add(lat)
             whole.add(lat)
             if acked >= next_sample:
-                emit("sample", messages=n, rss_kb=rss_kb(), fds=open_fds(), **interval.summary(),
+                emit("sample", messages=n, rss_kb=rss_kb(), **memory_kb(), fds=open_fds(), **interval.summary(),
                      hist=interval.sparse(), failed_attempts=stats["failed_attempts"],
                      selected=self.watch.selected() if self.watch else None)
                 interval = LatencyHistogram()

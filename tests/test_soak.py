@@ -81,7 +81,7 @@ def test_latency_histogram_quantiles_within_bucket_error() -> None:
 
 def _args(**kw: Any) -> argparse.Namespace:
     base = {"warmup": 0.0, "report_every": 10.0, "rss_limit": 10.0, "rss_limit_kib_h": 4096.0,
-            "slope_span": 600.0, "fd_limit": 16}
+            "slope_span": 600.0, "fd_limit": 16, "fault_step_limit_kib": 256.0, "first_fault_limit_kib": 4096.0}
     return argparse.Namespace(**(base | kw))
 
 
@@ -149,6 +149,44 @@ def test_reconnects_are_attributed_to_faults() -> None:
     lines.sort(key=lambda e: e["t"])
     p = soak.pair_report(lines, 0, fs, 710.0, args)
     assert any("before any fault" in b for b in soak.failures({"faults": fs, "pairs": [p]}, args))
+
+
+def _outages(*starts: float) -> list[dict[str, Any]]:
+    out = []
+    for n, t in enumerate(starts):
+        out += [{"src": "lab", "t": t, "event": "fault", "kind": "outage", "pair": 0, "phase": "start", "n": n},
+                {"src": "lab", "t": t + 5, "event": "fault", "kind": "outage", "pair": 0, "phase": "end", "n": n}]
+    return out
+
+
+def _stepped(steps: dict[float, int], *, per_hour: float = 0.0) -> list[int]:
+    """70 host samples (t = 10 ... 700 s): flat at 50,000 KiB plus ``steps`` (KiB added at a time)
+    plus a steady ``per_hour`` KiB/hour."""
+    return [50_000 + int(per_hour * t / 3600) + sum(kb for at, kb in steps.items() if t >= at)
+            for t in (10.0 + 10 * k for k in range(70))]
+
+
+def test_memory_is_judged_between_faults_and_per_repeated_fault() -> None:
+    """Steps at faults are judged apart from steady growth: the first fault of a kind may add a
+    bounded one-off step (here +1,800 KiB, as a joiner's first outage does), the later ones must
+    not add it again, and growth between faults is held to the KiB/hour limit."""
+    faults = _outages(100.0, 300.0, 500.0)
+    # one step at the first outage, flat otherwise: passes (the whole-span slope would not)
+    once = _lines(GOOD, host_rss=_stepped({120.0: 1800}), faults=faults)
+    assert _check(once) == []
+    p = soak.pair_report(once, 0, [e for e in once if e.get("event") == "fault"], 710.0, _args())
+    host = next(r for r in p["processes"] if r["proc"] == "host0")
+    assert host["slope_kib_h"] > 4096 and host["steady_kib_h"] == 0.0, host
+    assert host["first_fault_steps_kb"] == 1800 and host["repeat_fault_step_mean_kb"] == 0.0, host
+    # the same step at every outage: a leak per reconnect
+    every = _check(_lines(GOOD, host_rss=_stepped({120.0: 1800, 320.0: 600, 520.0: 600}), faults=faults))
+    assert any("each repeated fault adds 600.0 KiB" in b for b in every), every
+    # a first step beyond the one-off allowance
+    huge = _check(_lines(GOOD, host_rss=_stepped({120.0: 5000}), faults=faults))
+    assert any("first fault of each kind added 5000 KiB" in b for b in huge), huge
+    # steady growth between the faults (8,000 KiB/hour), with flat fault windows
+    steady = _check(_lines(GOOD, host_rss=_stepped({}, per_hour=8000), faults=faults), slope_span=300)
+    assert any("between faults" in b and "host0" in b for b in steady), steady
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@
 //! iroh-pair-lab SCENARIO --python PYTHON --agent tests/lab_agent.py
 //!     [--relay-bin PATH] [--dns-bin PATH] [--deadline SECS] [--minutes M] [--pairs N]
 //!     [--outage SECS] [--outage-side join|host]
-//!     [--interval SECS] [--faults] [--fault-every SECS] [--server-down SECS]
+//!     [--interval SECS] [--faults] [--fault-every SECS] [--fault-kinds K,..] [--server-down SECS]
 //! iroh-pair-lab list
 //! ```
 //!
@@ -45,7 +45,7 @@ use crate::scenario::Scenario;
 
 const USAGE: &str = "usage: iroh-pair-lab SCENARIO --python PYTHON --agent AGENT.py \
 [--relay-bin PATH] [--dns-bin PATH] [--deadline SECS] [--minutes M] [--pairs N] \
-[--outage SECS] [--outage-side join|host] [--interval SECS] [--faults] [--fault-every SECS] \
+[--outage SECS] [--outage-side join|host] [--interval SECS] [--faults] [--fault-every SECS] [--fault-kinds K,..] \
 [--server-down SECS]\n       iroh-pair-lab list";
 
 /// The command line.
@@ -73,6 +73,8 @@ pub struct Args {
     pub faults: bool,
     /// Soak: seconds between faults (0: the run's length / 5).
     pub fault_every: f64,
+    /// Soak: the fault kinds, in the order they cycle (default: outage, kill, relay, dns).
+    pub fault_kinds: Vec<String>,
     /// Soak: how long a restarted server stays down.
     pub server_down: Duration,
 }
@@ -124,6 +126,7 @@ fn parse_args() -> Result<Option<Args>> {
         interval: 0.02,
         faults: false,
         fault_every: 0.0,
+        fault_kinds: ["outage", "kill", "relay", "dns"].map(String::from).to_vec(),
         server_down: Duration::from_secs(3),
     };
     let mut deadline = None;
@@ -159,6 +162,19 @@ fn parse_args() -> Result<Option<Args>> {
                 args.fault_every = value("--fault-every")?
                     .parse()
                     .context("bad --fault-every")?
+            }
+            "--fault-kinds" => {
+                args.fault_kinds = value("--fault-kinds")?
+                    .split(',')
+                    .map(|k| k.trim().to_string())
+                    .collect();
+                if let Some(bad) = args
+                    .fault_kinds
+                    .iter()
+                    .find(|k| !matches!(k.as_str(), "outage" | "kill" | "relay" | "dns"))
+                {
+                    bail!("unknown fault kind {bad:?} (outage, kill, relay, dns)");
+                }
             }
             "--server-down" => {
                 args.server_down = Duration::from_secs_f64(

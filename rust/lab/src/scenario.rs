@@ -248,7 +248,7 @@ async fn outage(args: &Args) -> Result<Value> {
 
 /// Scenario 5 (`bench/soak.py --lab`): `--pairs` pairs, each on two Moderate NATs, steady
 /// messaging for `--minutes`. With `--faults`, every `--fault-every` seconds one fault, in
-/// turn: the link of one pair's joiner device down for `--outage` s; a joiner killed
+/// turn (`--fault-kinds`, default all four): the link of one pair's joiner device down for `--outage` s; a joiner killed
 /// (SIGKILL) and restarted with `--resume` (same data directory and outbox); the relay
 /// restarted; the lookup server restarted (each down for `--server-down` s). Each fault is a
 /// `fault` line (`phase` `start`, then `end`); `bench/soak.py` attributes reconnects and
@@ -289,14 +289,14 @@ async fn soak(args: &Args) -> Result<Value> {
     let start = tokio::time::Instant::now();
     let total = args.minutes * 60.0;
     let mut faults = Vec::new();
-    let cycle = ["outage", "kill", "relay", "dns"];
+    let cycle = &args.fault_kinds;
     let mut k = 0usize;
     while args.faults && (k + 1) as f64 * args.fault_every < total - 10.0 {
         tokio::time::sleep_until(
             start + Duration::from_secs_f64((k + 1) as f64 * args.fault_every),
         )
         .await;
-        let kind = cycle[k % cycle.len()];
+        let kind = cycle[k % cycle.len()].as_str();
         // pair k's device, shifted each cycle so that every pair gets each kind in turn
         let i = (k + k / cycle.len()) % args.pairs;
         let target = matches!(kind, "outage" | "kill").then_some(i);
