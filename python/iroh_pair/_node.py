@@ -134,9 +134,9 @@ class NodeEvent:
     """Something that happened to a device.
 
     ``kind`` is "paired", "unpaired", "connected", "path_changed", "disconnected", or, for a
-    node opened with ``mdns=True``, "lan_appeared" and "lan_left" (a paired device's mDNS
-    announcements were seen, or expired). ``path`` is "direct" or "relay" (for connected and
-    path_changed) when known.
+    node opened with mDNS on (``NetworkOptions.lan()``, or ``mdns=True``), "lan_appeared" and
+    "lan_left" (a paired device's mDNS announcements were seen, or expired). ``path`` is
+    "direct" or "relay" (for connected and path_changed) when known.
     """
 
     kind: str
@@ -169,7 +169,8 @@ class _ConnState:
 @dataclass(eq=False)
 class _Unknown:
     """An accepted connection from an EndpointId not in the registry (§9.1): it holds one of
-    the ``max_unknown_connections`` slots until it is promoted (paired) or closed."""
+    the ``max_unknown_connections`` slots (a :meth:`Node.open` parameter) until it is promoted
+    (paired) or closed."""
 
     conn: Connection
     #: its ``pair2`` first frame (header and Hello) arrived
