@@ -222,11 +222,9 @@ async def serve_forever() -> None:
 
 async def _local_node(path: str, name: str) -> Node:
     """A Node reachable on loopback only: no relays, no address lookup, no portmapper."""
-    from iroh_pair import Node
+    from iroh_pair import NetworkOptions, Node
 
-    return await Node.open(
-        path, name=name, relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
-    )
+    return await Node.open(path, name=name, options=NetworkOptions.loopback())
 
 
 async def pair_host() -> Result:

@@ -37,9 +37,10 @@ from iroh_pair.store import ensure_data_dir, load_or_create_secret_key
 from iroh_pair.protocol.kdf import SessionKeys
 from iroh_pair import Node
 from iroh_pair.store import REGISTRY_FILE, DeviceRegistry, PairedDevice
-from iroh_pair.transport import EndpointAddr, EndpointId
+from iroh_pair.transport import EndpointAddr, EndpointId, NetworkOptions
 
-LOCAL: dict[str, Any] = dict(relay="disabled", lookup="none", portmapper=False)
+#: Loopback only: no relays, no address lookup, no portmapper.
+LOCAL = NetworkOptions.loopback()
 
 
 def seed_pair(dir_a: Path, dir_b: Path) -> tuple[EndpointId, EndpointId]:
@@ -71,8 +72,8 @@ async def commands() -> Any:
 
 
 async def receiver(args: argparse.Namespace) -> None:
-    node = await Node.open(args.data_dir, name="receiver", bind_addrs=(f"127.0.0.1:{args.port}",),
-                           **LOCAL)
+    node = await Node.open(args.data_dir, name="receiver",
+                           options=LOCAL.replace(bind_addrs=(f"127.0.0.1:{args.port}",)))
     log = Path(args.log)
     if args.no_persist:
         node._deliveries.store = None  # the control: message ids in memory only
@@ -102,8 +103,8 @@ async def receiver(args: argparse.Namespace) -> None:
 
 
 async def sender(args: argparse.Namespace) -> None:
-    node = await Node.open(args.data_dir, name="sender", bind_addrs=("127.0.0.1:0",), **LOCAL)
-    node.dial_timeout = 5.0  # a dial to the dead receiver fails sooner
+    # dial_timeout: a dial to the dead receiver fails sooner
+    node = await Node.open(args.data_dir, name="sender", options=LOCAL, dial_timeout=5.0)
     emit(event="ready", id=str(node.id), ticket=node.ticket())
     tasks: set[asyncio.Task[None]] = set()
 

@@ -29,17 +29,14 @@ def node_binary() -> Path | None:
     found = shutil.which("iroh-pair-node")
     return Path(found) if found else None
 
-#: Node options for loopback-only tests: no relays, no address lookup, no portmapper.
-LOCAL_NODE: dict[str, object] = dict(
-    relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
-)
 
 
-async def open_local_node(path: Path, name: str) -> Node:
-    """A Node in ``path`` reachable on loopback only."""
-    from iroh_pair import Node
+async def open_local_node(path: Path, name: str, **tuning: Any) -> Node:
+    """A Node in ``path`` reachable on loopback only; ``tuning``: ``Node.open``'s tuning
+    parameters (``dial_timeout=...``)."""
+    from iroh_pair import NetworkOptions, Node
 
-    return await Node.open(path, name=name, **LOCAL_NODE)  # type: ignore[arg-type]
+    return await Node.open(path, name=name, options=NetworkOptions.loopback(), **tuning)
 
 
 def skip_or_fail(reason: str) -> None:

@@ -69,7 +69,7 @@ from iroh_pair.protocol.messaging import new_message_id
 from iroh_pair import Node, NodeEvent
 from iroh_pair.protocol import ALPN
 from iroh_pair.store import PairedDevice
-from iroh_pair.transport import Connection, LookupConfig
+from iroh_pair.transport import Connection, LookupConfig, NetworkOptions
 
 T0 = time.monotonic()
 CHUNK = 4 * 1024 * 1024
@@ -713,22 +713,21 @@ class Agent:
                 "selected_at_end": self.watch.selected() if self.watch else None}
 
 
-def node_options(args: argparse.Namespace) -> dict[str, Any]:
+def node_options(args: argparse.Namespace) -> NetworkOptions:
     if args.local:
-        return {"relay": "disabled", "lookup": "none", "bind_addrs": ("127.0.0.1:0",), "portmapper": False}
+        return NetworkOptions.loopback()
     if not (args.relay and args.pkarr_url and args.dns_origin):
         raise SystemExit("need --relay, --pkarr-url and --dns-origin (or --local)")
-    return {
-        "relay": [args.relay],
-        "lookup": LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server),
-        "bind_addrs": (args.bind,) if args.bind else (),  # default: every interface of the device
-        "portmapper": False,
-        "ca_certs": Path(args.ca_cert).read_bytes() if args.ca_cert else None,
-    }
+    return NetworkOptions.self_hosted(
+        [args.relay],
+        LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server),
+        bind_addrs=(args.bind,) if args.bind else (),  # default: every interface of the device
+        ca_certs=Path(args.ca_cert).read_bytes() if args.ca_cert else None,
+    )
 
 
 async def amain(args: argparse.Namespace) -> int:
-    node = await Node.open(args.data, name=args.label, **node_options(args))
+    node = await Node.open(args.data, name=args.label, options=node_options(args))
     agent = Agent(args, node)
     tasks = [asyncio.create_task(c) for c in (agent.read_commands(), agent.follow_events(), agent.sample_rss())]
     emit("open", id=str(node.id), role=args.role, addrs=node.endpoint.bound_sockets())

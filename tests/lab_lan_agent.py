@@ -2,7 +2,7 @@
 """One process inside a LAN lab device (``rust/lab/src/lan.rs``): LAN discovery with no server.
 
 Every node here runs with relays off, address lookup off and mDNS on (the CLI's LAN mode:
-``relay="disabled", lookup="none", bind_addrs=(), portmapper=False, mdns=True``): only mDNS
+``NetworkOptions.lan()``): only mDNS
 can find anyone. Output is JSON lines on stdout (``event`` and ``at``); commands arrive on
 stdin, one per line (``stop``; EOF means the same; other commands per mode).
 
@@ -51,12 +51,12 @@ from iroh_pair.errors import IrohPairError, PairingFailed
 from iroh_pair import Node, NodeEvent
 from iroh_pair.protocol import ALPN
 from iroh_pair.store import PairedDevice
-from iroh_pair.transport import Connection, Endpoint, EndpointId
+from iroh_pair.transport import Connection, Endpoint, EndpointId, NetworkOptions
 from iroh_pair.protocol.words import generate_words
 
 T0 = time.monotonic()
 #: mDNS only: no relay, no lookup server, every interface (what the CLI's --lan does).
-LAN: dict[str, Any] = dict(relay="disabled", lookup="none", bind_addrs=(), portmapper=False, mdns=True)
+LAN = NetworkOptions.lan()
 TEST_ALPN = b"iroh-pair-lab-lan/1"
 MDNS_PORT = 5353
 MDNS_V4 = "224.0.0.251"
@@ -281,7 +281,7 @@ async def try_wrong_words(args: argparse.Namespace, cap: Capture) -> dict[str, A
         return {"ok": False, "error": f"nameplates seen: {sorted(cap.nameplates)}"}
     nameplate = next(iter(cap.nameplates))
     guess = f"{nameplate}-{'-'.join(generate_words(3))}"
-    node = await Node.open(args.data, name=args.label, **LAN)
+    node = await Node.open(args.data, name=args.label, options=LAN)
     base = {"nameplate": nameplate, "id": str(node.id), "label": id_label(node.id)}
     t = time.monotonic()
     try:
@@ -350,7 +350,7 @@ class NodeAgent:
 
 
 async def run_node(args: argparse.Namespace) -> int:
-    node = await Node.open(args.data, name=args.label, **LAN)
+    node = await Node.open(args.data, name=args.label, options=LAN)
     agent = NodeAgent(args, node)
     follow = asyncio.create_task(agent.follow())
     node.on_message(agent.echo)
@@ -440,7 +440,7 @@ async def wait_for(cond: Any, limit: float) -> bool:
 
 
 async def run_endpoint(args: argparse.Namespace) -> int:
-    ep = await Endpoint.bind(alpns=[TEST_ALPN], bind_addrs=(), mdns=True)
+    ep = await Endpoint.bind(LAN, alpns=[TEST_ALPN])
     seen: dict[str, list[str]] = {}
 
     async def watch() -> None:

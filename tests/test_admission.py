@@ -239,8 +239,8 @@ async def test_ten_devices_pair_in_turn_keeping_their_connections(tmp_path: Path
 
 
 async def test_unknown_connections_closed_when_last_offer_ends(tmp_path: Path) -> None:
-    host = await open_local_node(tmp_path / "host", "host")
-    host.unknown_start_timeout = 60.0  # only the offers' end may close them here
+    # unknown_start_timeout: only the offers' end may close them here
+    host = await open_local_node(tmp_path / "host", "host", unknown_start_timeout=60.0)
     strangers: list[Stranger] = []
     try:
         first = await host.host_pairing(ttl=1.0)

@@ -257,9 +257,8 @@ async def test_control_without_persistence_a_restarted_receiver_delivers_again(
 async def nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, PairedDevice]]:
     """(receiver, sender, the receiver as the sender's device)."""
     seed_pair(tmp_path / "s", tmp_path / "r")
-    opts: dict[str, Any] = dict(LOCAL, bind_addrs=("127.0.0.1:0",))
-    receiver = await Node.open(tmp_path / "r", name="receiver", **opts)
-    sender = await Node.open(tmp_path / "s", name="sender", **opts)
+    receiver = await Node.open(tmp_path / "r", name="receiver", options=LOCAL)
+    sender = await Node.open(tmp_path / "s", name="sender", options=LOCAL)
     sender._hints[receiver.id] = receiver.endpoint.addr()
     try:
         yield receiver, sender, sender.device(receiver.id)

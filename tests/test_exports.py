@@ -66,6 +66,7 @@ EXPORTS = {
     "Chunk",
     "KindLimits",
     "LookupConfig",
+    "NetworkOptions",
     "CloseInfo",
     "PathInfo",
     "PathEvent",

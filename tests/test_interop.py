@@ -37,11 +37,9 @@ from iroh_pair.protocol import (
     wire,
 )
 from iroh_pair.store import PairedDevice
-from iroh_pair.transport import Connection, Endpoint, EndpointAddr
+from iroh_pair.transport import Connection, Endpoint, EndpointAddr, NetworkOptions
 
-LOCAL: dict[str, Any] = dict(
-    relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
-)
+LOCAL = NetworkOptions.loopback()
 TIMEOUT = 30.0
 
 
@@ -117,7 +115,7 @@ async def rust(binary: Path, *args: str) -> AsyncIterator[RustNode]:
 
 @contextlib.asynccontextmanager
 async def py_node(path: Path, name: str) -> AsyncIterator[Node]:
-    node = await Node.open(path, name=name, **LOCAL)
+    node = await Node.open(path, name=name, options=LOCAL)
     node.on_message(lambda dev, data: b"py got " + data)
     try:
         yield node
@@ -517,7 +515,7 @@ async def test_rust_joiner_facing_a_version_1_host_reports_unsupported_version(
 ) -> None:
     """A version-1 host does not know ``pair2`` and resets it with UNKNOWN_KIND before any
     reply: the Rust joiner fails with UNSUPPORTED_VERSION, naming version 2."""
-    async with await Endpoint.bind(alpns=[ALPN], bind_addrs=("127.0.0.1:0",)) as old_host:
+    async with await Endpoint.bind(alpns=[ALPN]) as old_host:
         code = PairingCode.generate(old_host.ticket())
         seen: list[bytes] = []
 

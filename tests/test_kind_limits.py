@@ -18,6 +18,7 @@ from iroh_pair.transport import (
     Endpoint,
     IncomingStream,
     KindLimits,
+    NetworkOptions,
     RecvStream,
     SendStream,
 )
@@ -268,7 +269,7 @@ async def _open_and_announce(cb: Connection) -> tuple[SendStream, RecvStream]:
 async def test_concurrent_stream_cap_holds() -> None:
     # QUIC cannot take back stream credit once granted: an endpoint that keeps unknown peers to
     # 2 streams binds with max_bi_streams=2 and raises it for a peer it trusts.
-    a = await Endpoint.bind(alpns=[ALPN], max_bi_streams=2)
+    a = await Endpoint.bind(NetworkOptions.loopback().replace(max_bi_streams=2), alpns=[ALPN])
     b = await Endpoint.bind(alpns=[ALPN])
     try:
         ca, cb = await connected(a, b)

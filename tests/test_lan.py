@@ -33,7 +33,7 @@ from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.lan import LanCode, lan_tag, looks_spoken, service_name
 from iroh_pair.protocol import ALPN as NODE_ALPN
 from iroh_pair.protocol import RejectCode
-from iroh_pair.transport import Endpoint, EndpointAddr, SecretKey
+from iroh_pair.transport import Endpoint, EndpointAddr, NetworkOptions, SecretKey
 
 from helpers import ALPN, interfaces, rerun_in_netns
 
@@ -44,7 +44,6 @@ LAN_SETUP = (
     "&& ip addr add 10.77.0.1/24 dev lan0 && ip route add default dev lan0"
 )
 #: mDNS only: no relay, no lookup server, every interface (mDNS needs the LAN one).
-LAN_NODE: dict[str, object] = dict(relay="disabled", lookup="none", bind_addrs=(), portmapper=False, mdns=True)
 
 
 # -- pure ---------------------------------------------------------------------------------------
@@ -97,11 +96,11 @@ def test_cli_lan_mode() -> None:
         args = p.parse_args(argv)
         assert lan_mode(args), argv
         opts = network_options(args)
-        assert opts["mdns"] is True and opts["relay"] == "disabled" and opts["lookup"] == "none"
+        assert opts.mdns is True and opts.relay == "disabled" and opts.lookup == "none"
     args = p.parse_args(["--lan", "--relay", "http://10.0.0.1:3340", "host"])
-    assert network_options(args)["relay"] == ["http://10.0.0.1:3340"]  # explicit servers still apply
+    assert network_options(args).relay == ("http://10.0.0.1:3340",)  # explicit servers still apply
     assert not lan_mode(p.parse_args(["host"]))
-    assert "mdns" not in network_options(p.parse_args(["host"]))
+    assert network_options(p.parse_args(["host"])).mdns is False
 
 
 async def test_mdns_needs_the_option() -> None:
@@ -131,11 +130,18 @@ def test_in_network_namespace() -> None:
 
 
 @pytest.fixture
-async def lan_nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
+def lan_lookup_timeout() -> float:
+    """The lan_nodes' ``lan_lookup_timeout`` (a test changes it with ``parametrize``)."""
+    return 6.0
+
+
+@pytest.fixture
+async def lan_nodes(tmp_path: Path, lan_lookup_timeout: float) -> AsyncIterator[tuple[Node, Node]]:
     assert sorted(interfaces()) == ["lan0", "lo"], interfaces()
-    a = await Node.open(tmp_path / "a", name="alpha", **LAN_NODE)  # type: ignore[arg-type]
-    b = await Node.open(tmp_path / "b", name="beta", **LAN_NODE)  # type: ignore[arg-type]
-    a.lan_lookup_timeout = b.lan_lookup_timeout = 6.0
+    a = await Node.open(tmp_path / "a", name="alpha", options=NetworkOptions.lan(),
+                        lan_lookup_timeout=lan_lookup_timeout)
+    b = await Node.open(tmp_path / "b", name="beta", options=NetworkOptions.lan(),
+                        lan_lookup_timeout=lan_lookup_timeout)
     try:
         yield a, b
     finally:
@@ -146,8 +152,8 @@ async def lan_nodes(tmp_path: Path) -> AsyncIterator[tuple[Node, Node]]:
 @inner
 async def test_dial_by_id_through_mdns_alone() -> None:
     """Two endpoints that know nothing of each other's addresses: B dials A by its id."""
-    a = await Endpoint.bind(alpns=[ALPN], bind_addrs=(), mdns=True)
-    b = await Endpoint.bind(bind_addrs=(), mdns=True)
+    a = await Endpoint.bind(NetworkOptions.lan(), alpns=[ALPN])
+    b = await Endpoint.bind(NetworkOptions.lan())
     try:
         seen: list[str] = []
 
@@ -177,8 +183,8 @@ async def test_dial_by_id_through_mdns_alone() -> None:
 async def test_lan_events_report_a_device_this_endpoint_dialed_first() -> None:
     """iroh's mDNS lookup keeps ids it resolved for a dial out of its own events; lan_events
     listens separately, so a device dialed before anyone watched is still reported."""
-    a = await Endpoint.bind(alpns=[ALPN], bind_addrs=(), mdns=True)
-    b = await Endpoint.bind(bind_addrs=(), mdns=True)
+    a = await Endpoint.bind(NetworkOptions.lan(), alpns=[ALPN])
+    b = await Endpoint.bind(NetworkOptions.lan())
     try:
         acc = asyncio.ensure_future(a.accept())
         conn = await b.connect(a.id, ALPN, timeout=15)  # resolved through mDNS
@@ -198,8 +204,8 @@ async def test_lan_events_report_a_device_this_endpoint_dialed_first() -> None:
 
 @inner
 async def test_browse_finds_announcement_and_stops_after_close() -> None:
-    a = await Endpoint.bind(bind_addrs=())
-    b = await Endpoint.bind(bind_addrs=())
+    a = await Endpoint.bind(NetworkOptions.lan().replace(mdns=False))
+    b = await Endpoint.bind(NetworkOptions.lan().replace(mdns=False))
     try:
         ann = a.mdns_announce("iroh-pair-42")
         assert ann.active and ann.service == "iroh-pair-42"
@@ -255,9 +261,9 @@ async def test_spoken_code_with_wrong_words_counts_an_attempt(lan_nodes: tuple[N
 
 
 @inner
+@pytest.mark.parametrize("lan_lookup_timeout", [3.0])  # the joiner's
 async def test_unknown_and_ambiguous_nameplates(lan_nodes: tuple[Node, Node], tmp_path: Path) -> None:
     host, joiner = lan_nodes
-    joiner.lan_lookup_timeout = 3.0
     t = time.monotonic()
     with pytest.raises(NameplateNotFound):
         await joiner.join("98-ocean-tiger-river")
@@ -265,7 +271,7 @@ async def test_unknown_and_ambiguous_nameplates(lan_nodes: tuple[Node, Node], tm
     hosted = await host.host_pairing(lan=True)
     assert hosted.spoken is not None
     # a second device announcing the same nameplate: the joiner refuses to guess
-    squatter = await Endpoint.bind(bind_addrs=())
+    squatter = await Endpoint.bind(NetworkOptions.lan().replace(mdns=False))
     ann = squatter.mdns_announce(hosted.spoken.service)
     try:
         with pytest.raises(AmbiguousNameplate):
@@ -309,7 +315,7 @@ async def test_paired_node_restarted_is_found_by_mdns(lan_nodes: tuple[Node, Nod
     t_left = await wait_event("lan_left", 60)
     assert not a.on_lan(b_id)
     events.clear()
-    b2 = await Node.open(b_dir, name="beta", **LAN_NODE)  # type: ignore[arg-type]
+    b2 = await Node.open(b_dir, name="beta", options=NetworkOptions.lan())
     try:
         assert b2.id == b_id and b2.endpoint.bound_sockets() != old_sockets
         t_back = await wait_event("lan_appeared", 30)

@@ -203,7 +203,7 @@ async def test_mitm_who_knows_the_code_shows_different_sas(host: Node, tmp_path:
         offer = PairingOffer.create(fake_code, now=time.monotonic())
         mitm._offers.remove(offer.tag)
         mitm._offers.add(offer)
-        mitm._hosted[offer.tag] = (offer, mitm._hosted[offer.tag][1])
+        mitm._hosted[offer.tag].offer = offer
         await asyncio.gather(joiner.join(fake_code), mitm.join(hosted.code))
         sas_joiner = joiner.last_sas(mitm.id)
         sas_host = host.last_sas(mitm.id)
@@ -370,7 +370,7 @@ async def test_declined_sas_stores_nothing_on_either_side(
         await asyncio.sleep(0.2)
         assert joiner.devices() == [] and host.devices() == []
         assert len(joiner.registry) == 0 and len(host.registry) == 0
-        assert not host._hosted or not next(iter(host._hosted.values()))[0].used
+        assert not host._hosted or not next(iter(host._hosted.values())).offer.used
     finally:
         await joiner.close()
 

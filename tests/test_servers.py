@@ -100,8 +100,7 @@ class Server:
 
 
 async def bind(servers: LocalServers, *, key: SecretKey | None = None, **kw: Any) -> Endpoint:
-    opts: dict[str, Any] = {**servers.endpoint_options(), **kw}
-    return await Endpoint.bind(secret_key=key, alpns=[ALPN], **opts)
+    return await Endpoint.bind(servers.options().replace(**kw), secret_key=key, alpns=[ALPN])
 
 
 async def poll(what: str, attempt: Callable[[], Awaitable[Any]], deadline_s: float, pause: float = 0.25) -> Any:
@@ -224,13 +223,13 @@ async def test_start_error_is_typed() -> None:
 
 PEER_SCRIPT = r"""
 import asyncio, json, os, signal, sys
-from iroh_pair.transport import Endpoint, LookupConfig, SecretKey
+from iroh_pair.transport import Endpoint, LookupConfig, NetworkOptions, SecretKey
 
 async def main() -> None:
     cfg = json.loads(sys.argv[1])
+    options = NetworkOptions.self_hosted(cfg["relay"], LookupConfig(**cfg["lookup"]), bind_addrs=("127.0.0.1:0",))
     ep = await Endpoint.bind(
-        secret_key=SecretKey.from_bytes(bytes.fromhex(cfg["key"])), alpns=[cfg["alpn"].encode()],
-        bind_addrs=("127.0.0.1:0",), relay=cfg["relay"], lookup=LookupConfig(**cfg["lookup"]))
+        options, secret_key=SecretKey.from_bytes(bytes.fromhex(cfg["key"])), alpns=[cfg["alpn"].encode()])
     async with asyncio.timeout(30):
         await ep.online()
     stop = asyncio.Event()
@@ -257,7 +256,7 @@ asyncio.run(main())
 @inner
 async def test_lookup_by_id_then_same_key_new_process(servers: LocalServers) -> None:
     key = SecretKey.generate()
-    b = Server(await bind(servers, key=key, bind_addrs=("127.0.0.1:0",)))
+    b = Server(await bind(servers, key=key))
     a = await bind(servers)
     try:
         async with asyncio.timeout(20):
@@ -338,8 +337,8 @@ async def test_lookup_by_id_then_same_key_new_process(servers: LocalServers) -> 
 
 @inner
 async def test_relay_only(servers: LocalServers) -> None:
-    b = Server(await bind(servers, clear_ip=True))
-    a = await bind(servers, clear_ip=True)
+    b = Server(await bind(servers, clear_ip=True, bind_addrs=()))
+    a = await bind(servers, clear_ip=True, bind_addrs=())
     try:
         async with asyncio.timeout(20):
             await b.ep.online()
@@ -370,7 +369,7 @@ async def test_relay_only(servers: LocalServers) -> None:
 
 
 async def direct_pair(servers: LocalServers) -> tuple[Server, Endpoint, Connection]:
-    b = Server(await bind(servers, bind_addrs=("127.0.0.1:0",)))
+    b = Server(await bind(servers))
     a = await bind(servers)
     async with asyncio.timeout(20):
         await b.ep.online()
@@ -400,7 +399,7 @@ async def test_relay_stopped_mid_test(servers: LocalServers) -> None:
         await servers.stop_relay()
         for i in range(20):
             assert await conn.request(b"d%d" % i, timeout=5) == b"echo:d%d" % i
-        c = Server(await bind(servers, bind_addrs=("127.0.0.1:0",)))
+        c = Server(await bind(servers))
         fresh.append(c)
         await expect_dial_failure(a, c.ep.id, timeout=5.0)
         await servers.start_relay()
@@ -426,7 +425,7 @@ async def test_lookup_server_stopped_mid_test(servers: LocalServers) -> None:
         await servers.stop_dns()
         for i in range(20):
             assert await conn.request(b"d%d" % i, timeout=5) == b"echo:d%d" % i
-        d = Server(await bind(servers, bind_addrs=("127.0.0.1:0",)))
+        d = Server(await bind(servers))
         fresh.append(d)
         async with asyncio.timeout(20):
             await d.ep.online()
@@ -473,15 +472,15 @@ async def test_node_events_say_relay_or_direct(servers: LocalServers, tmp_path: 
     """A restarted node dials its paired device by id alone; its events say over which path."""
     from iroh_pair import Node, NodeEvent
 
-    opts = dict(servers.endpoint_options(), bind_addrs=("127.0.0.1:0",), portmapper=False)
-    a = await Node.open(tmp_path / "a", name="a", **opts)
-    b = await Node.open(tmp_path / "b", name="b", **opts)
+    opts = servers.options()
+    a = await Node.open(tmp_path / "a", name="a", options=opts)
+    b = await Node.open(tmp_path / "b", name="b", options=opts)
     try:
         a.on_message(lambda dev, data: b"a got " + data)
         hosted = await a.host_pairing()
         await b.join(hosted.code)
         await b.close()
-        b = await Node.open(tmp_path / "b", name="b", **opts)  # restarted: new port, no address
+        b = await Node.open(tmp_path / "b", name="b", options=opts)  # restarted: new port, no address
         events: list[NodeEvent] = []
 
         async def collect() -> None:
@@ -511,9 +510,9 @@ async def test_wait_reachable_then_found_by_id_at_once(servers: LocalServers, tm
     the lookup server down it gives up after ``online_timeout`` and says so."""
     from iroh_pair import Node
 
-    opts = dict(servers.endpoint_options(), bind_addrs=("127.0.0.1:0",), portmapper=False)
-    a = await Node.open(tmp_path / "a", name="a", **opts)
-    c = await bind(servers, bind_addrs=("127.0.0.1:0",))
+    opts = servers.options()
+    a = await Node.open(tmp_path / "a", name="a", options=opts)
+    c = await bind(servers)
     try:
         assert a.uses_servers
         assert await a.wait_reachable()
@@ -525,9 +524,8 @@ async def test_wait_reachable_then_found_by_id_at_once(servers: LocalServers, tm
             await c.lookup(SecretKey.generate().public())
 
         await servers.stop_dns()
-        d = await Node.open(tmp_path / "d", name="d", **opts)
+        d = await Node.open(tmp_path / "d", name="d", options=opts, online_timeout=2.0)
         try:
-            d.online_timeout = 2.0
             t = time.monotonic()
             assert not await d.wait_reachable()
             assert time.monotonic() - t < 6.0

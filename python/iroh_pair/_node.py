@@ -18,18 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Union
+from typing import Union
 
 from iroh_pair import store
 from iroh_pair._cache import ConnectionCache
-from iroh_pair._native import MdnsAnnouncement
+from iroh_pair._dispatch import MessageHandler, Messages, code_name
+from iroh_pair._dispatch import reject as _reject
+from iroh_pair._hosting import Hosted
+from iroh_pair._peer import Links
 from iroh_pair._pairing import (
     HOST_FIRST_FRAME_TIMEOUT,
     JOINER_REPLY_TIMEOUT,
@@ -44,7 +46,6 @@ from iroh_pair.errors import (
     ConnectError,
     InvalidCode,
     IrohPairError,
-    MessageRejected,
     NameplateNotFound,
     PairingFailed,
     ProtocolError,
@@ -84,7 +85,7 @@ from iroh_pair.transport import (
     EndpointId,
     IncomingStream,
     KindLimits,
-    LookupConfig,
+    NetworkOptions,
 )
 
 __all__ = [
@@ -125,8 +126,6 @@ IN_PROGRESS_BACKOFF = 0.05
 IN_PROGRESS_MAX_BACKOFF = 1.0
 
 #: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
-MessageHandler = Callable[[PairedDevice, bytes], Union[bytes, None, Awaitable[Union[bytes, None]]]]
-
 DeviceRef = Union[str, EndpointId, PairedDevice]
 
 
@@ -135,9 +134,9 @@ class NodeEvent:
     """Something that happened to a device.
 
     ``kind`` is "paired", "unpaired", "connected", "path_changed", "disconnected", or, for a
-    node opened with ``mdns=True``, "lan_appeared" and "lan_left" (a paired device's mDNS
-    announcements were seen, or expired). ``path`` is "direct" or "relay" (for connected and
-    path_changed) when known.
+    node opened with mDNS on (``NetworkOptions.lan()``, or ``mdns=True``), "lan_appeared" and
+    "lan_left" (a paired device's mDNS announcements were seen, or expired). ``path`` is
+    "direct" or "relay" (for connected and path_changed) when known.
     """
 
     kind: str
@@ -170,7 +169,8 @@ class _ConnState:
 @dataclass(eq=False)
 class _Unknown:
     """An accepted connection from an EndpointId not in the registry (§9.1): it holds one of
-    the ``max_unknown_connections`` slots until it is promoted (paired) or closed."""
+    the ``max_unknown_connections`` slots (a :meth:`Node.open` parameter) until it is promoted
+    (paired) or closed."""
 
     conn: Connection
     #: its ``pair2`` first frame (header and Hello) arrived
@@ -235,21 +235,22 @@ class Node:
     def __init__(self) -> None:  # use Node.open
         self.endpoint: Endpoint
         self.cache: ConnectionCache[EndpointId, Connection]
+        self._links: Links  # the dial/accept/admission loop, shared with RequestPeer
         self.registry: DeviceRegistry
         self.info: DeviceInfo
         self.data_dir: Path
         self._lock: store.DataDirLock
         self._devices: dict[EndpointId, PairedDevice] = {}
-        self._handlers: dict[str, MessageHandler] = {}
         self._offers = OfferBook()
-        self._hosted: dict[bytes, tuple[PairingOffer, asyncio.Future[PairedDevice]]] = {}
-        self._confirms: dict[bytes, ConfirmSas] = {}  # SAS confirmation per hosted offer's tag
-        self._announcements: dict[bytes, MdnsAnnouncement] = {}
+        self._hosted: dict[bytes, Hosted] = {}  # by the offer's tag
         self._on_lan: set[EndpointId] = set()
         self._lan_reported: set[EndpointId] = set()
-        self.lan_lookup_timeout = 10.0
-        #: How long host_pairing waits for the home relay (codes made before carry no relay).
-        self.online_timeout = 10.0
+        # tuning (see open())
+        self._lan_lookup_timeout = 10.0
+        self._online_timeout = 10.0
+        self._max_unknown_connections = 4
+        self._unknown_start_timeout = UNKNOWN_START_TIMEOUT
+        self._dial_timeout = 10.0
         self._uses_relay = False
         self._uses_lookup = False
         self._hints: dict[EndpointId, EndpointAddr] = {}
@@ -262,11 +263,6 @@ class Node:
         #: unknown connections by stable id, oldest first (§9.1)
         self._unknown: dict[int, _Unknown] = {}
         self._closed = False
-        #: Unknown connections admitted at once (§9.1); when full, the oldest idle one goes.
-        self.max_unknown_connections = 4
-        #: See :data:`UNKNOWN_START_TIMEOUT`.
-        self.unknown_start_timeout = UNKNOWN_START_TIMEOUT
-        self.dial_timeout = 10.0
         self.counters: dict[str, int] = {
             "pairing_messages_received": 0,
             "messages_delivered": 0,
@@ -282,6 +278,7 @@ class Node:
             "unknown_protocol_errors": 0,
         }
         self.rejections: dict[str, int] = {}
+        self._messages = Messages(self._deliveries, self.counters, self.rejections, self._spawn)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -294,27 +291,43 @@ class Node:
         device_type: str = "other",
         os_name: str = "",
         app_version: str = "",
-        relay: Literal["disabled", "default"] | Sequence[str] = "default",
-        lookup: Literal["none", "n0"] | LookupConfig = "n0",
-        bind_addrs: Sequence[str] = (),
-        portmapper: bool = True,
-        mdns: bool = False,
-        ca_certs: bytes | None = None,
-        keep_alive: float | None = None,
-        idle_timeout: float | None = None,
+        options: NetworkOptions | None = None,
+        dial_timeout: float = 10.0,
+        online_timeout: float = 10.0,
+        lan_lookup_timeout: float = 10.0,
+        max_unknown_connections: int = 4,
+        unknown_start_timeout: float = UNKNOWN_START_TIMEOUT,
     ) -> Node:
         """Opens the node in ``data_dir`` (created 0700): takes the directory's lock (a second
         process gets :class:`~iroh_pair.errors.DataDirLocked`), loads or creates the secret
         key, opens the registry and binds the endpoint.
 
-        The defaults use n0's public relays and address lookup; pass ``relay``/``lookup`` for
-        self-hosted servers (see docs/SELF_HOSTING.md), or ``relay="disabled"``,
-        ``lookup="none"``, ``bind_addrs=("127.0.0.1:0",)`` for a loopback-only node.
-        ``mdns=True`` adds LAN discovery (no server needed; see :meth:`Endpoint.bind`): paired
-        devices on the same LAN are found by id, and ``host_pairing(lan=True)`` codes work.
-        ``ca_certs`` (PEM) trusts the private certificate of self-hosted servers.
+        ``options`` (:class:`~iroh_pair.transport.NetworkOptions`) defaults to
+        :meth:`NetworkOptions.n0() <iroh_pair.transport.NetworkOptions.n0>` (n0's public relays
+        and address lookup). Use ``NetworkOptions.self_hosted(...)`` for your own servers (see
+        docs/SELF_HOSTING.md), ``NetworkOptions.loopback()`` for a loopback-only node, or
+        ``NetworkOptions.lan()`` for LAN discovery with no server (paired devices on the same
+        LAN are found by id, and ``host_pairing(lan=True)`` codes work). The node sets
+        ``max_bi_streams`` itself (an unknown peer's limit; paired ones are raised). Example::
+
+            node = await Node.open("~/.local/share/my-app", options=NetworkOptions.loopback())
+
+        Tuning: ``dial_timeout`` bounds each dial; ``online_timeout`` how long
+        :meth:`host_pairing` and :meth:`wait_reachable` wait for the home relay and the lookup
+        record; ``lan_lookup_timeout`` how long :meth:`join` looks for a spoken code's
+        nameplate on the LAN; ``max_unknown_connections`` how many connections from unpaired
+        ids are admitted at once while a code is hosted (§9.1; when full, the oldest idle one
+        goes); ``unknown_start_timeout`` how long such a connection may wait before starting
+        to pair (:data:`UNKNOWN_START_TIMEOUT`).
         """
+        if options is None:
+            options = NetworkOptions.n0()
         self = cls()
+        self._dial_timeout = dial_timeout
+        self._online_timeout = online_timeout
+        self._lan_lookup_timeout = lan_lookup_timeout
+        self._max_unknown_connections = max_unknown_connections
+        self._unknown_start_timeout = unknown_start_timeout
         self.data_dir = store.ensure_data_dir(Path(data_dir).expanduser())
         self._lock = store.DataDirLock(self.data_dir).acquire()
         try:
@@ -329,30 +342,27 @@ class Node:
                 app_version=sanitize_text(app_version, FIELD_LIMITS["app_version"][1]),
             )
             self.endpoint = await Endpoint.bind(
-                secret_key=key,
-                alpns=[ALPN],
-                relay=relay,
-                lookup=lookup,
-                bind_addrs=bind_addrs,
-                portmapper=portmapper,
-                mdns=mdns,
-                ca_certs=ca_certs,
-                keep_alive=keep_alive,
-                idle_timeout=idle_timeout,
                 # every peer starts with an unknown peer's 2 streams; paired ones are raised
                 # (stream credit once given cannot be taken back, §9.1)
-                max_bi_streams=UNKNOWN_MAX_BI_STREAMS,
+                options.replace(max_bi_streams=UNKNOWN_MAX_BI_STREAMS),
+                secret_key=key,
+                alpns=[ALPN],
             )
         except BaseException:
             if hasattr(self, "registry"):
                 self.registry.close()
             self._lock.release()
             raise
-        self._uses_relay = relay != "disabled"
-        self._uses_lookup = lookup != "none"
-        self.cache = ConnectionCache(self.endpoint.id, self._dial)
-        self._spawn(self._accept_loop())
-        if mdns:
+        self._uses_relay = options.uses_relay
+        self._uses_lookup = options.uses_lookup
+        self._links = Links(
+            self.endpoint, admit=self._admit, setup=self._setup,
+            refuse_on_shutdown=self._refuse_on_shutdown, dial_timeout=self._dial_timeout,
+        )
+        self._links.hints = self._hints
+        self.cache = self._links.cache
+        self._spawn(self._links.accept_loop())
+        if options.mdns:
             self._spawn(self._watch_lan())
         log.info("node %s opened in %s", self.id.fmt_short(), self.data_dir)
         return self
@@ -362,13 +372,8 @@ class Node:
         if self._closed:
             return
         self._closed = True
-        for offer, fut in self._hosted.values():
-            if not fut.done():
-                fut.set_exception(PairingFailed(RejectCode.CANCELLED, "the node closed"))
-                fut.exception()
-        for announcement in self._announcements.values():
-            announcement.close()
-        self._announcements.clear()
+        for hosted in self._hosted.values():
+            hosted.end(PairingFailed(RejectCode.CANCELLED, "the node closed"))
         for t in list(self._tasks):
             t.cancel()
         await self.cache.aclose()
@@ -448,7 +453,7 @@ class Node:
         missing record. Returns False (and logs a warning) when the time runs out; True at
         once with relays and lookup both off."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.online_timeout
+        deadline = loop.time() + self._online_timeout
         try:
             async with asyncio.timeout_at(deadline):
                 if self._uses_relay:
@@ -456,7 +461,7 @@ class Node:
                 if self._uses_lookup:
                     await self._wait_published()
         except TimeoutError:
-            log.warning("not reachable by id after %g s: %s", self.online_timeout,
+            log.warning("not reachable by id after %g s: %s", self._online_timeout,
                         "no home relay" if self._uses_relay and not self.endpoint.addr().relay_urls
                         else "this node's record is not on the lookup service yet")
             return False
@@ -513,10 +518,10 @@ class Node:
         if self._uses_relay:
             # Behind a NAT the ticket is only useful with the relay in it: wait for it.
             try:
-                await asyncio.wait_for(self.endpoint.online(), self.online_timeout)
+                await asyncio.wait_for(self.endpoint.online(), self._online_timeout)
             except TimeoutError:
                 log.warning("no home relay after %g s: the code holds direct addresses only",
-                            self.online_timeout)
+                            self._online_timeout)
         spoken: LanCode | None = None
         if lan:
             taken = {o.tag for o in self._offers}
@@ -529,14 +534,13 @@ class Node:
             code = PairingCode.generate(self.ticket(), word_count=words)
         offer = PairingOffer.create(code, now=time.monotonic(), ttl=ttl,
                                     confirm_timeout=confirm_timeout)
+        hosted = Hosted(offer, asyncio.get_running_loop().create_future(), confirm)
         if spoken is not None:
-            self._announcements[offer.tag] = self.endpoint.mdns_announce(spoken.service)
+            hosted.announcement = self.endpoint.mdns_announce(spoken.service)
             log.info("announcing nameplate %d on the LAN", spoken.nameplate)
         self._offers.add(offer)
-        fut: asyncio.Future[PairedDevice] = asyncio.get_running_loop().create_future()
-        self._hosted[offer.tag] = (offer, fut)
-        if confirm is not None:
-            self._confirms[offer.tag] = confirm
+        self._hosted[offer.tag] = hosted
+        fut = hosted.waiter
 
         async def expire() -> None:
             await asyncio.sleep(ttl)
@@ -551,24 +555,15 @@ class Node:
     @property
     def hosting(self) -> bool:
         """Whether a pairing code is live (unknown devices are admitted only then)."""
-        return any(not f.done() for _, f in self._hosted.values())
+        return any(h.live for h in self._hosted.values())
 
     def _end_offer(self, offer: PairingOffer, outcome: PairedDevice | Exception) -> None:
         # once the future is settled: the last offer's end closes unknown connections (§9.1)
         asyncio.get_running_loop().call_soon(self._check_hosting)
         self._offers.remove(offer.tag)
-        self._confirms.pop(offer.tag, None)
-        announcement = self._announcements.pop(offer.tag, None)
-        if announcement is not None:
-            announcement.close()
-        entry = self._hosted.pop(offer.tag, None)
-        if entry is None or entry[1].done():
-            return
-        if isinstance(outcome, PairedDevice):
-            entry[1].set_result(outcome)
-        else:
-            entry[1].set_exception(outcome)
-            entry[1].exception()  # retrieved: a code nobody waits on is not an error
+        hosted = self._hosted.pop(offer.tag, None)
+        if hosted is not None:
+            hosted.end(outcome)
 
     async def join(
         self,
@@ -634,11 +629,11 @@ class Node:
 
     async def _resolve_nameplate(self, code: LanCode) -> PairingCode:
         """Finds the host announcing ``code``'s nameplate on the LAN (exactly one)."""
-        found = await self.endpoint.mdns_browse(code.service, timeout=self.lan_lookup_timeout)
+        found = await self.endpoint.mdns_browse(code.service, timeout=self._lan_lookup_timeout)
         if not found:
             raise NameplateNotFound(
                 f"no device on this LAN announces nameplate {code.nameplate} "
-                f"(looked for {self.lan_lookup_timeout:g} s)"
+                f"(looked for {self._lan_lookup_timeout:g} s)"
             )
         if len(found) > 1:
             raise AmbiguousNameplate(
@@ -713,7 +708,8 @@ class Node:
 
         def confirm_for(offer: PairingOffer) -> ConfirmSas | None:
             compared.append(offer)
-            return self._confirms.get(offer.tag)
+            hosted = self._hosted.get(offer.tag)
+            return hosted.confirm if hosted is not None else None
 
         with self._handshake(conn):  # its unknown slot is not idle meanwhile (§9.1)
             out = await run_host(
@@ -726,7 +722,7 @@ class Node:
                 self._end_offer(offer, dev)
         if isinstance(out, Failed):
             log.info("pairing attempt from %s failed: %s", conn.remote_id.fmt_short(), out.code.name)
-            for offer, _ in list(self._hosted.values()):
+            for offer in [h.offer for h in self._hosted.values()]:
                 if offer.burned:
                     self._end_offer(offer, PairingFailed(RejectCode.BURNED, "too many wrong attempts"))
             if out.code is RejectCode.SAS_DECLINED:
@@ -751,8 +747,8 @@ class Node:
 
     def _offer_of(self, r: PairingResult) -> PairingOffer | None:
         """The hosted offer this pairing completed (by its session tag)."""
-        entry = self._hosted.get(r.session_tag)
-        return entry[0] if entry is not None else None
+        hosted = self._hosted.get(r.session_tag)
+        return hosted.offer if hosted is not None else None
 
     # ------------------------------------------------------------------ messaging
 
@@ -763,7 +759,7 @@ class Node:
         encode_header(kind)  # validates the name
         if kind in (PAIR_KIND, PAIR_KIND_V1):
             raise ValueError(f"the {kind!r} kind is reserved")
-        self._handlers[kind] = handler
+        self._messages.handlers[kind] = handler
 
     async def request(
         self,
@@ -888,26 +884,13 @@ class Node:
 
     # ------------------------------------------------------------------ connections
 
-    async def _dial(self, peer: EndpointId, alpn: bytes) -> Connection:
-        target: EndpointAddr | EndpointId = self._hints.get(peer, peer)
-        conn = await self.endpoint.connect(target, alpn, timeout=self.dial_timeout)
-        self._setup(conn)
-        return conn
+    def _admit(self, conn: Connection) -> bool:
+        """The accept loop's admission hook: paired ids always, unknown ones per §9.1."""
+        return conn.remote_id in self._devices or self._admit_unknown(conn)
 
-    async def _accept_loop(self) -> None:
-        while True:
-            conn = await self.endpoint.accept()
-            if conn is None:
-                return
-            if conn.remote_id not in self._devices and not self._admit_unknown(conn):
-                continue
-            try:
-                self.cache.adopt(conn)
-            except IrohPairError:
-                self._forget_unknown(conn)
-                conn.close(int(CloseCode.SHUTDOWN), b"shutting down")
-                return
-            self._setup(conn)
+    def _refuse_on_shutdown(self, conn: Connection) -> None:
+        self._forget_unknown(conn)
+        conn.close(int(CloseCode.SHUTDOWN), b"shutting down")
 
     def _setup(self, conn: Connection) -> _ConnState:
         st = self._conns.get(conn.stable_id)
@@ -958,7 +941,7 @@ class Node:
             self.counters["not_admitted"] += 1
             conn.close(int(CloseCode.NOT_PAIRED), b"not paired")
             return False
-        while len(self._unknown) >= self.max_unknown_connections:
+        while len(self._unknown) >= self._max_unknown_connections:
             oldest_idle = next((u for u in self._unknown.values() if u.idle), None)
             if oldest_idle is None:
                 self.counters["not_admitted"] += 1
@@ -971,7 +954,7 @@ class Node:
             self._close_unknown(oldest_idle, CloseCode.NOT_PAIRED, b"evicted")
         u = _Unknown(conn)
         u.timer = asyncio.get_running_loop().call_later(
-            self.unknown_start_timeout, self._start_timed_out, u
+            self._unknown_start_timeout, self._start_timed_out, u
         )
         self._unknown[conn.stable_id] = u
         self.counters["unknown_admitted"] += 1
@@ -1090,7 +1073,7 @@ class Node:
         try:
             kind, used = decode_header(first)
         except ProtocolError:
-            self._reject(incoming, StreamErrorCode.BAD_ENVELOPE)
+            _reject(incoming, StreamErrorCode.BAD_ENVELOPE)
             return
         body = first[used:]
         if kind == PAIR_KIND:
@@ -1111,87 +1094,9 @@ class Node:
         dev = self._devices.get(conn.remote_id)
         if dev is None:
             self.counters["not_admitted"] += 1
-            self._reject(incoming, StreamErrorCode.NOT_ADMITTED)
+            _reject(incoming, StreamErrorCode.NOT_ADMITTED)
             return
-        handler = self._handlers.get(kind)
-        if handler is None:
-            self._reject(incoming, StreamErrorCode.UNKNOWN_KIND)
-            return
-        channel = self._channel(conn, dev)
-        try:
-            msg = channel.open(kind, body)
-            verdict = self._deliveries.begin(dev.endpoint_id, msg.message_id)
-        except MessageRejected as e:
-            self._count_rejected(dev, e.code, logging.WARNING)
-            self._reject(incoming, int(e.code))
-            return
-        except IrohPairError:  # the registry failed: not delivered, the sender may retry
-            log.exception("cannot look up a message id from %s", dev.endpoint_id.fmt_short())
-            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
-            return
-        if verdict is not None:  # DUPLICATE or IN_PROGRESS: a retry, not an attack
-            self._count_rejected(dev, verdict, logging.INFO)
-            self._reject(incoming, int(verdict))
-            return
-        self.counters["messages_delivered"] += 1
-        peer, mid = dev.endpoint_id, msg.message_id
-
-        def reply(out: bytes | None) -> None:
-            # §13.8: the id is committed when the handler has returned, before the reply.
-            try:
-                self._deliveries.commit(peer, mid)
-            except IrohPairError:
-                log.error("could not record message %s from %s as delivered: a retry would be "
-                          "delivered again", mid.hex(), peer.fmt_short(), exc_info=True)
-            try:
-                incoming.respond(b"" if out is None else channel.seal(kind, out, reply_to=mid))
-            except IrohPairError:
-                log.debug("could not send a reply", exc_info=True)
-
-        def failed() -> None:
-            log.exception("message handler for %r failed", kind)
-            self._deliveries.abort(peer, mid)  # nothing recorded: a retry will be delivered
-            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
-
-        try:
-            out = handler(dev, msg.plaintext)
-        except Exception:
-            failed()
-            return
-        except BaseException:  # KeyboardInterrupt/SystemExit in a handler: not delivered
-            self._deliveries.abort(peer, mid)
-            self._reject(incoming, StreamErrorCode.HANDLER_ERROR)
-            raise
-        if inspect.isawaitable(out):
-            aw = out
-
-            async def finish() -> None:
-                try:
-                    r = await aw
-                except Exception:
-                    failed()
-                    return
-                except BaseException:  # cancelled (the node closes): not delivered
-                    self._deliveries.abort(peer, mid)
-                    raise
-                reply(r)
-
-            self._spawn(finish())
-        else:
-            reply(out)
-
-    def _count_rejected(self, dev: PairedDevice, code: int, level: int) -> None:
-        self.counters["messages_rejected"] += 1
-        name = _code_name(code)
-        self.rejections[name] = self.rejections.get(name, 0) + 1
-        log.log(level, "refused a message from %s: %s", dev.endpoint_id.fmt_short(), name)
-
-    @staticmethod
-    def _reject(incoming: IncomingStream, code: int) -> None:
-        try:
-            incoming.reject(code)
-        except IrohPairError:
-            pass
+        self._messages.deliver(incoming, dev, kind, body, lambda: self._channel(conn, dev))
 
     async def wait_disconnected(self, timeout: float | None = None) -> bool:
         """Waits until every connection has been closed (by the peers: the side that reads
@@ -1268,7 +1173,7 @@ class Node:
             "rejections": dict(self.rejections),
             "admission": {
                 "unknown_connections": len(self._unknown),
-                "max_unknown_connections": self.max_unknown_connections,
+                "max_unknown_connections": self._max_unknown_connections,
             },
         }
 
@@ -1290,16 +1195,9 @@ class Node:
         )
 
 
-def _code_name(code: int) -> str:
-    try:
-        return StreamErrorCode(code).name
-    except ValueError:
-        return f"code {code}"
-
-
 def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> RemoteError:
     """``e`` again, its message naming the code (``DUPLICATE (18)``, not a bare number)."""
-    name = _code_name(e.code)
+    name = code_name(e.code)
     what = {
         "DUPLICATE": "was already delivered (handled by an earlier attempt)",
         "IN_PROGRESS": "is still being handled (the timeout ran out)",

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from iroh_pair._cache import ConnectionCache
@@ -31,9 +31,70 @@ from iroh_pair.transport import (
     Handler,
 )
 
-__all__ = ["RequestPeer"]
+__all__ = ["RequestPeer", "Links"]
 
 log = logging.getLogger("iroh_pair.peer")
+
+
+class Links:
+    """The dial and accept loop shared by :class:`RequestPeer` and :class:`~iroh_pair.Node`:
+    dials through address hints (else by id, through address lookup), admits each inbound
+    connection through a hook, adopts it into the cache, and hands every connection, dialed or
+    accepted, to ``setup`` (which starts serving it).
+
+    - ``admit(conn) -> bool``: whether to keep an inbound connection; it closes the ones it
+      refuses (with its own code and reason).
+    - ``setup(conn)``: starts serving a connection (called once per dial, once per accept).
+    - ``refuse_on_shutdown(conn)``: closes an admitted connection the cache no longer takes
+      (the cache is closing); the accept loop then ends.
+
+    The cache (``links.cache``) is made here, so that its dials come back through :meth:`dial`.
+    Example::
+
+        links = Links(endpoint, admit=lambda conn: True, setup=serve,
+                      refuse_on_shutdown=lambda conn: conn.close(0, b"shutting down"))
+        task = asyncio.ensure_future(links.accept_loop())
+        conn = await links.cache.get(peer_id, ALPN)
+    """
+
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        *,
+        admit: Callable[[Connection], bool],
+        setup: Callable[[Connection], object],
+        refuse_on_shutdown: Callable[[Connection], None],
+        dial_timeout: float = 10.0,
+        request_timeout: float | None = 30.0,
+    ) -> None:
+        self.endpoint = endpoint
+        self.dial_timeout = dial_timeout
+        self.hints: dict[EndpointId, EndpointAddr] = {}
+        self._admit = admit
+        self._setup = setup
+        self._refuse_on_shutdown = refuse_on_shutdown
+        self.cache: ConnectionCache[EndpointId, Connection] = ConnectionCache(
+            endpoint.id, self.dial, default_timeout=request_timeout
+        )
+
+    async def dial(self, peer: EndpointId, alpn: bytes) -> Connection:
+        """Dials ``peer`` (at its hint, if any) and sets the connection up (the cache's dialer)."""
+        target: EndpointAddr | EndpointId = self.hints.get(peer, peer)
+        conn = await self.endpoint.connect(target, alpn, timeout=self.dial_timeout)
+        self._setup(conn)
+        return conn
+
+    async def accept_loop(self) -> None:
+        """Accepts until the endpoint closes (or the cache refuses a connection)."""
+        while (conn := await self.endpoint.accept()) is not None:
+            if not self._admit(conn):
+                continue
+            try:
+                self.cache.adopt(conn)
+            except IrohPairError:
+                self._refuse_on_shutdown(conn)
+                return
+            self._setup(conn)
 
 
 class RequestPeer:
@@ -54,25 +115,31 @@ class RequestPeer:
     ) -> None:
         self.endpoint = endpoint
         self.handlers = dict(handlers or {})
-        self.dial_timeout = dial_timeout
         self.max_request = max_request
-        self.cache: ConnectionCache[EndpointId, Connection] = ConnectionCache(
-            endpoint.id, self._dial, default_timeout=request_timeout
+        self._links = Links(
+            endpoint, admit=self._admit, setup=self._serve,
+            refuse_on_shutdown=lambda conn: conn.close(CloseCode.OK, b"shutting down"),
+            dial_timeout=dial_timeout, request_timeout=request_timeout,
         )
-        self._hints: dict[EndpointId, EndpointAddr] = {}
+        self.cache = self._links.cache
         self._serving: dict[int, asyncio.Future[CloseInfo]] = {}
         self._accept_task: asyncio.Task[None] | None = None
+
+    @property
+    def dial_timeout(self) -> float:
+        """The bound of each dial (seconds)."""
+        return self._links.dial_timeout
 
     def start(self) -> RequestPeer:
         """Starts accepting connections (call once, from the running loop)."""
         if self._accept_task is None:
-            self._accept_task = asyncio.ensure_future(self._accept_loop())
+            self._accept_task = asyncio.ensure_future(self._links.accept_loop())
         return self
 
     def add_address(self, addr: EndpointAddr) -> None:
         """An address to dial ``addr.id`` at, for first contact (kept in memory only). Without
         one, dials go by EndpointId alone through the endpoint's address lookup."""
-        self._hints[addr.id] = addr
+        self._links.hints[addr.id] = addr
 
     def request(
         self,
@@ -99,23 +166,11 @@ class RequestPeer:
         """One-way: returns once the peer has read the whole message and answered (empty)."""
         await self.request(peer, alpn, payload, timeout=timeout, max_response=0)
 
-    async def _dial(self, peer: EndpointId, alpn: bytes) -> Connection:
-        target: EndpointAddr | EndpointId = self._hints.get(peer, peer)
-        conn = await self.endpoint.connect(target, alpn, timeout=self.dial_timeout)
-        self._serve(conn)
-        return conn
-
-    async def _accept_loop(self) -> None:
-        while (conn := await self.endpoint.accept()) is not None:
-            if conn.alpn not in self.handlers:
-                conn.close(CloseCode.OK, b"no handler")
-                continue
-            try:
-                self.cache.adopt(conn)
-            except IrohPairError:
-                conn.close(CloseCode.OK, b"shutting down")
-                return
-            self._serve(conn)
+    def _admit(self, conn: Connection) -> bool:
+        if conn.alpn not in self.handlers:
+            conn.close(CloseCode.OK, b"no handler")
+            return False
+        return True
 
     def _serve(self, conn: Connection) -> None:
         handler = self.handlers.get(conn.alpn)

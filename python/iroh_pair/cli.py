@@ -40,7 +40,7 @@ from iroh_pair.errors import IrohPairError, PairingFailed
 from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice
-from iroh_pair.transport import LookupConfig
+from iroh_pair.transport import LookupConfig, NetworkOptions
 
 __all__ = ["main"]
 
@@ -65,31 +65,31 @@ def default_data_dir() -> Path:
     return Path(base) / "iroh-pair"
 
 
-def network_options(args: argparse.Namespace) -> dict[str, Any]:
-    """Node.open options from the command line: n0's public services unless told otherwise."""
-    opts: dict[str, Any] = {}
-    if args.local:
-        opts.update(relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False)
-    if lan_mode(args):
-        if args.local:
-            raise _UsageError("--lan and --local exclude each other (mDNS needs a LAN interface)")
-        opts.update(relay="disabled", lookup="none", bind_addrs=(), portmapper=False, mdns=True)
+def network_options(args: argparse.Namespace) -> NetworkOptions:
+    """The node's network options from the command line: a preset (``--local``, ``--lan``, else
+    n0's public services), then each flag changes one field."""
+    if args.local and lan_mode(args):
+        raise _UsageError("--lan and --local exclude each other (mDNS needs a LAN interface)")
+    opts = (NetworkOptions.loopback() if args.local
+            else NetworkOptions.lan() if lan_mode(args)
+            else NetworkOptions.n0())
+    changes: dict[str, Any] = {}
     if args.relay:
-        opts["relay"] = list(args.relay)
+        changes["relay"] = tuple(args.relay)
     if args.pkarr_url or args.dns_origin:
         if not (args.pkarr_url and args.dns_origin):
             raise _UsageError("--pkarr-url and --dns-origin go together")
-        opts["lookup"] = LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server)
+        changes["lookup"] = LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server)
     if args.bind:
-        opts["bind_addrs"] = tuple(args.bind)
+        changes["bind_addrs"] = tuple(args.bind)
     if args.no_portmapper:
-        opts["portmapper"] = False
+        changes["portmapper"] = False
     if args.ca_cert:
         try:
-            opts["ca_certs"] = b"".join(Path(f).read_bytes() for f in args.ca_cert)
+            changes["ca_certs"] = b"".join(Path(f).read_bytes() for f in args.ca_cert)
         except OSError as e:
             raise _UsageError(f"cannot read --ca-cert: {e}") from None
-    return opts
+    return opts.replace(**changes)
 
 
 class _UsageError(Exception):
@@ -309,7 +309,7 @@ def sas_question(args: argparse.Namespace) -> SasQuestion:
 
 
 async def open_node(args: argparse.Namespace) -> Node:
-    return await Node.open(args.data_dir, name=args.name, **network_options(args))
+    return await Node.open(args.data_dir, name=args.name, options=network_options(args))
 
 
 def report_stats(node: Node, args: argparse.Namespace) -> None:

@@ -8,6 +8,9 @@
 from collections.abc import Callable
 from typing import Any, ClassVar, Final, final
 
+# The options are read attribute by attribute (a #[derive(FromPyObject)] struct).
+from iroh_pair.transport._options import NetworkOptions as _NetworkOptions
+
 __all__ = [
     "BAD_ENVELOPE",
     "Bridge",
@@ -117,23 +120,10 @@ class Endpoint:
     def bind(
         bridge: Bridge,
         token: int,
+        options: _NetworkOptions,
         *,
         secret_key: SecretKey | None = None,
         alpns: list[bytes] = ...,
-        relay: str = ...,
-        relay_urls: list[str] = ...,
-        bind_addrs: list[str] = ...,
-        clear_ip: bool = False,
-        portmapper: bool = False,
-        lookup: str = ...,
-        pkarr_url: str | None = None,
-        dns_origin: str | None = None,
-        dns_server: str | None = None,
-        mdns: bool = False,
-        ca_certs: bytes | None = None,
-        keep_alive: float | None = None,
-        idle_timeout: float | None = None,
-        max_bi_streams: int | None = None,
     ) -> Endpoint | Pending: ...
     @property
     def id(self) -> EndpointId: ...

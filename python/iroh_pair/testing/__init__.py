@@ -8,8 +8,8 @@ found through ``$IROH_PAIR_RELAY_BIN`` / ``$IROH_PAIR_DNS_BIN``, then ``target/r
     from iroh_pair.testing import LocalServers
 
     async with LocalServers() as servers:
-        a = await Endpoint.bind(alpns=[ALPN], **servers.endpoint_options())
-        b = await Endpoint.bind(alpns=[ALPN], **servers.endpoint_options())
+        a = await Endpoint.bind(servers.options(), alpns=[ALPN])
+        b = await Endpoint.bind(servers.options(), alpns=[ALPN])
         await b.online()
         conn = await a.connect(b.id, ALPN)   # found through the lookup server
 """

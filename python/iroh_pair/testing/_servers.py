@@ -14,8 +14,8 @@ setups; see ``docs/SELF_HOSTING.md`` for running the servers yourself.
 Example::
 
     async with LocalServers() as servers:
-        a = await Endpoint.bind(alpns=[ALPN], **servers.endpoint_options())
-        b = await Endpoint.bind(alpns=[ALPN], **servers.endpoint_options())
+        a = await Endpoint.bind(servers.options(), alpns=[ALPN])
+        b = await Endpoint.bind(servers.options(), alpns=[ALPN])
         await b.online()
         conn = await a.connect(b.id, ALPN)   # found through the lookup server
 
@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from iroh_pair.errors import IrohPairError
-from iroh_pair.transport import LookupConfig, SecretKey
+from iroh_pair.transport import LookupConfig, NetworkOptions, SecretKey
 
 __all__ = [
     "LocalServers",
@@ -231,7 +231,7 @@ class LocalServers:
     temporary directory (configs, the lookup server's database) is removed.
 
     After entering, :attr:`relay_urls` and :attr:`lookup` describe the servers and
-    :meth:`endpoint_options` gives the matching ``Endpoint.bind`` keyword arguments.
+    :meth:`options` gives the matching :class:`~iroh_pair.transport.NetworkOptions`.
     """
 
     def __init__(
@@ -272,7 +272,7 @@ class LocalServers:
 
     @property
     def relay_urls(self) -> list[str]:
-        """The relay URLs to pass as ``Endpoint.bind(relay=...)``."""
+        """The relay URLs (``NetworkOptions.relay``)."""
         return [self.relay_url]
 
     @property
@@ -291,12 +291,17 @@ class LocalServers:
 
     @property
     def lookup(self) -> LookupConfig:
-        """The address lookup configuration to pass as ``Endpoint.bind(lookup=...)``."""
+        """The address lookup configuration (``NetworkOptions.lookup``)."""
         return LookupConfig(pkarr_url=self.pkarr_url, dns_origin=self.origin, dns_server=self.dns_server)
 
-    def endpoint_options(self) -> dict[str, Any]:
-        """``Endpoint.bind`` keyword arguments for these servers: ``relay`` and ``lookup``."""
-        return {"relay": self.relay_urls, "lookup": self.lookup}
+    def options(self) -> NetworkOptions:
+        """The network options for these servers: :meth:`NetworkOptions.self_hosted
+        <iroh_pair.transport.NetworkOptions.self_hosted>` with their relay and lookup, bound to
+        127.0.0.1 on a free port, portmapper off. For ``Endpoint.bind`` and ``Node.open``::
+
+            ep = await Endpoint.bind(servers.options(), alpns=[ALPN])
+        """
+        return NetworkOptions.self_hosted(self.relay_urls, self.lookup, bind_addrs=("127.0.0.1:0",))
 
     def cli_args(self) -> list[str]:
         """The same settings as ``iroh-pair`` command line flags: ``--relay URL --pkarr-url URL

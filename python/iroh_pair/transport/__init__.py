@@ -31,7 +31,8 @@ from iroh_pair.transport._connection import (
     PathEvent,
     PathInfo,
 )
-from iroh_pair.transport._endpoint import Endpoint, LanEvent, LookupConfig, Target
+from iroh_pair.transport._endpoint import Endpoint, LanEvent, Target
+from iroh_pair.transport._options import LookupConfig, NetworkOptions
 from iroh_pair.transport._streams import Data, RecvStream, SendStream
 
 __all__ = [
@@ -52,6 +53,7 @@ __all__ = [
     "PathEvent",
     "LanEvent",
     "LookupConfig",
+    "NetworkOptions",
     "KindLimits",
     "DEFAULT_MAX_MESSAGE",
 ]

@@ -18,21 +18,12 @@ from iroh_pair import _native
 from iroh_pair._native import EndpointAddr, EndpointId, SecretKey
 from iroh_pair.runtime._bridge import call, get_bridge
 from iroh_pair.transport._connection import Connection
+from iroh_pair.transport._options import LookupConfig, NetworkOptions
 
-__all__ = ["Target", "LookupConfig", "LanEvent", "Endpoint"]
+__all__ = ["Target", "LanEvent", "Endpoint"]
 
 #: What ``connect`` accepts as the peer.
 Target = Union[EndpointAddr, EndpointId, str]
-
-
-@dataclass(frozen=True, slots=True)
-class LookupConfig:
-    """Self-hosted address lookup: a pkarr relay to publish to and resolve from, the DNS
-    origin domain of the lookup server, and optionally the DNS server to ask (``"ip:port"``)."""
-
-    pkarr_url: str
-    dns_origin: str
-    dns_server: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,70 +50,26 @@ class Endpoint:
     @classmethod
     async def bind(
         cls,
+        options: NetworkOptions | None = None,
         *,
         secret_key: SecretKey | None = None,
         alpns: Sequence[bytes] = (),
-        relay: Literal["disabled", "default"] | Sequence[str] = "disabled",
-        bind_addrs: Sequence[str] = ("127.0.0.1:0",),
-        clear_ip: bool = False,
-        portmapper: bool = False,
-        lookup: Literal["none", "n0"] | LookupConfig = "none",
-        mdns: bool = False,
-        ca_certs: bytes | None = None,
-        keep_alive: float | None = None,
-        idle_timeout: float | None = None,
-        max_bi_streams: int | None = None,
     ) -> Endpoint:
-        """Binds a new endpoint.
+        """Binds a new endpoint with ``options`` (:class:`NetworkOptions`; by default
+        :meth:`NetworkOptions.loopback`: relays, address lookup and portmapper off, bound to
+        127.0.0.1 on a free port). For production pass :meth:`NetworkOptions.n0` or your own
+        servers (:meth:`NetworkOptions.self_hosted`); change one field with
+        ``options.replace(...)``. Example::
 
-        The defaults are for local use and tests: relays off, address lookup off, portmapper
-        off, bound to 127.0.0.1 on a free port. For production pass ``relay="default"``,
-        ``lookup="n0"`` and ``bind_addrs=()`` (all interfaces), or your own servers:
-        ``relay=[url, ...]`` and ``lookup=LookupConfig(...)``.
-
-        ``mdns=True`` adds LAN discovery with no server (n0's mDNS address lookup, beside any
-        ``lookup``): the endpoint advertises its id and addresses on the LAN and finds other ids
-        there; :meth:`lan_events` reports devices appearing and leaving. It needs an address on
-        a multicast-capable interface, so pair it with ``bind_addrs=()`` or a LAN address.
-
-        ``ca_certs`` (a PEM bundle) adds trusted roots for the endpoint's own TLS clients, beside
-        the built-in web roots: a self-hosted relay or pkarr server with a private certificate.
-        The relay's QUIC address discovery (how an endpoint behind NAT learns its public
-        address, needed for hole punching) is always TLS, even for an ``http://`` relay URL.
-
-        ``clear_ip=True`` with no ``bind_addrs`` gives a relay-only endpoint. ``keep_alive`` and
-        ``idle_timeout`` (seconds) override iroh's QUIC defaults (5 s and 30 s);
-        ``max_bi_streams`` its limit of concurrent bidirectional streams per connection (100).
+            ep = await Endpoint.bind(NetworkOptions.n0().replace(idle_timeout=60.0), alpns=[ALPN])
         """
-        if isinstance(relay, str):
-            relay_mode, relay_urls = relay, []
-        else:
-            relay_mode, relay_urls = "custom", list(relay)
-        kwargs: dict[str, Any] = {}
-        if isinstance(lookup, LookupConfig):
-            kwargs.update(
-                lookup="custom",
-                pkarr_url=lookup.pkarr_url,
-                dns_origin=lookup.dns_origin,
-                dns_server=lookup.dns_server,
-            )
-        else:
-            kwargs["lookup"] = lookup
+        if options is None:
+            options = NetworkOptions.loopback()
         native = await call(
             _native.Endpoint.bind,
+            options,
             secret_key=secret_key,
             alpns=[bytes(a) for a in alpns],
-            relay=relay_mode,
-            relay_urls=relay_urls,
-            bind_addrs=[] if clear_ip and tuple(bind_addrs) == ("127.0.0.1:0",) else list(bind_addrs),
-            clear_ip=clear_ip,
-            portmapper=portmapper,
-            mdns=mdns,
-            ca_certs=None if ca_certs is None else bytes(ca_certs),
-            keep_alive=keep_alive,
-            idle_timeout=idle_timeout,
-            max_bi_streams=max_bi_streams,
-            **kwargs,
         )
         return cls(native)
 
@@ -182,7 +129,7 @@ class Endpoint:
     async def lan_events(self) -> AsyncGenerator[LanEvent, None]:
         """Devices seen (``"discovered"``, again when their addresses change) or lost
         (``"expired"``) on the LAN through mDNS, until the generator is closed. Needs
-        ``mdns=True`` at :meth:`bind` (:class:`ValueError` otherwise)."""
+        ``mdns=True`` in the options of :meth:`bind` (:class:`ValueError` otherwise)."""
         b = get_bridge()
         queue: asyncio.Queue[LanEvent | None] = asyncio.Queue()
 

@@ -33,6 +33,44 @@ fn secs(what: &str, v: f64) -> Result<Duration, Error> {
     })
 }
 
+/// The network options of an endpoint: an `iroh_pair.transport.NetworkOptions` (a frozen
+/// dataclass), read attribute by attribute.
+#[derive(FromPyObject)]
+pub struct Options {
+    relay: Relay,
+    bind_addrs: Vec<String>,
+    clear_ip: bool,
+    portmapper: bool,
+    lookup: Lookup,
+    mdns: bool,
+    ca_certs: Option<Vec<u8>>,
+    keep_alive: Option<f64>,
+    idle_timeout: Option<f64>,
+    max_bi_streams: Option<u64>,
+}
+
+/// `NetworkOptions.relay`: `"disabled"`, `"default"` (n0's public relays) or relay URLs.
+#[derive(FromPyObject)]
+enum Relay {
+    Mode(String),
+    Urls(Vec<String>),
+}
+
+/// `NetworkOptions.lookup`: `"none"`, `"n0"` or a `LookupConfig` (self-hosted servers).
+#[derive(FromPyObject)]
+enum Lookup {
+    Mode(String),
+    Custom(CustomLookup),
+}
+
+/// `iroh_pair.transport.LookupConfig`, read by attribute.
+#[derive(FromPyObject)]
+struct CustomLookup {
+    pkarr_url: String,
+    dns_origin: String,
+    dns_server: Option<String>,
+}
+
 /// A bound iroh endpoint.
 #[pyclass(module = "iroh_pair._native", frozen)]
 pub struct Endpoint {
@@ -49,44 +87,46 @@ pub struct Endpoint {
 
 #[pymethods]
 impl Endpoint {
-    /// Binds a new endpoint (see `iroh_pair.transport.Endpoint.bind` for the options).
+    /// Binds a new endpoint with `options` (an `iroh_pair.transport.NetworkOptions`, read by
+    /// attribute name; see it for what each field means).
     #[staticmethod]
-    #[pyo3(signature = (bridge, token, *, secret_key = None, alpns = Vec::new(), relay = "disabled".to_string(),
-        relay_urls = Vec::new(), bind_addrs = Vec::new(), clear_ip = false, portmapper = false,
-        lookup = "none".to_string(), pkarr_url = None, dns_origin = None, dns_server = None,
-        mdns = false, ca_certs = None, keep_alive = None, idle_timeout = None, max_bi_streams = None))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (bridge, token, options, *, secret_key = None, alpns = Vec::new()))]
     fn bind(
         py: Python<'_>,
         bridge: &Bridge,
         token: u64,
+        options: Options,
         secret_key: Option<PyRef<'_, SecretKey>>,
         alpns: Vec<Vec<u8>>,
-        relay: String,
-        relay_urls: Vec<String>,
-        bind_addrs: Vec<String>,
-        clear_ip: bool,
-        portmapper: bool,
-        lookup: String,
-        pkarr_url: Option<String>,
-        dns_origin: Option<String>,
-        dns_server: Option<String>,
-        mdns: bool,
-        ca_certs: Option<Vec<u8>>,
-        keep_alive: Option<f64>,
-        idle_timeout: Option<f64>,
-        max_bi_streams: Option<u64>,
     ) -> PyResult<Py<PyAny>> {
+        let Options {
+            relay,
+            bind_addrs,
+            clear_ip,
+            portmapper,
+            lookup,
+            mdns,
+            ca_certs,
+            keep_alive,
+            idle_timeout,
+            max_bi_streams,
+        } = options;
         let mut b = iroh::Endpoint::builder(presets::Minimal).alpns(alpns);
         if let Some(k) = secret_key {
             b = b.secret_key(k.0.clone());
         }
-        b = match relay.as_str() {
-            "disabled" => b.relay_mode(RelayMode::Disabled),
-            "default" => b.relay_mode(iroh::endpoint::default_relay_mode()),
-            "custom" => {
+        b = match relay {
+            Relay::Mode(m) if m == "disabled" => b.relay_mode(RelayMode::Disabled),
+            Relay::Mode(m) if m == "default" => b.relay_mode(iroh::endpoint::default_relay_mode()),
+            Relay::Mode(other) => {
+                return Err(Error::Value(format!(
+                    "relay must be 'disabled', 'default' or a list of relay URLs, got {other:?}"
+                ))
+                .into());
+            }
+            Relay::Urls(relay_urls) => {
                 if relay_urls.is_empty() {
-                    return Err(Error::Value("relay='custom' needs relay_urls".into()).into());
+                    return Err(Error::Value("relay needs at least one URL".into()).into());
                 }
                 let mut urls = Vec::new();
                 for u in &relay_urls {
@@ -96,12 +136,6 @@ impl Endpoint {
                     );
                 }
                 b.relay_mode(RelayMode::custom(urls))
-            }
-            other => {
-                return Err(Error::Value(format!(
-                    "relay must be 'disabled', 'default' or 'custom', got {other:?}"
-                ))
-                .into());
             }
         };
         if clear_ip || !bind_addrs.is_empty() {
@@ -130,33 +164,29 @@ impl Endpoint {
         if !portmapper {
             b = b.portmapper_config(PortmapperConfig::Disabled);
         }
-        match lookup.as_str() {
-            "none" => {}
-            "n0" => {
+        let mut dns_server = None;
+        match lookup {
+            Lookup::Mode(m) if m == "none" => {}
+            Lookup::Mode(m) if m == "n0" => {
                 b = b
                     .address_lookup(PkarrPublisher::n0_dns())
                     .address_lookup(PkarrResolver::n0_dns())
                     .address_lookup(DnsAddressLookup::n0_dns());
             }
-            "custom" => {
-                let (Some(pkarr), Some(origin)) = (pkarr_url.as_ref(), dns_origin.as_ref()) else {
-                    return Err(Error::Value(
-                        "lookup='custom' needs pkarr_url and dns_origin".into(),
-                    )
-                    .into());
-                };
-                let url = url::Url::parse(pkarr)
-                    .map_err(|e| Error::Value(format!("bad pkarr URL {pkarr:?}: {e}")))?;
+            Lookup::Mode(other) => {
+                return Err(Error::Value(format!(
+                    "lookup must be 'none', 'n0' or a LookupConfig, got {other:?}"
+                ))
+                .into());
+            }
+            Lookup::Custom(c) => {
+                let url = url::Url::parse(&c.pkarr_url)
+                    .map_err(|e| Error::Value(format!("bad pkarr URL {:?}: {e}", c.pkarr_url)))?;
                 b = b
                     .address_lookup(PkarrPublisher::builder(url.clone()))
                     .address_lookup(PkarrResolver::builder(url))
-                    .address_lookup(DnsAddressLookup::builder(origin.clone()));
-            }
-            other => {
-                return Err(Error::Value(format!(
-                    "lookup must be 'none', 'n0' or 'custom', got {other:?}"
-                ))
-                .into());
+                    .address_lookup(DnsAddressLookup::builder(c.dns_origin));
+                dns_server = c.dns_server;
             }
         }
         if let Some(server) = dns_server {
