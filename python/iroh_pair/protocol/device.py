@@ -6,6 +6,15 @@ Encoding: four fields in this order, each ``u8 length || UTF-8 bytes``::
 
 Text fields must not contain control characters (Unicode category Cc); nothing may follow the
 last field.
+
+Example::
+
+    >>> from iroh_pair.protocol.device import DeviceInfo
+    >>> info = DeviceInfo("laptop", "desktop")
+    >>> info.encode()
+    b'\\x06laptop\\x07desktop\\x00\\x00'
+    >>> DeviceInfo.decode(info.encode()) == info
+    True
 """
 
 from __future__ import annotations

@@ -7,6 +7,15 @@ Every bidirectional stream starts, in the opener's direction, with a header::
 after which both directions carry frames ``u32 BE length || body`` with ``length <=
 MAX_MESSAGE``. The pairing stream of pairing version 2 has kind ``"pair2"``; ``"pair"`` (version
 1) is refused with ``Reject(UNSUPPORTED_VERSION)`` (docs/PROTOCOL.md §2.1).
+
+Example::
+
+    >>> from iroh_pair.protocol.envelope import FrameBuffer, decode_header, encode_frame, encode_header
+    >>> encode_header("pair2"), decode_header(b"\\x01\\x05pair2")
+    (b'\\x01\\x05pair2', ('pair2', 7))
+    >>> frames = FrameBuffer()
+    >>> frames.feed(encode_frame(b"hi")[:3]), frames.feed(encode_frame(b"hi")[3:])
+    ([], [b'hi'])
 """
 
 from __future__ import annotations

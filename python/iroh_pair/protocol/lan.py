@@ -12,6 +12,13 @@ nameplate, so both sides know it without it being spoken.
 
 This module does no I/O: it parses and formats codes and derives names; the node
 (:class:`iroh_pair.Node`) does the announcing and browsing.
+
+Example::
+
+    >>> from iroh_pair.protocol.lan import LanCode
+    >>> code = LanCode.parse("7 Ocean tiger-river")
+    >>> str(code), code.service
+    ('7-ocean-tiger-river', 'iroh-pair-7')
 """
 
 from __future__ import annotations

@@ -4,6 +4,13 @@ Each direction has a dedicated seal key (HKDF label ``iroh-pair/1 seal host->joi
 ``... joiner->host``) derived from a fresh SPAKE2 key and transcript, and each such key seals
 exactly one message in its whole life; so a fixed all-zero 96-bit nonce never repeats under a
 key. AAD is the transcript hash.
+
+Example (a key and transcript hash of zeros, for illustration only)::
+
+    >>> from iroh_pair.protocol.seal import open_sealed, seal
+    >>> sealed = seal(bytes(32), b"device info", bytes(32))
+    >>> len(sealed), open_sealed(bytes(32), sealed, bytes(32))
+    (27, b'device info')
 """
 
 from __future__ import annotations

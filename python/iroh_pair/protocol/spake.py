@@ -12,7 +12,7 @@ mod L), so fixed entropy reproduces the test vectors.
 The group arithmetic is a *backend* (:class:`Spake2Backend`), so that this module stays
 sans-I/O and imports nothing outside :mod:`iroh_pair.protocol`: importing :mod:`iroh_pair`
 installs the native one, the RustCrypto ``spake2`` crate (the one the Rust node uses) in the
-extension, where a start or a finish takes tens of microseconds, run inline with no thread hop.
+extension, where a start or a finish is short pure computation, run inline with no thread hop.
 Before any scalar multiplication with our secret, its ``finish`` refuses a message of the wrong
 length or side byte, a point that does not decode or is not canonically encoded, the identity,
 a point outside the prime-order subgroup and a reflection of our own message (ValueError here,

@@ -12,6 +12,13 @@ size or an explicit length, and a body must be consumed exactly::
 
 ``spake_msg`` is the SPAKE2 message including its side byte (``0x41`` from the joiner, side A;
 ``0x42`` from the host, side B) followed by the 32-byte Ed25519 element.
+
+Example::
+
+    >>> from iroh_pair.protocol import wire
+    >>> body = wire.encode(wire.Reject(5, "busy"))
+    >>> body, wire.decode(body)
+    (b'\\x7f\\x00\\x05\\x04busy', Reject(code=5, text='busy'))
 """
 
 from __future__ import annotations

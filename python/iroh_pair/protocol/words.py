@@ -13,6 +13,14 @@ person typed (see ``docs/PROTOCOL.md``, "Pairing code"):
 
 The SPAKE2 password is :func:`secret_bytes`: the normalised words joined with one ``-``, encoded
 as UTF-8.
+
+Example::
+
+    >>> from iroh_pair.protocol.words import normalize_words, secret_bytes
+    >>> normalize_words("  Legal-WINNER thank ")
+    ('legal', 'winner', 'thank')
+    >>> secret_bytes(("legal", "winner", "thank"))
+    b'legal-winner-thank'
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ no thread hops at all. It is chosen for the whole process: every loop that uses 
 must come from here (another gets RuntimeError), and a callback that holds the loop holds the
 process's networking too. :class:`LoopThreadSelector` shows what it did.
 
-Measured results of the three: ``bench/RESULTS.md`` and ``docs/ARCHITECTURE.md``. Choosing a
+Why each exists: ``docs/ARCHITECTURE.md`` ("Design decisions"); measured results of the three:
+``bench/RESULTS.md`` ("Runtime choices"). Choosing a
 runtime or worker count that contradicts the process's earlier choice raises RuntimeError; an
 unknown loop kind or a count outside 1 to :data:`MAX_WORKER_THREADS` raises ValueError, a
 count that is not an int TypeError; none of these fixes anything.

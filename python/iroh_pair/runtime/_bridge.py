@@ -10,6 +10,14 @@ There is one bridge per running event loop, so separate loops (one per test, one
 each get their own. This module is internal: the transport calls :func:`start` / :func:`call`,
 the loops of :mod:`iroh_pair.runtime` find a loop's bridge with :func:`bridge_of` and mark the
 loops that run iroh themselves with :func:`mark_driven`.
+
+How the transport uses it (illustrative; ``conn`` is a native ``Connection``)::
+
+    from iroh_pair.runtime._bridge import call, start
+
+    fut = start(conn.request, b"ping", 1 << 20, None)  # started now; a future, no coroutine
+    reply = await fut
+    send, recv = await call(conn.open_bi)              # the same, awaited at once
 """
 
 from __future__ import annotations
@@ -176,8 +184,7 @@ def start(op: Callable[..., Any], *args: Any, **kwargs: Any) -> asyncio.Future[A
     future: already done when the operation completed inline, else an :class:`Operation`.
 
     Unlike :func:`call`, no coroutine (and, under ``gather``, no task) stands between the caller
-    and the result: for the many small operations of a busy connection that is a third of the
-    asyncio thread's work. An error raised while starting is set on the future, so it surfaces
+    and the result, which matters for the many small operations of a busy connection. An error raised while starting is set on the future, so it surfaces
     where the result is awaited, as it would from a coroutine."""
     b = get_bridge()
     token = next(b._tokens)

@@ -21,7 +21,7 @@ Costs: up to ``busy_poll_us`` of one core per wait while exchanges are in flight
 file descriptors (sockets of other asyncio transports) are seen up to ``busy_poll_us`` later
 while the loop spins. Timers are never delayed: a spin stops at the next timer's deadline.
 Whether it pays depends on the machine and on whether client and server share a process:
-measured results are in ``bench/RESULTS.md`` and ``docs/ARCHITECTURE.md``. Choose it with
+measured results are in ``bench/RESULTS.md`` ("Runtime choices"). Choose it with
 ``iroh_pair.runtime.run(main(), loop="busy-poll", busy_poll_us=200)``.
 """
 

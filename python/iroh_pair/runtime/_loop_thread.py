@@ -7,8 +7,8 @@ runtime the process runs iroh on a current-thread tokio runtime instead, and the
 while it waits: its selector calls ``Bridge.drive``, which runs iroh's tasks, sockets and timers
 until a completion is queued, one of the loop's own file descriptors is ready, or the loop's
 next timer is due. It suits a process that is one peer; with client and server in one process
-one thread does both sides' work (measured results: ``bench/RESULTS.md``,
-``docs/ARCHITECTURE.md``).
+one thread does both sides' work (measured results: ``bench/RESULTS.md``, "Runtime
+choices").
 
 Costs, which is why it is not the default:
 

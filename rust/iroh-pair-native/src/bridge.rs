@@ -16,7 +16,7 @@
 //! a task owns or drops is a Python object.
 //!
 //! ```python
-//! result = conn.open_bi(bridge, token)   # what iroh_pair._bridge.call does
+//! result = conn.open_bi(bridge, token)   # what iroh_pair.runtime._bridge.start does
 //! if result is PENDING:                  # it arrives through bridge.drain() under `token`
 //!     result = await future_for(token)
 //! ```
@@ -443,8 +443,8 @@ impl Bridge {
 
     /// `submit` for an operation that moves exactly `bytes` bytes. One over `RESUME_MAX` (a
     /// large exact read or whole write) rarely completes at its first wake-up: it goes straight
-    /// to the runtime then, without the round trip through the loop (measured: a sized 128 MiB
-    /// transfer in 1 MiB blocks lost ~9% of its rate to that round trip).
+    /// to the runtime then, without the round trip through the loop, which cost sized transfers
+    /// part of their rate (bench/RESULTS.md, "Runtime choices").
     pub fn submit_sized<F, T>(
         &self,
         py: Python<'_>,

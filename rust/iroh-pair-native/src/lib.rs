@@ -4,6 +4,17 @@
 //! hot path (stream I/O, framing, the fused request, the serve loop). See `bridge` for how
 //! results reach asyncio without tokio ever taking the GIL.
 //!
+//! Applications do not call it directly: `iroh_pair.transport` wraps every class with typed
+//! asyncio methods that go through the bridge (illustrative, inside a coroutine):
+//!
+//! ```python
+//! from iroh_pair import Endpoint
+//!
+//! async with await Endpoint.bind(alpns=[b"my-app/1"]) as ep:   # a native Endpoint inside
+//!     conn = await ep.connect(ticket, b"my-app/1")
+//!     reply = await conn.request(b"ping")                       # one native call, a future
+//! ```
+//!
 //! # Layers
 //!
 //! The modules import each other in one direction only: each one imports only modules listed

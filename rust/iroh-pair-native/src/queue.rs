@@ -147,8 +147,8 @@ pub struct Shared<R> {
 
 /// Held by an operation whose work keeps tokio's workers busy: a bulk transfer (over
 /// `RESUME_MAX`) or a dial (handshake crypto). While one is in flight, `Bridge::spin` returns at
-/// once: on a small machine a spinning loop thread takes CPU those workers need (measured on 2
-/// cores: a 256 MiB transfer lost ~20% of its rate).
+/// once: on a small machine a spinning loop thread takes CPU those workers need (measured:
+/// bench/RESULTS.md, "Runtime choices").
 pub struct Heavy<R>(Arc<Shared<R>>);
 
 impl<R> Heavy<R> {

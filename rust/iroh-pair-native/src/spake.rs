@@ -1,5 +1,5 @@
 //! SPAKE2 over Ed25519 (RustCrypto `spake2`, docs/PROTOCOL.md §7.1) for the pairing state
-//! machines: one side of one exchange. Pure computation (tens of microseconds): it runs on the
+//! machines: one side of one exchange. Short pure computation: it runs on the
 //! caller's thread with the GIL held, no runtime involved.
 //!
 //! The crate's `finish` only decompresses the peer's point. Before any scalar multiplication
