@@ -323,7 +323,7 @@ reconnect, iroh's extra threads (back to two ~15 s after an outage) and the retr
 def fault_windows(lines: list[dict[str, Any]]) -> list[tuple[float, float, str, int]]:
     """(start, end + settle, kind, n) of every fault, from its ``start``/``end`` lines."""
     ends = {f.get("n"): f["t"] for f in lines if f.get("event") == "fault" and f.get("phase") == "end"}
-    out = []
+    out: list[tuple[float, float, str, int]] = []
     for f in lines:
         if f.get("event") == "fault" and f.get("phase") == "start":
             end = ends.get(f.get("n"), f["t"])
@@ -357,7 +357,7 @@ def memory_across_faults(after: list[tuple[float, int]], windows: list[tuple[flo
             if sl is not None:
                 d = seg[-1][0] - seg[0][0]
                 num, den = num + sl * d, den + d
-    steps = []
+    steps: list[dict[str, Any]] = []
     seen: set[str] = set()
     for a, b, kind, n in windows:
         pre = [kb for t, kb in after if t < a]

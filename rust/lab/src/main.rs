@@ -126,7 +126,9 @@ fn parse_args() -> Result<Option<Args>> {
         interval: 0.02,
         faults: false,
         fault_every: 0.0,
-        fault_kinds: ["outage", "kill", "relay", "dns"].map(String::from).to_vec(),
+        fault_kinds: ["outage", "kill", "relay", "dns"]
+            .map(String::from)
+            .to_vec(),
         server_down: Duration::from_secs(3),
     };
     let mut deadline = None;
