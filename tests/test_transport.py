@@ -284,7 +284,7 @@ async def test_frames_and_exact_reads(pair: tuple[Endpoint, Endpoint]) -> None:
 
 
 async def test_frames_at_block_edges_sent_in_pieces(pair: tuple[Endpoint, Endpoint]) -> None:
-    # A frame body is gathered, as it arrives, into owned blocks of 64 KiB (streams.rs,
+    # A frame body is gathered, as it arrives, into owned blocks of 64 KiB (frame.rs,
     # read_body): sizes around the block edges, written in uneven pieces, come back intact,
     # through read_frame and through the serve loop.
     a, b = pair
