@@ -155,7 +155,10 @@ def schedule(args: argparse.Namespace, cycle: tuple[str, ...]) -> list[tuple[flo
     if not args.faults:
         return []
     if args.fault_kinds:
-        cycle = tuple(k for k in args.fault_kinds if k in cycle)
+        unknown = [k for k in args.fault_kinds if k not in cycle]
+        if unknown:
+            raise SystemExit(f"--fault-kinds: {', '.join(unknown)} not available here (choose from {', '.join(cycle)})")
+        cycle = tuple(args.fault_kinds)
     total = args.minutes * 60
     every = args.fault_every or total / 5
     out = []
