@@ -67,6 +67,7 @@ EXPORTS = {
     "KindLimits",
     "LookupConfig",
     "NetworkOptions",
+    "RelayConfig",
     "CloseInfo",
     "PathInfo",
     "PathEvent",

@@ -33,7 +33,7 @@ from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.lan import LanCode, lan_tag, looks_spoken, service_name
 from iroh_pair.protocol import ALPN as NODE_ALPN
 from iroh_pair.protocol import RejectCode
-from iroh_pair.transport import Endpoint, EndpointAddr, NetworkOptions, SecretKey
+from iroh_pair.transport import Endpoint, EndpointAddr, NetworkOptions, RelayConfig, SecretKey
 
 from helpers import ALPN, interfaces, rerun_in_netns
 
@@ -98,7 +98,8 @@ def test_cli_lan_mode() -> None:
         opts = network_options(args)
         assert opts.mdns is True and opts.relay == "disabled" and opts.lookup == "none"
     args = p.parse_args(["--lan", "--relay", "http://10.0.0.1:3340", "host"])
-    assert network_options(args).relay == ("http://10.0.0.1:3340",)  # explicit servers still apply
+    # explicit servers still apply
+    assert network_options(args).relay == (RelayConfig("http://10.0.0.1:3340", quic_port=7842),)
     assert not lan_mode(p.parse_args(["host"]))
     assert network_options(p.parse_args(["host"])).mdns is False
 

@@ -91,6 +91,7 @@ from iroh_pair.transport import (
     PathEvent,
     PathInfo,
     RecvStream,
+    RelayConfig,
     SecretKey,
     SendStream,
 )
@@ -134,6 +135,7 @@ __all__ = [
     "KindLimits",
     "LookupConfig",
     "NetworkOptions",
+    "RelayConfig",
     "CloseInfo",
     "PathInfo",
     "PathEvent",

@@ -40,7 +40,7 @@ from iroh_pair.errors import IrohPairError, PairingFailed
 from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice
-from iroh_pair.transport import LookupConfig, NetworkOptions
+from iroh_pair.transport import LookupConfig, NetworkOptions, RelayConfig
 
 __all__ = ["main"]
 
@@ -75,7 +75,10 @@ def network_options(args: argparse.Namespace) -> NetworkOptions:
             else NetworkOptions.n0())
     changes: dict[str, Any] = {}
     if args.relay:
-        changes["relay"] = tuple(args.relay)
+        try:
+            changes["relay"] = tuple(RelayConfig.parse(r) for r in args.relay)
+        except ValueError as e:
+            raise _UsageError(f"--relay: {e}") from None
     if args.pkarr_url or args.dns_origin:
         if not (args.pkarr_url and args.dns_origin):
             raise _UsageError("--pkarr-url and --dns-origin go together")
@@ -531,7 +534,9 @@ def parser() -> argparse.ArgumentParser:
     net.add_argument("--lan", action="store_true",
                      help="LAN mode: find devices over mDNS, no server needed (no public relays or "
                           "lookup unless --relay/--pkarr-url); host prints a short spoken code")
-    net.add_argument("--relay", action="append", metavar="URL", help="a self-hosted relay (repeatable)")
+    net.add_argument("--relay", action="append", metavar="URL",
+                     help="a self-hosted relay (repeatable); URL#qad=none if it runs no QUIC address "
+                          "discovery, URL#qad=PORT if that is not on port 7842")
     net.add_argument("--pkarr-url", help="self-hosted address lookup: pkarr relay URL")
     net.add_argument("--dns-origin", help="self-hosted address lookup: DNS origin domain")
     net.add_argument("--dns-server", metavar="IP:PORT", help="DNS server to resolve lookups with")

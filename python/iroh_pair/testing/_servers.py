@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from iroh_pair.errors import IrohPairError
-from iroh_pair.transport import LookupConfig, NetworkOptions, SecretKey
+from iroh_pair.transport import LookupConfig, NetworkOptions, RelayConfig, SecretKey
 
 __all__ = [
     "LocalServers",
@@ -272,8 +272,15 @@ class LocalServers:
 
     @property
     def relay_urls(self) -> list[str]:
-        """The relay URLs (``NetworkOptions.relay``)."""
+        """The relay URLs (plain, as the relay's clients report them)."""
         return [self.relay_url]
+
+    @property
+    def relays(self) -> list[RelayConfig]:
+        """The relays to give endpoints (``NetworkOptions.relay``): this relay runs no QUIC
+        address discovery, so each says ``quic_port=None`` (else every endpoint would wait for
+        its QAD probe to time out, 3 s, before it takes the relay as its home)."""
+        return [RelayConfig(url, quic_port=None) for url in self.relay_urls]
 
     @property
     def pkarr_url(self) -> str:
@@ -301,14 +308,14 @@ class LocalServers:
 
             ep = await Endpoint.bind(servers.options(), alpns=[ALPN])
         """
-        return NetworkOptions.self_hosted(self.relay_urls, self.lookup, bind_addrs=("127.0.0.1:0",))
+        return NetworkOptions.self_hosted(self.relays, self.lookup, bind_addrs=("127.0.0.1:0",))
 
     def cli_args(self) -> list[str]:
-        """The same settings as ``iroh-pair`` command line flags: ``--relay URL --pkarr-url URL
-        --dns-origin DOMAIN --dns-server IP:PORT``."""
+        """The same settings as ``iroh-pair`` command line flags: ``--relay URL#qad=none
+        --pkarr-url URL --dns-origin DOMAIN --dns-server IP:PORT``."""
         args: list[str] = []
-        for url in self.relay_urls:
-            args += ["--relay", url]
+        for relay in self.relays:
+            args += ["--relay", str(relay)]
         return args + [
             "--pkarr-url", self.pkarr_url, "--dns-origin", self.origin, "--dns-server", self.dns_server,
         ]

@@ -32,7 +32,7 @@ from iroh_pair.transport._connection import (
     PathInfo,
 )
 from iroh_pair.transport._endpoint import Endpoint, LanEvent, Target
-from iroh_pair.transport._options import LookupConfig, NetworkOptions
+from iroh_pair.transport._options import LookupConfig, NetworkOptions, RelayConfig
 from iroh_pair.transport._streams import Data, RecvStream, SendStream
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "LanEvent",
     "LookupConfig",
     "NetworkOptions",
+    "RelayConfig",
     "KindLimits",
     "DEFAULT_MAX_MESSAGE",
 ]

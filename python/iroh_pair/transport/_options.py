@@ -11,6 +11,8 @@ limits an endpoint uses. Pick a preset and change single fields with :meth:`Netw
     opts = NetworkOptions.self_hosted(["https://relay.example/"], LookupConfig(
         pkarr_url="https://dns.example/pkarr", dns_origin="dns.example"))
     opts = opts.replace(idle_timeout=60.0)
+    # a relay without QUIC address discovery (no certificate), e.g. a local iroh-pair-relay:
+    opts = NetworkOptions.self_hosted([RelayConfig("http://127.0.0.1:3340/", quic_port=None)])
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Union
 
-__all__ = ["LookupConfig", "NetworkOptions", "Relay", "Lookup"]
+__all__ = ["LookupConfig", "NetworkOptions", "Relay", "RelayConfig", "Lookup", "DEFAULT_RELAY_QUIC_PORT"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,8 +40,73 @@ class LookupConfig:
     dns_server: str | None = None
 
 
-#: ``NetworkOptions.relay``: no relays, n0's public relays, or your own relay URLs.
-Relay = Union[Literal["disabled", "default"], tuple[str, ...]]
+#: iroh's default port for a relay's QUIC address discovery (``DEFAULT_RELAY_QUIC_PORT``).
+DEFAULT_RELAY_QUIC_PORT = 7842
+
+_QAD = "#qad="
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    """One relay: its URL and where its QUIC address discovery (QAD) answers.
+
+    QAD tells an endpoint the public address it is seen from (its hole-punching candidate). iroh
+    probes it at ``quic_port`` of the URL's host, and picks its home relay (what
+    ``Endpoint.online()`` waits for) only after its first net report, which waits for that
+    probe. A relay that does not answer there holds every start until iroh's probe timeout
+    (3 s), so say so: ``quic_port=None`` for a relay that runs no QAD (``iroh-pair-relay``
+    without a certificate, as in ``LocalServers``), or the port it does run it on.
+
+    ``NetworkOptions.relay`` also takes plain strings: ``"URL"`` (QAD at
+    :data:`DEFAULT_RELAY_QUIC_PORT`), ``"URL#qad=none"`` or ``"URL#qad=PORT"``, the form the
+    command line's ``--relay`` and the relay server's ready line (``client_relay_url``) use; see
+    :meth:`parse`. The ``#qad=`` part configures this side only and is never sent.
+
+    Example::
+
+        >>> RelayConfig("http://127.0.0.1:3340/", quic_port=None).quic_port is None
+        True
+        >>> RelayConfig.parse("http://127.0.0.1:3340/#qad=none")
+        RelayConfig(url='http://127.0.0.1:3340/', quic_port=None)
+        >>> RelayConfig.parse("https://relay.example/").quic_port
+        7842
+    """
+
+    url: str
+    quic_port: int | None = DEFAULT_RELAY_QUIC_PORT
+
+    def __post_init__(self) -> None:
+        if _QAD in self.url:
+            raise ValueError(f"relay URL {self.url!r}: give the QAD port as quic_port=, or use RelayConfig.parse")
+        port = self.quic_port
+        if port is not None and (isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536):
+            raise ValueError(f"relay {self.url!r}: quic_port must be None or a port (1-65535), got {port!r}")
+
+    @classmethod
+    def parse(cls, text: str) -> RelayConfig:
+        """Reads ``"URL"``, ``"URL#qad=none"`` or ``"URL#qad=PORT"``.
+
+        Raises:
+            ValueError: the ``#qad=`` part is neither ``none`` nor a port (1-65535).
+        """
+        url, sep, qad = text.partition(_QAD)
+        if not sep:
+            return cls(url)
+        if qad == "none":
+            return cls(url, quic_port=None)
+        if qad.isdigit() and 0 < int(qad) < 65536:
+            return cls(url, quic_port=int(qad))
+        raise ValueError(f"relay {text!r}: #qad= takes 'none' or a port (1-65535), got {qad!r}")
+
+    def __str__(self) -> str:
+        """The :meth:`parse` form: ``URL``, ``URL#qad=none`` or ``URL#qad=PORT``."""
+        if self.quic_port == DEFAULT_RELAY_QUIC_PORT:
+            return self.url
+        return f"{self.url}{_QAD}{'none' if self.quic_port is None else self.quic_port}"
+
+
+#: ``NetworkOptions.relay``: no relays, n0's public relays, or your own relays.
+Relay = Union[Literal["disabled", "default"], tuple[RelayConfig, ...]]
 #: ``NetworkOptions.lookup``: no address lookup, n0's DNS/pkarr servers, or your own.
 Lookup = Union[Literal["none", "n0"], LookupConfig]
 
@@ -55,7 +122,9 @@ class NetworkOptions:
     :meth:`self_hosted`, or ``LocalServers.options()`` in tests) and :meth:`replace` single
     fields. Accepted by ``Endpoint.bind(options=...)`` and ``Node.open(options=...)``.
 
-    - ``relay``: ``"disabled"``, ``"default"`` (n0's public relays) or a tuple of relay URLs.
+    - ``relay``: ``"disabled"``, ``"default"`` (n0's public relays) or your own relays, a tuple of
+      :class:`RelayConfig` (strings are read with :meth:`RelayConfig.parse`: ``"URL"``,
+      ``"URL#qad=none"`` for a relay without QUIC address discovery, ``"URL#qad=PORT"``).
     - ``lookup``: ``"none"``, ``"n0"`` (n0's DNS and pkarr servers) or a :class:`LookupConfig`.
     - ``bind_addrs``: local ``"ip:port"`` sockets; empty for all interfaces on a free port.
       ``clear_ip=True`` with no ``bind_addrs`` gives a relay-only endpoint.
@@ -92,7 +161,8 @@ class NetworkOptions:
     def __post_init__(self) -> None:
         # Lists become tuples, so that the value stays frozen (and hashable).
         if not isinstance(self.relay, str):
-            object.__setattr__(self, "relay", tuple(self.relay))
+            relays = tuple(r if isinstance(r, RelayConfig) else RelayConfig.parse(r) for r in self.relay)
+            object.__setattr__(self, "relay", relays)
         object.__setattr__(self, "bind_addrs", tuple(self.bind_addrs))
         if self.ca_certs is not None:
             object.__setattr__(self, "ca_certs", bytes(self.ca_certs))
@@ -118,13 +188,13 @@ class NetworkOptions:
     @classmethod
     def self_hosted(
         cls,
-        relay_urls: Sequence[str],
+        relay_urls: Sequence[str | RelayConfig],
         lookup: Lookup = "none",
         *,
         ca_certs: bytes | None = None,
         bind_addrs: Sequence[str] = (),
     ) -> NetworkOptions:
-        """Your own relays (``relay_urls``) and address lookup (a :class:`LookupConfig`; see
+        """Your own relays (``relay_urls``: URLs or :class:`RelayConfig`) and address lookup (a :class:`LookupConfig`; see
         docs/SELF_HOSTING.md), ``ca_certs`` for a private certificate; all interfaces unless
         ``bind_addrs``; portmapper off.
 
@@ -137,7 +207,8 @@ class NetworkOptions:
         """
         if isinstance(relay_urls, str):
             raise TypeError("relay_urls is a list of URLs, not one string")
-        return cls(relay=tuple(relay_urls), lookup=lookup, bind_addrs=tuple(bind_addrs),
+        relays = tuple(r if isinstance(r, RelayConfig) else RelayConfig.parse(r) for r in relay_urls)
+        return cls(relay=relays, lookup=lookup, bind_addrs=tuple(bind_addrs),
                    portmapper=False, ca_certs=ca_certs)
 
     def replace(self, **changes: Any) -> NetworkOptions:

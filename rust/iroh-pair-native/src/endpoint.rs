@@ -9,7 +9,7 @@ use std::time::Duration;
 use iroh::address_lookup::{DnsAddressLookup, PkarrPublisher, PkarrResolver};
 use iroh::dns::DnsResolver;
 use iroh::endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, VarInt, presets};
-use iroh::{RelayMode, RelayUrl};
+use iroh::{RelayConfig, RelayMode, RelayUrl};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
@@ -49,11 +49,45 @@ pub struct Options {
     max_bi_streams: Option<u64>,
 }
 
-/// `NetworkOptions.relay`: `"disabled"`, `"default"` (n0's public relays) or relay URLs.
+/// `NetworkOptions.relay`: `"disabled"`, `"default"` (n0's public relays) or relays of your own.
 #[derive(FromPyObject)]
 enum Relay {
     Mode(String),
-    Urls(Vec<String>),
+    Custom(Vec<RelayEntry>),
+}
+
+/// `iroh_pair.transport.RelayConfig`, read by attribute: a relay URL and the port of its QUIC
+/// address discovery (QAD) on the URL's host, `None` for a relay without QAD. With QAD
+/// configured but not answering, iroh holds the endpoint's first net report, and so its home
+/// relay and `online()`, until its 3 s probe timeout.
+#[derive(FromPyObject)]
+struct RelayEntry {
+    url: String,
+    quic_port: Option<u16>,
+}
+
+impl RelayEntry {
+    fn config(&self) -> Result<RelayConfig, Error> {
+        let url = RelayUrl::from_str(&self.url)
+            .map_err(|e| Error::Value(format!("bad relay URL {:?}: {e}", self.url)))?;
+        // `RelayConfig` is non-exhaustive: start from the URL's defaults (QAD at port 7842).
+        let mut config = RelayConfig::from(url);
+        match self.quic_port {
+            None => config.quic = None,
+            Some(0) => {
+                return Err(Error::Value(format!(
+                    "relay {:?}: quic_port must be None or a port (1-65535)",
+                    self.url
+                )));
+            }
+            Some(port) => {
+                if let Some(quic) = config.quic.as_mut() {
+                    quic.port = port;
+                }
+            }
+        }
+        Ok(config)
+    }
 }
 
 /// `NetworkOptions.lookup`: `"none"`, `"n0"` or a `LookupConfig` (self-hosted servers).
@@ -124,18 +158,15 @@ impl Endpoint {
                 ))
                 .into());
             }
-            Relay::Urls(relay_urls) => {
-                if relay_urls.is_empty() {
+            Relay::Custom(entries) => {
+                if entries.is_empty() {
                     return Err(Error::Value("relay needs at least one URL".into()).into());
                 }
-                let mut urls = Vec::new();
-                for u in &relay_urls {
-                    urls.push(
-                        RelayUrl::from_str(u)
-                            .map_err(|e| Error::Value(format!("bad relay URL {u:?}: {e}")))?,
-                    );
+                let mut relays = Vec::new();
+                for entry in &entries {
+                    relays.push(entry.config()?);
                 }
-                b.relay_mode(RelayMode::custom(urls))
+                b.relay_mode(RelayMode::Custom(relays.into_iter().collect()))
             }
         };
         if clear_ip || !bind_addrs.is_empty() {

@@ -21,6 +21,9 @@ pub const USAGE: &str = "usage:
       --samples adds every latency (us) as \"lat_us\"; idle-connections holds N connections
       to the echo server at --peer (another process) and reports the RSS growth per connection;
       the other workloads with --peer run against a bench-server in another process
+  iroh-pair-node bench-online --relay URL[#qad=none|#qad=PORT] [--count N] [--ca-cert PEM]
+                 [--bind IP:PORT|default]
+      time Endpoint::online() with that relay (a fresh endpoint per run; RUST_LOG for iroh logs)
   iroh-pair-node bench-server WORKLOAD
       the server half of `bench WORKLOAD --peer TICKET`: prints its ticket, serves until stdin
       closes";
@@ -362,5 +365,91 @@ pub async fn bench(workload: &str, count: usize, mib: usize) -> Result<()> {
     })
     .await
     .ok();
+    Ok(())
+}
+
+/// `bench-online --relay URL`: how long `Endpoint::online()` takes with one relay, in plain
+/// iroh code. Each run binds a fresh endpoint (the `Minimal` preset, the relay, address lookup
+/// and portmapper off, bound to `--bind`, default 127.0.0.1:0; `default` for iroh's own
+/// sockets), times `bind()` and then `online()`, and closes it. URL is a relay entry as the
+/// package takes it (see `node::relay_config`): a plain URL gives iroh's default relay map
+/// entry, QAD expected at the URL's host, port 7842, exactly what iroh's own examples build from
+/// a URL (`RelayMap::from_iter`); `URL#qad=none` says the relay has no QAD. `--ca-cert PEM`
+/// adds a trusted root (a private certificate of the relay's QAD endpoint). Prints one JSON
+/// line per run and a summary line; `RUST_LOG` (e.g. `iroh::net_report=debug`) turns on
+/// iroh's logs on stderr.
+pub async fn bench_online(args: &[String]) -> Result<()> {
+    use iroh::{RelayMap, Watcher as _};
+
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_writer(std::io::stderr)
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .init();
+    }
+    let entry = arg(args, "--relay").context("bench-online needs --relay URL")?;
+    let relay_map = RelayMap::from(crate::node::relay_config(&entry)?);
+    let count: usize = arg(args, "--count").unwrap_or("10".into()).parse()?;
+    let bind_addr = arg(args, "--bind").unwrap_or("127.0.0.1:0".into());
+    let roots = match arg(args, "--ca-cert") {
+        Some(path) => {
+            use rustls_pki_types::CertificateDer;
+            use rustls_pki_types::pem::PemObject;
+            let certs = CertificateDer::pem_file_iter(&path)
+                .with_context(|| format!("reading {path}"))?
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("parsing {path}"))?;
+            Some(certs)
+        }
+        None => None,
+    };
+    let mut online_ms = Vec::new();
+    for run in 0..count {
+        let t0 = Instant::now();
+        let mut b = Endpoint::builder(presets::Minimal)
+            .relay_mode(RelayMode::Custom(relay_map.clone()))
+            .portmapper_config(PortmapperConfig::Disabled);
+        if bind_addr != "default" {
+            b = b.clear_ip_transports().bind_addr(bind_addr.as_str())?;
+        }
+        if let Some(roots) = &roots {
+            b = b.ca_tls_config(iroh::tls::CaTlsConfig::default().with_extra_roots(roots.clone()));
+        }
+        let ep = b.bind().await.context("binding the endpoint")?;
+        let bound = t0.elapsed();
+        tokio::time::timeout(Duration::from_secs(30), ep.online())
+            .await
+            .context("online() took more than 30 s")?;
+        let online = t0.elapsed() - bound;
+        let status = ep.home_relay_status().get();
+        println!(
+            "{}",
+            serde_json::json!({
+                "event": "run", "run": run,
+                "bind_ms": bound.as_secs_f64() * 1e3,
+                "online_ms": online.as_secs_f64() * 1e3,
+                "home_relay": status.first().map(|s| s.url().to_string()),
+            })
+        );
+        online_ms.push(online.as_secs_f64() * 1e3);
+        ep.close().await;
+    }
+    let mut sorted = online_ms.clone();
+    sorted.sort_by(f64::total_cmp);
+    let median = if sorted.is_empty() {
+        0.0
+    } else if sorted.len() % 2 == 1 {
+        sorted[sorted.len() / 2]
+    } else {
+        (sorted[sorted.len() / 2 - 1] + sorted[sorted.len() / 2]) / 2.0
+    };
+    println!(
+        "{}",
+        serde_json::json!({
+            "event": "summary", "relay": entry, "count": count,
+            "online_ms_median": median,
+            "online_ms_max": sorted.last().copied().unwrap_or(0.0),
+        })
+    );
     Ok(())
 }

@@ -140,6 +140,7 @@ async fn main() -> Result<()> {
         Some("bench-server") => {
             bench::bench_server(raw.get(1).context("bench-server needs a WORKLOAD")?).await
         }
+        Some("bench-online") => bench::bench_online(&raw).await,
         Some("bench") => {
             let workload = raw.get(1).context("bench needs a WORKLOAD")?.clone();
             let count: usize = bench::arg(&raw, "--count")

@@ -14,7 +14,7 @@ use iroh::endpoint::{
     Connection, PortmapperConfig, QuicTransportConfig, ReadError, ReadToEndError, RecvStream,
     SendStream, VarInt, WriteError, presets,
 };
-use iroh::{Endpoint, EndpointAddr, EndpointId, RelayMode, RelayUrl};
+use iroh::{Endpoint, EndpointAddr, EndpointId, RelayConfig, RelayMap, RelayMode, RelayUrl};
 use iroh_tickets::endpoint::EndpointTicket;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -78,6 +78,37 @@ pub struct NetConfig {
     pub dns_origin: Option<String>,
     pub dns_server: Option<String>,
     pub bind: Option<String>,
+}
+
+/// A relay entry, as the Python package takes it: a relay URL, optionally ending in `#qad=none`
+/// (the relay runs no QUIC address discovery: no QAD probe is sent or awaited) or `#qad=PORT`
+/// (its QAD endpoint is on PORT of the URL's host, not iroh's default 7842). The `#qad=` part
+/// only configures this client; the relay URL is the part before it.
+pub fn relay_config(entry: &str) -> Result<RelayConfig> {
+    let (url, qad) = match entry.split_once("#qad=") {
+        Some((url, qad)) => (url, Some(qad)),
+        None => (entry, None),
+    };
+    let url = RelayUrl::from_str(url).with_context(|| format!("bad relay URL {entry:?}"))?;
+    // `RelayConfig` is non-exhaustive: start from the URL's defaults (QAD at port 7842).
+    let mut config = RelayConfig::from(url);
+    match qad {
+        None => {}
+        Some("none") => config.quic = None,
+        Some(port) => {
+            let port = port
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p != 0)
+                .with_context(|| {
+                    format!("bad relay URL {entry:?}: #qad= takes 'none' or a port (1-65535)")
+                })?;
+            if let Some(quic) = config.quic.as_mut() {
+                quic.port = port;
+            }
+        }
+    }
+    Ok(config)
 }
 
 #[derive(Default)]
@@ -204,9 +235,7 @@ pub async fn bind_endpoint(key: iroh::SecretKey, net: &NetConfig) -> Result<Endp
         .clear_ip_transports();
     b = match &net.relay {
         None => b.relay_mode(RelayMode::Disabled),
-        Some(url) => b.relay_mode(RelayMode::custom([
-            RelayUrl::from_str(url).context("bad relay URL")?
-        ])),
+        Some(url) => b.relay_mode(RelayMode::Custom(RelayMap::from(relay_config(url)?))),
     };
     let bind = net.bind.clone().unwrap_or_else(|| "127.0.0.1:0".into());
     b = b.bind_addr(SocketAddr::from_str(&bind).context("bad bind address")?)?;
@@ -1130,6 +1159,27 @@ impl Node {
 mod tests {
     use super::*;
     use crate::kdf::{Role, SessionKeys};
+
+    #[test]
+    fn relay_entries_say_where_qad_is() {
+        let url = RelayUrl::from_str("http://127.0.0.1:3340/").unwrap();
+        let plain = relay_config("http://127.0.0.1:3340/").unwrap();
+        assert_eq!(plain.url, url);
+        assert_eq!(plain.quic.map(|q| q.port), Some(7842));
+        let none = relay_config("http://127.0.0.1:3340/#qad=none").unwrap();
+        assert_eq!(none.url, url);
+        assert!(none.quic.is_none());
+        let port = relay_config("http://127.0.0.1:3340/#qad=40000").unwrap();
+        assert_eq!(port.url, url);
+        assert_eq!(port.quic.map(|q| q.port), Some(40000));
+        for bad in [
+            "http://127.0.0.1:3340/#qad=",
+            "http://127.0.0.1:3340/#qad=0",
+            "x#qad=none",
+        ] {
+            assert!(relay_config(bad).is_err(), "{bad}");
+        }
+    }
 
     fn result(peer: [u8; 32], key: u8) -> PairingResult {
         PairingResult {

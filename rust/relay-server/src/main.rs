@@ -12,11 +12,14 @@
 //! With a certificate and key (PEM files) it also runs iroh's QUIC address discovery (QAD)
 //! endpoint: a client connects over QUIC (TLS 1.3) and is told the public address it was seen
 //! from, which is how an iroh endpoint behind NAT learns its mapped address (the hole-punching
-//! candidate). The relay itself stays plain HTTP. iroh clients configured with a relay URL
+//! candidate). The relay itself stays plain HTTP. iroh clients configured with a bare relay URL
 //! (`http://HOST:PORT/`) look for QAD at `HOST:7842` (iroh's `DEFAULT_RELAY_QUIC_PORT`) and
 //! check the certificate against `HOST` (a DNS name, or an IP address SAN), so the default
 //! `--quic-bind` is the HTTP bind IP with port 7842; clients must trust the certificate's CA
-//! (web PKI, or iroh-pair's `ca_certs` / `--ca-cert`).
+//! (web PKI, or iroh-pair's `ca_certs` / `--ca-cert`). iroh-pair clients also take a relay
+//! entry `http://HOST:PORT/#qad=PORT` (QAD elsewhere) or `#qad=none` (no QAD: without it a
+//! client waits for its QAD probe to time out, 3 s, before it takes this relay as its home);
+//! the ready line's `client_relay_url` is the entry that fits this relay's configuration.
 //!
 //! The config file (TOML, every key optional):
 //!
@@ -29,7 +32,9 @@
 //! ```
 //!
 //! The ready line: `{"event":"ready","http_addr":"127.0.0.1:PORT","relay_url":"http://127.0.0.1:PORT/",
-//! "quic_addr":null,"metrics_addr":null,"pid":N}` (`quic_addr` is `"IP:PORT"` with QAD on).
+//! "client_relay_url":"http://127.0.0.1:PORT/#qad=none","quic_addr":null,"metrics_addr":null,"pid":N}`
+//! (`quic_addr` is `"IP:PORT"` with QAD on; `client_relay_url` is then the bare URL, or
+//! `...#qad=PORT` when PORT is not 7842).
 //! Logs go to stderr (`RUST_LOG`, default `info`).
 
 use std::net::SocketAddr;
@@ -183,10 +188,20 @@ async fn main() -> Result<()> {
         format!("starting the relay on {http_bind} (QUIC address discovery: {quic_desc})")
     })?;
     let http_addr = server.http_addr().context("relay has no HTTP address")?;
+    let relay_url = format!("http://{http_addr}/");
+    // What clients should be given: without QAD, say so (`#qad=none`), else a client probes
+    // HOST:7842 for it and waits for iroh's probe timeout (3 s) before it picks this relay;
+    // with QAD elsewhere than 7842, say where.
+    let client_relay_url = match server.quic_addr() {
+        None => format!("{relay_url}#qad=none"),
+        Some(a) if a.port() == DEFAULT_RELAY_QUIC_PORT => relay_url.clone(),
+        Some(a) => format!("{relay_url}#qad={}", a.port()),
+    };
     let ready = serde_json::json!({
         "event": "ready",
         "http_addr": http_addr.to_string(),
-        "relay_url": format!("http://{http_addr}/"),
+        "relay_url": relay_url,
+        "client_relay_url": client_relay_url,
         "quic_addr": server.quic_addr().map(|a| a.to_string()),
         "metrics_addr": metrics_bind.map(|a| a.to_string()),
         "pid": std::process::id(),
