@@ -95,6 +95,7 @@ EXPORTS = {
     "BadSessionTag",
     "BadTicket",
     "InvalidDeviceInfo",
+    "ConfigError",
     "ProtocolError",
     "MessageRejected",
     "PairingFailed",
@@ -131,6 +132,7 @@ def test_the_public_modules_are_the_layers() -> None:
     assert public_modules() == [
         "iroh_pair",
         "iroh_pair.cli",
+        "iroh_pair.config",
         "iroh_pair.demo",
         "iroh_pair.errors",
         "iroh_pair.protocol",

@@ -41,6 +41,7 @@ from iroh_pair._pairing import (
     run_host,
     run_joiner,
 )
+from iroh_pair.config import load_options
 from iroh_pair.errors import (
     AmbiguousNameplate,
     ConnectError,
@@ -302,9 +303,12 @@ class Node:
         process gets :class:`~iroh_pair.errors.DataDirLocked`), loads or creates the secret
         key, opens the registry and binds the endpoint.
 
-        ``options`` (:class:`~iroh_pair.transport.NetworkOptions`) defaults to
-        :meth:`NetworkOptions.n0() <iroh_pair.transport.NetworkOptions.n0>` (n0's public relays
-        and address lookup). Use ``NetworkOptions.self_hosted(...)`` for your own servers (see
+        ``options`` (:class:`~iroh_pair.transport.NetworkOptions`) defaults to the data
+        directory's configuration: its ``config.toml`` under the ``IROH_PAIR_*`` environment
+        variables, over :meth:`NetworkOptions.n0() <iroh_pair.transport.NetworkOptions.n0>`
+        (n0's public relays and address lookup) when neither sets anything
+        (:func:`iroh_pair.config.load_options`; a bad setting raises
+        :class:`~iroh_pair.errors.ConfigError`). Use ``NetworkOptions.self_hosted(...)`` for your own servers (see
         docs/SELF_HOSTING.md), ``NetworkOptions.loopback()`` for a loopback-only node, or
         ``NetworkOptions.lan()`` for LAN discovery with no server (paired devices on the same
         LAN are found by id, and ``host_pairing(lan=True)`` codes work). The node sets
@@ -321,7 +325,7 @@ class Node:
         to pair (:data:`UNKNOWN_START_TIMEOUT`).
         """
         if options is None:
-            options = NetworkOptions.n0()
+            options = load_options(data_dir)
         self = cls()
         self._dial_timeout = dial_timeout
         self._online_timeout = online_timeout

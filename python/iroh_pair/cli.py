@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 import threading
 import time
@@ -36,11 +39,12 @@ from iroh_pair import __version__
 from iroh_pair._node import HostedPairing, Node
 from iroh_pair._pairing import SasCheck
 from iroh_pair._text import sanitize_for_terminal
-from iroh_pair.errors import IrohPairError, PairingFailed
+from iroh_pair.config import CONFIG_FILE, ENVIRONMENT, Mode, NetworkSettings, load_settings, write_config
+from iroh_pair.errors import ConfigError, IrohPairError, PairingFailed
 from iroh_pair.protocol.constants import RejectCode
 from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice
-from iroh_pair.transport import LookupConfig, NetworkOptions, RelayConfig
+from iroh_pair.transport import NetworkOptions
 
 __all__ = ["main"]
 
@@ -65,34 +69,35 @@ def default_data_dir() -> Path:
     return Path(base) / "iroh-pair"
 
 
-def network_options(args: argparse.Namespace) -> NetworkOptions:
-    """The node's network options from the command line: a preset (``--local``, ``--lan``, else
-    n0's public services), then each flag changes one field."""
+def flag_settings(args: argparse.Namespace) -> NetworkSettings:
+    """The network settings given as flags (the top layer of :mod:`iroh_pair.config`)."""
     if args.local and lan_mode(args):
         raise _UsageError("--lan and --local exclude each other (mDNS needs a LAN interface)")
-    opts = (NetworkOptions.loopback() if args.local
-            else NetworkOptions.lan() if lan_mode(args)
-            else NetworkOptions.n0())
-    changes: dict[str, Any] = {}
-    if args.relay:
-        try:
-            changes["relay"] = tuple(RelayConfig.parse(r) for r in args.relay)
-        except ValueError as e:
-            raise _UsageError(f"--relay: {e}") from None
-    if args.pkarr_url or args.dns_origin:
-        if not (args.pkarr_url and args.dns_origin):
-            raise _UsageError("--pkarr-url and --dns-origin go together")
-        changes["lookup"] = LookupConfig(args.pkarr_url, args.dns_origin, args.dns_server)
-    if args.bind:
-        changes["bind_addrs"] = tuple(args.bind)
-    if args.no_portmapper:
-        changes["portmapper"] = False
-    if args.ca_cert:
-        try:
-            changes["ca_certs"] = b"".join(Path(f).read_bytes() for f in args.ca_cert)
-        except OSError as e:
-            raise _UsageError(f"cannot read --ca-cert: {e}") from None
-    return opts.replace(**changes)
+    mode: Mode | None = "local" if args.local else "lan" if lan_mode(args) else None
+    try:
+        return NetworkSettings(
+            mode=mode,
+            relay=tuple(args.relay) if args.relay else None,
+            pkarr_url=args.pkarr_url,
+            dns_origin=args.dns_origin,
+            dns_server=args.dns_server,
+            bind=tuple(args.bind) if args.bind else None,
+            portmapper=False if args.no_portmapper else None,
+            ca_cert=tuple(args.ca_cert) if args.ca_cert else None,
+        )
+    except ConfigError as e:
+        raise _UsageError(f"flags: {e}") from None
+
+
+def network_settings(args: argparse.Namespace) -> NetworkSettings:
+    """Flags over ``IROH_PAIR_*`` variables over the data directory's ``config.toml``."""
+    return load_settings(args.data_dir, overrides=flag_settings(args))
+
+
+def network_options(args: argparse.Namespace) -> NetworkOptions:
+    """The node's network options: flags, then environment variables, then the data
+    directory's ``config.toml``, then n0's public services (:mod:`iroh_pair.config`)."""
+    return network_settings(args).to_options()
 
 
 class _UsageError(Exception):
@@ -509,6 +514,82 @@ async def cmd_unpair(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+_SETTING_FLAGS = {
+    "mode": "--local / --lan", "relay": "--relay", "pkarr_url": "--pkarr-url",
+    "dns_origin": "--dns-origin", "dns_server": "--dns-server", "bind": "--bind",
+    "portmapper": "--no-portmapper", "ca_cert": "--ca-cert",
+}
+
+
+async def cmd_config(args: argparse.Namespace) -> int:
+    """Shows the network settings in effect and where each comes from; ``--write`` saves them
+    (flags, environment and the existing file merged) as the data directory's config.toml."""
+    settings = network_settings(args)
+    settings.to_options()  # a setting that cannot make options is reported before anything is written
+    if args.write:
+        path = write_config(args.data_dir, settings)
+        if not args.json:
+            print(f"wrote {path}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({
+            "event": "config", "file": str(Path(args.data_dir) / CONFIG_FILE),
+            "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                         for k, v in dataclasses.asdict(settings).items() if k != "sources"},
+            "sources": dict(settings.sources),
+        }), flush=True)
+        return EXIT_OK
+    print(f"# {Path(args.data_dir) / CONFIG_FILE}; precedence: flags, environment, file, defaults")
+    for key, var in ENVIRONMENT.items():
+        value = getattr(settings, key)
+        source = settings.sources.get(key, "default")
+        shown = ("(n0)" if key == "mode" else "(not set)") if value is None else \
+            ", ".join(value) if isinstance(value, tuple) else str(value).lower() if isinstance(value, bool) else value
+        print(f"{key:<11} {shown}  [{source}; {_SETTING_FLAGS[key]}, {var}]")
+    return EXIT_OK
+
+
+async def cmd_servers(args: argparse.Namespace) -> int:
+    """Runs a relay and an address lookup server on 127.0.0.1 until interrupted."""
+    from iroh_pair.testing import LocalServers  # only this command needs the server binaries
+
+    state = Path(args.state_dir) if args.state_dir else Path(args.data_dir) / "servers"
+    servers = LocalServers(relay_port=args.relay_port, dns_http_port=args.lookup_port,
+                           dns_port=args.dns_port, workdir=state)
+    async with progress("starting the relay and the lookup server", args.quiet or args.json):
+        await servers.start()
+    try:
+        settings = NetworkSettings(
+            relay=tuple(str(r) for r in servers.relays), pkarr_url=servers.pkarr_url,
+            dns_origin=servers.origin, dns_server=servers.dns_server, portmapper=False)
+        written = write_config(args.data_dir, settings) if args.write_config else None
+        if args.json:
+            print(json.dumps({"event": "servers", "relay": list(settings.relay or ()),
+                              "pkarr_url": servers.pkarr_url, "dns_origin": servers.origin,
+                              "dns_server": servers.dns_server,
+                              "config": str(written) if written else None}), flush=True)
+        else:
+            print("relay and address lookup on 127.0.0.1 (Ctrl-C to stop); give nodes these "
+                  "settings:\n", file=sys.stderr)
+            print(" ".join(servers.cli_args()))
+            for key, var in ENVIRONMENT.items():
+                value = getattr(settings, key)
+                if value is not None:
+                    text = ",".join(value) if isinstance(value, tuple) else \
+                        str(value).lower() if isinstance(value, bool) else value
+                    print(f"export {var}={shlex.quote(text)}")
+            if written:
+                print(f"\nwrote {written}: every command with --data-dir {args.data_dir} uses "
+                      "these servers", file=sys.stderr)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+    finally:
+        await servers.stop()
+    return EXIT_OK
+
+
 def _add_pairing_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-y", "--yes", action="store_true", default=argparse.SUPPRESS,
                    help="pair without asking to compare the SAS (for scripts; gives up the check "
@@ -574,6 +655,29 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("unpair", help="forget DEVICE")
     u.add_argument("device")
     u.set_defaults(fn=cmd_unpair)
+    c = sub.add_parser(
+        "config", help="show the network settings in effect; --write saves them",
+        description="Network settings come from flags, then IROH_PAIR_* environment variables "
+                    "(IROH_PAIR_MODE, IROH_PAIR_RELAY, IROH_PAIR_PKARR_URL, IROH_PAIR_DNS_ORIGIN, "
+                    "IROH_PAIR_DNS_SERVER, IROH_PAIR_BIND, IROH_PAIR_PORTMAPPER, IROH_PAIR_CA_CERT), "
+                    "then DATA_DIR/config.toml, then n0's public services. Shows each setting "
+                    "and where it came from.")
+    c.add_argument("--write", action="store_true",
+                   help="save the settings in effect (flags, environment and file merged) as "
+                        "DATA_DIR/config.toml, so later commands need no network flags")
+    c.set_defaults(fn=cmd_config)
+    sv = sub.add_parser(
+        "servers", help="run a relay and an address lookup server on 127.0.0.1 (development, "
+                        "two devices on one machine, no internet)")
+    sv.add_argument("--write-config", action="store_true",
+                    help="write their settings as DATA_DIR/config.toml")
+    sv.add_argument("--relay-port", type=int, default=3340, help="relay HTTP port (default %(default)s)")
+    sv.add_argument("--lookup-port", type=int, default=3341,
+                    help="lookup server's HTTP (pkarr) port (default %(default)s)")
+    sv.add_argument("--dns-port", type=int, default=5300, help="lookup server's DNS port (default %(default)s)")
+    sv.add_argument("--state-dir", type=Path,
+                    help="where the lookup server keeps its records (default DATA_DIR/servers)")
+    sv.set_defaults(fn=cmd_servers)
     return p
 
 
@@ -613,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _UsageError as e:
+    except (_UsageError, ConfigError) as e:
         fail(str(e))
         return EXIT_USAGE
     except _SasDeclined as e:

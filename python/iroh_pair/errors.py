@@ -27,6 +27,7 @@ the standard library does::
     │   ├── BadSessionTag               the tag is not canonical base32 of 16 bytes
     │   └── BadTicket                   the ticket part is empty, too long or not ASCII
     ├── InvalidDeviceInfo (ValueError)  a device name, type, OS or version out of its limits
+    ├── ConfigError (ValueError)        a configuration file or variable that is not valid
     ├── ProtocolError                   a pairing message refused by the protocol (code)
     ├── MessageRejected                 a sealed message refused (code, counter, message_id)
     ├── PairingFailed                   pairing did not complete (code, reason, by_peer)
@@ -83,6 +84,7 @@ __all__ = [
     "TruncatedFrame",
     "Timeout",
     "RemoteError",
+    "ConfigError",
     # bad input
     "InvalidKey",
     "InvalidTicket",
@@ -245,6 +247,12 @@ class InvalidDeviceInfo(IrohPairError, ValueError):
 
 
 # -- protocol, pairing, messaging ----------------------------------------------------------------
+
+
+class ConfigError(IrohPairError, ValueError):
+    """A network setting that is not valid: in ``config.toml``, an ``IROH_PAIR_*`` environment
+    variable or a flag (:mod:`iroh_pair.config`). The message names the file or variable and
+    the key."""
 
 
 class ProtocolError(IrohPairError):
