@@ -5,16 +5,19 @@ decoded by a real decoder (zxing-cpp, the test extra)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import struct
 import xml.etree.ElementTree as ET
 import zlib
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parent.parent
+
 import numpy as np
 import pytest
 import zxingcpp
 from helpers import open_local_node
-from test_cli import CLI, line, run, start
+from test_cli import CLI, CODE_RE, QUESTION_RE, PtyProc, line, run, start
 
 from iroh_pair.protocol import PairingCode
 
@@ -211,3 +214,48 @@ async def test_join_dash_with_empty_input_is_a_usage_error(tmp_path: Path, given
     out, err = await asyncio.wait_for(p.communicate(given), 30)
     assert p.returncode == 2
     assert err.decode() == "iroh-pair: join -: no pairing code on standard input\n"
+
+
+def test_the_capture_in_the_docs_decodes_to_the_code_it_shows() -> None:
+    """docs/captures/host-qr.txt (referenced from the README) is a real capture: its QR code
+    reads as the code printed above it."""
+    text = (ROOT / "docs" / "captures" / "host-qr.txt").read_text(encoding="utf-8")
+    m = re.search(CODE_RE.decode(), text)
+    assert m is not None
+    assert decode(matrix_from_blocks(text)) == [m.group(1)]
+
+
+async def test_join_dash_on_a_terminal_prompts_for_the_code_then_asks_the_sas(tmp_path: Path) -> None:
+    host = PtyProc("--data-dir", str(tmp_path / "h"), "--local", "--name", "alice", "host")
+    joiner = None
+    try:
+        code = (await host.expect(CODE_RE)).group(1)
+        joiner = PtyProc("--data-dir", str(tmp_path / "j"), "--local", "--name", "bob", "join", "-")
+        await joiner.expect(rb"pairing code: ")
+        joiner.type(code + b"\n")
+        sas_h = (await host.expect(QUESTION_RE)).group(1)
+        sas_j = (await joiner.expect(QUESTION_RE)).group(1)
+        assert sas_h == sas_j
+        host.type(b"y\n")
+        joiner.type(b"y\n")
+        assert await joiner.wait() == 0, joiner.output
+        assert await host.wait() == 0, host.output
+        assert b"paired with alice" in joiner.output
+    finally:
+        host.close()
+        if joiner is not None:
+            joiner.close()
+
+
+async def test_a_terminal_too_narrow_gets_a_note_instead_of_the_qr_code(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("COLUMNS", "40")  # what shutil.get_terminal_size reads first
+    host = PtyProc("--data-dir", str(tmp_path / "h"), "--local", "host", "--yes")
+    try:
+        await host.expect(rb"waiting for the other device")
+        assert re.search(rb"\(the QR code of the code needs \d+ columns; this terminal has 40\)",
+                         host.output), host.output
+        assert not set(host.output.decode()) & QR_CHARS
+    finally:
+        host.close()
