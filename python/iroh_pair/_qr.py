@@ -12,8 +12,10 @@ internet is ~100-200 characters, so a large correction level would cost several 
 from __future__ import annotations
 
 import io
+from typing import TYPE_CHECKING
 
-import segno
+if TYPE_CHECKING:  # imported when a QR code is made: `import iroh_pair` does not pay for it
+    import segno
 
 __all__ = ["make", "terminal", "svg", "png", "TERMINAL_BORDER"]
 
@@ -28,6 +30,8 @@ _BLOCKS = {(True, True): "\u2588", (True, False): "\u2580", (False, True): "\u25
 
 def make(text: str) -> segno.QRCode:
     """The QR code of ``text`` (not Micro QR; error correction L or better at the same size)."""
+    import segno
+
     return segno.make_qr(text, error="l")
 
 
