@@ -285,7 +285,9 @@ async def test_failed_handler_records_nothing_and_the_retry_is_delivered(
     mid = new_message_id()
     with pytest.raises(RemoteError) as e:
         await sender.request(dev, b"job", message_id=mid, timeout=10)
-    assert e.value.code == StreamErrorCode.HANDLER_ERROR and "HANDLER_ERROR" in str(e.value)
+    assert e.value.code is StreamErrorCode.HANDLER_ERROR
+    assert str(e.value).startswith(f"HANDLER_ERROR (3): message {mid.hex()} to ")
+    assert str(e.value).endswith(" made the handler fail")
     assert not receiver.registry.is_delivered(sender.id, mid)  # nothing recorded
     assert await sender.request(dev, b"job", message_id=mid, timeout=10) == b"done"
     assert receiver.registry.is_delivered(sender.id, mid)

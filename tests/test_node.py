@@ -194,7 +194,8 @@ async def test_unpaired_msg_stream_reset_while_hosting(nodes: tuple[Node, Node])
 
         with pytest.raises(errors.RemoteError) as e:
             await conn.request(encode_header("msg") + b"x" * 100, timeout=5)
-        assert e.value.code == StreamErrorCode.NOT_ADMITTED
+        assert e.value.code is StreamErrorCode.NOT_ADMITTED
+        assert str(e.value) == "the peer refused the request: NOT_ADMITTED (8)"
     assert seen == []
 
 

@@ -103,7 +103,9 @@ async def test_async_handler_and_handler_error(pair: tuple[Endpoint, Endpoint]) 
     assert await cb.request(b"abc", timeout=5) == b"ABC"
     with pytest.raises(errors.RemoteError) as e:
         await cb.request(b"boom", timeout=5)
-    assert e.value.code == StreamErrorCode.HANDLER_ERROR
+    # the code is the enum member, and the message names it (not a bare number)
+    assert e.value.code is StreamErrorCode.HANDLER_ERROR
+    assert str(e.value) == "the peer refused the request: HANDLER_ERROR (3)"
     assert await cb.request(b"still usable", timeout=5) == b"STILL USABLE"
     serving.cancel()
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
-from iroh_pair import store
+from iroh_pair import _qr, store
 from iroh_pair._cache import ConnectionCache
 from iroh_pair._dispatch import MessageHandler, Messages, code_name
 from iroh_pair._dispatch import reject as _reject
@@ -192,8 +192,9 @@ class HostedPairing:
     """A pairing code this node is hosting. ``await wait()`` gives the paired device; it fails
     with :class:`PairingFailed` when the code expires, burns or is cancelled.
 
-    ``code`` is the full code (``str()`` to share it); in LAN mode ``spoken`` is the short code
-    to read aloud (``str(hosted.spoken)``, e.g. ``7-ocean-tiger-river``). ``confirm`` is the SAS
+    ``code`` is the full code (``str()`` to share it, :attr:`qr_text` / :meth:`qr_svg` /
+    :meth:`qr_png` to show it as a QR code); in LAN mode ``spoken`` is the short code to read
+    aloud (``str(hosted.spoken)``, e.g. ``7-ocean-tiger-river``). ``confirm`` is the SAS
     confirmation callback the code was hosted with (``None``: approved at once)."""
 
     def __init__(
@@ -225,6 +226,34 @@ class HostedPairing:
     def done(self) -> bool:
         """Whether the code has ended: a device paired, or it expired, burned or was cancelled."""
         return self._fut.done()
+
+    @property
+    def qr_text(self) -> str:
+        """The exact text to put in a QR code: the full code (``str(hosted.code)``), which
+        :meth:`Node.join` takes as it is. Any QR library can encode it; :meth:`qr_svg` and
+        :meth:`qr_png` make the image. Example::
+
+            hosted = await node.host_pairing()
+            my_qr_widget.set_text(hosted.qr_text)
+        """
+        return str(self.code)
+
+    def qr_svg(self, *, scale: int = 4, border: int = 4) -> bytes:
+        """:attr:`qr_text` as a QR code in an SVG document (UTF-8 bytes): ``scale`` units per
+        module, a quiet zone of ``border`` modules, error correction L (the smallest symbol for
+        a long code). Example::
+
+            Path("pair.svg").write_bytes(hosted.qr_svg(scale=8))
+        """
+        return _qr.svg(self.qr_text, scale=scale, border=border)
+
+    def qr_png(self, *, scale: int = 4, border: int = 4) -> bytes:
+        """:attr:`qr_text` as a QR code in a PNG image (black on white): ``scale`` pixels per
+        module, a quiet zone of ``border`` modules. Example::
+
+            response.body = hosted.qr_png(scale=6)   # image/png
+        """
+        return _qr.png(self.qr_text, scale=scale, border=border)
 
     def __repr__(self) -> str:
         return f"<HostedPairing {self.offer!r} done={self.done}>"
@@ -1207,7 +1236,7 @@ def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> Remote
         "IN_PROGRESS": "is still being handled (the timeout ran out)",
         "HANDLER_ERROR": "made the handler fail",
     }.get(name, "was refused")
-    return RemoteError(f"{name} ({e.code}): message {mid.hex()} to {dev} {what}", e.code)
+    return RemoteError(f"{name} ({int(e.code)}): message {mid.hex()} to {dev} {what}", e.code)
 
 
 def _kind_limits(paired: bool) -> KindLimits:

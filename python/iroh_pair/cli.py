@@ -3,7 +3,7 @@
 Exit codes: 0 success, 1 error (also: the SAS was declined here), 2 usage (also: the SAS
 cannot be asked, stdin is not a terminal and ``--yes`` was not given), 3 pairing failed,
 4 timed out, 130 interrupted. Every error is one line on stderr; progress and questions go to
-stderr, results to stdout.
+stderr, results to stdout (``host``: the code on stdout, its QR code on stderr).
 
 Pairing asks the user to compare the short authentication string (SAS) on both screens,
 "Do both screens show 123 456? [y/N]", before anything is stored; ``--yes`` pairs without
@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import signal
 import sys
 import threading
@@ -35,7 +36,7 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from iroh_pair import __version__
+from iroh_pair import __version__, _qr
 from iroh_pair._node import HostedPairing, Node
 from iroh_pair._pairing import SasCheck
 from iroh_pair._text import sanitize_for_terminal
@@ -431,6 +432,8 @@ async def cmd_host(args: argparse.Namespace) -> int:
         else:
             print(f"pairing code (single use, expires in {args.ttl:.0f} s):", file=sys.stderr)
             print(str(hosted.code), flush=True)
+        if not args.json and args.qr:
+            print_qr(hosted)
         try:
             async with progress("waiting for the other device", args.quiet or args.json) as status:
                 question.status = status
@@ -442,6 +445,36 @@ async def cmd_host(args: argparse.Namespace) -> int:
             node.on_message(lambda d, data: _print_message(d, data, args.json))
             await asyncio.Event().wait()
     return EXIT_OK
+
+
+def print_qr(hosted: HostedPairing) -> None:
+    """The full code as a QR code on stderr (after the code itself on stdout, which stays the
+    one line a script reads): half blocks with a quiet zone, light modules drawn (for the usual
+    light-on-dark terminal), no escape sequences. A terminal too narrow for it gets a one-line
+    note instead of a wrapped, unscannable code."""
+    text = _qr.terminal(hosted.qr_text)
+    width = len(text.split("\n", 1)[0])
+    if sys.stderr.isatty():
+        columns = shutil.get_terminal_size(fallback=(width, 24)).columns
+        if columns < width:
+            print(f"(the QR code of the code needs {width} columns; this terminal has {columns})",
+                  file=sys.stderr, flush=True)
+            return
+    print(text, end="", file=sys.stderr, flush=True)
+
+
+def read_code_from_stdin() -> str:
+    """``join -``: the code from standard input (a line typed at a prompt on a terminal, else
+    all of it), stripped; so it never sits in the shell history."""
+    if sys.stdin.isatty():
+        print("pairing code: ", end="", file=sys.stderr, flush=True)
+        text = sys.stdin.readline()
+    else:
+        text = sys.stdin.read()
+    code = text.strip()
+    if not code:
+        raise _UsageError("join -: no pairing code on standard input")
+    return code
 
 
 def _report_paired(node: Node, dev: PairedDevice, args: argparse.Namespace,
@@ -460,6 +493,8 @@ def _report_paired(node: Node, dev: PairedDevice, args: argparse.Namespace,
 
 async def cmd_join(args: argparse.Namespace) -> int:
     question = sas_question(args)
+    if args.code == "-":
+        args.code = read_code_from_stdin()
     async with await open_node(args) as node:
         try:
             async with progress("pairing", args.quiet or args.json) as status:
@@ -633,10 +668,14 @@ def parser() -> argparse.ArgumentParser:
     h.add_argument("--listen", action="store_true", help="after pairing, keep printing messages")
     h.add_argument("--lan", action="store_true", default=argparse.SUPPRESS,
                    help="LAN mode, with a code to read aloud (e.g. 7-ocean-tiger-river)")
+    h.add_argument("--no-qr", dest="qr", action="store_false",
+                   help="do not show the full code as a QR code (by default it is printed on "
+                        "stderr below the code, also when the output is piped; never with --json)")
     _add_pairing_options(h)
     h.set_defaults(fn=cmd_host)
     j = sub.add_parser("join", help="pair with the device that shows CODE")
-    j.add_argument("code", help="the full code, or a spoken LAN code like 7-ocean-tiger-river")
+    j.add_argument("code", help="the full code, or a spoken LAN code like 7-ocean-tiger-river; "
+                                "- reads it from standard input (so it stays out of the shell history)")
     j.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     j.add_argument("--timeout", type=float, default=60.0)
     _add_pairing_options(j)

@@ -62,7 +62,7 @@ from __future__ import annotations
 
 import os
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -186,13 +186,48 @@ class Timeout(TransportError, TimeoutError):
     host of a pairing code, :meth:`HostedPairing.wait <iroh_pair.HostedPairing.wait>`)."""
 
 
+#: The native layer's text for a refusal (``Error::Remote`` in
+#: ``rust/iroh-pair-native/src/error.rs``), which :class:`RemoteError` replaces with the code's name.
+_NATIVE_REMOTE_TEXT = "the peer refused the request with code {}"
+
+
+def _plain_code(code: int) -> int:
+    return int(code)
+
+
+#: Turns a stream error code into its :class:`~iroh_pair.protocol.constants.StreamErrorCode`
+#: member (an unknown code stays an ``int``). This module imports nothing of the package, so
+#: :mod:`iroh_pair.protocol.constants` installs the lookup when it loads (importing any part
+#: of ``iroh_pair`` loads it first).
+_stream_error_code: Callable[[int], StreamErrorCode | int] = _plain_code
+
+
+def _install_stream_error_codes(lookup: Callable[[int], StreamErrorCode | int]) -> None:
+    """Called once by :mod:`iroh_pair.protocol.constants`: how :class:`RemoteError` names codes."""
+    global _stream_error_code
+    _stream_error_code = lookup
+
+
 class RemoteError(IrohPairError):
-    """The peer's handler failed; it reset the stream with application ``code`` (a
-    :class:`~iroh_pair.protocol.constants.StreamErrorCode` value, e.g. ``DUPLICATE``)."""
+    """The peer's handler failed; it reset the stream with application ``code``: a
+    :class:`~iroh_pair.protocol.constants.StreamErrorCode` member when the code is known
+    (e.g. ``DUPLICATE``), else the plain ``int``. The message names the code::
+
+        try:
+            reply = await node.request(dev, b"ping")
+        except RemoteError as e:
+            if e.code is StreamErrorCode.HANDLER_ERROR:   # str(e): "... HANDLER_ERROR (3) ..."
+                ...
+    """
 
     def __init__(self, message: str, code: int) -> None:
+        named = _stream_error_code(code)
+        if message == _NATIVE_REMOTE_TEXT.format(int(code)):
+            name = getattr(named, "name", None)
+            label = f"{name} ({int(code)})" if name else f"unknown code {int(code)}"
+            message = f"the peer refused the request: {label}"
         super().__init__(message)
-        self.code = code
+        self.code: StreamErrorCode | int = named
 
 
 # -- bad input -----------------------------------------------------------------------------------

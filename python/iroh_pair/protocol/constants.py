@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import enum
 
+from iroh_pair.errors import _install_stream_error_codes
+
 __all__ = [
     # connection and envelope (§1, §2, §3)
     "ALPN",
@@ -196,3 +198,15 @@ class StreamErrorCode(enum.IntEnum):
     MALFORMED_MESSAGE = 19  # a sealed message could not be parsed
     TOO_OLD = 20  # a counter below the replay window: retry with the same message id
     IN_PROGRESS = 21  # this message id is being handled right now: retry after a short delay
+
+
+def _stream_error_code(code: int) -> StreamErrorCode | int:
+    """``code`` as a :class:`StreamErrorCode` member, or the plain ``int`` when it is unknown
+    (what :attr:`RemoteError.code <iroh_pair.errors.RemoteError>` holds)."""
+    try:
+        return StreamErrorCode(code)
+    except ValueError:
+        return int(code)
+
+
+_install_stream_error_codes(_stream_error_code)
