@@ -251,6 +251,8 @@ class _ConnState:
     channel_keys: tuple[bytes, bytes] = (b"", b"")
     #: a task turns its path events into path_changed events (once there is a subscriber)
     paths_watched: bool = False
+    #: the selected path as last reported (connected, path_changed), or as it was at setup
+    path: PathKind | None = None
 
     def retire_channel(self) -> None:
         """The peer's keys changed (re-paired, or a re-pairing undone): the next message
@@ -755,7 +757,8 @@ class Node:
         self._emit(NodeEvent("paired", peer, dev.name, detail=r.sas))
         for st in list(self._conns.values()):  # paired on this connection: it is connected
             if st.conn.remote_id == peer:
-                self._mark_connected(st.conn)
+                st.path = _selected(st.conn)
+                self._mark_connected(st)
         self._report_lan(peer)
         log.info("paired with %s (%s)", dev.name, peer.fmt_short())
         return dev
@@ -1010,8 +1013,11 @@ class Node:
             kind_limits=st.limits,
         )
 
+        # before any of its streams is dispatched (they come from later callbacks)
+        st.path = _selected(conn)
+        self._mark_connected(st)
+
         async def watch() -> None:
-            self._mark_connected(conn)
             try:
                 info = await serving
                 detail = info.kind if info.code is None else f"code {info.code}"
@@ -1037,12 +1043,12 @@ class Node:
     def _has_live_connection(self, peer: EndpointId) -> bool:
         return any(s.conn.remote_id == peer and not s.conn.is_closed for s in self._conns.values())
 
-    def _mark_connected(self, conn: Connection) -> None:
-        dev = self._devices.get(conn.remote_id)
-        if dev is None or conn.is_closed or dev.endpoint_id in self._present:
+    def _mark_connected(self, st: _ConnState) -> None:
+        dev = self._devices.get(st.conn.remote_id)
+        if dev is None or st.conn.is_closed or dev.endpoint_id in self._present:
             return
         self._present.add(dev.endpoint_id)
-        self._emit(NodeEvent("connected", dev.endpoint_id, dev.name, _selected(conn)))
+        self._emit(NodeEvent("connected", dev.endpoint_id, dev.name, st.path))
 
     def _mark_disconnected(self, peer: EndpointId, detail: str) -> None:
         if peer not in self._present or self._has_live_connection(peer):
@@ -1198,17 +1204,20 @@ class Node:
         """Starts turning ``st``'s path events into path_changed events (once per connection)."""
         if not st.paths_watched:
             st.paths_watched = True
-            self._spawn(self._watch_paths(st.conn))
+            self._spawn(self._watch_paths(st))
 
-    async def _watch_paths(self, conn: Connection) -> None:
-        last = _selected(conn)
+    async def _watch_paths(self, st: _ConnState) -> None:
+        """path_changed whenever the selected path differs from the one last reported (its
+        first event, a snapshot, catches a change made before the watch started)."""
+        conn = st.conn
         with contextlib.suppress(IrohPairError):  # the connection is gone
             async for ev in conn.path_events():
                 now = _selected(conn)
                 dev = self._devices.get(conn.remote_id)
-                if ev.event in ("selected", "snapshot") and now != last and dev is not None:
+                if ev.event in ("selected", "snapshot") and now is not None and now != st.path \
+                        and dev is not None:
+                    st.path = now
                     self._emit(NodeEvent("path_changed", dev.endpoint_id, dev.name, now))
-                    last = now
 
     def _dispatch(self, st: _ConnState, incoming: IncomingStream) -> None:
         conn = st.conn
