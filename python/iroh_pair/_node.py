@@ -1268,13 +1268,14 @@ class Node:
         on). Ends when the node closes. Built on the node's connections and iroh's path
         events, not on polling:
 
-        - "connected" is emitted when the device's first live connection is set up (dialed
-          by this node, or accepted), before any message on it is handled;
-        - "disconnected" when its last connection ends: at once when the peer closes it;
+        - "connected" is emitted as soon as the device's first live connection is set up
+          (dialed by this node, or accepted), before any message on it is handled: within
+          1 s of the connection (tests/test_presence.py);
+        - "disconnected" when its last connection ends: within 1 s when the peer closes it;
           when the peer vanishes without closing (its process killed, its network gone),
           once the QUIC idle timeout passes (``NetworkOptions.idle_timeout``, iroh's 30 s by
           default; the keep-alive, ``keep_alive``, 5 s, keeps an idle but live connection
-          open), so within ``idle_timeout`` plus a moment of the peer vanishing;
+          open): within ``idle_timeout`` + 1.5 s of the peer vanishing;
         - "path_changed" when a connection's selected path changes, e.g. relay to direct
           after hole punching; only while someone iterates this (each connection is
           watched once, however many iterate).
