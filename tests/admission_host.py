@@ -25,6 +25,7 @@ time spent in ``HostHandshake.receive`` on Hellos): a spy, not a mock, the real 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import sys
@@ -218,7 +219,7 @@ async def _child(data_dir: Path) -> None:
                     say({"error": repr(e)})
             elif op == "stats":
                 say({
-                    "node": node.stats()["node"],
+                    "node": dataclasses.asdict(node.stats().node),
                     "unknown": len(node._unknown),
                     "offers": [
                         {"attempts_used": h.offer.attempts_used, "used": h.offer.used,

@@ -35,6 +35,11 @@ EXPORTS = {
     # the node
     "Node",
     "NodeEvent",
+    "NodeEventKind",
+    "PathKind",
+    "NodeStats",
+    "NodeCounters",
+    "AdmissionStats",
     "HostedPairing",
     "PairedDevice",
     "DeviceInfo",

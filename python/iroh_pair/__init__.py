@@ -30,7 +30,17 @@ from __future__ import annotations
 
 from iroh_pair import _native
 from iroh_pair._cache import CacheStats, ConnectionCache
-from iroh_pair._node import HostedPairing, MessageHandler, Node, NodeEvent
+from iroh_pair._node import (
+    AdmissionStats,
+    HostedPairing,
+    MessageHandler,
+    Node,
+    NodeCounters,
+    NodeEvent,
+    NodeEventKind,
+    NodeStats,
+    PathKind,
+)
 from iroh_pair._pairing import ConfirmSas, SasCheck
 from iroh_pair._peer import RequestPeer
 from iroh_pair.errors import (
@@ -104,6 +114,11 @@ __all__ = [
     # The node: a device's identity, its paired devices, pairing and encrypted messages.
     "Node",
     "NodeEvent",
+    "NodeEventKind",
+    "PathKind",
+    "NodeStats",
+    "NodeCounters",
+    "AdmissionStats",
     "HostedPairing",
     "PairedDevice",
     "DeviceInfo",

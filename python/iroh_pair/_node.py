@@ -24,10 +24,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
+from typing import Literal, Union, get_args
 
 from iroh_pair import _qr, store
-from iroh_pair._cache import ConnectionCache
+from iroh_pair._cache import CacheStats, ConnectionCache
 from iroh_pair._dispatch import MessageHandler, Messages, code_name
 from iroh_pair._dispatch import reject as _reject
 from iroh_pair._hosting import Hosted
@@ -92,6 +92,11 @@ from iroh_pair.transport import (
 __all__ = [
     "Node",
     "NodeEvent",
+    "NodeEventKind",
+    "PathKind",
+    "NodeStats",
+    "NodeCounters",
+    "AdmissionStats",
     "HostedPairing",
     "MessageHandler",
     "DEFAULT_KIND",
@@ -130,21 +135,108 @@ IN_PROGRESS_MAX_BACKOFF = 1.0
 DeviceRef = Union[str, EndpointId, PairedDevice]
 
 
+#: What a :class:`NodeEvent` says happened (``ev.kind``); compare it with the strings.
+NodeEventKind = Literal[
+    "paired", "unpaired", "connected", "path_changed", "disconnected", "lan_appeared", "lan_left"
+]
+#: The path a connection uses (``NodeEvent.path``): through a relay, or direct (UDP).
+PathKind = Literal["direct", "relay"]
+
+
 @dataclass(frozen=True)
 class NodeEvent:
-    """Something that happened to a device.
+    """Something that happened to a device (:meth:`Node.events`).
 
-    ``kind`` is "paired", "unpaired", "connected", "path_changed", "disconnected", or, for a
-    node opened with mDNS on (``NetworkOptions.lan()``, or ``mdns=True``), "lan_appeared" and
-    "lan_left" (a paired device's mDNS announcements were seen, or expired). ``path`` is
-    "direct" or "relay" (for connected and path_changed) when known.
+    ``kind`` (a :data:`NodeEventKind`) is one of:
+
+    - "paired", "unpaired": the device was stored (``detail`` is the SAS) or forgotten;
+    - "connected": the node now holds a connection to the device (it had none), dialed or
+      accepted; ``path`` is the path it uses then;
+    - "path_changed": the selected path of a connection changed (``path``: "relay" or
+      "direct"), e.g. from the relay to a direct path once hole punching succeeded;
+    - "disconnected": the device's last connection closed (``detail`` says how: "application",
+      "timed_out", ...);
+    - "lan_appeared", "lan_left", for a node opened with mDNS on (``NetworkOptions.lan()``, or
+      ``mdns=True``): a paired device's mDNS announcements were seen, or expired.
+
+    ``path`` (a :data:`PathKind`) is "direct" or "relay" for connected and path_changed when
+    known, else ``None``. Example::
+
+        async for ev in node.events():
+            if ev.kind == "connected":
+                print(ev.name, "is online over the", ev.path)
     """
 
-    kind: str
+    kind: NodeEventKind
     device_id: EndpointId
     name: str = ""
-    path: str | None = None
+    path: PathKind | None = None
     detail: str = ""
+
+
+@dataclass(frozen=True)
+class NodeCounters:
+    """The node's own counters (:attr:`NodeStats.node`), since it opened.
+
+    ``pairing_messages_received``: pairing messages a hosted code received;
+    ``messages_delivered``/``messages_rejected``: messages handled, or refused (by reason in
+    :attr:`NodeStats.rejections`); ``not_admitted``: every refused connection and stream. The
+    admission of unknown peers (docs/PROTOCOL.md §9.1): ``unknown_admitted``,
+    ``unknown_evicted`` (closed to make room, "evicted"), ``unknown_refused`` (every slot was
+    pairing), ``unknown_start_timeouts`` (no pairing within ``unknown_start_timeout``),
+    ``unknown_closed_offer_end``, ``unknown_promoted`` (paired: no longer unknown) and
+    ``unknown_protocol_errors`` (closed for a malformed Hello). Example::
+
+        >>> NodeCounters().unknown_evicted
+        0
+    """
+
+    pairing_messages_received: int = 0
+    messages_delivered: int = 0
+    messages_rejected: int = 0
+    not_admitted: int = 0
+    unknown_admitted: int = 0
+    unknown_evicted: int = 0
+    unknown_refused: int = 0
+    unknown_start_timeouts: int = 0
+    unknown_closed_offer_end: int = 0
+    unknown_promoted: int = 0
+    unknown_protocol_errors: int = 0
+
+
+@dataclass(frozen=True)
+class AdmissionStats:
+    """Unknown-peer slots (§9.1) now: ``unknown_connections`` in use of
+    ``max_unknown_connections`` (a :meth:`Node.open` parameter). Example::
+
+        >>> AdmissionStats(unknown_connections=1, max_unknown_connections=4).unknown_connections
+        1
+    """
+
+    unknown_connections: int
+    max_unknown_connections: int
+
+
+@dataclass(frozen=True)
+class NodeStats:
+    """A snapshot of a node's counters (:meth:`Node.stats`).
+
+    ``endpoint``: the native endpoint's counters (:meth:`Endpoint.stats
+    <iroh_pair.transport.Endpoint.stats>`: connections accepted and dialed, streams, ...);
+    ``cache``: the connection cache's (:class:`~iroh_pair.CacheStats`); ``node``: the node's
+    own (:class:`NodeCounters`); ``rejections``: refused messages by reason (e.g.
+    ``{"DUPLICATE": 1}``); ``admission``: the unknown-peer slots in use now
+    (:class:`AdmissionStats`). Example::
+
+        s = node.stats()
+        print(s.admission.unknown_connections, s.node.unknown_evicted, s.cache.live)
+    """
+
+    endpoint: dict[str, int]
+    cache: CacheStats
+    node: NodeCounters
+    rejections: dict[str, int]
+    admission: AdmissionStats
 
 
 @dataclass
@@ -158,6 +250,10 @@ class _ConnState:
     retired: dict[tuple[bytes, bytes], MessageChannel] = field(default_factory=dict)
     #: the (send, receive) session keys ``channel`` was built with
     channel_keys: tuple[bytes, bytes] = (b"", b"")
+    #: a task turns its path events into path_changed events (once there is a subscriber)
+    paths_watched: bool = False
+    #: the selected path as last reported (connected, path_changed), or as it was at setup
+    path: PathKind | None = None
 
     def retire_channel(self) -> None:
         """The peer's keys changed (re-paired, or a re-pairing undone): the next message
@@ -274,6 +370,8 @@ class Node:
         self._offers = OfferBook()
         self._hosted: dict[bytes, Hosted] = {}  # by the offer's tag
         self._on_lan: set[EndpointId] = set()
+        #: paired devices with a live connection, as last reported ("connected" events)
+        self._present: set[EndpointId] = set()
         self._lan_reported: set[EndpointId] = set()
         # tuning (see open())
         self._lan_lookup_timeout = 10.0
@@ -458,6 +556,7 @@ class Node:
         conn = self.cache.peek(dev.endpoint_id, ALPN)
         if conn is not None:
             conn.close(int(CloseCode.NOT_PAIRED), b"unpaired")
+        self._present.discard(dev.endpoint_id)
         self._emit(NodeEvent("unpaired", dev.endpoint_id, dev.name))
         return dev
 
@@ -689,6 +788,10 @@ class Node:
                 st.retire_channel()
                 self._promote(st.conn)  # no longer an unknown connection (§9.1)
         self._emit(NodeEvent("paired", peer, dev.name, detail=r.sas))
+        for st in list(self._conns.values()):  # paired on this connection: it is connected
+            if st.conn.remote_id == peer:
+                st.path = _selected(st.conn)
+                self._mark_connected(st)
         self._report_lan(peer)
         log.info("paired with %s (%s)", dev.name, peer.fmt_short())
         return dev
@@ -702,6 +805,8 @@ class Node:
             self.registry.remove(peer)
             self._devices.pop(peer, None)
         self._sas.pop(peer, None)
+        if previous is None:
+            self._present.discard(peer)
         for st in self._conns.values():
             if st.conn.remote_id == peer:
                 st.retire_channel()
@@ -941,27 +1046,64 @@ class Node:
             kind_limits=st.limits,
         )
 
+        # before any of its streams is dispatched (they come from later callbacks)
+        st.path = _selected(conn)
+        self._mark_connected(st)
+
         async def watch() -> None:
-            dev = self._devices.get(conn.remote_id)
-            if dev is not None:
-                self._emit(NodeEvent("connected", dev.endpoint_id, dev.name, _selected(conn)))
             try:
                 info = await serving
                 detail = info.kind if info.code is None else f"code {info.code}"
             except IrohPairError as e:
                 detail = str(e)
             finally:
-                self._conns.pop(conn.stable_id, None)
+                if self._conns.get(conn.stable_id) is st:
+                    del self._conns[conn.stable_id]
                 self._forget_unknown(conn)
             dev = self._devices.get(conn.remote_id)
             if dev is not None:
                 self.registry.touch(dev.endpoint_id, time.time())
-                self._emit(NodeEvent("disconnected", dev.endpoint_id, dev.name, detail=detail))
+            self._mark_disconnected(conn.remote_id, detail)
 
         self._spawn(watch())
         if self._subscribers:
-            self._spawn(self._watch_paths(conn))
+            self._watch_paths_of(st)
         return st
+
+    # presence: "connected" when a paired device gets its first live connection (a second
+    # one, e.g. both sides dialing at once, is no news), "disconnected" when its last one ends
+
+    def _has_live_connection(self, peer: EndpointId) -> bool:
+        return any(s.conn.remote_id == peer and not s.conn.is_closed for s in self._conns.values())
+
+    def _mark_connected(self, st: _ConnState) -> None:
+        dev = self._devices.get(st.conn.remote_id)
+        if dev is None or st.conn.is_closed or dev.endpoint_id in self._present:
+            return
+        self._present.add(dev.endpoint_id)
+        self._emit(NodeEvent("connected", dev.endpoint_id, dev.name, st.path))
+
+    def _mark_disconnected(self, peer: EndpointId, detail: str) -> None:
+        if peer not in self._present or self._has_live_connection(peer):
+            return
+        self._present.discard(peer)
+        dev = self._devices.get(peer)
+        if dev is not None:
+            self._emit(NodeEvent("disconnected", dev.endpoint_id, dev.name, detail=detail))
+
+    def is_connected(self, device: DeviceRef) -> bool:
+        """Whether this node holds a live connection to a paired ``device`` (name, EndpointId,
+        id prefix or :class:`PairedDevice`) now, dialed or accepted: read from the node's own
+        connections (nothing is sent). It turns True with the "connected" event of
+        :meth:`events` and False with "disconnected": at once when the peer closes, or when
+        the connection's QUIC idle timeout (``NetworkOptions.idle_timeout``, iroh's default
+        30 s) passes after the peer vanished without closing (killed, network gone). Raises
+        :class:`~iroh_pair.errors.UnknownDevice` for a device that is not paired. Example::
+
+            if not node.is_connected("laptop"):
+                print("laptop is offline; the message waits")
+        """
+        return self._has_live_connection(self.device(device).endpoint_id)
 
     # ------------------------------------------------------------------ admission (§9.1)
 
@@ -1091,14 +1233,24 @@ class Node:
             self.counters["unknown_closed_offer_end"] += 1
             self._close_unknown(u, CloseCode.NOT_PAIRED, b"no pairing code is hosted")
 
-    async def _watch_paths(self, conn: Connection) -> None:
-        last = _selected(conn)
-        async for ev in conn.path_events():
-            now = _selected(conn)
-            dev = self._devices.get(conn.remote_id)
-            if ev.event in ("selected", "snapshot") and now != last and dev is not None:
-                self._emit(NodeEvent("path_changed", dev.endpoint_id, dev.name, now))
-                last = now
+    def _watch_paths_of(self, st: _ConnState) -> None:
+        """Starts turning ``st``'s path events into path_changed events (once per connection)."""
+        if not st.paths_watched:
+            st.paths_watched = True
+            self._spawn(self._watch_paths(st))
+
+    async def _watch_paths(self, st: _ConnState) -> None:
+        """path_changed whenever the selected path differs from the one last reported (its
+        first event, a snapshot, catches a change made before the watch started)."""
+        conn = st.conn
+        with contextlib.suppress(IrohPairError):  # the connection is gone
+            async for ev in conn.path_events():
+                now = _selected(conn)
+                dev = self._devices.get(conn.remote_id)
+                if ev.event in ("selected", "snapshot") and now is not None and now != st.path \
+                        and dev is not None:
+                    st.path = now
+                    self._emit(NodeEvent("path_changed", dev.endpoint_id, dev.name, now))
 
     def _dispatch(self, st: _ConnState, incoming: IncomingStream) -> None:
         conn = st.conn
@@ -1144,12 +1296,34 @@ class Node:
     # ------------------------------------------------------------------ events
 
     async def events(self) -> AsyncIterator[NodeEvent]:
-        """Device events as they happen: paired, unpaired, connected (with the path),
-        path_changed and disconnected. Ends when the node closes."""
+        """Device events as they happen (:class:`NodeEvent`): paired, unpaired, connected
+        (with the path), path_changed and disconnected (and lan_appeared, lan_left with mDNS
+        on). Ends when the node closes. Built on the node's connections and iroh's path
+        events, not on polling:
+
+        - "connected" is emitted as soon as the device's first live connection is set up
+          (dialed by this node, or accepted), before any message on it is handled: within
+          1 s of the connection (tests/test_presence.py);
+        - "disconnected" when its last connection ends: within 1 s when the peer closes it;
+          when the peer vanishes without closing (its process killed, its network gone),
+          once the QUIC idle timeout passes (``NetworkOptions.idle_timeout``, iroh's 30 s by
+          default; the keep-alive, ``keep_alive``, 5 s, keeps an idle but live connection
+          open): within ``idle_timeout`` + 1.5 s of the peer vanishing;
+        - "path_changed" when a connection's selected path changes, e.g. relay to direct
+          after hole punching; only while someone iterates this (each connection is
+          watched once, however many iterate).
+
+        :meth:`is_connected` says the same at any moment. Events that happen while nobody
+        iterates are not kept. Example::
+
+            async for ev in node.events():
+                if ev.kind == "disconnected":
+                    print(ev.name, "went away:", ev.detail)
+        """
         q: asyncio.Queue[NodeEvent | None] = asyncio.Queue()
         self._subscribers.add(q)
         for st in list(self._conns.values()):
-            self._spawn(self._watch_paths(st.conn))
+            self._watch_paths_of(st)
         try:
             while (ev := await q.get()) is not None:
                 yield ev
@@ -1185,30 +1359,25 @@ class Node:
         for q in self._subscribers:
             q.put_nowait(ev)
 
-    def stats(self) -> dict[str, object]:
-        """Counters: the endpoint's (native), the cache's, and the node's own.
-
-        ``node`` includes the admission of unknown peers (docs/PROTOCOL.md §9.1):
-        ``unknown_admitted``, ``unknown_evicted`` (closed to make room, "evicted"),
-        ``unknown_refused`` (every slot was pairing), ``unknown_start_timeouts`` (no pairing
-        within ``unknown_start_timeout``), ``unknown_closed_offer_end``, ``unknown_promoted``
-        (paired: no longer unknown) and ``unknown_protocol_errors`` (closed for a malformed
-        Hello); ``not_admitted`` counts every refused connection and stream. ``admission``
-        is the slots in use now. Example::
+    def stats(self) -> NodeStats:
+        """A snapshot of the counters (:class:`NodeStats`): the endpoint's (native), the
+        cache's, the node's own (:class:`NodeCounters`, including the admission of unknown
+        peers, docs/PROTOCOL.md §9.1), the refused messages by reason, and the unknown-peer
+        slots in use now. Example::
 
             s = node.stats()
-            print(s["admission"]["unknown_connections"], s["node"]["unknown_evicted"])
+            print(s.admission.unknown_connections, s.node.unknown_evicted)
         """
-        return {
-            "endpoint": self.endpoint.stats(),
-            "cache": self.cache.stats(),
-            "node": dict(self.counters),
-            "rejections": dict(self.rejections),
-            "admission": {
-                "unknown_connections": len(self._unknown),
-                "max_unknown_connections": self._max_unknown_connections,
-            },
-        }
+        return NodeStats(
+            endpoint=self.endpoint.stats(),
+            cache=self.cache.stats(),
+            node=NodeCounters(**self.counters),
+            rejections=dict(self.rejections),
+            admission=AdmissionStats(
+                unknown_connections=len(self._unknown),
+                max_unknown_connections=self._max_unknown_connections,
+            ),
+        )
 
     def _spawn(self, coro: Awaitable[None]) -> None:
         t: asyncio.Task[None] = asyncio.ensure_future(coro)
@@ -1257,9 +1426,19 @@ def _raise_stream_limit(conn: Connection) -> None:
         log.debug("could not raise the stream limit of %s: %s", conn.remote_id.fmt_short(), e)
 
 
-def _selected(conn: Connection) -> str | None:
-    for p in conn.paths():
+_PATH_KINDS: tuple[PathKind, ...] = get_args(PathKind)
+
+
+def _selected(conn: Connection) -> PathKind | None:
+    """The kind of ``conn``'s selected path ("direct" or "relay"), if one is selected."""
+    try:
+        paths = conn.paths()
+    except IrohPairError:  # the connection is gone
+        return None
+    for p in paths:
         if p.selected:
-            return p.kind
+            for kind in _PATH_KINDS:
+                if p.kind == kind:
+                    return kind
     return None
 
