@@ -1,9 +1,12 @@
-"""Test infrastructure: the self-hosted relay and address-lookup servers as local subprocesses.
+"""The self-hosted relay and address-lookup servers as local subprocesses: for tests, demos,
+development, and devices on one machine or without internet (``iroh-pair servers``).
 
 :class:`LocalServers` runs the workspace's ``iroh-pair-relay`` and ``iroh-pair-dns`` binaries on
-127.0.0.1 for tests, demos and single-host setups (never a public service). The binaries are
-found through ``$IROH_PAIR_RELAY_BIN`` / ``$IROH_PAIR_DNS_BIN``, then ``target/release`` and
-``target/debug`` of the source tree, then ``$PATH``. Example::
+127.0.0.1 (never a public service). Each is found through ``$IROH_PAIR_RELAY_BIN`` /
+``$IROH_PAIR_DNS_BIN``, then ``target/release`` and ``target/debug`` of the source tree, then
+this Python's scripts directory and ``$PATH``; failing that, the one binary that holds both,
+``iroh-pair-servers``, which an installed package gets with ``pip install 'iroh-pair[servers]'``
+(the companion wheel ``iroh-pair-servers``). Example::
 
     from iroh_pair.testing import LocalServers
 
@@ -20,22 +23,26 @@ from iroh_pair.testing._servers import (
     DEFAULT_ORIGIN,
     DNS_BIN,
     RELAY_BIN,
+    SERVERS_BIN,
     LocalServers,
     ServerError,
     ServerNotFound,
     ServerProcess,
     ServerStartError,
     find_binary,
+    server_command,
 )
 
 __all__ = [
     "DEFAULT_ORIGIN",
     "DNS_BIN",
     "RELAY_BIN",
+    "SERVERS_BIN",
     "LocalServers",
     "ServerError",
     "ServerNotFound",
     "ServerProcess",
     "ServerStartError",
     "find_binary",
+    "server_command",
 ]

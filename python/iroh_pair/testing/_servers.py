@@ -37,6 +37,7 @@ import shutil
 import signal
 import socket
 import struct
+import sysconfig
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -55,7 +56,9 @@ __all__ = [
     "DEFAULT_ORIGIN",
     "RELAY_BIN",
     "DNS_BIN",
+    "SERVERS_BIN",
     "find_binary",
+    "server_command",
 ]
 
 log = logging.getLogger("iroh_pair.servers")
@@ -66,7 +69,12 @@ DEFAULT_ORIGIN = "irohpair.test"
 #: The names of the two server binaries.
 RELAY_BIN = "iroh-pair-relay"
 DNS_BIN = "iroh-pair-dns"
-_ENV_BIN = {RELAY_BIN: "IROH_PAIR_RELAY_BIN", DNS_BIN: "IROH_PAIR_DNS_BIN"}
+#: Both servers in one binary (``iroh-pair-servers relay|dns ARGS``): what the companion wheel
+#: ``iroh-pair-servers`` installs (``pip install 'iroh-pair[servers]'``); used when the two
+#: separate binaries are not found.
+SERVERS_BIN = "iroh-pair-servers"
+_ENV_BIN = {RELAY_BIN: "IROH_PAIR_RELAY_BIN", DNS_BIN: "IROH_PAIR_DNS_BIN", SERVERS_BIN: "IROH_PAIR_SERVERS_BIN"}
+_SUBCOMMAND = {RELAY_BIN: "relay", DNS_BIN: "dns"}
 _REPO_ROOT = Path(__file__).resolve().parents[3]  # python/iroh_pair/testing/_servers.py
 _STDERR_TAIL = 40
 
@@ -93,7 +101,9 @@ class ServerNotFound(ServerStartError):
 
 def find_binary(name: str) -> Path | None:
     """Where the binary ``name`` is: its ``$IROH_PAIR_*_BIN`` variable, then ``target/release``
-    and ``target/debug`` of this repository, then ``$PATH``; ``None`` if nowhere."""
+    and ``target/debug`` of this repository, then the scripts directory of this Python (a
+    virtual environment's ``bin``, even when it is not activated), then ``$PATH``; ``None`` if
+    nowhere."""
     env = _ENV_BIN.get(name)
     if env and os.environ.get(env):
         return Path(os.environ[env])
@@ -101,8 +111,26 @@ def find_binary(name: str) -> Path | None:
         p = _REPO_ROOT / "target" / profile / name
         if p.is_file() and os.access(p, os.X_OK):
             return p
+    scripts = sysconfig.get_path("scripts")
+    if scripts:
+        p = Path(scripts) / name
+        if p.is_file() and os.access(p, os.X_OK):
+            return p
     found = shutil.which(name)
     return Path(found) if found else None
+
+
+def server_command(name: str, given: Path | None = None) -> list[str] | None:
+    """The command that runs server ``name`` (:data:`RELAY_BIN` or :data:`DNS_BIN`): ``given``,
+    else its own binary (:func:`find_binary`), else :data:`SERVERS_BIN` with the server's
+    subcommand; ``None`` if neither is found."""
+    if given is not None:
+        return [str(given)]
+    own = find_binary(name)
+    if own is not None:
+        return [str(own)]
+    both = find_binary(SERVERS_BIN)
+    return [str(both), _SUBCOMMAND[name]] if both is not None else None
 
 
 @dataclass
@@ -368,24 +396,24 @@ class LocalServers:
             raise RuntimeError("LocalServers is not started (use `async with` or start())")
         return self.workdir
 
-    def _binary(self, name: str, given: Path | None) -> Path:
-        p = given or find_binary(name)
-        if p is None or not p.exists():
+    def _command(self, name: str, given: Path | None) -> tuple[Path, list[str]]:
+        cmd = server_command(name, given)
+        if cmd is None or not Path(cmd[0]).exists():
             raise ServerNotFound(
-                f"{name} not found (set ${_ENV_BIN[name]}, or build it: "
-                f"cargo build --release -p {name})",
-                "relay" if name == RELAY_BIN else "dns",
+                f"{name} not found: pip install 'iroh-pair[servers]' (the {SERVERS_BIN} binary), "
+                f"set ${_ENV_BIN[name]}, or build it: cargo build --release -p {name}",
+                _SUBCOMMAND[name],
             )
-        return p
+        return Path(cmd[0]), cmd[1:]
 
     async def start_relay(self) -> None:
         """Starts the relay (on its previous port, if it ran before) and health-checks it."""
         if self.relay is not None and self.relay.running:
             return
-        binary = self._binary(RELAY_BIN, self._relay_bin)
+        binary, prefix = self._command(RELAY_BIN, self._relay_bin)
         cfg = self._dir() / "relay.toml"
         cfg.write_text(f'http_bind_addr = "127.0.0.1:{self._relay_port}"\n')
-        proc = ServerProcess("relay", binary, ["--config", str(cfg)])
+        proc = ServerProcess("relay", binary, [*prefix, "--config", str(cfg)])
         self.relay = proc
         deadline = time.monotonic() + self.start_timeout
         ready = await proc.start(self.start_timeout)
@@ -406,11 +434,11 @@ class LocalServers:
         it ran before) and health-checks its pkarr HTTP and DNS listeners."""
         if self.dns is not None and self.dns.running:
             return
-        binary = self._binary(DNS_BIN, self._dns_bin)
+        binary, prefix = self._command(DNS_BIN, self._dns_bin)
         d = self._dir()
         cfg = d / "dns.toml"
         cfg.write_text(_dns_config(d / "dns-data", self.origin, self._dns_http_port, self._dns_port))
-        proc = ServerProcess("dns", binary, ["--config", str(cfg)])
+        proc = ServerProcess("dns", binary, [*prefix, "--config", str(cfg)])
         self.dns = proc
         deadline = time.monotonic() + self.start_timeout
         ready = await proc.start(self.start_timeout)
