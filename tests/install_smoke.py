@@ -17,15 +17,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import iroh_pair
-from iroh_pair.node import Node
-from iroh_pair.registry import PairedDevice
-from iroh_pair.pairing import SasCheck
+from iroh_pair import Node, PairedDevice, SasCheck
+from iroh_pair.transport import NetworkOptions
 
 
 async def open_loopback(path: Path, name: str) -> Node:
-    return await Node.open(
-        path, name=name, relay="disabled", lookup="none", bind_addrs=("127.0.0.1:0",), portmapper=False
-    )
+    return await Node.open(path, name=name, options=NetworkOptions.loopback())
 
 
 async def main() -> None:

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from iroh_pair import Endpoint
-from iroh_pair.errors import Timeout
-from iroh_pair.node import Node, PairingFailed
-from iroh_pair.pairing import SasCheck
+from iroh_pair import Node, SasCheck
+from iroh_pair.errors import PairingFailed, Timeout
+from iroh_pair.transport import Endpoint
 
 
 async def says_yes(check: SasCheck) -> str:

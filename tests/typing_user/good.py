@@ -10,12 +10,23 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from iroh_pair import Endpoint, EndpointAddr, EndpointId, IrohPairError
-from iroh_pair.errors import ConnectError, RemoteError, Timeout, TransportError
-from iroh_pair.node import Node, PairingFailed
-from iroh_pair.pairing import SasCheck
-from iroh_pair.registry import PairedDevice
-from iroh_pair.transport import Connection, RecvStream, SendStream
+from iroh_pair import Node, PairedDevice, SasCheck
+from iroh_pair.errors import (
+    ConnectError,
+    IrohPairError,
+    PairingFailed,
+    RemoteError,
+    Timeout,
+    TransportError,
+)
+from iroh_pair.transport import (
+    Connection,
+    Endpoint,
+    EndpointAddr,
+    EndpointId,
+    RecvStream,
+    SendStream,
+)
 
 APP_ALPN = b"example-app/1"
 
