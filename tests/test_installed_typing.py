@@ -1,6 +1,8 @@
 """Typed from a user's seat: the built wheel, installed in a clean venv, type-checks a user's
 program under ``mypy --strict`` with nothing from this repository (no stubs/, no mypy config,
-no PYTHONPATH), and mypy reports each deliberate misuse in tests/typing_user/bad.py.
+no PYTHONPATH), and mypy reports each deliberate misuse in tests/typing_user/bad.py. In the same
+venv, the installed metadata (version, license, license files, keywords, classifiers) is what
+pyproject.toml declares, and ``iroh-pair --version`` answers, as ``python -m iroh_pair`` does.
 
 The wheel is the one in dist/ (scripts/setup builds it; scripts/build-wheels builds the
 manylinux2014 ones). Every wheel there must ship ``py.typed`` and the native module's stub.
@@ -8,6 +10,7 @@ manylinux2014 ones). Every wheel there must ship ``py.typed`` and the native mod
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -147,3 +150,33 @@ def test_the_check_needs_the_stub_and_the_marker(installed: Installed) -> None:
         assert p.returncode == 1 and "missing library stubs or py.typed marker" in p.stdout, p.stdout
     finally:
         hidden.rename(marker)
+
+
+def test_installed_commands_and_metadata(installed: Installed) -> None:
+    """The console script and ``python -m iroh_pair`` are one command, with the package's version;
+    the wheel's metadata carries the license (PEP 639), its files, keywords and classifiers."""
+    py, work = installed.venv_python, installed.work
+    script = py.parent / "iroh-pair"
+    version = _run(py, "-c", "import iroh_pair; print(iroh_pair.__version__)", cwd=work).strip()
+    assert _run(script, "--version", cwd=work) == f"iroh-pair {version}\n"
+    assert _run(py, "-m", "iroh_pair", "--version", cwd=work) == f"iroh-pair {version}\n"
+    help_text = _run(script, "--help", cwd=work)
+    assert help_text.startswith("usage: iroh-pair ")
+    assert _run(py, "-m", "iroh_pair", "--help", cwd=work) == help_text
+
+    meta = json.loads(_run(py, "-c", (
+        "import importlib.metadata as m, json; d = m.distribution('iroh-pair'); md = d.metadata; "
+        "print(json.dumps({'version': d.version, 'license': md['License-Expression'], "
+        "'license_files': md.get_all('License-File'), 'keywords': md['Keywords'], "
+        "'classifiers': md.get_all('Classifier'), 'requires_python': md['Requires-Python'], "
+        "'files': [str(f) for f in d.files or []]}))"
+    ), cwd=work))
+    assert meta["version"] == version
+    assert meta["license"] == "MIT OR Apache-2.0"
+    assert sorted(meta["license_files"]) == ["LICENSE-APACHE", "LICENSE-MIT"]
+    for name in meta["license_files"]:
+        assert any(f.endswith(f".dist-info/licenses/{name}") for f in meta["files"]), meta["files"]
+    assert {"iroh", "p2p", "pairing"} <= set(re.split(r"[,\s]+", meta["keywords"]))
+    assert {"Programming Language :: Python :: 3.11", "Operating System :: POSIX :: Linux",
+            "Typing :: Typed"} <= set(meta["classifiers"])
+    assert meta["requires_python"] == ">=3.11"
