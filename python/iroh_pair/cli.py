@@ -601,7 +601,10 @@ async def cmd_servers(args: argparse.Namespace) -> int:
             print(json.dumps({"event": "servers", "relay": list(settings.relay or ()),
                               "pkarr_url": servers.pkarr_url, "dns_origin": servers.origin,
                               "dns_server": servers.dns_server,
-                              "config": str(written) if written else None}), flush=True)
+                              "config": str(written) if written else None,
+                              "commands": {s.name: [str(s.binary), *s.args[:-2]]
+                                           for s in (servers.relay, servers.dns) if s is not None},
+                              }), flush=True)
         else:
             print("relay and address lookup on 127.0.0.1 (Ctrl-C to stop); give nodes these "
                   "settings:\n", file=sys.stderr)

@@ -5,7 +5,8 @@
 //! `iroh_pair.testing.LocalServers` (`iroh-pair servers`) runs it when the two separate
 //! binaries are not found. The arguments after the first are the server's own.
 
-const USAGE: &str = "usage: iroh-pair-servers relay|dns [ARGS...] (--help after relay or dns for theirs)";
+const USAGE: &str =
+    "usage: iroh-pair-servers relay|dns [ARGS...] (--help after relay or dns for theirs)";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
