@@ -209,6 +209,8 @@ async def test_connected_and_disconnected_as_the_peer_process_starts_and_dies(
         print(f"[presence] disconnected {delay_closed * 1000:.0f} ms after b was told to close its node "
               f"(b's close returned after {(closed - closing) * 1000:.0f} ms; {ev.detail})")
         assert delay_closed < CONNECTED_WITHIN, delay_closed
+        # the close code by name: b's closing cache ends its connections with CACHE_SHUTDOWN
+        assert ev.detail == "closed by the peer: CACHE_SHUTDOWN (18)", ev.detail
         assert not conn_then and not a.is_connected("b")
         assert await proc.wait() == 0
 
@@ -228,6 +230,7 @@ async def test_connected_and_disconnected_as_the_peer_process_starts_and_dies(
         print(f"[presence] disconnected {delay_killed * 1000:.0f} ms after b was SIGKILLed "
               f"(idle_timeout {IDLE_TIMEOUT:g} s; {ev.detail})")
         assert not conn_then and not a.is_connected("b")
+        assert ev.detail == "timed_out", ev.detail
         assert delay_killed < IDLE_TIMEOUT + DISCONNECT_MARGIN, delay_killed
         await asyncio.sleep(0.5)
         assert "connected" not in [e.kind for _, e, _ in rec.events], rec.kinds()

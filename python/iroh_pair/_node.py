@@ -1053,7 +1053,7 @@ class Node:
         async def watch() -> None:
             try:
                 info = await serving
-                detail = info.kind if info.code is None else f"code {info.code}"
+                detail = info.kind if info.code is None else _close_code_text(info.code, info.by_peer)
             except IrohPairError as e:
                 detail = str(e)
             finally:
@@ -1406,6 +1406,19 @@ def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> Remote
         "HANDLER_ERROR": "made the handler fail",
     }.get(name, "was refused")
     return RemoteError(f"{name} ({int(e.code)}): message {mid.hex()} to {dev} {what}", e.code)
+
+
+def _close_code_text(code: int, by_peer: bool) -> str:
+    """A close code as a ``disconnected`` event's detail: its name and number, and who closed.
+
+    >>> _close_code_text(0x12, True)
+    'closed by the peer: CACHE_SHUTDOWN (18)'
+    """
+    try:
+        name = CloseCode(code).name
+    except ValueError:
+        name = "unknown code"
+    return f"closed by {'the peer' if by_peer else 'this node'}: {name} ({code})"
 
 
 def _kind_limits(paired: bool) -> KindLimits:
