@@ -24,9 +24,9 @@ from iroh_pair._control import (
     MAX_LINE,
     SOCKET_FILE,
     ControlClient,
-    ControlError,
+    _ControlError,
     ControlServer,
-    ControlTimeout,
+    _ControlTimeout,
     decode,
     encode,
     peer_uid,
@@ -55,13 +55,13 @@ def test_frames_are_one_ascii_line_and_round_trip() -> None:
     (b'{"v": 1, "text": "' + b"x" * MAX_LINE + b'"}\n', "line_too_long"),
 ])
 def test_bad_frames_raise_typed_errors(raw: bytes, kind: str) -> None:
-    with pytest.raises(ControlError) as e:
+    with pytest.raises(_ControlError) as e:
         decode(raw)
     assert e.value.kind == kind
 
 
 def test_a_frame_beyond_the_limit_is_not_encoded() -> None:
-    with pytest.raises(ControlError) as e:
+    with pytest.raises(_ControlError) as e:
         encode({"v": 1, "text": "x" * MAX_LINE})
     assert e.value.kind == "line_too_long"
 
@@ -114,13 +114,13 @@ async def test_requests_and_typed_errors_through_the_socket(tmp_path: Path) -> N
             assert [d.name for d in await client.devices()] == ["bob"]
             assert (await client.send("bob", "hi\nthere")).endpoint_id == "bob-id"
             assert node.sent == [("bob", b"hi\nthere")]
-            with pytest.raises(ControlError) as e:
+            with pytest.raises(_ControlError) as e:
                 await client.send("nobody", "x")
             assert e.value.kind == "unknown_device" and str(e.value) == str(UnknownDevice("nobody"))
-            with pytest.raises(ControlError) as e:
+            with pytest.raises(_ControlError) as e:
                 await client.request("reboot")
             assert e.value.kind == "bad_request"
-            with pytest.raises(ControlTimeout) as t:  # the request's own timeout, plus the margin
+            with pytest.raises(_ControlTimeout) as t:  # the request's own timeout, plus the margin
                 await asyncio.wait_for(client.send("bob", "slow", timeout=0.01), 30)
             assert t.value.kind == "timeout" and isinstance(t.value, TimeoutError)
             assert (await client.unpair("bob")).name == "bob"
@@ -154,7 +154,7 @@ async def test_a_peer_of_another_uid_is_refused(tmp_path: Path) -> None:
     async with ControlServer(FakeNode(), tmp_path, uid=os.geteuid() + 4242) as server:
         client = await ControlClient.connect(tmp_path)
         assert client is not None
-        with pytest.raises(ControlError) as e:
+        with pytest.raises(_ControlError) as e:
             await client.devices()
         assert e.value.kind == "forbidden" and server.refused == 1
         await client.close()
@@ -364,6 +364,7 @@ async def test_chat_standalone_and_through_a_running_node(tmp_path: Path) -> Non
             msg = await event(daemon)  # the daemon prints it too
             assert msg["text"] == "hello alice"
             for p in (alice, bob):
+                assert p.stdin is not None
                 p.stdin.close()  # end of input ends the chat
                 assert await asyncio.wait_for(p.wait(), 30) == 0
         finally:
@@ -379,3 +380,49 @@ async def test_a_lock_holder_without_socket_keeps_the_error(tmp_path: Path) -> N
         for argv in (["devices"], ["send", "bob", "x"], ["unpair", "bob"], ["chat", "bob"]):
             rc, out, err = await run("--data-dir", str(tmp_path / "a"), "--local", *argv)
             assert rc == 1 and f"is in use by process {os.getpid()}" in err, (argv, err)
+
+
+@pytest.mark.slow
+async def test_host_through_the_daemon_asks_the_sas_on_its_own_terminal(tmp_path: Path) -> None:
+    """``host`` without --yes through a running daemon: the SAS question is asked on the
+    terminal of the ``host`` command (relayed over the socket); a decline there ends it as it
+    would standalone, and the next code pairs."""
+    from iroh_pair.config import CONFIG_FILE
+    from test_cli import CODE_RE, QUESTION_RE, PtyProc
+
+    async with two_devices(tmp_path) as (a, b):
+        daemon = await start("--data-dir", str(a), "--json", "daemon")
+        procs: list[PtyProc] = []
+        try:
+            assert (await event(daemon))["event"] == "running"
+            for answer, c in ((b"n\n", tmp_path / "c1"), (b"y\n", tmp_path / "c2")):
+                c.mkdir(mode=0o700)
+                (c / CONFIG_FILE).write_bytes((a / CONFIG_FILE).read_bytes())
+                host = PtyProc("--data-dir", str(a), "host", "--no-qr")
+                procs.append(host)
+                code = (await host.expect(CODE_RE)).group(1).decode()
+                joiner = PtyProc("--data-dir", str(c), "--name", "carol", "join", code)
+                procs.append(joiner)
+                sas = (await host.expect(QUESTION_RE)).group(1)
+                assert (await joiner.expect(QUESTION_RE)).group(1) == sas
+                assert b"pairing with carol (" in host.output
+                if answer == b"n\n":
+                    host.type(answer)
+                    assert await host.wait() == 1, host.output
+                    assert await joiner.wait() == 3, joiner.output
+                    assert (b"not paired: the SAS was not confirmed on this device; nothing was stored"
+                            in host.output)
+                    assert b"the other device did not confirm the SAS (SAS_DECLINED)" in joiner.output
+                else:
+                    host.type(answer)
+                    joiner.type(answer)
+                    assert await joiner.wait() == 0, joiner.output
+                    assert await host.wait() == 0, host.output
+                    assert f"SAS {sas.decode()} confirmed on this device".encode() in host.output
+                    assert b"paired with carol" in host.output
+            rc, out, err = await run("--data-dir", str(a), "--json", "devices")
+            assert rc == 0 and sorted(d["name"] for d in json.loads(out)) == ["bob", "carol"], err
+        finally:
+            for p in procs:
+                p.close()
+            await stop(daemon)

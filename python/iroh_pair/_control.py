@@ -58,9 +58,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "SOCKET_FILE",
     "ControlClient",
-    "ControlError",
     "ControlServer",
-    "ControlTimeout",
     "DeviceSummary",
     "decode",
     "encode",
@@ -84,7 +82,7 @@ MAX_EVENT_TEXT = 100_000
 SUBSCRIBER_QUEUE = 1000
 
 
-class ControlError(IrohPairError):
+class _ControlError(IrohPairError):  # private, as the module: only the CLI sees it
     """An error answered by the node behind the control socket (``kind`` is the protocol's
     error type), or a broken exchange with it. Its message is the node's, unchanged."""
 
@@ -93,7 +91,7 @@ class ControlError(IrohPairError):
         self.kind = kind
 
 
-class ControlTimeout(ControlError, TimeoutError):
+class _ControlTimeout(_ControlError, TimeoutError):
     """The node answered ``timeout`` (or did not answer in time)."""
 
 
@@ -101,7 +99,7 @@ class ControlTimeout(ControlError, TimeoutError):
 
 
 def encode(obj: dict[str, Any]) -> bytes:
-    """One frame: ``obj`` as compact ASCII JSON and a newline. Raises :class:`ControlError`
+    """One frame: ``obj`` as compact ASCII JSON and a newline. Raises :class:`_ControlError`
     (``line_too_long``) beyond :data:`MAX_LINE`.
 
     >>> encode({"v": 1, "id": 1, "op": "ping"})
@@ -111,34 +109,34 @@ def encode(obj: dict[str, Any]) -> bytes:
     """
     data = json.dumps(obj, separators=(",", ":"), ensure_ascii=True).encode("ascii") + b"\n"
     if len(data) > MAX_LINE:
-        raise ControlError("line_too_long", f"a control line of {len(data)} bytes exceeds {MAX_LINE}")
+        raise _ControlError("line_too_long", f"a control line of {len(data)} bytes exceeds {MAX_LINE}")
     return data
 
 
 def decode(line: bytes) -> dict[str, Any]:
-    """The object of one frame; raises :class:`ControlError` (``line_too_long``,
+    """The object of one frame; raises :class:`_ControlError` (``line_too_long``,
     ``bad_request``, ``unsupported_version``) if it is not a JSON object of this version.
 
     >>> decode(b'{"v":1,"id":1,"op":"ping"}\\n')
     {'v': 1, 'id': 1, 'op': 'ping'}
     """
     if len(line) > MAX_LINE:
-        raise ControlError("line_too_long", f"a control line of {len(line)} bytes exceeds {MAX_LINE}")
+        raise _ControlError("line_too_long", f"a control line of {len(line)} bytes exceeds {MAX_LINE}")
     try:
         obj = json.loads(line)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ControlError("bad_request", f"not JSON: {e}") from None
+        raise _ControlError("bad_request", f"not JSON: {e}") from None
     if not isinstance(obj, dict):
-        raise ControlError("bad_request", "a control line is a JSON object")
+        raise _ControlError("bad_request", "a control line is a JSON object")
     if obj.get("v") != PROTOCOL_VERSION:
-        raise ControlError("unsupported_version",
+        raise _ControlError("unsupported_version",
                            f"control protocol version {obj.get('v')!r} (this side speaks {PROTOCOL_VERSION})")
     return obj
 
 
 def error_of(e: BaseException) -> dict[str, Any]:
     """The ``error`` object that carries ``e`` to the client."""
-    if isinstance(e, ControlError):
+    if isinstance(e, _ControlError):
         return {"type": e.kind, "message": str(e)}
     if isinstance(e, UnknownDevice):
         return {"type": "unknown_device", "message": str(e)}
@@ -159,9 +157,9 @@ def error_of(e: BaseException) -> dict[str, Any]:
 def raise_error(err: object) -> None:
     """Raises the exception an ``error`` object stands for (the client side of
     :func:`error_of`): ``pairing_failed`` as :class:`PairingFailed`, ``timeout`` as
-    :class:`ControlTimeout`, the rest as :class:`ControlError`."""
+    :class:`_ControlTimeout`, the rest as :class:`_ControlError`."""
     if not isinstance(err, dict):
-        raise ControlError("bad_request", "malformed error from the node")
+        raise _ControlError("bad_request", "malformed error from the node")
     kind = str(err.get("type", "internal"))
     message = str(err.get("message", ""))
     if kind == "pairing_failed":
@@ -171,8 +169,8 @@ def raise_error(err: object) -> None:
             code = RejectCode.CONNECTION_LOST
         raise PairingFailed(code, str(err.get("reason", "")), bool(err.get("by_peer", False)))
     if kind == "timeout":
-        raise ControlTimeout(kind, message)
-    raise ControlError(kind, message)
+        raise _ControlTimeout(kind, message)
+    raise _ControlError(kind, message)
 
 
 # ------------------------------------------------------------------ the socket file
@@ -229,7 +227,7 @@ class DeviceSummary:
     @classmethod
     def from_json(cls, obj: object) -> DeviceSummary:
         if not isinstance(obj, dict):
-            raise ControlError("bad_request", "malformed device from the node")
+            raise _ControlError("bad_request", "malformed device from the node")
         last = obj.get("last_seen")
         return cls(str(obj["id"]), str(obj["name"]), str(obj["type"]), float(obj["paired_at"]),
                    None if last is None else float(last))
@@ -389,7 +387,7 @@ class ControlServer:
                 return  # end of input (a partial last line is dropped)
             try:
                 req = decode(line)
-            except ControlError as e:
+            except _ControlError as e:
                 await self._write(writer, {"id": None, "ok": False, "error": error_of(e)})
                 continue
             rid = req.get("id")
@@ -432,7 +430,7 @@ class ControlServer:
             return DeviceSummary.of(await node.unpair(_str(req, "device"))).to_json()
         if op == "stats":
             return self.stats() if self.stats is not None else {}
-        raise ControlError("bad_request", f"unknown operation {op!r}")
+        raise _ControlError("bad_request", f"unknown operation {op!r}")
 
     async def _subscribe(self, rid: object, reader: asyncio.StreamReader,
                          writer: asyncio.StreamWriter) -> None:
@@ -460,7 +458,7 @@ class ControlServer:
     async def _host(self, rid: object, req: dict[str, Any], reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> Any:
         if self.host is None:
-            raise ControlError("bad_request", "this node does not host pairings through its control socket")
+            raise _ControlError("bad_request", "this node does not host pairings through its control socket")
 
         async def emit(ev: dict[str, Any]) -> None:
             await self._write(writer, {"id": rid, "event": ev})
@@ -472,7 +470,7 @@ class ControlServer:
                 return False  # the client went away: decline
             try:
                 answer = decode(line)
-            except ControlError:
+            except _ControlError:
                 return False
             return answer.get("id") == rid and answer.get("answer") is True
 
@@ -482,7 +480,7 @@ class ControlServer:
 def _str(req: dict[str, Any], key: str) -> str:
     value = req.get(key)
     if not isinstance(value, str):
-        raise ControlError("bad_request", f"{key!r} must be a string")
+        raise _ControlError("bad_request", f"{key!r} must be a string")
     return value
 
 
@@ -538,12 +536,12 @@ class ControlClient:
         try:
             line = await asyncio.wait_for(self._reader.readline(), timeout)
         except TimeoutError:
-            raise ControlTimeout("timeout", f"the node at {self.path} did not answer within "
+            raise _ControlTimeout("timeout", f"the node at {self.path} did not answer within "
                                             f"{timeout:g} s") from None
         except (ValueError, asyncio.LimitOverrunError):
-            raise ControlError("line_too_long", f"a control line exceeds {MAX_LINE} bytes") from None
+            raise _ControlError("line_too_long", f"a control line exceeds {MAX_LINE} bytes") from None
         if not line.endswith(b"\n"):
-            raise ControlError("closed", f"the node at {self.path} closed the control connection")
+            raise _ControlError("closed", f"the node at {self.path} closed the control connection")
         msg = decode(line)
         if msg.get("ok") is False and msg.get("id") is None:
             raise_error(msg.get("error"))  # refused (forbidden), or a broken line of ours
@@ -590,7 +588,7 @@ class ControlClient:
         while True:
             try:
                 msg = await self._read(None)
-            except ControlError as e:
+            except _ControlError as e:
                 if e.kind == "closed":
                     return
                 raise

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from iroh_pair import __version__, _qr
-from iroh_pair._control import ControlClient, ControlError, ControlServer, DeviceSummary
+from iroh_pair._control import ControlClient, _ControlError, ControlServer, DeviceSummary
 from iroh_pair._node import HostedPairing, Node
 from iroh_pair._pairing import SasCheck
 from iroh_pair._text import sanitize_for_terminal
@@ -550,7 +550,7 @@ async def _host_for_client(node: Node, params: dict[str, Any], emit: Any, ask: A
         try:
             dev = await _wait_hosted(hosted, question)  # type: ignore[arg-type]
         except _SasDeclined as e:
-            raise ControlError("sas_declined", str(e)) from None
+            raise _ControlError("sas_declined", str(e)) from None
     finally:
         if not hosted.done:  # declined, failed, or the client went away: the code ends now
             node._end_offer(hosted.offer, PairingFailed(RejectCode.CANCELLED, "the code was cancelled"))
@@ -584,7 +584,7 @@ async def _host_through(client: ControlClient, args: argparse.Namespace, questio
         result = await client.host(
             {"ttl": args.ttl, "words": args.words, "lan": lan_mode(args),
              "confirm_timeout": args.confirm_timeout, "ask": not question.assume_yes}, on_event)
-    except ControlError as e:
+    except _ControlError as e:
         if e.kind == "sas_declined":
             raise _SasDeclined(question.timed_out, question.timeout) from None
         raise
@@ -792,7 +792,7 @@ async def cmd_chat(args: argparse.Namespace) -> int:
             dev = await target.device(args.device)
             listener = await ControlClient.connect(args.data_dir)
             if listener is None:
-                raise ControlError("closed", f"the node at {target.path} stopped")
+                raise _ControlError("closed", f"the node at {target.path} stopped")
             printer = asyncio.ensure_future(_print_subscribed(args, listener))
             try:
                 _chat_banner(dev.name, dev.endpoint_id, args)
