@@ -386,12 +386,14 @@ async def test_a_lock_holder_without_socket_keeps_the_error(tmp_path: Path) -> N
 async def test_host_through_the_daemon_asks_the_sas_on_its_own_terminal(tmp_path: Path) -> None:
     """``host`` without --yes through a running daemon: the SAS question is asked on the
     terminal of the ``host`` command (relayed over the socket); a decline there ends it as it
-    would standalone, and the next code pairs."""
+    would standalone, and the next code pairs, joined through the joiner's daemon (``join``
+    relayed the same way)."""
     from iroh_pair.config import CONFIG_FILE
     from test_cli import CODE_RE, QUESTION_RE, PtyProc
 
     async with two_devices(tmp_path) as (a, b):
-        daemon = await start("--data-dir", str(a), "--json", "daemon")
+        daemon = await start("--data-dir", str(a), "--name", "alice", "--json", "daemon")
+        carol: asyncio.subprocess.Process | None = None
         procs: list[PtyProc] = []
         try:
             assert (await event(daemon))["event"] == "running"
@@ -401,6 +403,9 @@ async def test_host_through_the_daemon_asks_the_sas_on_its_own_terminal(tmp_path
                 host = PtyProc("--data-dir", str(a), "host", "--no-qr")
                 procs.append(host)
                 code = (await host.expect(CODE_RE)).group(1).decode()
+                if answer == b"y\n":  # carol's node runs: join goes through it
+                    carol = await start("--data-dir", str(c), "--name", "carol", "--json", "daemon")
+                    assert (await event(carol))["event"] == "running"
                 joiner = PtyProc("--data-dir", str(c), "--name", "carol", "join", code)
                 procs.append(joiner)
                 sas = (await host.expect(QUESTION_RE)).group(1)
@@ -418,11 +423,16 @@ async def test_host_through_the_daemon_asks_the_sas_on_its_own_terminal(tmp_path
                     joiner.type(answer)
                     assert await joiner.wait() == 0, joiner.output
                     assert await host.wait() == 0, host.output
-                    assert f"SAS {sas.decode()} confirmed on this device".encode() in host.output
-                    assert b"paired with carol" in host.output
+                    for p in (host, joiner):
+                        assert f"SAS {sas.decode()} confirmed on this device".encode() in p.output
+                    assert b"paired with carol" in host.output and b"paired with alice" in joiner.output
             rc, out, err = await run("--data-dir", str(a), "--json", "devices")
             assert rc == 0 and sorted(d["name"] for d in json.loads(out)) == ["bob", "carol"], err
+            rc, out, err = await run("--data-dir", str(tmp_path / "c2"), "--json", "devices")
+            assert rc == 0 and [d["name"] for d in json.loads(out)] == ["alice"], err
+            assert carol is not None and carol.returncode is None  # that went through carol's daemon
         finally:
             for p in procs:
                 p.close()
+            await stop(carol)
             await stop(daemon)

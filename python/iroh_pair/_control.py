@@ -23,7 +23,8 @@ Operations: ``ping``, ``devices``, ``device`` (``device``), ``send`` (``device``
 ``timeout``), ``unpair`` (``device``), ``stats``, ``subscribe`` (messages as they arrive, until
 the client closes), ``host`` (``ttl``, ``words``, ``lan``, ``confirm_timeout``, ``ask``: the
 events ``code`` and, with ``ask``, ``sas``, answered by the client with ``{"v": 1, "id": N,
-"answer": true|false}``; the result is the paired device).
+"answer": true|false}``; the result is the paired device and its ``sas``), ``join`` (``code``,
+``timeout``, ``confirm_timeout``, ``ask``: the event ``sas`` as for ``host``).
 
 This module is private; the CLI (:mod:`iroh_pair.cli`) is its user. Example::
 
@@ -248,9 +249,9 @@ class ControlledNode(Protocol):
     async def unpair(self, ref: str) -> Any: ...
 
 
-#: A hosting hook: ``(params, emit, ask) -> result`` (the paired device's JSON and its
-#: ``sas``); the CLI's running node provides it.
-HostFn = Callable[[dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]],
+#: A pairing hook: ``(op, params, emit, ask) -> result`` for ``op`` ``host`` or ``join`` (the
+#: result: the paired device's JSON and its ``sas``); the CLI's running node provides it.
+PairFn = Callable[[str, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]],
                    Callable[[dict[str, Any]], Awaitable[bool]]], Awaitable[Any]]
 
 
@@ -269,12 +270,12 @@ class ControlServer:
     """
 
     def __init__(self, node: ControlledNode, data_dir: str | os.PathLike[str], *,
-                 uid: int | None = None, host: HostFn | None = None,
+                 uid: int | None = None, pair: PairFn | None = None,
                  stats: Callable[[], dict[str, Any]] | None = None) -> None:
         self.node = node
         self.path = socket_path(data_dir)
         self.uid = os.geteuid() if uid is None else uid
-        self.host = host
+        self.pair = pair
         self.stats = stats
         self._server: asyncio.AbstractServer | None = None
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
@@ -396,8 +397,8 @@ class ControlServer:
                 await self._subscribe(rid, reader, writer)
                 return
             try:
-                if op == "host":
-                    result = await self._host(rid, req, reader, writer)
+                if op in ("host", "join"):
+                    result = await self._pair(op, rid, req, reader, writer)
                 else:
                     result = await asyncio.wait_for(self._call(op, req), _timeout_of(req))
             except asyncio.CancelledError:
@@ -455,10 +456,10 @@ class ControlServer:
         finally:
             self._subscribers.discard(q)
 
-    async def _host(self, rid: object, req: dict[str, Any], reader: asyncio.StreamReader,
+    async def _pair(self, op: str, rid: object, req: dict[str, Any], reader: asyncio.StreamReader,
                     writer: asyncio.StreamWriter) -> Any:
-        if self.host is None:
-            raise _ControlError("bad_request", "this node does not host pairings through its control socket")
+        if self.pair is None:
+            raise _ControlError("bad_request", "this node does not pair through its control socket")
 
         async def emit(ev: dict[str, Any]) -> None:
             await self._write(writer, {"id": rid, "event": ev})
@@ -474,7 +475,7 @@ class ControlServer:
                 return False
             return answer.get("id") == rid and answer.get("answer") is True
 
-        return await self.host(req, emit, ask)
+        return await self.pair(op, req, emit, ask)
 
 
 def _str(req: dict[str, Any], key: str) -> str:
@@ -596,14 +597,15 @@ class ControlClient:
             if isinstance(ev, dict):
                 yield ev
 
-    async def host(self, params: dict[str, Any],
+    async def pair(self, op: str, params: dict[str, Any],
                    on_event: Callable[[dict[str, Any]], Awaitable[bool | None]]) -> dict[str, Any]:
-        """Hosts a pairing on the node: ``on_event`` gets each event (``code``, ``sas``); for a
-        ``sas`` event its return value is the answer sent back. Returns the paired device's
-        JSON (:meth:`DeviceSummary.from_json`) with its ``sas``."""
+        """Hosts (``op="host"``) or joins (``op="join"``) a pairing on the node: ``on_event``
+        gets each event (``code``, ``sas``); for a ``sas`` event its return value is the answer
+        sent back. Returns the paired device's JSON (:meth:`DeviceSummary.from_json`) with its
+        ``sas``."""
         self._next += 1
         rid = self._next
-        await self._send({"id": rid, "op": "host", **params})
+        await self._send({"id": rid, "op": op, **params})
         while True:
             msg = await self._read(None)
             if msg.get("id") != rid:

@@ -10,6 +10,12 @@ Pairing asks the user to compare the short authentication string (SAS) on both s
 asking (scripts), which gives up the protection against a man in the middle who knows the code
 (docs/PROTOCOL.md §8.3, §12).
 
+While a command runs the node (``listen``, ``daemon``, ``chat``, ``host --listen``), ``send``,
+``devices``, ``unpair``, ``host``, ``join`` and ``chat`` with the same data directory talk to it
+through its control socket ``DATA_DIR/control.sock`` (:mod:`iroh_pair._control`: owner-only,
+never on the network), with the same output and exit codes; ``--name`` and the network flags of
+such a command are then the running node's.
+
 Text that comes from a peer (device names, Reject reasons, message text, error messages that
 quote them) is printed only through :func:`~iroh_pair._text.sanitize_for_terminal`: no control
 character or escape sequence from a peer reaches the terminal. ``--json`` output is exact:
@@ -34,7 +40,7 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from iroh_pair import __version__, _qr
 from iroh_pair._control import ControlClient, _ControlError, ControlServer, DeviceSummary
@@ -342,10 +348,12 @@ async def node_or_control(args: argparse.Namespace) -> Node | ControlClient:
 async def control_server(node: Node, args: argparse.Namespace) -> AsyncIterator[ControlServer]:
     """Serves ``DATA_DIR/control.sock`` for the other commands while this one runs the node."""
 
-    async def host(params: dict[str, Any], emit: Any, ask: Any) -> Any:
+    async def pair(op: str, params: dict[str, Any], emit: Any, ask: Any) -> Any:
+        if op == "join":
+            return await _join_for_client(node, params, ask)
         return await _host_for_client(node, params, emit, ask)
 
-    server = ControlServer(node, node.data_dir, host=host, stats=node.endpoint.stats)
+    server = ControlServer(node, node.data_dir, pair=pair, stats=node.endpoint.stats)
     await server.start()
     try:
         yield server
@@ -425,7 +433,19 @@ def _attempt_over(hosted: HostedPairing) -> bool:
     return not hosted.done and not offer.used and not offer.busy(time.monotonic())
 
 
-async def _wait_hosted(hosted: HostedPairing, question: SasQuestion) -> PairedDevice:
+class _Question(Protocol):
+    """What :func:`_wait_hosted` reads of a SAS question (:class:`SasQuestion` here, or
+    :class:`_RelayedQuestion` on a node that hosts for a control-socket client)."""
+
+    answer: bool | None
+    timed_out: bool
+    timeout: float
+    cancelled: bool
+
+    def ran_out(self) -> bool: ...
+
+
+async def _wait_hosted(hosted: HostedPairing, question: _Question) -> PairedDevice:
     """``hosted.wait()``, but once the SAS was shown this one attempt decides: a decline here
     ends the command (after the Reject had a moment to leave), and so does the attempt ending
     without a pairing after this side approved."""
@@ -500,9 +520,9 @@ def _print_code(code: str, spoken: str | None, node_id: str, qr_text: str,
 
 
 class _RelayedQuestion:
-    """The daemon's side of ``host`` through the control socket: the SAS question goes to the
-    client (whose terminal asks it); :func:`_wait_hosted` reads the same state as from a
-    :class:`SasQuestion`."""
+    """The daemon's side of ``host`` and ``join`` through the control socket: the SAS question
+    goes to the client (whose terminal asks it); :func:`_wait_hosted` reads the same state as
+    from a :class:`SasQuestion`."""
 
     def __init__(self, ask: Any, timeout: float) -> None:
         self.ask = ask
@@ -531,6 +551,33 @@ class _RelayedQuestion:
     def ran_out(self) -> bool:
         return self.asked and time.monotonic() - self.asked_at >= self.timeout - 0.5
 
+    def declined(self, e: PairingFailed) -> _ControlError | None:
+        """As :meth:`SasQuestion.declined`, as the error the client turns back into it."""
+        if self.answer is False or (self.asked and self.answer is None and not e.by_peer
+                                    and e.code == RejectCode.TIMEOUT):
+            return _ControlError("sas_declined", str(_SasDeclined(self.answer is None, self.timeout)))
+        return None
+
+
+async def _join_for_client(node: Node, params: dict[str, Any], ask: Any) -> dict[str, Any]:
+    """Runs ``join`` for a client of the control socket (the daemon side of
+    :func:`_pair_through`)."""
+    confirm_timeout = float(params.get("confirm_timeout", CONFIRM_TIMEOUT))
+    question = _RelayedQuestion(ask, confirm_timeout)
+    code = params.get("code")
+    if not isinstance(code, str):
+        raise _ControlError("bad_request", "'code' must be a string")
+    try:
+        dev = await node.join(code, timeout=float(params.get("timeout", 60.0)),
+                              confirm=question if params.get("ask") else None,
+                              confirm_timeout=confirm_timeout)
+    except PairingFailed as e:
+        declined = question.declined(e)
+        if declined is not None:
+            raise declined from None
+        raise
+    return {**DeviceSummary.of(dev).to_json(), "sas": node.last_sas(dev.endpoint_id)}
+
 
 async def _host_for_client(node: Node, params: dict[str, Any], emit: Any, ask: Any) -> dict[str, Any]:
     """Runs ``host`` for a client of the control socket (the daemon side of
@@ -548,7 +595,7 @@ async def _host_for_client(node: Node, params: dict[str, Any], emit: Any, ask: A
                     "spoken": None if hosted.spoken is None else str(hosted.spoken),
                     "id": str(node.id), "qr_text": hosted.qr_text})
         try:
-            dev = await _wait_hosted(hosted, question)  # type: ignore[arg-type]
+            dev = await _wait_hosted(hosted, question)
         except _SasDeclined as e:
             raise _ControlError("sas_declined", str(e)) from None
     finally:
@@ -557,10 +604,16 @@ async def _host_for_client(node: Node, params: dict[str, Any], emit: Any, ask: A
     return {**DeviceSummary.of(dev).to_json(), "sas": node.last_sas(dev.endpoint_id)}
 
 
-async def _host_through(client: ControlClient, args: argparse.Namespace, question: SasQuestion) -> int:
-    """``host`` through the running node's control socket: the same output and exit codes."""
+async def _pair_through(client: ControlClient, args: argparse.Namespace, question: SasQuestion,
+                        op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``host`` or ``join`` through the running node's control socket: the same output, SAS
+    question and errors as when this command runs the node."""
     status: Progress | None = None
     waiting: contextlib.AbstractAsyncContextManager[Progress] | None = None
+    if op == "join":
+        waiting = progress("pairing", args.quiet or args.json)
+        status = await waiting.__aenter__()
+        question.status = status
 
     async def on_event(ev: dict[str, Any]) -> bool | None:
         nonlocal status, waiting
@@ -576,14 +629,14 @@ async def _host_through(client: ControlClient, args: argparse.Namespace, questio
             if ev.get("peer_name") is not None:
                 with contextlib.suppress(Exception):
                     info = DeviceInfo(name=str(ev["peer_name"]), device_type=str(ev.get("peer_type") or "other"))
-            check = SasCheck(Role.HOST, bytes.fromhex(str(ev["peer_id"])), str(ev["sas"]), info)
+            role = Role.HOST if op == "host" else Role.JOINER
+            check = SasCheck(role, bytes.fromhex(str(ev["peer_id"])), str(ev["sas"]), info)
             return await question(check)
         return None
 
     try:
-        result = await client.host(
-            {"ttl": args.ttl, "words": args.words, "lan": lan_mode(args),
-             "confirm_timeout": args.confirm_timeout, "ask": not question.assume_yes}, on_event)
+        result = await client.pair(op, {**params, "confirm_timeout": args.confirm_timeout,
+                                        "ask": not question.assume_yes}, on_event)
     except _ControlError as e:
         if e.kind == "sas_declined":
             raise _SasDeclined(question.timed_out, question.timeout) from None
@@ -593,6 +646,13 @@ async def _host_through(client: ControlClient, args: argparse.Namespace, questio
         if waiting is not None:
             await waiting.__aexit__(None, None, None)
     _report_paired(DeviceSummary.from_json(result), str(result.get("sas", "")), args, question)
+    return result
+
+
+async def _host_through(client: ControlClient, args: argparse.Namespace, question: SasQuestion) -> int:
+    """``host`` through the running node's control socket."""
+    await _pair_through(client, args, question, "host",
+                        {"ttl": args.ttl, "words": args.words, "lan": lan_mode(args)})
     if args.listen:
         await _print_subscribed(args, client)
     return EXIT_OK
@@ -651,7 +711,13 @@ async def cmd_join(args: argparse.Namespace) -> int:
     question = sas_question(args)
     if args.code == "-":
         args.code = read_code_from_stdin()
-    async with await open_node(args) as node:
+    target = await node_or_control(args)
+    if isinstance(target, ControlClient):
+        async with target:
+            await _pair_through(target, args, question, "join",
+                                {"code": args.code, "timeout": args.timeout})
+        return EXIT_OK
+    async with target as node:
         try:
             async with progress("pairing", args.quiet or args.json) as status:
                 question.status = status
@@ -988,7 +1054,7 @@ def parser() -> argparse.ArgumentParser:
     ch.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     ch.set_defaults(fn=cmd_chat)
     dm = sub.add_parser("daemon", help="run the node until interrupted; send, devices, unpair, "
-                                       "host and chat with this data directory talk to it")
+                                       "host, join and chat with this data directory talk to it")
     dm.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     dm.set_defaults(fn=cmd_daemon)
     c = sub.add_parser(
