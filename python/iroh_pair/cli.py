@@ -10,6 +10,12 @@ Pairing asks the user to compare the short authentication string (SAS) on both s
 asking (scripts), which gives up the protection against a man in the middle who knows the code
 (docs/PROTOCOL.md §8.3, §12).
 
+While a command runs the node (``listen``, ``daemon``, ``chat``, ``host --listen``), ``send``,
+``devices``, ``unpair``, ``host``, ``join`` and ``chat`` with the same data directory talk to it
+through its control socket ``DATA_DIR/control.sock`` (:mod:`iroh_pair._control`: owner-only,
+never on the network), with the same output and exit codes; ``--name`` and the network flags of
+such a command are then the running node's.
+
 Text that comes from a peer (device names, Reject reasons, message text, error messages that
 quote them) is printed only through :func:`~iroh_pair._text.sanitize_for_terminal`: no control
 character or escape sequence from a peer reaches the terminal. ``--json`` output is exact:
@@ -34,15 +40,18 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from iroh_pair import __version__, _qr
+from iroh_pair._control import ControlClient, _ControlError, ControlServer, DeviceSummary
 from iroh_pair._node import HostedPairing, Node
 from iroh_pair._pairing import SasCheck
 from iroh_pair._text import sanitize_for_terminal
 from iroh_pair.config import CONFIG_FILE, ENVIRONMENT, Mode, NetworkSettings, load_settings, write_config
-from iroh_pair.errors import ConfigError, IrohPairError, PairingFailed
+from iroh_pair.errors import ConfigError, DataDirLocked, IrohPairError, PairingFailed
+from iroh_pair.protocol import DeviceInfo
 from iroh_pair.protocol.constants import RejectCode
+from iroh_pair.protocol.kdf import Role
 from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import NetworkOptions
@@ -111,7 +120,7 @@ def lan_mode(args: argparse.Namespace) -> bool:
     return bool(getattr(args, "lan", False)) or (isinstance(code, str) and looks_spoken(code))
 
 
-def describe(dev: PairedDevice) -> str:
+def describe(dev: PairedDevice | DeviceSummary) -> str:
     kind = safe(dev.device_type, 20)
     return f"{safe(dev.name, 40)}  ({kind})  {dev.endpoint_id}"
 
@@ -321,10 +330,41 @@ async def open_node(args: argparse.Namespace) -> Node:
     return await Node.open(args.data_dir, name=args.name, options=network_options(args))
 
 
-def report_stats(node: Node, args: argparse.Namespace) -> None:
+async def node_or_control(args: argparse.Namespace) -> Node | ControlClient:
+    """The node, opened in the data directory; or, if a running node holds the directory
+    (``listen``, ``daemon``, ``chat``), a connection to its control socket
+    (:mod:`iroh_pair._control`). A holder without a control socket (an older version, or
+    ``id``/``join``/... running meanwhile) still raises :class:`DataDirLocked`."""
+    try:
+        return await open_node(args)
+    except DataDirLocked:
+        client = await ControlClient.connect(args.data_dir)
+        if client is None:
+            raise
+        return client
+
+
+@contextlib.asynccontextmanager
+async def control_server(node: Node, args: argparse.Namespace) -> AsyncIterator[ControlServer]:
+    """Serves ``DATA_DIR/control.sock`` for the other commands while this one runs the node."""
+
+    async def pair(op: str, params: dict[str, Any], emit: Any, ask: Any) -> Any:
+        if op == "join":
+            return await _join_for_client(node, params, ask)
+        return await _host_for_client(node, params, emit, ask)
+
+    server = ControlServer(node, node.data_dir, pair=pair, stats=node.endpoint.stats)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.close()
+
+
+def report_stats(node: Node | dict[str, int], args: argparse.Namespace) -> None:
     """With --stats: the endpoint's native counters (connections, streams) as the last line."""
     if args.stats:
-        stats = node.endpoint.stats()
+        stats = node.endpoint.stats() if isinstance(node, Node) else node
         if args.json:
             print(json.dumps({"event": "stats", "stats": stats}), flush=True)
         else:
@@ -338,8 +378,10 @@ async def cmd_id(args: argparse.Namespace) -> int:
 
 
 async def cmd_devices(args: argparse.Namespace) -> int:
-    async with await open_node(args) as node:
-        devs = node.devices()
+    target = await node_or_control(args)
+    devs: Sequence[PairedDevice | DeviceSummary]
+    async with target:
+        devs = await target.devices() if isinstance(target, ControlClient) else target.devices()
         if args.json:
             print(json.dumps([
                 {"id": str(d.endpoint_id), "name": d.name, "type": d.device_type, "paired_at": d.paired_at,
@@ -353,21 +395,26 @@ async def cmd_devices(args: argparse.Namespace) -> int:
 
 
 def _print_message(dev: PairedDevice, data: bytes, as_json: bool) -> None:
-    text = data.decode("utf-8", errors="replace")
+    _print_text(str(dev.endpoint_id), dev.name, data.decode("utf-8", errors="replace"), as_json)
+
+
+def _print_text(sender: str, name: str, text: str, as_json: bool) -> None:
     if as_json:
-        print(json.dumps({"event": "message", "from": str(dev.endpoint_id), "name": dev.name, "text": text}),
-              flush=True)
+        print(json.dumps({"event": "message", "from": sender, "name": name, "text": text}), flush=True)
     else:
-        print(f"{safe(dev.name, 40)}: {safe(text, 4000)}", flush=True)
+        print(f"{safe(name, 40)}: {safe(text, 4000)}", flush=True)
 
 
-async def _listen(node: Node, args: argparse.Namespace, count: int | None) -> None:
+async def _listen(node: Node, args: argparse.Namespace, count: int | None,
+                  server: ControlServer | None = None) -> None:
     done = asyncio.Event()
     received = 0
 
     def on_message(dev: PairedDevice, data: bytes) -> None:
         nonlocal received
         _print_message(dev, data, args.json)
+        if server is not None:
+            server.publish(dev, data)
         received += 1
         if count is not None and received >= count:
             done.set()
@@ -386,7 +433,19 @@ def _attempt_over(hosted: HostedPairing) -> bool:
     return not hosted.done and not offer.used and not offer.busy(time.monotonic())
 
 
-async def _wait_hosted(hosted: HostedPairing, question: SasQuestion) -> PairedDevice:
+class _Question(Protocol):
+    """What :func:`_wait_hosted` reads of a SAS question (:class:`SasQuestion` here, or
+    :class:`_RelayedQuestion` on a node that hosts for a control-socket client)."""
+
+    answer: bool | None
+    timed_out: bool
+    timeout: float
+    cancelled: bool
+
+    def ran_out(self) -> bool: ...
+
+
+async def _wait_hosted(hosted: HostedPairing, question: _Question) -> PairedDevice:
     """``hosted.wait()``, but once the SAS was shown this one attempt decides: a decline here
     ends the command (after the Reject had a moment to leave), and so does the attempt ending
     without a pairing after this side approved."""
@@ -415,44 +474,202 @@ async def _wait_hosted(hosted: HostedPairing, question: SasQuestion) -> PairedDe
 
 async def cmd_host(args: argparse.Namespace) -> int:
     question = sas_question(args)
-    async with await open_node(args) as node:
+    target = await node_or_control(args)
+    if isinstance(target, ControlClient):
+        async with target:
+            return await _host_through(target, args, question)
+    async with target as node:
         hosted = await node.host_pairing(
             ttl=args.ttl, words=args.words, lan=lan_mode(args), confirm=question,
             confirm_timeout=args.confirm_timeout,
         )
         spoken = None if hosted.spoken is None else str(hosted.spoken)
-        if args.json:
-            print(json.dumps({"event": "code", "code": str(hosted.code), "spoken": spoken,
-                              "id": str(node.id)}), flush=True)
-        elif spoken is not None:
-            print(f"pairing code for a device on this LAN (single use, expires in {args.ttl:.0f} s):",
-                  file=sys.stderr)
-            print(spoken, flush=True)
-            print(f"from another network use the full code: {hosted.code}", file=sys.stderr)
-        else:
-            print(f"pairing code (single use, expires in {args.ttl:.0f} s):", file=sys.stderr)
-            print(str(hosted.code), flush=True)
-        if not args.json and args.qr:
-            print_qr(hosted)
+        _print_code(str(hosted.code), spoken, str(node.id), hosted.qr_text, args)
         try:
             async with progress("waiting for the other device", args.quiet or args.json) as status:
                 question.status = status
                 dev = await _wait_hosted(hosted, question)
         finally:
             question.end_prompt()
-        _report_paired(node, dev, args, question)
+        _report_paired(dev, node.last_sas(dev.endpoint_id), args, question)
         if args.listen:
-            node.on_message(lambda d, data: _print_message(d, data, args.json))
-            await asyncio.Event().wait()
+            async with control_server(node, args) as server:
+                def on_message(d: PairedDevice, data: bytes) -> None:
+                    _print_message(d, data, args.json)
+                    server.publish(d, data)
+
+                node.on_message(on_message)
+                await asyncio.Event().wait()
     return EXIT_OK
 
 
-def print_qr(hosted: HostedPairing) -> None:
+def _print_code(code: str, spoken: str | None, node_id: str, qr_text: str,
+                args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps({"event": "code", "code": code, "spoken": spoken, "id": node_id}), flush=True)
+    elif spoken is not None:
+        print(f"pairing code for a device on this LAN (single use, expires in {args.ttl:.0f} s):",
+              file=sys.stderr)
+        print(spoken, flush=True)
+        print(f"from another network use the full code: {code}", file=sys.stderr)
+    else:
+        print(f"pairing code (single use, expires in {args.ttl:.0f} s):", file=sys.stderr)
+        print(code, flush=True)
+    if not args.json and args.qr:
+        print_qr(qr_text)
+
+
+class _RelayedQuestion:
+    """The daemon's side of ``host`` and ``join`` through the control socket: the SAS question
+    goes to the client (whose terminal asks it); :func:`_wait_hosted` reads the same state as
+    from a :class:`SasQuestion`."""
+
+    def __init__(self, ask: Any, timeout: float) -> None:
+        self.ask = ask
+        self.timeout = timeout
+        self.answer: bool | None = None
+        self.asked = False
+        self.timed_out = False
+        self.cancelled = False
+        self.asked_at = 0.0
+
+    async def __call__(self, check: SasCheck) -> bool:
+        self.asked = True
+        self.asked_at = time.monotonic()
+        peer = check.peer_info
+        try:
+            answer = bool(await self.ask({
+                "event": "sas", "sas": check.sas, "peer_id": bytes(check.peer_id).hex(),
+                "peer_name": None if peer is None else peer.name,
+                "peer_type": None if peer is None else peer.device_type}))
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        self.answer = answer
+        return answer
+
+    def ran_out(self) -> bool:
+        return self.asked and time.monotonic() - self.asked_at >= self.timeout - 0.5
+
+    def declined(self, e: PairingFailed) -> _ControlError | None:
+        """As :meth:`SasQuestion.declined`, as the error the client turns back into it."""
+        if self.answer is False or (self.asked and self.answer is None and not e.by_peer
+                                    and e.code == RejectCode.TIMEOUT):
+            return _ControlError("sas_declined", str(_SasDeclined(self.answer is None, self.timeout)))
+        return None
+
+
+async def _join_for_client(node: Node, params: dict[str, Any], ask: Any) -> dict[str, Any]:
+    """Runs ``join`` for a client of the control socket (the daemon side of
+    :func:`_pair_through`)."""
+    confirm_timeout = float(params.get("confirm_timeout", CONFIRM_TIMEOUT))
+    question = _RelayedQuestion(ask, confirm_timeout)
+    code = params.get("code")
+    if not isinstance(code, str):
+        raise _ControlError("bad_request", "'code' must be a string")
+    try:
+        dev = await node.join(code, timeout=float(params.get("timeout", 60.0)),
+                              confirm=question if params.get("ask") else None,
+                              confirm_timeout=confirm_timeout)
+    except PairingFailed as e:
+        declined = question.declined(e)
+        if declined is not None:
+            raise declined from None
+        raise
+    return {**DeviceSummary.of(dev).to_json(), "sas": node.last_sas(dev.endpoint_id)}
+
+
+async def _host_for_client(node: Node, params: dict[str, Any], emit: Any, ask: Any) -> dict[str, Any]:
+    """Runs ``host`` for a client of the control socket (the daemon side of
+    :func:`_host_through`): the events ``code`` and ``sas`` go to the client, the SAS answer
+    comes back from it. Returns the paired device with its SAS."""
+    confirm_timeout = float(params.get("confirm_timeout", CONFIRM_TIMEOUT))
+    question = _RelayedQuestion(ask, confirm_timeout)
+    hosted = await node.host_pairing(
+        ttl=float(params.get("ttl", 300.0)), words=int(params.get("words", 3)),
+        lan=bool(params.get("lan", False)),
+        confirm=question if params.get("ask") else None, confirm_timeout=confirm_timeout,
+    )
+    try:
+        await emit({"event": "code", "code": str(hosted.code),
+                    "spoken": None if hosted.spoken is None else str(hosted.spoken),
+                    "id": str(node.id), "qr_text": hosted.qr_text})
+        try:
+            dev = await _wait_hosted(hosted, question)
+        except _SasDeclined as e:
+            raise _ControlError("sas_declined", str(e)) from None
+    finally:
+        if not hosted.done:  # declined, failed, or the client went away: the code ends now
+            node._end_offer(hosted.offer, PairingFailed(RejectCode.CANCELLED, "the code was cancelled"))
+    return {**DeviceSummary.of(dev).to_json(), "sas": node.last_sas(dev.endpoint_id)}
+
+
+async def _pair_through(client: ControlClient, args: argparse.Namespace, question: SasQuestion,
+                        op: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``host`` or ``join`` through the running node's control socket: the same output, SAS
+    question and errors as when this command runs the node."""
+    status: Progress | None = None
+    waiting: contextlib.AbstractAsyncContextManager[Progress] | None = None
+    if op == "join":
+        waiting = progress("pairing", args.quiet or args.json)
+        status = await waiting.__aenter__()
+        question.status = status
+
+    async def on_event(ev: dict[str, Any]) -> bool | None:
+        nonlocal status, waiting
+        if ev.get("event") == "code":
+            _print_code(str(ev["code"]), None if ev.get("spoken") is None else str(ev["spoken"]),
+                        str(ev["id"]), str(ev.get("qr_text", "")), args)
+            waiting = progress("waiting for the other device", args.quiet or args.json)
+            status = await waiting.__aenter__()
+            question.status = status
+            return None
+        if ev.get("event") == "sas":
+            info = None
+            if ev.get("peer_name") is not None:
+                with contextlib.suppress(Exception):
+                    info = DeviceInfo(name=str(ev["peer_name"]), device_type=str(ev.get("peer_type") or "other"))
+            role = Role.HOST if op == "host" else Role.JOINER
+            check = SasCheck(role, bytes.fromhex(str(ev["peer_id"])), str(ev["sas"]), info)
+            return await question(check)
+        return None
+
+    try:
+        result = await client.pair(op, {**params, "confirm_timeout": args.confirm_timeout,
+                                        "ask": not question.assume_yes}, on_event)
+    except _ControlError as e:
+        if e.kind == "sas_declined":
+            raise _SasDeclined(question.timed_out, question.timeout) from None
+        raise
+    finally:
+        question.end_prompt()
+        if waiting is not None:
+            await waiting.__aexit__(None, None, None)
+    _report_paired(DeviceSummary.from_json(result), str(result.get("sas", "")), args, question)
+    return result
+
+
+async def _host_through(client: ControlClient, args: argparse.Namespace, question: SasQuestion) -> int:
+    """``host`` through the running node's control socket."""
+    await _pair_through(client, args, question, "host",
+                        {"ttl": args.ttl, "words": args.words, "lan": lan_mode(args)})
+    if args.listen:
+        await _print_subscribed(args, client)
+    return EXIT_OK
+
+
+async def _print_subscribed(args: argparse.Namespace, client: ControlClient) -> None:
+    """Prints the messages the running node receives, until it stops."""
+    async for ev in client.subscribe():
+        _print_text(str(ev.get("from", "")), str(ev.get("name", "")), str(ev.get("text", "")), args.json)
+
+
+def print_qr(qr_text: str) -> None:
     """The full code as a QR code on stderr (after the code itself on stdout, which stays the
     one line a script reads): half blocks with a quiet zone, light modules drawn (for the usual
     light-on-dark terminal), no escape sequences. A terminal too narrow for it gets a one-line
     note instead of a wrapped, unscannable code."""
-    text = _qr.terminal(hosted.qr_text)
+    text = _qr.terminal(qr_text)
     width = len(text.split("\n", 1)[0])
     if sys.stderr.isatty():
         columns = shutil.get_terminal_size(fallback=(width, 24)).columns
@@ -477,9 +694,8 @@ def read_code_from_stdin() -> str:
     return code
 
 
-def _report_paired(node: Node, dev: PairedDevice, args: argparse.Namespace,
+def _report_paired(dev: PairedDevice | DeviceSummary, sas: str, args: argparse.Namespace,
                    question: SasQuestion) -> None:
-    sas = node.last_sas(dev.endpoint_id)
     if args.json:
         print(json.dumps({"event": "paired", "id": str(dev.endpoint_id), "name": dev.name, "sas": sas,
                           "confirmed": question.asked}), flush=True)
@@ -495,7 +711,13 @@ async def cmd_join(args: argparse.Namespace) -> int:
     question = sas_question(args)
     if args.code == "-":
         args.code = read_code_from_stdin()
-    async with await open_node(args) as node:
+    target = await node_or_control(args)
+    if isinstance(target, ControlClient):
+        async with target:
+            await _pair_through(target, args, question, "join",
+                                {"code": args.code, "timeout": args.timeout})
+        return EXIT_OK
+    async with target as node:
         try:
             async with progress("pairing", args.quiet or args.json) as status:
                 question.status = status
@@ -510,12 +732,25 @@ async def cmd_join(args: argparse.Namespace) -> int:
             raise
         finally:
             question.end_prompt()
-        _report_paired(node, dev, args, question)
+        _report_paired(dev, node.last_sas(dev.endpoint_id), args, question)
     return EXIT_OK
 
 
 async def cmd_send(args: argparse.Namespace) -> int:
-    async with await open_node(args) as node:
+    target = await node_or_control(args)
+    if isinstance(target, ControlClient):
+        async with target:
+            summary = await target.device(args.device)
+            async with progress(f"sending to {safe(summary.name, 40)}", args.quiet or args.json):
+                await target.send(summary.endpoint_id, args.text, timeout=args.timeout)
+            if args.json:
+                print(json.dumps({"event": "delivered", "to": summary.endpoint_id}), flush=True)
+            else:
+                print(f"delivered to {safe(summary.name, 40)}", file=sys.stderr)
+            if args.stats:
+                report_stats(await target.request("stats"), args)
+        return EXIT_OK
+    async with target as node:
         dev = node.device(args.device)
         async with progress(f"sending to {safe(dev.name, 40)}", args.quiet or args.json):
             await node.send(dev, args.text.encode(), timeout=args.timeout)
@@ -528,25 +763,140 @@ async def cmd_send(args: argparse.Namespace) -> int:
 
 
 async def cmd_listen(args: argparse.Namespace) -> int:
-    async with await open_node(args) as node:
+    async with await open_node(args) as node, control_server(node, args) as server:
         # Report "listening" only once a sender started now can find this node by id.
         if node.uses_servers:
             async with progress("getting reachable (relay, address lookup)", args.quiet or args.json):
                 await node.wait_reachable()
         if args.json:
-            print(json.dumps({"event": "listening", "id": str(node.id)}), flush=True)
+            print(json.dumps({"event": "listening", "id": str(node.id),
+                              "control": str(server.path)}), flush=True)
         else:
             print(f"listening as {node.id} (Ctrl-C to stop)", file=sys.stderr)
-        await _listen(node, args, args.count)
+        await _listen(node, args, args.count, server)
         report_stats(node, args)
     return EXIT_OK
 
 
+async def cmd_daemon(args: argparse.Namespace) -> int:
+    """Runs the node until interrupted, serving the control socket (``listen`` that also says
+    where the socket is); messages that arrive are printed as ``listen`` prints them."""
+    async with await open_node(args) as node, control_server(node, args) as server:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if node.uses_servers:
+            async with progress("getting reachable (relay, address lookup)", args.quiet or args.json):
+                await node.wait_reachable()
+        if args.json:
+            print(json.dumps({"event": "running", "id": str(node.id), "control": str(server.path)}),
+                  flush=True)
+        else:
+            print(f"running as {node.id}; other commands with this data directory go through "
+                  f"{server.path} (Ctrl-C to stop)", file=sys.stderr)
+
+        def on_message(dev: PairedDevice, data: bytes) -> None:
+            _print_message(dev, data, args.json)
+            server.publish(dev, data)
+
+        node.on_message(on_message)
+        await stop.wait()
+    return EXIT_OK
+
+
 async def cmd_unpair(args: argparse.Namespace) -> int:
-    async with await open_node(args) as node:
-        dev = await node.unpair(args.device)
+    target = await node_or_control(args)
+    async with target:
+        dev = await target.unpair(args.device)
         print(f"unpaired {describe(dev)}", file=sys.stderr)
     return EXIT_OK
+
+
+class _StdinLines:
+    """Lines of standard input, read by a daemon thread (pipes and terminals alike), without
+    blocking the event loop; ``None`` at end of input."""
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+
+        def read() -> None:
+            try:
+                for raw in iter(sys.stdin.buffer.readline, b""):
+                    loop.call_soon_threadsafe(self.queue.put_nowait, raw)
+            except (OSError, ValueError):
+                pass
+            loop.call_soon_threadsafe(self.queue.put_nowait, None)
+
+        threading.Thread(target=read, name="iroh-pair-stdin", daemon=True).start()
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while True:
+            raw = await self.queue.get()
+            if raw is None:
+                return
+            text = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            if text:
+                yield text
+
+
+async def cmd_chat(args: argparse.Namespace) -> int:
+    """Sends each line of stdin to DEVICE and prints the messages that arrive ("name: text"),
+    until end of input or Ctrl-C. Runs the node itself (and serves the control socket
+    meanwhile), or talks to the node that holds the data directory."""
+    target = await node_or_control(args)
+    failed = 0
+
+    def not_delivered(e: Exception) -> None:
+        nonlocal failed
+        failed += 1
+        fail(f"not delivered: {'timed out: ' if isinstance(e, TimeoutError) else ''}{e}")
+
+    if isinstance(target, ControlClient):
+        async with target:
+            dev = await target.device(args.device)
+            listener = await ControlClient.connect(args.data_dir)
+            if listener is None:
+                raise _ControlError("closed", f"the node at {target.path} stopped")
+            printer = asyncio.ensure_future(_print_subscribed(args, listener))
+            try:
+                _chat_banner(dev.name, dev.endpoint_id, args)
+                async for text in _StdinLines():
+                    try:
+                        await target.send(dev.endpoint_id, text, timeout=args.timeout)
+                    except (IrohPairError, TimeoutError) as e:
+                        not_delivered(e)
+            finally:
+                printer.cancel()
+                await listener.close()
+        return EXIT_ERROR if failed else EXIT_OK
+    async with target as node, control_server(node, args) as server:
+        paired = node.device(args.device)
+
+        def on_message(d: PairedDevice, data: bytes) -> None:
+            _print_message(d, data, args.json)
+            server.publish(d, data)
+
+        node.on_message(on_message)
+        if node.uses_servers:
+            async with progress("getting reachable (relay, address lookup)", args.quiet or args.json):
+                await node.wait_reachable()
+        _chat_banner(paired.name, str(paired.endpoint_id), args)
+        async for text in _StdinLines():
+            try:
+                await node.send(paired, text.encode(), timeout=args.timeout)
+            except (IrohPairError, TimeoutError) as e:
+                not_delivered(e)
+    return EXIT_ERROR if failed else EXIT_OK
+
+
+def _chat_banner(name: str, endpoint_id: str, args: argparse.Namespace) -> None:
+    if args.json:
+        print(json.dumps({"event": "chat", "with": endpoint_id, "name": name}), flush=True)
+    elif not args.quiet:
+        print(f"chatting with {safe(name, 40)}: type a line and Enter to send it, Ctrl-D to end",
+              file=sys.stderr, flush=True)
 
 
 _SETTING_FLAGS = {
@@ -697,6 +1047,16 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("unpair", help="forget DEVICE")
     u.add_argument("device")
     u.set_defaults(fn=cmd_unpair)
+    ch = sub.add_parser("chat", help="send each line of stdin to DEVICE and print what arrives, "
+                                     "until end of input (Ctrl-D) or Ctrl-C")
+    ch.add_argument("device", help="name, EndpointId or id prefix")
+    ch.add_argument("--timeout", type=float, default=30.0, help="seconds to deliver each line")
+    ch.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
+    ch.set_defaults(fn=cmd_chat)
+    dm = sub.add_parser("daemon", help="run the node until interrupted; send, devices, unpair, "
+                                       "host, join and chat with this data directory talk to it")
+    dm.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
+    dm.set_defaults(fn=cmd_daemon)
     c = sub.add_parser(
         "config", help="show the network settings in effect; --write saves them",
         description="Network settings come from flags, then IROH_PAIR_* environment variables "
