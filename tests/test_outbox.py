@@ -344,10 +344,9 @@ async def test_100_messages_queued_across_a_restart_of_the_sender_arrive_once_in
         a2 = await Peer.start(servers, a_dir, "a", target="b", enqueue=msgs[50:])
         assert (await a2.line(10))["enqueued"] == 50
         assert "outbox_empty" in await a2.line(60)
-        print(f"\n[outbox] sender killed after {at_kill} of 50 were logged; "
-              f"receiver rejections: see below")
         last = await b.stop()
-        print(f"[outbox] receiver: {last['rejections']}")
+        print(f"\n[outbox] sender killed after {at_kill} of 50 were logged; the receiver "
+              f"refused {last['rejections']}")
         assert _lines(log) == msgs
     finally:
         for p in (a1, a2, b):

@@ -553,7 +553,7 @@ class Node:
         if options.mdns:
             self._spawn(self._watch_lan())
         for eid in self.registry.outbox_devices():  # queued by an earlier run
-            self._outbox_kick(eid)
+            self._outbox_start(eid)
         log.info("node %s opened in %s", self.id.fmt_short(), self.data_dir)
         return self
 
@@ -1081,9 +1081,10 @@ class Node:
         its record (:class:`~iroh_pair.PendingMessage`; ``.id`` is its message id).
 
         Delivery: the node tries when it opens (messages queued by an earlier run included),
-        when the message is queued, and when the device connects (a "connected" event); after
-        a failed attempt it waits (1 s, doubling up to ``outbox_retry_max``, a
-        :meth:`open` parameter) and tries again, dialing by EndpointId. A device's messages
+        when a message is queued for a device with nothing queued before, and when the device
+        connects (a "connected" event); after a failed attempt it waits (1 s, doubling up to
+        ``outbox_retry_max``, a :meth:`open` parameter; queueing more does not cut the wait
+        short) and tries again, dialing by EndpointId. A device's messages
         go one at a time: the next is sent once the receiver has acknowledged the one before
         (its handler returned), so a message the receiver's handler keeps refusing holds the
         ones behind it until it expires or is cancelled (``attempts`` and ``last_error`` of
@@ -1127,7 +1128,7 @@ class Node:
             kind, payload, expires=now + life, max_messages=self._outbox_max_messages,
             max_bytes=self._outbox_max_bytes, now=now,
         )
-        self._outbox_kick(dev.endpoint_id)
+        self._outbox_start(dev.endpoint_id)
         return pending
 
     def outbox(self, device: DeviceRef | None = None) -> list[PendingMessage]:
@@ -1150,13 +1151,9 @@ class Node:
         """
         return self.registry.outbox_remove(bytes(message_id))
 
-    def _outbox_kick(self, eid: EndpointId) -> None:
-        """Starts ``eid``'s delivery task, or wakes it (it tries at once)."""
-        wake = self._outbox_wake.get(eid)
-        if wake is not None:
-            wake.set()
-            return
-        if self._closed:
+    def _outbox_start(self, eid: EndpointId) -> None:
+        """Starts ``eid``'s delivery task unless it runs (a "connected" event wakes it)."""
+        if eid in self._outbox_wake or self._closed:
             return
         wake = asyncio.Event()
         self._outbox_wake[eid] = wake
@@ -1505,7 +1502,7 @@ class Node:
     async def events(self) -> AsyncIterator[NodeEvent]:
         """Device events as they happen (:class:`NodeEvent`): paired, unpaired, connected
         (with the path), path_changed and disconnected (and lan_appeared, lan_left with mDNS
-        on). Ends when the node closes. Built on the node's connections and iroh's path
+        on), and outbox_expired (:meth:`enqueue`). Ends when the node closes. Built on the node's connections and iroh's path
         events, not on polling:
 
         - "connected" is emitted as soon as the device's first live connection is set up
