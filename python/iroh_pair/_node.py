@@ -1192,7 +1192,7 @@ class Node:
                     first = self.registry.outbox_next_expiry(eid)
                     if first is not None:
                         wait = min(wait, max(0.0, first - time.time()))
-                    wake.clear()  # a "connected" event or a new message from now on: try again
+                    wake.clear()  # a "connected" event (or unpairing) from now on ends the wait
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(wake.wait(), wait)
                     delay = min(delay * 2, self._outbox_retry_max)
@@ -1502,8 +1502,8 @@ class Node:
     async def events(self) -> AsyncIterator[NodeEvent]:
         """Device events as they happen (:class:`NodeEvent`): paired, unpaired, connected
         (with the path), path_changed and disconnected (and lan_appeared, lan_left with mDNS
-        on), and outbox_expired (:meth:`enqueue`). Ends when the node closes. Built on the node's connections and iroh's path
-        events, not on polling:
+        on), and outbox_expired (:meth:`enqueue`). Ends when the node closes. Built on the
+        node's connections and iroh's path events, not on polling:
 
         - "connected" is emitted as soon as the device's first live connection is set up
           (dialed by this node, or accepted), before any message on it is handled: within
