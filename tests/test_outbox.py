@@ -391,3 +391,36 @@ async def test_the_receiver_killed_mid_delivery_loses_and_doubles_nothing(
         if b is not None:
             await b.kill()
         await a.close()
+
+
+@pytest.mark.slow
+async def test_a_connected_event_ends_the_retry_wait(
+        servers: LocalServers, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """a's first attempt fails (b is down) and its next one is at least 15 s away (the first
+    wait made 30 s here); b starts and sends a message of its own to a: a's "connected" event
+    wakes a's outbox, which delivers at once, long before the wait would have ended."""
+    import iroh_pair._node
+
+    a_dir, b_dir = await _pair(servers, tmp_path)
+    log = tmp_path / "b.log"
+    monkeypatch.setattr(iroh_pair._node, "OUTBOX_RETRY_MIN", 30.0)
+    a = await Node.open(a_dir, name="a", options=_options(servers), dial_timeout=DIAL_TIMEOUT,
+                        outbox_retry_max=60.0)
+    got: list[bytes] = []
+    a.on_message(lambda dev, data: got.append(data))
+    b: Peer | None = None
+    try:
+        assert await a.wait_reachable()
+        a.enqueue("b", b"for b")
+        await _wait_for("the first attempt fails", lambda: a.outbox()[0].attempts == 1, 30)
+        failed_at = time.monotonic()
+        b = await Peer.start(servers, b_dir, "b", log=str(log), target="a", enqueue=["for a"])
+        await _wait_for("b's message", lambda: got == [b"for a"], DELIVERED_WITHIN)
+        await _wait_for("a's message", lambda: _lines(log) == ["for b"], 5)
+        took = time.monotonic() - failed_at
+        print(f"\n[outbox] delivered {took:.1f} s after the failed attempt (next one was >= 15 s away)")
+        assert took < 15.0 and a.outbox() == []
+    finally:
+        if b is not None:
+            await b.kill()
+        await a.close()
