@@ -24,7 +24,18 @@ from typing import Any
 
 import pytest
 
-from iroh_pair import Node, NodeEvent, OutboxFull, PendingMessage, UnknownDevice, new_message_id
+from iroh_pair import (
+    EndpointId,
+    Node,
+    NodeEvent,
+    OutboxFull,
+    PairedDevice,
+    PendingMessage,
+    SecretKey,
+    UnknownDevice,
+    new_message_id,
+)
+from iroh_pair.protocol.kdf import SessionKeys
 from iroh_pair.store import REGISTRY_FILE, DeviceRegistry
 from iroh_pair.store._registry import APPLICATION_ID, MIGRATIONS, SCHEMA_VERSION
 from iroh_pair.testing import DNS_BIN, RELAY_BIN, LocalServers, find_binary
@@ -48,18 +59,13 @@ DELIVERED_WITHIN = 20.0
 # the registry's outbox table
 
 
-def _eid(n: int) -> Any:
-    from iroh_pair import SecretKey
-
+def _new_eid() -> EndpointId:
     return SecretKey.generate().public()
 
 
-def _registry_with_device(tmp_path: Path) -> tuple[DeviceRegistry, Any]:
-    from iroh_pair import PairedDevice
-    from iroh_pair.protocol.kdf import SessionKeys
-
+def _registry_with_device(tmp_path: Path) -> tuple[DeviceRegistry, EndpointId]:
     reg = DeviceRegistry(tmp_path / REGISTRY_FILE)
-    eid = _eid(0)
+    eid = _new_eid()
     reg.add_or_replace(PairedDevice(eid, "b", "other", "", "", 1.0, None,
                                     SessionKeys(send=os.urandom(32), receive=os.urandom(32))))
     return reg, eid
@@ -89,7 +95,7 @@ def test_registry_outbox_keeps_order_limits_and_expiry(tmp_path: Path) -> None:
         assert [p.id for p in reg.outbox_expire(eid, now=100.0)] == [ids[0]]
         assert [p.id for p in reg.outbox_list()] == [ids[2]] and reg.outbox_devices() == [eid]
         with pytest.raises(UnknownDevice):
-            reg.outbox_add(_eid(1), new_message_id(), "msg", b"", expires=1.0, max_messages=1, max_bytes=1)
+            reg.outbox_add(_new_eid(), new_message_id(), "msg", b"", expires=1.0, max_messages=1, max_bytes=1)
         assert reg.remove(eid)  # unpairing drops the device's queue
         assert reg.outbox_list() == [] and reg.outbox_devices() == []
 
@@ -102,7 +108,7 @@ def test_schema_2_registry_gains_the_outbox(tmp_path: Path) -> None:
     db.execute(f"PRAGMA application_id = {APPLICATION_ID}")
     MIGRATIONS[0](db)
     MIGRATIONS[1](db)
-    eid = _eid(0)
+    eid = _new_eid()
     db.execute("INSERT INTO devices VALUES (?,?,?,?,?,?,?,?,?)",
                (eid.to_bytes(), "b", "other", "", "", 1.0, None, os.urandom(32), os.urandom(32)))
     mid = os.urandom(16)

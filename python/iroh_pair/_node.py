@@ -1181,7 +1181,7 @@ class Node:
                 try:
                     await self.send(dev, data, kind=pending.kind, message_id=pending.id,
                                     timeout=OUTBOX_ATTEMPT_TIMEOUT)
-                except Exception as e:  # noqa: BLE001 - any failure: retry later
+                except Exception as e:  # any failure (network, refusal): retry later
                     if self._closed:
                         return
                     error = f"{type(e).__name__}: {e}"
