@@ -221,7 +221,7 @@ def test_schema_has_no_address_columns(reg: DeviceRegistry) -> None:
     db = sqlite3.connect(reg.path)
     try:
         tables = [r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
-        assert sorted(tables) == ["delivered", "devices"]
+        assert sorted(tables) == ["delivered", "devices", "outbox"]
         cols = [r[1].lower() for t in tables for r in db.execute(f"PRAGMA table_info({t})")]
     finally:
         db.close()
@@ -229,6 +229,7 @@ def test_schema_has_no_address_columns(reg: DeviceRegistry) -> None:
         "endpoint_id", "name", "device_type", "os", "app_version",
         "paired_at", "last_seen", "send_key", "receive_key",
         "message_id", "seq", "delivered_at",
+        "kind", "data", "created", "expires", "attempts", "last_error",  # the outbox
     }
     for c in cols:
         for bad in ("addr", "ip", "port", "relay"):
@@ -426,7 +427,7 @@ def test_schema_1_registry_is_migrated(tmp_path: Path) -> None:
         assert r.record_delivered(d.endpoint_id, m) and r.is_delivered(d.endpoint_id, m)
     db = sqlite3.connect(p)
     try:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
     finally:
         db.close()
 

@@ -65,6 +65,7 @@ from iroh_pair.errors import (
     MalformedCode,
     MessageRejected,
     NameplateNotFound,
+    OutboxFull,
     PairingFailed,
     ProtocolError,
     RegistryCorrupt,
@@ -86,7 +87,7 @@ from iroh_pair.protocol.kdf import Role
 from iroh_pair.protocol.lan import LanCode
 from iroh_pair.protocol.messaging import new_message_id
 from iroh_pair.protocol.spake import use_backend as _use_spake_backend
-from iroh_pair.store import DeviceRegistry, PairedDevice
+from iroh_pair.store import DeviceRegistry, PairedDevice, PendingMessage
 from iroh_pair.transport import (
     Chunk,
     CloseInfo,
@@ -121,6 +122,7 @@ __all__ = [
     "AdmissionStats",
     "HostedPairing",
     "PairedDevice",
+    "PendingMessage",
     "DeviceInfo",
     "MessageHandler",
     "new_message_id",
@@ -186,6 +188,7 @@ __all__ = [
     "NameplateNotFound",
     "AmbiguousNameplate",
     "CacheClosedError",
+    "OutboxFull",
     "DataDirLocked",
     "KeyFileCorrupt",
     "RegistryError",

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
@@ -77,7 +78,13 @@ from iroh_pair.protocol.messaging import (
 )
 from iroh_pair.protocol.offer import CONFIRM_TIMEOUT, OfferBook, PairingOffer
 from iroh_pair.protocol.pairing import Failed, PairingResult
-from iroh_pair.store import REGISTRY_FILE, DeviceRegistry, PairedDevice, sanitize_text
+from iroh_pair.store import (
+    REGISTRY_FILE,
+    DeviceRegistry,
+    PairedDevice,
+    PendingMessage,
+    sanitize_text,
+)
 from iroh_pair.transport import (
     DEFAULT_MAX_MESSAGE,
     Connection,
@@ -100,6 +107,12 @@ __all__ = [
     "HostedPairing",
     "MessageHandler",
     "DEFAULT_KIND",
+    "OUTBOX_TTL",
+    "OUTBOX_MAX_MESSAGES",
+    "OUTBOX_MAX_BYTES",
+    "OUTBOX_RETRY_MIN",
+    "OUTBOX_RETRY_MAX",
+    "OUTBOX_ATTEMPT_TIMEOUT",
 ]
 
 log = logging.getLogger("iroh_pair.node")
@@ -131,13 +144,29 @@ PAIRED_FIRST_FRAME_TIMEOUT = 30.0
 IN_PROGRESS_BACKOFF = 0.05
 IN_PROGRESS_MAX_BACKOFF = 1.0
 
+# The outbox (Node.enqueue)
+#: How long a queued message waits for its device by default (seconds: 7 days).
+OUTBOX_TTL = 7 * 24 * 3600.0
+#: The most messages queued per device by default (:meth:`Node.open`'s ``outbox_max_messages``).
+OUTBOX_MAX_MESSAGES = 1000
+#: The most payload bytes queued per device by default (``outbox_max_bytes``: 64 MiB).
+OUTBOX_MAX_BYTES = 64 * 1024 * 1024
+#: The first wait after a failed delivery attempt (seconds); it doubles after each failure up
+#: to ``outbox_retry_max`` (:data:`OUTBOX_RETRY_MAX`), each wait drawn from its upper half.
+OUTBOX_RETRY_MIN = 1.0
+#: The longest wait between delivery attempts by default (seconds).
+OUTBOX_RETRY_MAX = 60.0
+#: One delivery attempt (dial, send, the receiver's handler, its acknowledgement) ends after this.
+OUTBOX_ATTEMPT_TIMEOUT = 30.0
+
 #: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
 DeviceRef = Union[str, EndpointId, PairedDevice]
 
 
 #: What a :class:`NodeEvent` says happened (``ev.kind``); compare it with the strings.
 NodeEventKind = Literal[
-    "paired", "unpaired", "connected", "path_changed", "disconnected", "lan_appeared", "lan_left"
+    "paired", "unpaired", "connected", "path_changed", "disconnected", "lan_appeared", "lan_left",
+    "outbox_expired",
 ]
 #: The path a connection uses (``NodeEvent.path``): through a relay, or direct (UDP).
 PathKind = Literal["direct", "relay"]
@@ -157,7 +186,9 @@ class NodeEvent:
     - "disconnected": the device's last connection closed (``detail`` says how: "application",
       "timed_out", ...);
     - "lan_appeared", "lan_left", for a node opened with mDNS on (``NetworkOptions.lan()``, or
-      ``mdns=True``): a paired device's mDNS announcements were seen, or expired.
+      ``mdns=True``): a paired device's mDNS announcements were seen, or expired;
+    - "outbox_expired": a message queued for the device (:meth:`Node.enqueue`) was not
+      delivered before its time ran out and was removed; ``detail`` is its message id in hex.
 
     ``path`` (a :data:`PathKind`) is "direct" or "relay" for connected and path_changed when
     known, else ``None``. Example::
@@ -386,6 +417,13 @@ class Node:
         #: exactly-once bookkeeping (§13.8): in-flight ids, an LRU, the registry behind them
         self._deliveries: Deliveries[EndpointId] = Deliveries()
         self._sas: dict[EndpointId, str] = {}
+        # the outbox (enqueue): its limits, and one delivery task per device with messages
+        self._outbox_ttl = OUTBOX_TTL
+        self._outbox_max_messages = OUTBOX_MAX_MESSAGES
+        self._outbox_max_bytes = OUTBOX_MAX_BYTES
+        self._outbox_retry_max = OUTBOX_RETRY_MAX
+        #: a wake-up per device whose delivery task runs (set: try again now)
+        self._outbox_wake: dict[EndpointId, asyncio.Event] = {}
         self._subscribers: set[asyncio.Queue[NodeEvent | None]] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         #: unknown connections by stable id, oldest first (§9.1)
@@ -425,6 +463,10 @@ class Node:
         lan_lookup_timeout: float = 10.0,
         max_unknown_connections: int = 4,
         unknown_start_timeout: float = UNKNOWN_START_TIMEOUT,
+        outbox_ttl: float = OUTBOX_TTL,
+        outbox_max_messages: int = OUTBOX_MAX_MESSAGES,
+        outbox_max_bytes: int = OUTBOX_MAX_BYTES,
+        outbox_retry_max: float = OUTBOX_RETRY_MAX,
     ) -> Node:
         """Opens the node in ``data_dir`` (created 0700): takes the directory's lock (a second
         process gets :class:`~iroh_pair.errors.DataDirLocked`), loads or creates the secret
@@ -450,7 +492,18 @@ class Node:
         ids are admitted at once while a code is hosted (§9.1; when full, the oldest idle one
         goes); ``unknown_start_timeout`` how long such a connection may wait before starting
         to pair (:data:`UNKNOWN_START_TIMEOUT`).
+
+        The outbox (:meth:`enqueue`): ``outbox_ttl`` is how long a queued message waits for
+        its device unless ``enqueue`` says otherwise (:data:`OUTBOX_TTL`, 7 days);
+        ``outbox_max_messages`` and ``outbox_max_bytes`` bound each device's queue (beyond
+        them ``enqueue`` raises :class:`~iroh_pair.errors.OutboxFull`); ``outbox_retry_max``
+        is the longest wait between delivery attempts (:data:`OUTBOX_RETRY_MAX`). Messages
+        left queued by an earlier run are delivered from the start.
         """
+        if outbox_ttl <= 0 or outbox_max_messages < 1 or outbox_max_bytes < 1:
+            raise ValueError("outbox_ttl, outbox_max_messages and outbox_max_bytes must be positive")
+        if outbox_retry_max < OUTBOX_RETRY_MIN:
+            raise ValueError(f"outbox_retry_max must be at least {OUTBOX_RETRY_MIN:g} s")
         if options is None:
             options = load_options(data_dir)
         self = cls()
@@ -459,6 +512,10 @@ class Node:
         self._lan_lookup_timeout = lan_lookup_timeout
         self._max_unknown_connections = max_unknown_connections
         self._unknown_start_timeout = unknown_start_timeout
+        self._outbox_ttl = outbox_ttl
+        self._outbox_max_messages = outbox_max_messages
+        self._outbox_max_bytes = outbox_max_bytes
+        self._outbox_retry_max = outbox_retry_max
         self.data_dir = store.ensure_data_dir(Path(data_dir).expanduser())
         self._lock = store.DataDirLock(self.data_dir).acquire()
         try:
@@ -495,6 +552,8 @@ class Node:
         self._spawn(self._links.accept_loop())
         if options.mdns:
             self._spawn(self._watch_lan())
+        for eid in self.registry.outbox_devices():  # queued by an earlier run
+            self._outbox_start(eid)
         log.info("node %s opened in %s", self.id.fmt_short(), self.data_dir)
         return self
 
@@ -557,6 +616,9 @@ class Node:
         if conn is not None:
             conn.close(int(CloseCode.NOT_PAIRED), b"unpaired")
         self._present.discard(dev.endpoint_id)
+        wake = self._outbox_wake.get(dev.endpoint_id)  # its queue went with it: the task ends
+        if wake is not None:
+            wake.set()
         self._emit(NodeEvent("unpaired", dev.endpoint_id, dev.name))
         return dev
 
@@ -1002,6 +1064,145 @@ class Node:
             if e.code != StreamErrorCode.DUPLICATE:
                 raise  # a duplicate was delivered before: done
 
+    # ------------------------------------------------------------------ the outbox
+
+    def enqueue(
+        self,
+        device: DeviceRef,
+        data: bytes,
+        *,
+        kind: str = DEFAULT_KIND,
+        ttl: float | None = None,
+        message_id: bytes | None = None,
+    ) -> PendingMessage:
+        """Queues ``data`` for a paired device and returns at once: the message is stored in
+        the registry (one durable commit) and the node delivers it when the device is
+        reachable, as :meth:`send` would, in the order it was queued (per device). Returns
+        its record (:class:`~iroh_pair.PendingMessage`; ``.id`` is its message id).
+
+        Delivery: the node tries when it opens (messages queued by an earlier run included),
+        when a message is queued for a device with nothing queued before, and when the device
+        connects (a "connected" event); after a failed attempt it waits (1 s, doubling up to
+        ``outbox_retry_max``, a :meth:`open` parameter; queueing more does not cut the wait
+        short) and tries again, dialing by EndpointId. A device's messages
+        go one at a time: the next is sent once the receiver has acknowledged the one before
+        (its handler returned), so a message the receiver's handler keeps refusing holds the
+        ones behind it until it expires or is cancelled (``attempts`` and ``last_error`` of
+        :meth:`outbox` show why).
+
+        Every attempt carries the message's stored id, and a message leaves the outbox only
+        once the receiver acknowledged it (or answered ``DUPLICATE``): an attempt interrupted
+        at any point, by a restart of either side, is retried and the receiver's handler
+        runs once (docs/PROTOCOL.md §13.8; it holds while the retry comes within the
+        receiver's delivered-id window: 24 hours and 10,000 messages).
+
+        ``ttl`` (seconds; default ``outbox_ttl``, 7 days) bounds the wait: a message not
+        delivered by then is removed with an "outbox_expired" event (:meth:`events`).
+        :meth:`cancel` removes one earlier. Raises :class:`~iroh_pair.errors.OutboxFull`
+        when the device's queue is at ``outbox_max_messages`` or ``outbox_max_bytes``,
+        :class:`~iroh_pair.errors.UnknownDevice` for a device that is not paired. Example::
+
+            p = node.enqueue("phone", b"note 42", kind="sync")   # returns at once
+            print(p.id.hex(), "waits for", p.device.fmt_short())
+
+        Why a method of its own rather than ``send(..., deliver="eventually")``: :meth:`send`
+        returns once the receiver acknowledged and raises when it cannot deliver; this
+        returns before any delivery and never raises a network error, and what it returns
+        (the queued record) is what :meth:`outbox` lists and :meth:`cancel` takes.
+        """
+        dev = self.device(device)
+        encode_header(kind)  # validates the name
+        if kind in (PAIR_KIND, PAIR_KIND_V1):
+            raise ValueError(f"the {kind!r} kind is reserved")
+        payload = bytes(data)
+        if len(payload) > DEFAULT_MAX_MESSAGE:
+            raise ValueError(f"a message is at most {DEFAULT_MAX_MESSAGE} bytes")
+        if message_id is not None and len(message_id) != MESSAGE_ID_LEN:
+            raise ValueError(f"a message id is {MESSAGE_ID_LEN} bytes")
+        life = self._outbox_ttl if ttl is None else float(ttl)
+        if life <= 0:
+            raise ValueError("ttl must be positive")
+        now = time.time()
+        pending = self.registry.outbox_add(
+            dev.endpoint_id, new_message_id() if message_id is None else bytes(message_id),
+            kind, payload, expires=now + life, max_messages=self._outbox_max_messages,
+            max_bytes=self._outbox_max_bytes, now=now,
+        )
+        self._outbox_start(dev.endpoint_id)
+        return pending
+
+    def outbox(self, device: DeviceRef | None = None) -> list[PendingMessage]:
+        """The messages queued by :meth:`enqueue` and not yet acknowledged (of ``device``, or
+        of every device), oldest first, as stored (they survive restarts). Example::
+
+            for p in node.outbox("phone"):
+                print(p.id.hex(), p.size, "bytes, tried", p.attempts, "times:", p.last_error)
+        """
+        eid = None if device is None else self.device(device).endpoint_id
+        return self.registry.outbox_list(eid)
+
+    def cancel(self, message_id: bytes) -> bool:
+        """Removes a queued message from the outbox; ``False`` when it is not queued (already
+        acknowledged, expired, or unknown). An attempt already on its way is not recalled: the
+        receiver may still get that message. Example::
+
+            p = node.enqueue("phone", b"draft")
+            node.cancel(p.id)
+        """
+        return self.registry.outbox_remove(bytes(message_id))
+
+    def _outbox_start(self, eid: EndpointId) -> None:
+        """Starts ``eid``'s delivery task unless it runs (a "connected" event wakes it)."""
+        if eid in self._outbox_wake or self._closed:
+            return
+        wake = asyncio.Event()
+        self._outbox_wake[eid] = wake
+        self._spawn(self._deliver_outbox(eid, wake))
+
+    def _expire_outbox(self, eid: EndpointId) -> None:
+        for p in self.registry.outbox_expire(eid):
+            dev = self._devices.get(eid)
+            log.info("outbox: message %s to %s expired after %d attempts", p.id.hex(),
+                     eid.fmt_short(), p.attempts)
+            self._emit(NodeEvent("outbox_expired", eid, dev.name if dev else "", detail=p.id.hex()))
+
+    async def _deliver_outbox(self, eid: EndpointId, wake: asyncio.Event) -> None:
+        """Delivers ``eid``'s queued messages one at a time, oldest first; ends when none is
+        left (or the device was unpaired)."""
+        delay = OUTBOX_RETRY_MIN
+        try:
+            while not self._closed:
+                self._expire_outbox(eid)
+                head = self.registry.outbox_head(eid)
+                dev = self._devices.get(eid)
+                if head is None or dev is None:
+                    return
+                pending, data = head
+                try:
+                    await self.send(dev, data, kind=pending.kind, message_id=pending.id,
+                                    timeout=OUTBOX_ATTEMPT_TIMEOUT)
+                except Exception as e:  # any failure (network, refusal): retry later
+                    if self._closed:
+                        return
+                    error = f"{type(e).__name__}: {e}"
+                    log.debug("outbox: message %s to %s not delivered: %s", pending.id.hex(),
+                              dev, error)
+                    self.registry.outbox_failed(pending.id, error)
+                    wait = delay * random.uniform(0.5, 1.0)
+                    first = self.registry.outbox_next_expiry(eid)
+                    if first is not None:
+                        wait = min(wait, max(0.0, first - time.time()))
+                    wake.clear()  # a "connected" event (or unpairing) from now on ends the wait
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(wake.wait(), wait)
+                    delay = min(delay * 2, self._outbox_retry_max)
+                    continue
+                self.registry.outbox_remove(pending.id)  # acknowledged
+                delay = OUTBOX_RETRY_MIN
+        finally:
+            if self._outbox_wake.get(eid) is wake:
+                del self._outbox_wake[eid]
+
     def _channel(self, conn: Connection, dev: PairedDevice) -> MessageChannel:
         st = self._conns.get(conn.stable_id)
         if st is None or st.conn is not conn:
@@ -1082,6 +1283,9 @@ class Node:
             return
         self._present.add(dev.endpoint_id)
         self._emit(NodeEvent("connected", dev.endpoint_id, dev.name, st.path))
+        wake = self._outbox_wake.get(dev.endpoint_id)  # the outbox tries again at once
+        if wake is not None:
+            wake.set()
 
     def _mark_disconnected(self, peer: EndpointId, detail: str) -> None:
         if peer not in self._present or self._has_live_connection(peer):
@@ -1298,8 +1502,8 @@ class Node:
     async def events(self) -> AsyncIterator[NodeEvent]:
         """Device events as they happen (:class:`NodeEvent`): paired, unpaired, connected
         (with the path), path_changed and disconnected (and lan_appeared, lan_left with mDNS
-        on). Ends when the node closes. Built on the node's connections and iroh's path
-        events, not on polling:
+        on), and outbox_expired (:meth:`enqueue`). Ends when the node closes. Built on the
+        node's connections and iroh's path events, not on polling:
 
         - "connected" is emitted as soon as the device's first live connection is set up
           (dialed by this node, or accepted), before any message on it is handled: within

@@ -34,6 +34,7 @@ the standard library does::
     ├── NameplateNotFound (LookupError) nobody on this LAN announces the nameplate
     ├── AmbiguousNameplate (LookupError) several devices announce it
     ├── CacheClosedError (RuntimeError) the connection cache is closed
+    ├── OutboxFull                      a device's outbox is at its limit (device, limits)
     ├── DataDirLocked                   another node holds the data directory (pid, since)
     ├── KeyFileCorrupt                  the secret key file is not a key (path, reason)
     └── RegistryError                   the device registry failed
@@ -102,6 +103,7 @@ __all__ = [
     "NameplateNotFound",
     "AmbiguousNameplate",
     "CacheClosedError",
+    "OutboxFull",
     # storage
     "DataDirLocked",
     "KeyFileCorrupt",
@@ -354,6 +356,34 @@ class CacheClosedError(IrohPairError, RuntimeError):
 
 
 # -- storage -------------------------------------------------------------------------------------
+
+
+class OutboxFull(IrohPairError):
+    """:meth:`Node.enqueue <iroh_pair.Node.enqueue>` refused a message: the device's outbox
+    holds ``count`` messages of ``used`` bytes, and one more of ``size`` bytes would pass
+    ``max_messages`` or ``max_bytes`` (:meth:`Node.open <iroh_pair.Node.open>`'s
+    ``outbox_max_messages``, ``outbox_max_bytes``). Nothing was queued. Example::
+
+        try:
+            node.enqueue("phone", note)
+        except OutboxFull as e:
+            print("phone has been away too long:", e.count, "messages wait")
+    """
+
+    def __init__(
+        self, device: str, count: int, used: int, size: int, max_messages: int, max_bytes: int
+    ) -> None:
+        super().__init__(
+            f"the outbox of device {_printable(device)} is full: {count} messages, {used} bytes "
+            f"queued; one more of {size} bytes would pass the limit of {max_messages} messages "
+            f"or {max_bytes} bytes"
+        )
+        self.device = device
+        self.count = count
+        self.used = used
+        self.size = size
+        self.max_messages = max_messages
+        self.max_bytes = max_bytes
 
 
 class DataDirLocked(IrohPairError):

@@ -5,7 +5,7 @@
   :func:`load_or_create_secret_key`, :class:`DataDirLock`;
 - the registry ``registry.db`` (SQLite): one :class:`PairedDevice` per paired EndpointId, with
   the pairing's session keys and no addresses, and the delivered message ids of
-  docs/PROTOCOL.md §13.8: :class:`DeviceRegistry`.
+  docs/PROTOCOL.md §13.8, and the outbox (:class:`PendingMessage`): :class:`DeviceRegistry`.
 
 :class:`iroh_pair.Node` uses both; they are public for tools that inspect a data directory.
 Example::
@@ -30,6 +30,7 @@ from iroh_pair.store._registry import (
     REGISTRY_FILE,
     DeviceRegistry,
     PairedDevice,
+    PendingMessage,
     safe_display,
     sanitize_text,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "DataDirLock",
     "DeviceRegistry",
     "PairedDevice",
+    "PendingMessage",
     "ensure_data_dir",
     "load_or_create_secret_key",
     "safe_display",

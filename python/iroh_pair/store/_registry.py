@@ -16,6 +16,10 @@
   re-pairing a device forgets its ids. Their commits are not fsynced unless
   :attr:`DeviceRegistry.durable_message_ids` is set (durable across process crashes; see
   :meth:`DeviceRegistry.record_delivered` for power loss).
+* The outbox (:meth:`DeviceRegistry.outbox_add` and the ``outbox_*`` methods, schema version 3):
+  messages queued for a paired device (:meth:`iroh_pair.Node.enqueue`), in order per device,
+  each with its message id, until the device acknowledged them, they expire, or are cancelled.
+  Every change is a durable commit. Unpairing a device drops its queued messages.
 * Safety: the file carries ``PRAGMA application_id`` = :data:`APPLICATION_ID` and a schema
   version in ``PRAGMA user_version`` (upgraded by :data:`MIGRATIONS`). A file that is not an
   SQLite database, or an SQLite database that is not ours, or a damaged one, raises
@@ -44,6 +48,7 @@ from iroh_pair.errors import (
     AmbiguousDevice,
     InvalidDeviceInfo,
     IrohPairError,
+    OutboxFull,
     RegistryCorrupt,
     RegistryError,
     RegistrySchemaTooNew,
@@ -66,6 +71,7 @@ __all__ = [
     "DELIVERED_PRUNE_INTERVAL",
     "DELIVERED_DURABLE",
     "PairedDevice",
+    "PendingMessage",
     "DeviceRegistry",
     "sanitize_text",
     "safe_display",
@@ -133,8 +139,31 @@ def _v2(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX delivered_age ON delivered (delivered_at)")
 
 
+def _v3(db: sqlite3.Connection) -> None:
+    """The outbox: messages queued for a paired device until it acknowledged them. ``seq``
+    orders a device's messages (the order they are delivered in); ``created`` and
+    ``expires`` are Unix times."""
+    db.execute(
+        """
+        CREATE TABLE outbox (
+            seq         INTEGER PRIMARY KEY,
+            message_id  BLOB NOT NULL UNIQUE CHECK (length(message_id) = 16),
+            endpoint_id BLOB NOT NULL CHECK (length(endpoint_id) = 32),
+            kind        TEXT NOT NULL,
+            data        BLOB NOT NULL,
+            created     REAL NOT NULL,
+            expires     REAL NOT NULL,
+            attempts    INTEGER NOT NULL DEFAULT 0,
+            last_error  TEXT NOT NULL DEFAULT ''
+        )
+        """
+    )
+    db.execute("CREATE INDEX outbox_device ON outbox (endpoint_id, seq)")
+    db.execute("CREATE INDEX outbox_expires ON outbox (expires)")
+
+
 #: ``MIGRATIONS[i]`` upgrades schema version ``i`` to ``i + 1``, inside one transaction.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2)
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_v1, _v2, _v3)
 #: The schema version this code writes (``PRAGMA user_version``).
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -224,6 +253,42 @@ class PairedDevice:
 
     def __str__(self) -> str:
         return f"{safe_display(self.name)} ({self.endpoint_id.fmt_short()}, {self.device_type})"
+
+
+@dataclass(frozen=True)
+class PendingMessage:
+    """A message in the outbox (:meth:`iroh_pair.Node.enqueue`, :meth:`iroh_pair.Node.outbox`),
+    not yet acknowledged by its device.
+
+    ``id``: its 16-byte message id (the one every delivery attempt carries, so that the
+    receiver runs its handler once, docs/PROTOCOL.md §13.8); ``device``: the paired device's
+    EndpointId; ``kind``: the stream kind; ``size``: the payload's length in bytes;
+    ``created``, ``expires``: Unix times; ``attempts``: delivery attempts that failed so far;
+    ``last_error``: why the last one failed ("" before any). Example::
+
+        for p in node.outbox():
+            print(p.id.hex(), p.device.fmt_short(), p.size, p.attempts, p.last_error)
+    """
+
+    id: bytes
+    device: EndpointId
+    kind: str
+    size: int
+    created: float
+    expires: float
+    attempts: int = 0
+    last_error: str = ""
+
+
+_OUTBOX_COLUMNS = "message_id, endpoint_id, kind, length(data), created, expires, attempts, last_error"
+
+
+def _pending(row: tuple[bytes, bytes, str, int, float, float, int, str]) -> PendingMessage:
+    mid, eid, kind, size, created, expires, attempts, err = row
+    return PendingMessage(
+        id=bytes(mid), device=EndpointId.from_bytes(bytes(eid)), kind=kind, size=int(size),
+        created=float(created), expires=float(expires), attempts=int(attempts), last_error=err,
+    )
 
 
 _COLUMNS = (
@@ -531,12 +596,13 @@ class DeviceRegistry:
         return found
 
     def remove(self, endpoint_id: EndpointId) -> bool:
-        """Forgets a device (unpairs it locally) and its delivered message ids; ``False`` if it
-        was not paired."""
+        """Forgets a device (unpairs it locally), its delivered message ids and the messages
+        queued for it in the outbox; ``False`` if it was not paired."""
 
         def do(db: sqlite3.Connection) -> int:
             eid = endpoint_id.to_bytes()
             db.execute("DELETE FROM delivered WHERE endpoint_id = ?", (eid,))
+            db.execute("DELETE FROM outbox WHERE endpoint_id = ?", (eid,))
             cur = db.execute("DELETE FROM devices WHERE endpoint_id = ?", (eid,))
             return cur.rowcount
 
@@ -651,6 +717,138 @@ class DeviceRegistry:
         def do(db: sqlite3.Connection) -> int:
             cur = db.execute("DELETE FROM delivered WHERE endpoint_id = ?", (endpoint_id.to_bytes(),))
             return cur.rowcount
+
+        return self._write(do)
+
+    # -- the outbox -----------------------------------------------------------------------------
+
+    def outbox_add(
+        self,
+        endpoint_id: EndpointId,
+        message_id: bytes,
+        kind: str,
+        data: bytes,
+        *,
+        expires: float,
+        max_messages: int,
+        max_bytes: int,
+        now: float | None = None,
+    ) -> PendingMessage:
+        """Queues ``data`` (stream kind ``kind``, id ``message_id``) for the paired device
+        ``endpoint_id`` behind its other queued messages, in one durable commit, until Unix time
+        ``expires``. Raises :class:`OutboxFull` (nothing is stored) when the device already has
+        ``max_messages`` messages queued, or they and ``data`` would exceed ``max_bytes``;
+        :class:`UnknownDevice` if the device is not paired. Example::
+
+            p = reg.outbox_add(eid, new_message_id(), "msg", b"hi", expires=time.time() + 3600,
+                               max_messages=1000, max_bytes=1 << 26)
+        """
+        mid = bytes(message_id)
+        if len(mid) != 16:
+            raise ValueError("a message id is 16 bytes")
+        created = time.time() if now is None else float(now)
+        eid = endpoint_id.to_bytes()
+        payload = bytes(data)
+
+        def do(db: sqlite3.Connection) -> PendingMessage:
+            if db.execute("SELECT 1 FROM devices WHERE endpoint_id = ?", (eid,)).fetchone() is None:
+                raise UnknownDevice(str(endpoint_id))
+            count, used = db.execute(
+                "SELECT count(*), coalesce(sum(length(data)), 0) FROM outbox WHERE endpoint_id = ?",
+                (eid,),
+            ).fetchone()
+            if int(count) + 1 > max_messages or int(used) + len(payload) > max_bytes:
+                raise OutboxFull(str(endpoint_id), int(count), int(used), len(payload),
+                                 max_messages, max_bytes)
+            db.execute(
+                "INSERT INTO outbox (message_id, endpoint_id, kind, data, created, expires) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (mid, eid, kind, payload, created, float(expires)),
+            )
+            return PendingMessage(mid, endpoint_id, kind, len(payload), created, float(expires))
+
+        return self._write(do)
+
+    def outbox_list(self, endpoint_id: EndpointId | None = None) -> builtins.list[PendingMessage]:
+        """The queued messages (of one device, or of all), oldest first: in delivery order."""
+
+        def do(db: sqlite3.Connection) -> builtins.list[PendingMessage]:
+            if endpoint_id is None:
+                rows = db.execute(f"SELECT {_OUTBOX_COLUMNS} FROM outbox ORDER BY seq").fetchall()
+            else:
+                rows = db.execute(
+                    f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE endpoint_id = ? ORDER BY seq",
+                    (endpoint_id.to_bytes(),),
+                ).fetchall()
+            return [_pending(r) for r in rows]
+
+        return self._run(do)
+
+    def outbox_devices(self) -> builtins.list[EndpointId]:
+        """The devices that have messages queued."""
+        rows = self._run(lambda db: db.execute("SELECT DISTINCT endpoint_id FROM outbox").fetchall())
+        return [EndpointId.from_bytes(bytes(r[0])) for r in rows]
+
+    def outbox_head(self, endpoint_id: EndpointId) -> tuple[PendingMessage, bytes] | None:
+        """The device's oldest queued message and its payload (the next to deliver), or
+        ``None`` when nothing is queued for it."""
+
+        def do(db: sqlite3.Connection) -> tuple[PendingMessage, bytes] | None:
+            row = db.execute(
+                f"SELECT {_OUTBOX_COLUMNS}, data FROM outbox WHERE endpoint_id = ? "
+                "ORDER BY seq LIMIT 1",
+                (endpoint_id.to_bytes(),),
+            ).fetchone()
+            return None if row is None else (_pending(row[:8]), bytes(row[8]))
+
+        return self._run(do)
+
+    def outbox_remove(self, message_id: bytes) -> bool:
+        """Deletes a queued message (acknowledged, or cancelled); ``False`` if it was not
+        queued."""
+
+        def do(db: sqlite3.Connection) -> int:
+            return db.execute("DELETE FROM outbox WHERE message_id = ?", (bytes(message_id),)).rowcount
+
+        return self._write(do) > 0
+
+    def outbox_failed(self, message_id: bytes, error: str) -> None:
+        """Counts a failed delivery attempt of a queued message and keeps its ``error``."""
+
+        def do(db: sqlite3.Connection) -> None:
+            db.execute(
+                "UPDATE outbox SET attempts = attempts + 1, last_error = ? WHERE message_id = ?",
+                (error[:500], bytes(message_id)),
+            )
+
+        self._write(do)
+
+    def outbox_next_expiry(self, endpoint_id: EndpointId) -> float | None:
+        """When the device's first queued message expires (a Unix time), or ``None``."""
+        (t,) = self._run(
+            lambda db: db.execute(
+                "SELECT min(expires) FROM outbox WHERE endpoint_id = ?", (endpoint_id.to_bytes(),)
+            ).fetchone()
+        )
+        return None if t is None else float(t)
+
+    def outbox_expire(
+        self, endpoint_id: EndpointId, now: float | None = None
+    ) -> builtins.list[PendingMessage]:
+        """Deletes the device's queued messages whose time ran out (``expires <= now``) and
+        returns them."""
+        at = time.time() if now is None else float(now)
+        eid = endpoint_id.to_bytes()
+
+        def do(db: sqlite3.Connection) -> builtins.list[PendingMessage]:
+            rows = db.execute(
+                f"SELECT {_OUTBOX_COLUMNS} FROM outbox WHERE endpoint_id = ? AND expires <= ? "
+                "ORDER BY seq",
+                (eid, at),
+            ).fetchall()
+            if rows:
+                db.execute("DELETE FROM outbox WHERE endpoint_id = ? AND expires <= ?", (eid, at))
+            return [_pending(r) for r in rows]
 
         return self._write(do)
 
