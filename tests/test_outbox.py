@@ -164,8 +164,15 @@ async def test_a_full_outbox_raises_its_typed_error(tmp_path: Path) -> None:
         assert [p.size for p in a.outbox()] == [20, 20, 60]
         with pytest.raises(UnknownDevice):
             a.enqueue("nobody", b"")
+        # no wait beyond the receiver's delivered-id window: a retry after it could run twice
+        with pytest.raises(ValueError, match="delivered-id window"):
+            a.enqueue("b", b"late", ttl=24 * 3600 + 1)
+        assert a.cancel(a.outbox()[-1].id)  # room for one: the longest ttl allowed is taken
+        assert a.enqueue("b", b"w" * 60, ttl=24 * 3600).expires <= time.time() + 24 * 3600
     finally:
         await a.close()
+    with pytest.raises(ValueError, match="delivered-id window"):
+        await Node.open(tmp_path / "x", options=NetworkOptions.loopback(), outbox_ttl=7 * 24 * 3600)
     # the queue is in the registry: it is there after a restart
     a = await Node.open(tmp_path / "a", name="a", options=NetworkOptions.loopback(), dial_timeout=1.0)
     try:

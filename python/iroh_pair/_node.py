@@ -145,8 +145,11 @@ IN_PROGRESS_BACKOFF = 0.05
 IN_PROGRESS_MAX_BACKOFF = 1.0
 
 # The outbox (Node.enqueue)
-#: How long a queued message waits for its device by default (seconds: 7 days).
-OUTBOX_TTL = 7 * 24 * 3600.0
+#: How long a queued message waits for its device by default, and at most (seconds): the
+#: receiver's delivered-id window (24 h). Every retry of a message then comes within 24 h of
+#: any attempt that reached the receiver's handler, so a retry is recognised as a duplicate
+#: (docs/PROTOCOL.md §13.8); a longer wait could deliver it twice.
+OUTBOX_TTL = store.DELIVERED_WINDOW
 #: The most messages queued per device by default (:meth:`Node.open`'s ``outbox_max_messages``).
 OUTBOX_MAX_MESSAGES = 1000
 #: The most payload bytes queued per device by default (``outbox_max_bytes``: 64 MiB).
@@ -494,7 +497,8 @@ class Node:
         to pair (:data:`UNKNOWN_START_TIMEOUT`).
 
         The outbox (:meth:`enqueue`): ``outbox_ttl`` is how long a queued message waits for
-        its device unless ``enqueue`` says otherwise (:data:`OUTBOX_TTL`, 7 days);
+        its device unless ``enqueue`` says otherwise (:data:`OUTBOX_TTL`, 24 hours, also the
+        most it may be);
         ``outbox_max_messages`` and ``outbox_max_bytes`` bound each device's queue (beyond
         them ``enqueue`` raises :class:`~iroh_pair.errors.OutboxFull`); ``outbox_retry_max``
         is the longest wait between delivery attempts (:data:`OUTBOX_RETRY_MAX`). Messages
@@ -502,6 +506,7 @@ class Node:
         """
         if outbox_ttl <= 0 or outbox_max_messages < 1 or outbox_max_bytes < 1:
             raise ValueError("outbox_ttl, outbox_max_messages and outbox_max_bytes must be positive")
+        _check_outbox_ttl(outbox_ttl)
         if outbox_retry_max < OUTBOX_RETRY_MIN:
             raise ValueError(f"outbox_retry_max must be at least {OUTBOX_RETRY_MIN:g} s")
         if options is None:
@@ -1096,7 +1101,8 @@ class Node:
         runs once (docs/PROTOCOL.md §13.8; it holds while the retry comes within the
         receiver's delivered-id window: 24 hours and 10,000 messages).
 
-        ``ttl`` (seconds; default ``outbox_ttl``, 7 days) bounds the wait: a message not
+        ``ttl`` (seconds; default ``outbox_ttl``; at most :data:`OUTBOX_TTL`, 24 hours, the
+        receiver's delivered-id window, so that exactly once holds) bounds the wait: a message not
         delivered by then is removed with an "outbox_expired" event (:meth:`events`).
         :meth:`cancel` removes one earlier. Raises :class:`~iroh_pair.errors.OutboxFull`
         when the device's queue is at ``outbox_max_messages`` or ``outbox_max_bytes``,
@@ -1122,6 +1128,7 @@ class Node:
         life = self._outbox_ttl if ttl is None else float(ttl)
         if life <= 0:
             raise ValueError("ttl must be positive")
+        _check_outbox_ttl(life)
         now = time.time()
         pending = self.registry.outbox_add(
             dev.endpoint_id, new_message_id() if message_id is None else bytes(message_id),
@@ -1610,6 +1617,13 @@ def _named_remote_error(e: RemoteError, dev: PairedDevice, mid: bytes) -> Remote
         "HANDLER_ERROR": "made the handler fail",
     }.get(name, "was refused")
     return RemoteError(f"{name} ({int(e.code)}): message {mid.hex()} to {dev} {what}", e.code)
+
+
+def _check_outbox_ttl(ttl: float) -> None:
+    if ttl > OUTBOX_TTL:
+        raise ValueError(
+            f"an outbox ttl is at most {OUTBOX_TTL:g} s (24 h), the receiver's delivered-id "
+            f"window: a retry after it could be delivered twice (got {ttl:g})")
 
 
 def _close_code_text(code: int, by_peer: bool) -> str:

@@ -27,6 +27,7 @@ from iroh_pair.store._identity import (
     load_or_create_secret_key,
 )
 from iroh_pair.store._registry import (
+    DELIVERED_WINDOW,
     REGISTRY_FILE,
     DeviceRegistry,
     PairedDevice,
@@ -36,6 +37,7 @@ from iroh_pair.store._registry import (
 )
 
 __all__ = [
+    "DELIVERED_WINDOW",
     "KEY_FILE",
     "LOCK_FILE",
     "REGISTRY_FILE",
