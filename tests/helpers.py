@@ -39,6 +39,16 @@ async def open_local_node(path: Path, name: str, **tuning: Any) -> Node:
     return await Node.open(path, name=name, options=NetworkOptions.loopback(), **tuning)
 
 
+def need_server_binaries() -> None:
+    """Skips (fails in CI) unless the relay and the lookup server can be started: their own
+    binaries, or the one ``iroh-pair-servers`` holding both (``LocalServers`` finds either)."""
+    from iroh_pair.testing import DNS_BIN, RELAY_BIN, server_command
+
+    missing = [n for n in (RELAY_BIN, DNS_BIN) if server_command(n) is None]
+    if missing:
+        skip_or_fail(f"not built: {missing} (cargo build --release -p iroh-pair-relay -p iroh-pair-dns)")
+
+
 def skip_or_fail(reason: str) -> None:
     """Skips, or fails under ``IROH_PAIR_REQUIRE_ALL`` (CI), where a missing piece is a defect."""
     import pytest

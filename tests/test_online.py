@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 
-from iroh_pair.testing import DNS_BIN, RELAY_BIN, LocalServers, find_binary
+from iroh_pair.testing import LocalServers
 from iroh_pair.transport import Endpoint, NetworkOptions, RelayConfig
 
-from helpers import ALPN, interfaces, rerun_in_netns, skip_or_fail
+from helpers import ALPN, interfaces, need_server_binaries, rerun_in_netns
 
 IN_NETNS = os.environ.get("IROH_PAIR_IN_ONLINE_NETNS") == "1"
 inner = pytest.mark.skipif(not IN_NETNS, reason="runs inside its netns (see test_in_network_namespace)")
@@ -38,25 +38,20 @@ SETUP = (
 )
 
 
-def _need_binaries() -> None:
-    missing = [n for n in (RELAY_BIN, DNS_BIN) if find_binary(n) is None]
-    if missing:
-        skip_or_fail(f"not built: {missing} (cargo build --release -p iroh-pair-relay -p iroh-pair-dns)")
-
 
 @pytest.mark.slow
 def test_in_network_namespace() -> None:
     """Runs the tests of this module in a fresh network namespace (``lo`` and one bridge)."""
     if IN_NETNS:
         pytest.skip("already inside the namespace")
-    _need_binaries()
+    need_server_binaries()
     rerun_in_netns(Path(__file__), "IROH_PAIR_IN_ONLINE_NETNS", SETUP)
 
 
 @pytest.fixture
 async def servers() -> AsyncIterator[LocalServers]:
     assert sorted(interfaces()) == ["lo", "up0"], f"IROH_PAIR_IN_ONLINE_NETNS=1 but interfaces are {interfaces()}"
-    _need_binaries()
+    need_server_binaries()
     async with LocalServers(start_timeout=30) as s:
         yield s
 

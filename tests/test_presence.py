@@ -38,10 +38,10 @@ import pytest
 
 from iroh_pair import Node, NodeEvent, NodeEventKind, UnknownDevice
 from iroh_pair.protocol.constants import ALPN
-from iroh_pair.testing import DNS_BIN, RELAY_BIN, LocalServers, find_binary
+from iroh_pair.testing import LocalServers
 from iroh_pair.transport import NetworkOptions
 
-from helpers import interfaces, rerun_in_netns, skip_or_fail
+from helpers import interfaces, need_server_binaries, rerun_in_netns, skip_or_fail
 
 IN_NETNS = os.environ.get("IROH_PAIR_IN_PRESENCE_NETNS") == "1"
 inner = pytest.mark.skipif(not IN_NETNS, reason="runs inside the loopback-only netns (see test_in_network_namespace)")
@@ -58,18 +58,13 @@ DISCONNECT_MARGIN = 1.5
 DIRECT_WITHIN = 15.0
 
 
-def _need_binaries() -> None:
-    missing = [n for n in (RELAY_BIN, DNS_BIN) if find_binary(n) is None]
-    if missing:
-        skip_or_fail(f"not built: {missing} (cargo build --release -p iroh-pair-relay -p iroh-pair-dns)")
-
 
 @pytest.mark.slow
 def test_in_network_namespace() -> None:
     """Runs the tests of this module in a fresh network namespace with only `lo` up."""
     if IN_NETNS:
         pytest.skip("already inside the namespace")
-    _need_binaries()
+    need_server_binaries()
     if shutil.which("nft") is None:
         skip_or_fail("needs nft (nftables)")
     rerun_in_netns(Path(__file__), "IROH_PAIR_IN_PRESENCE_NETNS", "ip link set lo up")
@@ -78,7 +73,7 @@ def test_in_network_namespace() -> None:
 @pytest.fixture
 async def servers() -> AsyncIterator[LocalServers]:
     assert interfaces() == ["lo"], f"IROH_PAIR_IN_PRESENCE_NETNS=1 but interfaces are {interfaces()}"
-    _need_binaries()
+    need_server_binaries()
     async with LocalServers(start_timeout=30) as s:
         yield s
 

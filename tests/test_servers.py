@@ -31,21 +31,16 @@ from typing import Any
 import pytest
 
 from iroh_pair import errors
-from iroh_pair.testing import DNS_BIN, RELAY_BIN, LocalServers, ServerStartError, find_binary
+from iroh_pair.testing import LocalServers, ServerStartError
 from iroh_pair.transport import Connection, Endpoint, EndpointId, LookupConfig, SecretKey
 
-from helpers import ALPN, interfaces, rerun_in_netns, skip_or_fail
+from helpers import ALPN, interfaces, need_server_binaries, rerun_in_netns
 
 IN_NETNS = os.environ.get("IROH_PAIR_IN_NETNS") == "1"
 BIG = 16 * 1024 * 1024
 
 inner = pytest.mark.skipif(not IN_NETNS, reason="runs inside the loopback-only netns (see test_in_network_namespace)")
 
-
-def _need_binaries() -> None:
-    missing = [n for n in (RELAY_BIN, DNS_BIN) if find_binary(n) is None]
-    if missing:
-        skip_or_fail(f"not built: {missing} (cargo build --release -p iroh-pair-relay -p iroh-pair-dns)")
 
 
 # -- the wrapper ---------------------------------------------------------------------------------
@@ -56,7 +51,7 @@ def test_in_network_namespace() -> None:
     """Runs the tests of this module in a fresh network namespace with only `lo` up."""
     if IN_NETNS:
         pytest.skip("already inside the namespace")
-    _need_binaries()
+    need_server_binaries()
     rerun_in_netns(Path(__file__), "IROH_PAIR_IN_NETNS", "ip link set lo up")
 
 
@@ -66,7 +61,7 @@ def test_in_network_namespace() -> None:
 @pytest.fixture
 async def servers() -> AsyncIterator[LocalServers]:
     assert interfaces() == ["lo"], f"IROH_PAIR_IN_NETNS=1 but interfaces are {interfaces()}"
-    _need_binaries()
+    need_server_binaries()
     async with LocalServers(start_timeout=30) as s:
         yield s
 
@@ -184,7 +179,7 @@ def listening(ports: dict[str, list[int]]) -> dict[str, list[int]]:
 
 @inner
 async def test_servers_start_healthy_and_stop_cleanly() -> None:
-    _need_binaries()
+    need_server_binaries()
     s = LocalServers(start_timeout=30)
     async with s:
         ports = s.ports()
@@ -210,7 +205,7 @@ async def test_servers_start_healthy_and_stop_cleanly() -> None:
 
 @inner
 async def test_start_error_is_typed() -> None:
-    _need_binaries()
+    need_server_binaries()
     # A port that is taken: the relay cannot bind it, and the error carries its stderr.
     async with LocalServers(start_timeout=30) as s:
         taken = s.ports()["tcp"][0]
@@ -448,7 +443,7 @@ async def test_lookup_server_stopped_mid_test(servers: LocalServers) -> None:
 def test_demo_devices_restart_and_talk_by_id_alone(tmp_path: Path) -> None:
     """The README's main job: pair, message, restart both as new processes on new ports, and
     message by device name again, dialed by EndpointId alone through the local servers."""
-    _need_binaries()
+    need_server_binaries()
     p = subprocess.run([sys.executable, "-m", "iroh_pair.demo", "--keep"], capture_output=True,
                        text=True, timeout=300, env={**os.environ, "TMPDIR": str(tmp_path)})
     print(p.stdout)
