@@ -14,7 +14,7 @@ from helpers import open_local_node
 from iroh_pair import Node, errors
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.errors import PairingFailed
-from iroh_pair.protocol import ALPN, PairingOffer, RejectCode, StreamErrorCode
+from iroh_pair.protocol import ALPN, CloseCode, PairingOffer, RejectCode, StreamErrorCode
 from iroh_pair.store import DeviceRegistry
 from iroh_pair.transport import Endpoint
 
@@ -233,3 +233,27 @@ async def test_registry_has_no_address_columns(nodes: tuple[Node, Node]) -> None
     assert cols
     assert not [c for c in cols if any(w in c for w in ("addr", "ip", "port", "relay"))]
     assert isinstance(host.registry, DeviceRegistry)
+
+
+async def test_cancelled_code_fails_its_waiter_and_the_joiner(nodes: tuple[Node, Node]) -> None:
+    host, joiner = nodes
+    hosted = await host.host_pairing()
+    assert host.hosting
+    hosted.cancel()
+    with pytest.raises(PairingFailed) as e:
+        await hosted.wait(5)
+    assert e.value.code == RejectCode.CANCELLED and hosted.done and not host.hosting
+    # no code is live: the host admits no stranger, and closes the joiner's connection
+    not_admitted = host.counters["not_admitted"]
+    # (the joiner sees the close as ConnectionLost, or as PairingFailed(CONNECTION_LOST) when
+    # its pairing stream was already open)
+    with pytest.raises((errors.ConnectionLost, PairingFailed)) as lost:
+        await joiner.join(hosted.code, timeout=10)
+    assert getattr(lost.value, "code", None) in (CloseCode.NOT_PAIRED, RejectCode.CONNECTION_LOST), lost.value
+    assert host.counters["not_admitted"] == not_admitted + 1
+    assert host.devices() == [] and joiner.devices() == []
+    # a code that paired is not undone by cancel()
+    second = await host.host_pairing()
+    device = await joiner.join(second.code)
+    second.cancel()
+    assert await second.wait(5) == host.device(joiner.id) and device.endpoint_id == host.id

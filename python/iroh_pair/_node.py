@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union, get_args
@@ -334,12 +334,28 @@ class HostedPairing:
         fut: asyncio.Future[PairedDevice],
         spoken: LanCode | None = None,
         confirm: ConfirmSas | None = None,
+        cancel: Callable[[], None] | None = None,
     ):
         self.code = code
         self.offer = offer
         self.spoken = spoken
         self.confirm = confirm
         self._fut = fut
+        self._cancel = cancel
+
+    def cancel(self) -> None:
+        """Ends the code: no new handshake may start with it, and :meth:`wait` raises
+        :class:`~iroh_pair.errors.PairingFailed` (``CANCELLED``). A handshake already under way
+        is let finish, as at expiry (the joiner may already hold its keys): if it pairs,
+        :meth:`wait` returns that device instead. Nothing happens to a code that has ended.
+        Example::
+
+            hosted = await node.host_pairing()
+            ...
+            hosted.cancel()          # the user closed the dialog
+        """
+        if not self._fut.done() and self._cancel is not None:
+            self._cancel()
 
     async def wait(self, timeout: float | None = None) -> PairedDevice:
         """Waits for a device to pair with this code: :class:`~iroh_pair.errors.PairingFailed`
@@ -749,7 +765,19 @@ class Node:
             self._end_offer(offer, PairingFailed(RejectCode.EXPIRED, "the code expired"))
 
         self._spawn(expire())
-        return HostedPairing(code, offer, fut, spoken, confirm)
+        def cancel() -> None:
+            offer.expires_at = min(offer.expires_at, time.monotonic())  # no new Hello (EXPIRED)
+
+            async def end() -> None:
+                # a handshake under way, or one that paired and is delivering its last message
+                while (offer.busy(time.monotonic()) or offer.used) and not fut.done():
+                    await asyncio.sleep(0.05)
+                if not fut.done():
+                    self._end_offer(offer, PairingFailed(RejectCode.CANCELLED, "the code was cancelled"))
+
+            self._spawn(end())
+
+        return HostedPairing(code, offer, fut, spoken, confirm, cancel=cancel)
 
     @property
     def hosting(self) -> bool:

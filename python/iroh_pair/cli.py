@@ -600,7 +600,7 @@ async def _host_for_client(node: Node, params: dict[str, Any], emit: Any, ask: A
             raise _ControlError("sas_declined", str(e)) from None
     finally:
         if not hosted.done:  # declined, failed, or the client went away: the code ends now
-            node._end_offer(hosted.offer, PairingFailed(RejectCode.CANCELLED, "the code was cancelled"))
+            hosted.cancel()
     return {**DeviceSummary.of(dev).to_json(), "sas": node.last_sas(dev.endpoint_id)}
 
 
