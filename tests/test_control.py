@@ -436,3 +436,20 @@ async def test_host_through_the_daemon_asks_the_sas_on_its_own_terminal(tmp_path
                 p.close()
             await stop(carol)
             await stop(daemon)
+
+
+async def test_sigterm_ends_listen_as_ctrl_c_does_and_removes_the_socket(tmp_path: Path) -> None:
+    data = tmp_path / "a"
+    listen = await start("--data-dir", str(data), "--local", "--json", "listen")
+    try:
+        assert listen.stdout is not None
+        ready = json.loads(await asyncio.wait_for(listen.stdout.readline(), 30))
+        sock = Path(ready["control"])
+        assert ready["event"] == "listening" and sock.is_socket()
+        listen.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(listen.wait(), 30) == 130  # "interrupted", as Ctrl-C
+        assert not sock.exists()
+    finally:
+        if listen.returncode is None:
+            listen.kill()
+            await listen.wait()

@@ -1108,11 +1108,19 @@ def fail(text: str) -> None:
     print(f"iroh-pair: {safe(text, 500)}", file=sys.stderr, flush=True)
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``iroh-pair`` command with ``argv`` (default: ``sys.argv[1:]``); returns its exit
     code (see the module's text). ``iroh-pair --help`` lists the commands."""
     args = parser().parse_args(argv)
     setup_logging()
+    # SIGTERM ends a command as Ctrl-C does: the node closes and the control socket is removed
+    # (daemon and servers wait for it themselves)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None
     try:
         code: int = asyncio.run(args.fn(args))
         return code
@@ -1147,6 +1155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             for part in line.rstrip("\n").split("\n"):
                 print(sanitize_for_terminal(part), file=sys.stderr)
         return EXIT_ERROR
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
