@@ -45,6 +45,10 @@ EXPORTS = {
     "DeviceInfo",
     "MessageHandler",
     "new_message_id",
+    # files between paired devices
+    "FileOffer",
+    "FileProgress",
+    "FileReceipt",
     # pairing
     "PairingCode",
     "LanCode",
@@ -107,6 +111,9 @@ EXPORTS = {
     "NameplateNotFound",
     "AmbiguousNameplate",
     "CacheClosedError",
+    "FileTransferError",
+    "TransferRefused",
+    "OfferDeclined",
     "DataDirLocked",
     "KeyFileCorrupt",
     "RegistryError",
