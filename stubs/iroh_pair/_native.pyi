@@ -13,6 +13,7 @@ from iroh_pair.transport._options import NetworkOptions as _NetworkOptions
 
 __all__ = [
     "BAD_ENVELOPE",
+    "BlobStore",
     "Bridge",
     "Chunk",
     "Connection",
