@@ -8,8 +8,12 @@ hash the transfer itself verifies). Refusals are checked on both sides: the fetc
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,6 +34,7 @@ from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Endpoint, NetworkOptions
 
 MiB = 1 << 20
+CHILD = Path(__file__).resolve().parent / "files_child.py"
 
 
 def sha256(p: Path) -> str:
@@ -186,7 +191,8 @@ async def test_unpaired_endpoint_that_knows_the_hash_gets_nothing(
     # the paired device it was offered to does get it
     dest = tmp_path / "mine.bin"
     jb = await joiner.blob_store()
-    assert await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, dest, size=size) == (h, size)
+    got = await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, dest, size=size)
+    assert (got.hash, got.size) == (h, size) and got.bytes_read >= size
     assert sha256(dest) == sha256(tmp_path / "secret.bin")
     blobs.ungrant(joiner_dev.endpoint_id, h)
 
@@ -247,6 +253,90 @@ async def test_traversal_names_from_the_peer_are_sanitised(
     assert (deep / "escape.txt").read_bytes() == b"already here"
     assert sha256(deep / "escape (2).txt") == sha256(src)
     assert not (tmp_path / "escape.txt").exists() and not (tmp_path / "a" / "escape.txt").exists()
+
+
+async def test_a_cut_fetch_resumes_from_the_verified_data(
+    paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
+) -> None:
+    """A fetch cancelled after a quarter (its connection dropped) and started again reads only
+    what the store does not have yet."""
+    host, joiner, host_dev, joiner_dev = paired
+    size = 256 * MiB
+    src = write_random(tmp_path / "big.bin", size)
+    blobs = await host.blob_store()
+    h, _ = await blobs.add_path(src)
+    blobs.grant(joiner_dev.endpoint_id, h)
+    jb = await joiner.blob_store()
+    quarter = asyncio.Event()
+
+    def watch(p: FileProgress) -> None:
+        if p.done >= size // 4:
+            quarter.set()
+
+    first = asyncio.ensure_future(
+        jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, tmp_path / "cut.bin", size=size,
+                 progress=watch))
+    await asyncio.wait_for(quarter.wait(), 120)
+    first.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await first
+    assert not (tmp_path / "cut.bin").exists() and not await jb.has(h)
+    got = await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, tmp_path / "whole.bin",
+                         size=size)
+    assert sha256(tmp_path / "whole.bin") == sha256(src)
+    show("files", "resumed fetch after a cancel at >= 1/4", size=size, read_again=got.bytes_read)
+    assert got.bytes_read <= size * 0.8
+    blobs.ungrant(joiner_dev.endpoint_id, h)
+
+
+async def test_a_killed_receiver_resumes_after_restart(
+    paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
+) -> None:
+    """The receiver's process is killed (SIGKILL) at about half of a 256 MiB fetch and started
+    again: it completes, reading well under the full size the second time."""
+    host, joiner, host_dev, joiner_dev = paired
+    size = 256 * MiB
+    src = write_random(tmp_path / "big.bin", size)
+    blobs = await host.blob_store()
+    h, _ = await blobs.add_path(src)
+    blobs.grant(joiner_dev.endpoint_id, h)
+    await joiner.close()  # its data directory goes to the child process
+    ticket = host.endpoint.addr().to_ticket()
+    dest = tmp_path / "received.bin"
+    args = [sys.executable, str(CHILD), str(joiner.data_dir), ticket, h, str(size), str(dest)]
+
+    async def run(kill_at: int | None) -> tuple[list[dict[str, object]], int | None]:
+        proc = await asyncio.create_subprocess_exec(*args, stdout=asyncio.subprocess.PIPE)
+        assert proc.stdout is not None
+        lines: list[dict[str, object]] = []
+        try:
+            async with asyncio.timeout(180):
+                while raw := await proc.stdout.readline():
+                    ev = json.loads(raw)
+                    lines.append(ev)
+                    done = ev.get("done")
+                    if kill_at is not None and isinstance(done, int) and done >= kill_at:
+                        proc.send_signal(signal.SIGKILL)
+                        break
+                return lines, await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+    lines, code = await run(size // 2)
+    assert code == -signal.SIGKILL, lines
+    assert not dest.exists()
+    lines, code = await run(None)
+    assert code == 0, lines
+    done = lines[-1]
+    assert done["event"] == "done", lines
+    assert sha256(dest) == sha256(src)
+    read = done["bytes_read"]
+    assert isinstance(read, int)
+    show("files", "receiver killed at 1/2 and restarted", size=size, read_after_restart=read)
+    assert read <= size * 0.6
+    blobs.ungrant(joiner_dev.endpoint_id, h)
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,7 @@ __all__ = [
     "FileReceipt",
     "FileOfferHandler",
     "BlobStore",
+    "Fetched",
     "sanitize_file_name",
     "unique_destination",
     "encode_offer",
@@ -205,6 +206,18 @@ def decode_reply(data: bytes) -> dict[str, Any]:
     return m
 
 
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """A finished fetch: the content's ``hash`` and ``size``; ``bytes_read``, what this fetch read
+    from the stream (payload and hash tree; 0 when the store already had it all, less than the
+    size when it resumed from partial data); ``seconds``, how long the fetch itself took."""
+
+    hash: str
+    size: int
+    bytes_read: int
+    seconds: float
+
+
 class BlobStore:
     """The node's blob store (iroh-blobs ``FsStore`` in ``DATA_DIR/blobs``) and its offers.
 
@@ -272,14 +285,14 @@ class BlobStore:
         *,
         size: int,
         progress: ProgressCallback | None = None,
-    ) -> tuple[str, int]:
+    ) -> Fetched:
         """Fetches ``hash`` (of ``size`` bytes, as offered) from ``peer`` into the store,
-        verified, and writes it to ``dest`` (which must not exist): ``(hash, size)``. Raises
+        verified, and writes it to ``dest`` (which must not exist). Raises
         :class:`~iroh_pair.errors.TransferRefused` when the peer refuses it, else
         :class:`~iroh_pair.errors.FileTransferError`."""
         b = get_bridge()
         loop = asyncio.get_running_loop()
-        result: asyncio.Future[tuple[str, int]] = loop.create_future()
+        result: asyncio.Future[Fetched] = loop.create_future()
         started = time.monotonic()
 
         def on_item(ok: bool, value: Any) -> None:
@@ -294,7 +307,8 @@ class BlobStore:
             if result.done():
                 return
             if ok:
-                result.set_result((str(value[0]), int(value[1])))
+                h, n, read, secs = value
+                result.set_result(Fetched(str(h), int(n), int(read), float(secs)))
             else:
                 result.set_exception(value)
 
@@ -308,7 +322,7 @@ class BlobStore:
         b.unsubscribe(token)
         if progress is not None:
             elapsed = max(time.monotonic() - started, 1e-9)
-            progress(FileProgress(r[1], size, r[1] / elapsed))
+            progress(FileProgress(r.size, size, r.size / elapsed))
         return r
 
     def stats(self) -> dict[str, int]:

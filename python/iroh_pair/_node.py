@@ -1164,16 +1164,17 @@ class Node:
         blobs = await self.blob_store()
         cb = self._file_progress
         try:
-            got, got_size = await blobs.fetch(
+            fetched = await blobs.fetch(
                 self.endpoint, self._hints.get(dev.endpoint_id, dev.endpoint_id), h, dest,
                 size=size, progress=None if cb is None else (lambda p: cb(offer, p)),
             )
         except IrohPairError as e:
             log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
             return encode_reply("failed", error=str(e))
-        if got != h or got_size != size:  # the hash verified; the offered size was wrong
-            return encode_reply("failed", error=f"received {got_size} bytes, {size} offered")
-        log.info("received %r (%d bytes) from %s", dest.name, size, dev.name)
+        if fetched.hash != h or fetched.size != size:  # verified, but not the size offered
+            return encode_reply("failed", error=f"received {fetched.size} bytes, {size} offered")
+        log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, size,
+                 fetched.bytes_read, fetched.seconds, dev.name)
         return encode_reply("stored", hash=h, size=size, name=dest.name)
 
     # ------------------------------------------------------------------ connections

@@ -205,7 +205,9 @@ impl BlobStore {
     /// into the store (verified; what the store already has of it is not fetched again), then
     /// exports it to `dest` (absolute; must not exist). A subscription under `token`: items are
     /// the bytes received so far by this fetch (every 50 ms at most), the last one
-    /// `(hash, size)` or the error. More than `max_size` bytes received is an error.
+    /// `(hash, size, bytes_read, seconds)` or the error: `bytes_read` is what this fetch read
+    /// from the stream (payload and hash tree; 0 when the store had it all), `seconds` how long
+    /// the fetch took (before the export). More than `max_size` bytes received is an error.
     /// `TransferRefused` when the peer refused it (not offered to us), `TransferError`
     /// otherwise.
     /// (`Endpoint.fetch_blob` in Python.)
@@ -267,9 +269,9 @@ impl BlobStore {
                 if let Some(e) = failure {
                     return Err(e);
                 }
-                if stats.is_none() {
+                let Some(stats) = stats else {
                     return Err(Error::Transfer("the fetch ended without a result".into()));
-                }
+                };
                 // verified and complete in the store, or the fetch failed above
                 let complete = store
                     .blobs()
@@ -282,7 +284,12 @@ impl BlobStore {
                     ));
                 }
                 let size = export_to(&store, hash, &dest).await?;
-                Ok((hash.to_hex().to_string(), size))
+                Ok((
+                    hash.to_hex().to_string(),
+                    size,
+                    stats.total_bytes_read(),
+                    stats.elapsed.as_secs_f64(),
+                ))
             }
             .await;
             match result {
