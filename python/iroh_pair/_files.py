@@ -84,12 +84,15 @@ class FileProgress:
 @dataclass(frozen=True, slots=True)
 class FileReceipt:
     """What :meth:`iroh_pair.Node.send_file` returns once the receiver has the file verified
-    and stored: the content's ``hash``, its ``size``, and the ``name`` the receiver stored it
-    under (after sanitising and collision renaming)."""
+    and stored: the content's ``hash``, its ``size``, the ``name`` the receiver stored it under
+    (after sanitising and collision renaming), and ``transferred``, the bytes the receiver read
+    from the network for it (content and hash tree: a little over ``size`` for a fresh
+    transfer, less when it resumed from data it had already verified, 0 when it had it all)."""
 
     hash: str
     size: int
     name: str
+    transferred: int = 0
 
 
 #: The receiver's decision on a :class:`FileOffer`: a directory to store the file in, or None

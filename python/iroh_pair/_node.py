@@ -1140,10 +1140,14 @@ class Node:
             raise FileTransferError(f"{dev.name} stored other content than {src.name!r} was")
         if progress is not None:
             progress(FileProgress(size, size, size / max(loop.time() - started, 1e-9)))
-        return FileReceipt(h, size, str(reply.get("name", "")))
+        read = reply.get("read", 0)
+        return FileReceipt(h, size, str(reply.get("name", "")), read if isinstance(read, int) else 0)
 
-    async def _file_offer(self, dev: PairedDevice, data: bytes) -> bytes:
-        """The FILE_KIND message handler: decide, fetch, verify, store, reply."""
+    async def _file_offer(
+        self, dev: PairedDevice, data: bytes, conn: Connection | None = None
+    ) -> bytes:
+        """The FILE_KIND message handler: decide, fetch, verify, store, reply. ``conn``: the
+        connection the offer came over (the sender is fetched from at its addresses)."""
         try:
             raw, size, h = decode_offer(data)
         except ValueError as e:
@@ -1165,7 +1169,7 @@ class Node:
         cb = self._file_progress
         try:
             fetched = await blobs.fetch(
-                self.endpoint, self._hints.get(dev.endpoint_id, dev.endpoint_id), h, dest,
+                self.endpoint, self._fetch_target(dev, conn), h, dest,
                 size=size, progress=None if cb is None else (lambda p: cb(offer, p)),
             )
         except IrohPairError as e:
@@ -1175,7 +1179,22 @@ class Node:
             return encode_reply("failed", error=f"received {fetched.size} bytes, {size} offered")
         log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, size,
                  fetched.bytes_read, fetched.seconds, dev.name)
-        return encode_reply("stored", hash=h, size=size, name=dest.name)
+        return encode_reply("stored", hash=h, size=size, name=dest.name, read=fetched.bytes_read)
+
+    def _fetch_target(
+        self, dev: PairedDevice, conn: Connection | None
+    ) -> EndpointAddr | EndpointId:
+        """Where to fetch an offer's content from: the addresses of the connection the offer
+        came over (a hint may be stale: the sender may have restarted on another port since),
+        else the hint, else the id alone."""
+        peer = dev.endpoint_id
+        if conn is not None and not conn.is_closed:
+            paths = conn.paths()
+            relays = [p.addr for p in paths if p.kind == "relay"]
+            direct = [p.addr for p in paths if p.kind == "direct"]
+            if relays or direct:
+                return EndpointAddr(peer, relays, direct)
+        return self._hints.get(peer, peer)
 
     # ------------------------------------------------------------------ connections
 
@@ -1438,7 +1457,14 @@ class Node:
             self.counters["not_admitted"] += 1
             _reject(incoming, StreamErrorCode.NOT_ADMITTED)
             return
-        self._messages.deliver(incoming, dev, kind, body, lambda: self._channel(conn, dev))
+        handler: MessageHandler | None = None
+        if kind == FILE_KIND:  # the offer's handler fetches from where the offer came from
+
+            def handler(d: PairedDevice, data: bytes) -> Awaitable[bytes]:
+                return self._file_offer(d, data, conn)
+
+        self._messages.deliver(incoming, dev, kind, body, lambda: self._channel(conn, dev),
+                               handler)
 
     async def wait_disconnected(self, timeout: float | None = None) -> bool:
         """Waits until every connection has been closed (by the peers: the side that reads
