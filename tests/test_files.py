@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import open_local_node, show
@@ -311,7 +312,7 @@ async def run_child(
     try:
         async with asyncio.timeout(180):
             reading = asyncio.ensure_future(read())
-            waits: set[asyncio.Future[object]] = {reading}
+            waits: set[asyncio.Future[Any]] = {reading}
             if kill_when is not None:
                 waits.add(asyncio.ensure_future(kill_when.wait()))
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
