@@ -140,6 +140,21 @@ async def test_256_mib_file_arrives_byte_identical_with_progress(
          overall_mib_s=round(size / MiB / total, 1), receiver_fetch_mib_s=round(fetch_rate, 1))
 
 
+async def test_a_name_of_255_bytes_arrives(
+    paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
+) -> None:
+    """The longest name a file system allows (the temporary name must not be longer)."""
+    host, joiner, host_dev, _ = paired
+    box = inbox(tmp_path)
+    host.on_file_offer(lambda offer: box)
+    name = "é" * 125 + "x.txt"
+    assert len(name.encode()) == 255
+    src = write_random(tmp_path / name, 5000)
+    receipt = await joiner.send_file(host_dev, src, timeout=30)
+    assert receipt.name == name and sha256(box / name) == sha256(src)
+    assert [p.name for p in box.iterdir()] == [name]
+
+
 async def test_declined_offer_transfers_nothing(
     paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
 ) -> None:

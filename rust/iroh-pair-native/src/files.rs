@@ -334,14 +334,14 @@ async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error>
     let dir = dest
         .parent()
         .ok_or_else(|| Error::Value(format!("{} has no parent directory", dest.display())))?;
-    let name = dest
-        .file_name()
-        .ok_or_else(|| Error::Value(format!("{} has no file name", dest.display())))?;
+    if dest.file_name().is_none() {
+        return Err(Error::Value(format!("{} has no file name", dest.display())));
+    }
     let mut rnd = [0u8; 8];
     getrandom::fill(&mut rnd).map_err(|e| Error::Transfer(format!("no randomness: {e}")))?;
+    // not derived from the name: a name of 255 bytes must still leave room for it
     let tmp = dir.join(format!(
-        ".{}.{}.partial",
-        name.to_string_lossy(),
+        ".iroh-pair-{}.partial",
         rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
     ));
     let size = store
