@@ -46,6 +46,10 @@ EXPORTS = {
     "DeviceInfo",
     "MessageHandler",
     "new_message_id",
+    # files between paired devices
+    "FileOffer",
+    "FileProgress",
+    "FileReceipt",
     # pairing
     "PairingCode",
     "LanCode",
@@ -109,6 +113,9 @@ EXPORTS = {
     "AmbiguousNameplate",
     "CacheClosedError",
     "OutboxFull",
+    "FileTransferError",
+    "TransferRefused",
+    "OfferDeclined",
     "DataDirLocked",
     "KeyFileCorrupt",
     "RegistryError",

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from iroh_pair import _native
 from iroh_pair._cache import CacheStats, ConnectionCache
+from iroh_pair._files import FileOffer, FileProgress, FileReceipt
 from iroh_pair._node import (
     AdmissionStats,
     HostedPairing,
@@ -51,6 +52,9 @@ from iroh_pair.errors import (
     BadWordCount,
     BindError,
     CacheClosedError,
+    FileTransferError,
+    OfferDeclined,
+    TransferRefused,
     ConfigError,
     ConnectError,
     ConnectionLost,
@@ -126,6 +130,10 @@ __all__ = [
     "DeviceInfo",
     "MessageHandler",
     "new_message_id",
+    # files between paired devices
+    "FileOffer",
+    "FileProgress",
+    "FileReceipt",
     # Pairing: the codes, and what the SAS confirmation callback gets.
     "PairingCode",
     "LanCode",
@@ -189,6 +197,9 @@ __all__ = [
     "AmbiguousNameplate",
     "CacheClosedError",
     "OutboxFull",
+    "FileTransferError",
+    "TransferRefused",
+    "OfferDeclined",
     "DataDirLocked",
     "KeyFileCorrupt",
     "RegistryError",

@@ -77,11 +77,13 @@ class Messages:
         kind: str,
         body: bytes,
         channel_of: Callable[[], MessageChannel],
+        handler: MessageHandler | None = None,
     ) -> None:
-        """Hands the message in ``body`` (after the envelope header) to ``kind``'s handler and
-        replies, or rejects the stream. ``channel_of`` gives the connection's channel to ``dev``
-        (made only when a handler exists)."""
-        handler = self.handlers.get(kind)
+        """Hands the message in ``body`` (after the envelope header) to ``kind``'s handler (or
+        to ``handler``) and replies, or rejects the stream. ``channel_of`` gives the
+        connection's channel to ``dev`` (made only when a handler exists)."""
+        if handler is None:
+            handler = self.handlers.get(kind)
         if handler is None:
             reject(incoming, StreamErrorCode.UNKNOWN_KIND)
             return

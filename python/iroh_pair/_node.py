@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import os
 import random
@@ -30,6 +31,21 @@ from typing import Literal, Union, get_args
 from iroh_pair import _qr, store
 from iroh_pair._cache import CacheStats, ConnectionCache
 from iroh_pair._dispatch import MessageHandler, Messages, code_name
+from iroh_pair._files import (
+    FILE_KIND,
+    BlobStore,
+    FileOffer,
+    FileOfferHandler,
+    FileReceipt,
+    ProgressCallback,
+    FileProgress,
+    decode_offer,
+    decode_reply,
+    encode_offer,
+    encode_reply,
+    sanitize_file_name,
+    unique_destination,
+)
 from iroh_pair._dispatch import reject as _reject
 from iroh_pair._hosting import Hosted
 from iroh_pair._peer import Links
@@ -46,6 +62,8 @@ from iroh_pair.config import load_options
 from iroh_pair.errors import (
     AmbiguousNameplate,
     ConnectError,
+    FileTransferError,
+    OfferDeclined,
     InvalidCode,
     IrohPairError,
     NameplateNotFound,
@@ -464,6 +482,12 @@ class Node:
         }
         self.rejections: dict[str, int] = {}
         self._messages = Messages(self._deliveries, self.counters, self.rejections, self._spawn)
+        # files (iroh-blobs): the store opens on first use; offers arrive as FILE_KIND messages
+        self._blobs: BlobStore | None = None
+        self._blobs_lock = asyncio.Lock()
+        self._file_handler: FileOfferHandler | None = None
+        self._file_progress: Callable[[FileOffer, FileProgress], object] | None = None
+        self._messages.handlers[FILE_KIND] = self._file_offer
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -589,6 +613,8 @@ class Node:
             t.cancel()
         await self.cache.aclose()
         await self.endpoint.close()
+        if self._blobs is not None:
+            await self._blobs.close()
         for q in self._subscribers:
             q.put_nowait(None)
         self.registry.close()
@@ -990,7 +1016,7 @@ class Node:
         e.g. "sync"). It gets the sending device and the decrypted bytes; what it returns is
         sealed and sent back as the reply (``None``: an empty reply)."""
         encode_header(kind)  # validates the name
-        if kind in (PAIR_KIND, PAIR_KIND_V1):
+        if kind in (PAIR_KIND, PAIR_KIND_V1, FILE_KIND):
             raise ValueError(f"the {kind!r} kind is reserved")
         self._messages.handlers[kind] = handler
 
@@ -1256,6 +1282,156 @@ class Node:
             st.channel_keys = keys
         return st.channel
 
+    # ------------------------------------------------------------------ files
+
+    async def blob_store(self) -> BlobStore:
+        """The node's blob store (``DATA_DIR/blobs``), opened and served on the node's endpoint
+        on first use (internal to :meth:`send_file` and received offers)."""
+        async with self._blobs_lock:
+            if self._blobs is None:
+                blobs = await BlobStore.open(self.data_dir / "blobs")
+                blobs.serve_on(self.endpoint)
+                self._blobs = blobs
+            return self._blobs
+
+    def on_file_offer(
+        self,
+        handler: FileOfferHandler,
+        *,
+        progress: Callable[[FileOffer, FileProgress], object] | None = None,
+    ) -> None:
+        """Registers the handler of files paired devices offer. It gets a
+        :class:`~iroh_pair.FileOffer` (``name`` already sanitised, ``size``, ``hash``,
+        ``sender``) and returns the directory to store the file in, or ``None`` to decline
+        (plain or awaitable). The file is fetched natively, every chunk verified against the
+        hash, written under a temporary name and moved to ``directory / name`` only once
+        complete; an existing file is never replaced (``name (2).ext`` and so on instead).
+        ``progress`` gets ``(offer, FileProgress)`` while it arrives. Without a handler every
+        offer is declined. Example::
+
+            def offered(offer: FileOffer) -> Path | None:
+                return downloads if offer.size < 1 << 30 else None
+
+            node.on_file_offer(offered)
+        """
+        self._file_handler = handler
+        self._file_progress = progress
+
+    async def send_file(
+        self,
+        device: DeviceRef,
+        path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+    ) -> FileReceipt:
+        """Sends the file at ``path`` to a paired device; returns once the receiver has it
+        verified and stored (a :class:`~iroh_pair.FileReceipt` with the name it chose).
+
+        The file is imported into this node's blob store (its BLAKE3 hash computed), offered to
+        the device over the encrypted messaging (name, size, hash), and served natively to that
+        device alone while the offer lives; its bytes never pass through Python. ``progress``
+        gets :class:`~iroh_pair.FileProgress` as the receiver fetches. Raises
+        :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines, and
+        :class:`~iroh_pair.errors.FileTransferError` when the transfer fails. ``timeout`` bounds
+        the whole exchange (None: no bound). Example::
+
+            receipt = await node.send_file(dev, "holiday.mp4")
+            print("stored as", receipt.name)
+        """
+        dev = self.device(device)
+        src = Path(path)
+        if not src.is_file():
+            raise FileNotFoundError(f"{src} is not a file")
+        blobs = await self.blob_store()
+        h, size = await blobs.add_path(src)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        blobs.grant(dev.endpoint_id, h)
+
+        async def report() -> None:
+            assert progress is not None
+            while True:
+                await asyncio.sleep(0.1)
+                done = min(blobs.sent(dev.endpoint_id, h), size)
+                progress(FileProgress(done, size, done / max(loop.time() - started, 1e-9)))
+
+        reporter = asyncio.ensure_future(report()) if progress is not None else None
+        try:
+            offer = encode_offer(src.name, size, h)
+            reply = decode_reply(await self.request(dev, offer, kind=FILE_KIND, timeout=timeout))
+        finally:
+            if reporter is not None:
+                reporter.cancel()
+            blobs.ungrant(dev.endpoint_id, h)
+        status = reply["status"]
+        if status == "declined":
+            reason = str(reply.get("reason", ""))
+            raise OfferDeclined(f"{dev.name} declined {src.name!r}: {reason}", reason)
+        if status != "stored":
+            raise FileTransferError(
+                f"{dev.name} could not receive {src.name!r}: {reply.get('error', status)}"
+            )
+        if reply.get("hash") != h or reply.get("size") != size:
+            raise FileTransferError(f"{dev.name} stored other content than {src.name!r} was")
+        if progress is not None:
+            progress(FileProgress(size, size, size / max(loop.time() - started, 1e-9)))
+        read = reply.get("read", 0)
+        return FileReceipt(h, size, str(reply.get("name", "")), read if isinstance(read, int) else 0)
+
+    async def _file_offer(
+        self, dev: PairedDevice, data: bytes, conn: Connection | None = None
+    ) -> bytes:
+        """The FILE_KIND message handler: decide, fetch, verify, store, reply. ``conn``: the
+        connection the offer came over (the sender is fetched from at its addresses)."""
+        try:
+            raw, size, h = decode_offer(data)
+        except ValueError as e:
+            return encode_reply("failed", error=str(e))
+        offer = FileOffer(sanitize_file_name(raw), size, h, dev)
+        handler = self._file_handler
+        if handler is None:
+            return encode_reply("declined", reason="this device takes no files")
+        chosen = handler(offer)
+        if inspect.isawaitable(chosen):
+            chosen = await chosen
+        if chosen is None:
+            return encode_reply("declined", reason="declined by the receiver")
+        directory = Path(chosen)
+        if not directory.is_dir():
+            return encode_reply("failed", error="the receiver's destination is not a directory")
+        dest = unique_destination(directory.resolve(), offer.name)
+        blobs = await self.blob_store()
+        cb = self._file_progress
+        try:
+            fetched = await blobs.fetch(
+                self.endpoint, self._fetch_target(dev, conn), h, dest,
+                size=size, progress=None if cb is None else (lambda p: cb(offer, p)),
+            )
+        except IrohPairError as e:
+            log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
+            return encode_reply("failed", error=str(e))
+        if fetched.hash != h or fetched.size != size:  # verified, but not the size offered
+            return encode_reply("failed", error=f"received {fetched.size} bytes, {size} offered")
+        log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, size,
+                 fetched.bytes_read, fetched.seconds, dev.name)
+        return encode_reply("stored", hash=h, size=size, name=dest.name, read=fetched.bytes_read)
+
+    def _fetch_target(
+        self, dev: PairedDevice, conn: Connection | None
+    ) -> EndpointAddr | EndpointId:
+        """Where to fetch an offer's content from: the addresses of the connection the offer
+        came over (a hint may be stale: the sender may have restarted on another port since),
+        else the hint, else the id alone."""
+        peer = dev.endpoint_id
+        if conn is not None and not conn.is_closed:
+            paths = conn.paths()
+            relays = [p.addr for p in paths if p.kind == "relay"]
+            direct = [p.addr for p in paths if p.kind == "direct"]
+            if relays or direct:
+                return EndpointAddr(peer, relays, direct)
+        return self._hints.get(peer, peer)
+
     # ------------------------------------------------------------------ connections
 
     def _admit(self, conn: Connection) -> bool:
@@ -1520,7 +1696,14 @@ class Node:
             self.counters["not_admitted"] += 1
             _reject(incoming, StreamErrorCode.NOT_ADMITTED)
             return
-        self._messages.deliver(incoming, dev, kind, body, lambda: self._channel(conn, dev))
+        handler: MessageHandler | None = None
+        if kind == FILE_KIND:  # the offer's handler fetches from where the offer came from
+
+            def handler(d: PairedDevice, data: bytes) -> Awaitable[bytes]:
+                return self._file_offer(d, data, conn)
+
+        self._messages.deliver(incoming, dev, kind, body, lambda: self._channel(conn, dev),
+                               handler)
 
     async def wait_disconnected(self, timeout: float | None = None) -> bool:
         """Waits until every connection has been closed (by the peers: the side that reads

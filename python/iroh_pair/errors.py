@@ -35,6 +35,9 @@ the standard library does::
     ├── AmbiguousNameplate (LookupError) several devices announce it
     ├── CacheClosedError (RuntimeError) the connection cache is closed
     ├── OutboxFull                      a device's outbox is at its limit (device, limits)
+    ├── FileTransferError               a file transfer failed (fetch, store, export)
+    │   ├── TransferRefused             the sender refused the content (not offered to us)
+    │   └── OfferDeclined               the receiver declined a file offer (reason)
     ├── DataDirLocked                   another node holds the data directory (pid, since)
     ├── KeyFileCorrupt                  the secret key file is not a key (path, reason)
     └── RegistryError                   the device registry failed
@@ -104,6 +107,10 @@ __all__ = [
     "AmbiguousNameplate",
     "CacheClosedError",
     "OutboxFull",
+    # files
+    "FileTransferError",
+    "TransferRefused",
+    "OfferDeclined",
     # storage
     "DataDirLocked",
     "KeyFileCorrupt",
@@ -230,6 +237,34 @@ class RemoteError(IrohPairError):
             message = f"the peer refused the request: {label}"
         super().__init__(message)
         self.code: StreamErrorCode | int = named
+
+
+# -- files ---------------------------------------------------------------------------------------
+
+
+class FileTransferError(IrohPairError):
+    """A file transfer between paired devices failed (the fetch, the blob store, or writing the
+    verified file to its destination). Nothing is left at the destination name::
+
+        try:
+            await node.send_file(dev, "report.pdf")
+        except FileTransferError as e:
+            print("not sent:", e)
+    """
+
+
+class TransferRefused(FileTransferError):
+    """The sending side refused the content: it was not offered to this device (or the offer
+    was withdrawn), or this device is not admitted at all."""
+
+
+class OfferDeclined(FileTransferError):
+    """The receiving device declined a file offer (its handler returned no destination, or
+    it has no handler); ``reason`` is the receiver's text."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # -- bad input -----------------------------------------------------------------------------------

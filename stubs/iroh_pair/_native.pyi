@@ -13,6 +13,7 @@ from iroh_pair.transport._options import NetworkOptions as _NetworkOptions
 
 __all__ = [
     "BAD_ENVELOPE",
+    "BlobStore",
     "Bridge",
     "Chunk",
     "Connection",
@@ -151,6 +152,31 @@ class Endpoint:
     def mdns_browse(
         self, bridge: Bridge, token: int, service: str, timeout: float, settle: float = 0.5
     ) -> Pending: ...
+    def serve_blobs(self, store: BlobStore) -> None: ...
+    def fetch_blob(
+        self,
+        bridge: Bridge,
+        token: int,
+        store: BlobStore,
+        peer: EndpointAddr | EndpointId,
+        hash: str,
+        dest: str,
+        max_size: int | None = None,
+    ) -> None: ...
+
+@final
+class BlobStore:
+    ALPN: ClassVar[bytes]
+    @staticmethod
+    def open(bridge: Bridge, token: int, path: str) -> BlobStore | Pending: ...
+    def add_path(self, bridge: Bridge, token: int, path: str) -> Pending: ...
+    def allow(self, peer: EndpointId, hash: str) -> None: ...
+    def revoke(self, peer: EndpointId, hash: str) -> bool: ...
+    def sent(self, peer: EndpointId, hash: str) -> int: ...
+    def offered(self, peer: EndpointId) -> list[str]: ...
+    def has(self, bridge: Bridge, token: int, hash: str) -> bool | Pending: ...
+    def stats(self) -> dict[str, int]: ...
+    def close(self, bridge: Bridge, token: int) -> None | Pending: ...
 
 @final
 class MdnsAnnouncement:

@@ -13,6 +13,8 @@ pub struct Counters {
     pub uni_opened: AtomicU64,
     pub requests_served: AtomicU64,
     pub handshakes_failed: AtomicU64,
+    /// Connections on the blobs ALPN, handed to the blob provider (`files`).
+    pub blob_conns_accepted: AtomicU64,
 }
 
 impl Counters {

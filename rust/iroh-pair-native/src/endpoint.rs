@@ -16,7 +16,8 @@ use pyo3::types::PyDict;
 use crate::bridge::Bridge;
 use crate::connection::Connection;
 use crate::counters::Counters;
-use crate::error::Error;
+use crate::error::{Error, n0_error_chain};
+use crate::files::{BLOBS_ALPN, BlobStore, Provider};
 use crate::keys::{EndpointAddr, EndpointId, SecretKey};
 use crate::mdns::MdnsAnnouncement;
 use crate::outcome::{ClassOut, Plain};
@@ -117,6 +118,10 @@ pub struct Endpoint {
     /// endpoint's own instance does not report ids it resolved for a dial, so a device this
     /// endpoint dialed first would never be reported as seen on the LAN.
     lan_watch: std::sync::Mutex<Option<MdnsAddressLookup>>,
+    /// The ALPNs given at bind (the blobs ALPN is added to them by `serve_blobs`).
+    alpns: Vec<Vec<u8>>,
+    /// The blob provider connections on the blobs ALPN are handed to (see `files`).
+    blobs: Arc<std::sync::Mutex<Option<Provider>>>,
 }
 
 #[pymethods]
@@ -145,7 +150,7 @@ impl Endpoint {
             idle_timeout,
             max_bi_streams,
         } = options;
-        let mut b = iroh::Endpoint::builder(presets::Minimal).alpns(alpns);
+        let mut b = iroh::Endpoint::builder(presets::Minimal).alpns(alpns.clone());
         if let Some(k) = secret_key {
             b = b.secret_key(k.0.clone());
         }
@@ -261,6 +266,8 @@ impl Endpoint {
                 counters: Arc::new(Counters::default()),
                 mdns: std::sync::Mutex::new(mdns),
                 lan_watch: std::sync::Mutex::new(None),
+                alpns,
+                blobs: Arc::new(std::sync::Mutex::new(None)),
             }))
         })
     }
@@ -376,16 +383,75 @@ impl Endpoint {
         Ok(crate::bridge::pending(py))
     }
 
+    /// Serves `store`'s offers on the blobs ALPN from now on: connections on it are handled
+    /// natively (see `files`) and never returned by `accept`.
+    fn serve_blobs(&self, store: &BlobStore) {
+        *lock(&self.blobs) = Some(store.provider());
+        let mut alpns = self.alpns.clone();
+        alpns.push(BLOBS_ALPN.to_vec());
+        self.ep.set_alpns(alpns);
+    }
+
+    /// Fetches blob `hash` from `peer` (an `EndpointAddr` or `EndpointId`) into `store` and
+    /// exports it to `dest`: a subscription under `token` (see `files::BlobStore::start_fetch`).
+    #[pyo3(signature = (bridge, token, store, peer, hash, dest, max_size = None))]
+    #[allow(clippy::too_many_arguments)]
+    fn fetch_blob(
+        &self,
+        bridge: &Bridge,
+        token: u64,
+        store: &BlobStore,
+        peer: &Bound<'_, PyAny>,
+        hash: &str,
+        dest: String,
+        max_size: Option<u64>,
+    ) -> PyResult<()> {
+        let addr: iroh::EndpointAddr = if let Ok(a) = peer.cast::<EndpointAddr>() {
+            a.get().0.clone()
+        } else if let Ok(id) = peer.cast::<EndpointId>() {
+            iroh::EndpointAddr::new(id.get().0)
+        } else {
+            return Err(pyo3::exceptions::PyTypeError::new_err(
+                "peer must be an EndpointAddr or an EndpointId",
+            ));
+        };
+        store.start_fetch(
+            bridge,
+            token,
+            self.ep.clone(),
+            self.counters.clone(),
+            addr,
+            hash,
+            dest,
+            max_size,
+        )?;
+        Ok(())
+    }
+
     /// The next incoming connection whose handshake completes; `None` once the endpoint is closed.
+    /// Connections on the blobs ALPN go to the blob provider instead (see `serve_blobs`).
     fn accept(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
         let counters = self.counters.clone();
+        let blobs = self.blobs.clone();
         bridge.spawn(token, async move {
             loop {
                 let Some(incoming) = ep.accept().await else {
                     return Ok(None);
                 };
                 match incoming.await {
+                    Ok(conn) if conn.alpn() == BLOBS_ALPN => {
+                        Counters::bump(&counters.blob_conns_accepted);
+                        let provider = lock(&blobs).clone();
+                        match provider {
+                            Some(p) => {
+                                RUNTIME.spawn(iroh_blobs::provider::handle_connection(
+                                    conn, p.store, p.events,
+                                ));
+                            }
+                            None => conn.close(VarInt::from_u32(1), b"permission"),
+                        }
+                    }
                     Ok(conn) => {
                         Counters::bump(&counters.conns_accepted);
                         return Ok(Some(ClassOut(Connection::new(conn, counters))));
@@ -484,6 +550,7 @@ impl Endpoint {
             ("uni_streams_opened", &c.uni_opened),
             ("requests_served", &c.requests_served),
             ("handshakes_failed", &c.handshakes_failed),
+            ("blob_connections_accepted", &c.blob_conns_accepted),
         ] {
             d.set_item(k, v.load(Ordering::Relaxed))?;
         }
@@ -513,21 +580,6 @@ fn check_service(s: &str) -> Result<(), Error> {
             "bad mDNS service name {s:?}: 1-15 letters, digits or inner hyphens"
         )))
     }
-}
-
-/// An error and its sources, on one line.
-pub fn n0_error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        let t = inner.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        src = inner.source();
-    }
-    s
 }
 
 /// The tokio runtime's live task count (for leak tests).

@@ -42,6 +42,10 @@ pub enum Error {
     InvalidTicket(String),
     Value(String),
     Transport(String),
+    /// A file transfer failed (fetch, store, export).
+    Transfer(String),
+    /// The providing peer refused a blob (not offered to us, or we are not admitted).
+    TransferRefused(String),
 }
 
 impl fmt::Display for Error {
@@ -80,6 +84,8 @@ impl fmt::Display for Error {
             Error::InvalidTicket(m) => write!(f, "invalid ticket or address: {m}"),
             Error::Value(m) => write!(f, "{m}"),
             Error::Transport(m) => write!(f, "transport error: {m}"),
+            Error::Transfer(m) => write!(f, "file transfer failed: {m}"),
+            Error::TransferRefused(m) => write!(f, "file transfer refused: {m}"),
         }
     }
 }
@@ -182,6 +188,21 @@ pub fn read_to_end_error(e: ReadToEndError, limit: usize) -> Error {
     }
 }
 
+/// An error and its sources, on one line.
+pub fn n0_error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        let t = inner.to_string();
+        if !s.contains(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = inner.source();
+    }
+    s
+}
+
 /// The exception classes of `iroh_pair.errors`, each imported from Python on its first use.
 mod exceptions {
     pyo3::import_exception!(iroh_pair.errors, BindError);
@@ -196,6 +217,8 @@ mod exceptions {
     pyo3::import_exception!(iroh_pair.errors, InvalidKey);
     pyo3::import_exception!(iroh_pair.errors, InvalidTicket);
     pyo3::import_exception!(iroh_pair.errors, TransportError);
+    pyo3::import_exception!(iroh_pair.errors, FileTransferError);
+    pyo3::import_exception!(iroh_pair.errors, TransferRefused);
 }
 
 /// The one mapping of the Rust error onto the Python classes: the message first, then the
@@ -226,6 +249,8 @@ impl From<Error> for PyErr {
             Error::InvalidTicket(_) => py::InvalidTicket::new_err((msg,)),
             Error::Value(_) => pyo3::exceptions::PyValueError::new_err(msg),
             Error::Transport(_) => py::TransportError::new_err((msg,)),
+            Error::Transfer(_) => py::FileTransferError::new_err((msg,)),
+            Error::TransferRefused(_) => py::TransferRefused::new_err((msg,)),
         }
     }
 }

@@ -47,6 +47,7 @@
 //! - `streams`: `SendStream` and `RecvStream`.
 //! - `mdns`: LAN discovery and `MdnsAnnouncement`.
 //! - `serve`: the native serve loop and `IncomingRequest`.
+//! - `files`: `BlobStore`, files between paired devices on iroh-blobs (store, offers, fetch).
 //! - `connection`: `Connection`: streams, close, paths, the fused request.
 //! - `endpoint`: `Endpoint`: bind, dial, accept, lookups.
 //!
@@ -74,6 +75,7 @@ mod queue;
 
 mod connection;
 mod endpoint;
+mod files;
 mod mdns;
 mod serve;
 mod streams;
@@ -111,6 +113,10 @@ mod _native {
     use crate::serve::IncomingRequest;
     #[pymodule_export]
     use crate::streams::{RecvStream, SendStream};
+
+    // Files between paired devices (iroh-blobs).
+    #[pymodule_export]
+    use crate::files::BlobStore;
 
     // Pairing.
     #[pymodule_export]

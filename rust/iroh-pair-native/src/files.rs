@@ -1,0 +1,528 @@
+//! `BlobStore`: files between paired devices, on n0's `iroh-blobs` (BLAKE3-verified streaming
+//! into a file-system store). File bytes go from disk to QUIC and from QUIC to disk here, in
+//! Rust; Python sees hashes, sizes, progress and results only.
+//!
+//! Serving: `Endpoint.serve_blobs(store)` adds the blobs ALPN to the endpoint, and its accept
+//! loop hands every connection on that ALPN to `iroh_blobs::provider::handle_connection`
+//! (Python never sees them). Access goes through the provider events, intercepted here: a
+//! connection from an EndpointId with no offer is closed before any request is read; a get
+//! request is served only for a hash offered to the requesting EndpointId (and only as a single
+//! blob: no hash-sequence children, no get-many, no push, no observe).
+//!
+//! Fetching: `BlobStore.fetch` dials the peer on the blobs ALPN, downloads what the store is
+//! missing of the hash (every chunk group verified before it is written), then exports the
+//! verified content under a temporary name beside the destination and links it into place
+//! without overwriting anything.
+//!
+//! ```python
+//! hash, size = await call(store.add_path, "/abs/file")   # through iroh_pair.files
+//! store.allow(peer_id, hash)
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use iroh_blobs::api::Store;
+use iroh_blobs::api::remote::GetProgressItem;
+use iroh_blobs::provider::events::{
+    AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
+    RequestUpdate, ThrottleMode,
+};
+use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::{Hash, HashAndFormat};
+use n0_future::StreamExt;
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+use crate::bridge::Bridge;
+use crate::counters::Counters;
+use crate::error::{Error, n0_error_chain};
+use crate::keys::EndpointId;
+use crate::outcome::{ClassOut, Plain, out};
+use crate::runtime::RUNTIME;
+use crate::sync::lock;
+
+/// The ALPN of iroh-blobs (`/iroh-bytes/4`).
+pub const BLOBS_ALPN: &[u8] = iroh_blobs::ALPN;
+
+/// How often a fetch reports its progress at most.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The close code of a blobs connection refused by the provider (iroh-blobs' `ERR_PERMISSION`).
+const ERR_PERMISSION: u64 = 1;
+
+/// What the provider serves, and to whom: hashes offered per EndpointId, and the EndpointId of
+/// each live connection (the provider's requests name only their connection).
+#[derive(Default)]
+struct Access {
+    offers: HashMap<iroh::EndpointId, HashSet<Hash>>,
+    conns: HashMap<u64, iroh::EndpointId>,
+    /// Bytes of each offered blob sent to its peer so far (the highest end offset reported).
+    sent: HashMap<(iroh::EndpointId, Hash), u64>,
+}
+
+/// The provider's counters, for tests and stats.
+#[derive(Default)]
+struct Served {
+    connections_refused: AtomicU64,
+    requests_refused: AtomicU64,
+    requests_allowed: AtomicU64,
+}
+
+/// What an endpoint needs to serve blobs: the store and the intercepting event sender.
+#[derive(Clone)]
+pub struct Provider {
+    pub store: Store,
+    pub events: EventSender,
+}
+
+/// The events we intercept: connections and get requests; everything else is refused.
+const MASK: EventMask = EventMask {
+    connected: ConnectMode::Intercept,
+    get: RequestMode::InterceptLog,
+    get_many: RequestMode::Disabled,
+    push: RequestMode::Disabled,
+    observe: ObserveMode::Intercept,
+    throttle: ThrottleMode::None,
+};
+
+/// Answers the provider's events from the access table until every sender is gone.
+async fn police(
+    mut rx: tokio::sync::mpsc::Receiver<ProviderMessage>,
+    access: Arc<Mutex<Access>>,
+    served: Arc<Served>,
+) {
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ProviderMessage::ClientConnected(msg) => {
+                let verdict = {
+                    let mut a = lock(&access);
+                    match msg.inner.endpoint_id {
+                        Some(id) if a.offers.get(&id).is_some_and(|s| !s.is_empty()) => {
+                            a.conns.insert(msg.inner.connection_id, id);
+                            Ok(())
+                        }
+                        _ => Err(AbortReason::Permission),
+                    }
+                };
+                if verdict.is_err() {
+                    served.connections_refused.fetch_add(1, Ordering::Relaxed);
+                }
+                msg.tx.send(verdict).await.ok();
+            }
+            ProviderMessage::ConnectionClosed(msg) => {
+                lock(&access).conns.remove(&msg.inner.connection_id);
+            }
+            ProviderMessage::GetRequestReceived(msg) => {
+                let hash = msg.inner.request.hash;
+                let peer = {
+                    let a = lock(&access);
+                    a.conns
+                        .get(&msg.inner.connection_id)
+                        .copied()
+                        .filter(|id| a.offers.get(id).is_some_and(|s| s.contains(&hash)))
+                };
+                // one raw blob only: children of a hash sequence would be other blobs
+                let verdict = match peer {
+                    Some(peer) if msg.inner.request.ranges.is_blob() => {
+                        // how far the transfer got, from the request's updates
+                        let (mut rx, access) = (msg.rx, access.clone());
+                        RUNTIME.spawn(async move {
+                            while let Ok(Some(update)) = rx.recv().await {
+                                let end = match update {
+                                    RequestUpdate::Progress(p) => p.end_offset,
+                                    RequestUpdate::Started(_) => continue,
+                                    _ => break,
+                                };
+                                let mut a = lock(&access);
+                                if a.offers.get(&peer).is_some_and(|s| s.contains(&hash)) {
+                                    let e = a.sent.entry((peer, hash)).or_default();
+                                    *e = (*e).max(end);
+                                }
+                            }
+                        });
+                        Ok(())
+                    }
+                    _ => Err(AbortReason::Permission),
+                };
+                let counter = match verdict {
+                    Ok(()) => &served.requests_allowed,
+                    Err(_) => &served.requests_refused,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                msg.tx.send(verdict).await.ok();
+            }
+            ProviderMessage::GetManyRequestReceived(msg) => {
+                served.requests_refused.fetch_add(1, Ordering::Relaxed);
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+            ProviderMessage::PushRequestReceived(msg) => {
+                served.requests_refused.fetch_add(1, Ordering::Relaxed);
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+            ProviderMessage::ObserveRequestReceived(msg) => {
+                served.requests_refused.fetch_add(1, Ordering::Relaxed);
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+            ProviderMessage::Throttle(msg) => {
+                msg.tx.send(Ok(())).await.ok();
+            }
+            // notify variants: not produced under `MASK`
+            _ => {}
+        }
+    }
+}
+
+fn parse_hash(hash: &str) -> Result<Hash, Error> {
+    hash.parse::<Hash>()
+        .map_err(|e| Error::Value(format!("bad blob hash {hash:?}: {e}")))
+}
+
+fn absolute(path: &str, what: &str) -> Result<PathBuf, Error> {
+    let p = PathBuf::from(path);
+    if !p.is_absolute() {
+        return Err(Error::Value(format!(
+            "{what} must be an absolute path: {path:?}"
+        )));
+    }
+    Ok(p)
+}
+
+/// The blob store of a node (an iroh-blobs `FsStore` in a directory of its own) and the offers
+/// it serves.
+#[pyclass(module = "iroh_pair._native", frozen)]
+pub struct BlobStore {
+    store: FsStore,
+    access: Arc<Mutex<Access>>,
+    served: Arc<Served>,
+    events: EventSender,
+}
+
+impl BlobStore {
+    /// Fetches blob `hash` from `peer` (an `EndpointAddr` or `EndpointId`) through `endpoint`,
+    /// into the store (verified; what the store already has of it is not fetched again), then
+    /// exports it to `dest` (absolute; must not exist). A subscription under `token`: items are
+    /// the bytes received so far by this fetch (every 50 ms at most), the last one
+    /// `(hash, size, bytes_read, seconds)` or the error: `bytes_read` is what this fetch read
+    /// from the stream (payload and hash tree; 0 when the store had it all), `seconds` how long
+    /// the fetch took (before the export). More than `max_size` bytes received is an error.
+    /// `TransferRefused` when the peer refused it (not offered to us), `TransferError`
+    /// otherwise.
+    /// (`Endpoint.fetch_blob` in Python.)
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_fetch(
+        &self,
+        bridge: &Bridge,
+        token: u64,
+        ep: iroh::Endpoint,
+        counters: Arc<Counters>,
+        addr: iroh::EndpointAddr,
+        hash: &str,
+        dest: String,
+        max_size: Option<u64>,
+    ) -> Result<(), Error> {
+        let hash = parse_hash(hash)?;
+        let dest = absolute(&dest, "the destination")?;
+        if dest.exists() {
+            return Err(Error::Value(format!("{} exists", dest.display())));
+        }
+        let store: Store = self.store.clone().into();
+        let heavy = bridge.heavy();
+        bridge.spawn_stream(token, move |shared| async move {
+            let _heavy = heavy;
+            let result = async {
+                let conn = ep
+                    .connect(addr, BLOBS_ALPN)
+                    .await
+                    .map_err(|e| Error::Connect(n0_error_chain(&e)))?;
+                Counters::bump(&counters.conns_dialed);
+                let mut progress = store
+                    .remote()
+                    .fetch(conn.clone(), HashAndFormat::raw(hash))
+                    .stream();
+                let mut stats = None;
+                let mut failure = None;
+                let mut last = std::time::Instant::now();
+                while let Some(item) = progress.next().await {
+                    match item {
+                        GetProgressItem::Progress(n) => {
+                            if max_size.is_some_and(|m| n > m) {
+                                failure = Some(Error::Transfer(format!(
+                                    "the peer sent more than the {} bytes offered",
+                                    max_size.unwrap_or_default()
+                                )));
+                                break;
+                            }
+                            // at most ~20 progress items a second reach the loop
+                            if last.elapsed() >= PROGRESS_EVERY {
+                                last = std::time::Instant::now();
+                                shared.emit(token, Ok(out(Plain(n))));
+                            }
+                        }
+                        GetProgressItem::Done(s) => stats = Some(s),
+                        GetProgressItem::Error(e) => failure = Some(fetch_error(&conn, &e)),
+                    }
+                }
+                conn.close(0u32.into(), b"done");
+                if let Some(e) = failure {
+                    return Err(e);
+                }
+                let Some(stats) = stats else {
+                    return Err(Error::Transfer("the fetch ended without a result".into()));
+                };
+                // verified and complete in the store, or the fetch failed above
+                let complete = store
+                    .blobs()
+                    .has(hash)
+                    .await
+                    .map_err(|e| Error::Transfer(e.to_string()))?;
+                if !complete {
+                    return Err(Error::Transfer(
+                        "the peer ended the transfer before the whole blob arrived".into(),
+                    ));
+                }
+                let size = export_to(&store, hash, &dest).await?;
+                Ok((
+                    hash.to_hex().to_string(),
+                    size,
+                    stats.total_bytes_read(),
+                    stats.elapsed.as_secs_f64(),
+                ))
+            }
+            .await;
+            match result {
+                Ok(v) => shared.finish(token, Ok(out(Plain(v)))),
+                Err(e) => shared.finish(token, Err(e)),
+            }
+        });
+        Ok(())
+    }
+
+    /// What an endpoint serves this store with.
+    pub fn provider(&self) -> Provider {
+        Provider {
+            store: self.store.clone().into(),
+            events: self.events.clone(),
+        }
+    }
+}
+
+/// Why a fetch failed: refused by the provider, or anything else.
+fn fetch_error(conn: &iroh::endpoint::Connection, e: &iroh_blobs::get::GetError) -> Error {
+    let refused_conn = matches!(
+        conn.close_reason(),
+        Some(iroh::endpoint::ConnectionError::ApplicationClosed(ref c))
+            if c.error_code.into_inner() == ERR_PERMISSION
+    );
+    let refused = refused_conn
+        || e.iroh_error_code()
+            .is_some_and(|c| c.into_inner() == ERR_PERMISSION);
+    let msg = n0_error_chain(e);
+    if refused {
+        Error::TransferRefused(format!("the peer refused the blob: {msg}"))
+    } else {
+        Error::Transfer(msg)
+    }
+}
+
+/// Exports the complete, verified blob `hash` to `dest`: first under a temporary name in the
+/// same directory, then linked to `dest` (never replacing an existing file) and the temporary
+/// name removed. Returns the size.
+async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error> {
+    let dir = dest
+        .parent()
+        .ok_or_else(|| Error::Value(format!("{} has no parent directory", dest.display())))?;
+    if dest.file_name().is_none() {
+        return Err(Error::Value(format!("{} has no file name", dest.display())));
+    }
+    let mut rnd = [0u8; 8];
+    getrandom::fill(&mut rnd).map_err(|e| Error::Transfer(format!("no randomness: {e}")))?;
+    // not derived from the name: a name of 255 bytes must still leave room for it
+    let tmp = dir.join(format!(
+        ".iroh-pair-{}.partial",
+        rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    ));
+    let size = store
+        .blobs()
+        .export(hash, &tmp)
+        .finish()
+        .await
+        .map_err(|e| {
+            let _ = std::fs::remove_file(&tmp);
+            Error::Transfer(format!("cannot export to {}: {e}", tmp.display()))
+        })?;
+    let linked = std::fs::hard_link(&tmp, dest);
+    let _ = std::fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => Ok(size),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Error::Transfer(format!(
+            "{} exists: not overwritten",
+            dest.display()
+        ))),
+        Err(e) => Err(Error::Transfer(format!(
+            "cannot move the verified file to {}: {e}",
+            dest.display()
+        ))),
+    }
+}
+
+#[pymethods]
+impl BlobStore {
+    /// Opens (or creates) the store in the directory `path` (absolute).
+    #[staticmethod]
+    fn open(py: Python<'_>, bridge: &Bridge, token: u64, path: String) -> PyResult<Py<PyAny>> {
+        let root = absolute(&path, "the blob store")?;
+        bridge.submit(py, token, async move {
+            let store = FsStore::load(&root)
+                .await
+                .map_err(|e| Error::Transfer(format!("cannot open the blob store: {e:#}")))?;
+            let access = Arc::new(Mutex::new(Access::default()));
+            let served = Arc::new(Served::default());
+            let (events, rx) = EventSender::channel(64, MASK);
+            RUNTIME.spawn(police(rx, access.clone(), served.clone()));
+            Ok(ClassOut(BlobStore {
+                store,
+                access,
+                served,
+                events,
+            }))
+        })
+    }
+
+    /// The ALPN blobs are served and fetched on.
+    #[classattr]
+    #[pyo3(name = "ALPN")]
+    fn alpn() -> &'static [u8] {
+        BLOBS_ALPN
+    }
+
+    /// Imports the file at `path` (absolute; copied into the store, its hash computed):
+    /// `(hash, size)`, the hash as 64 hex digits. The content stays in the store (tagged).
+    fn add_path(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        path: String,
+    ) -> PyResult<Py<PyAny>> {
+        let path = absolute(&path, "the file")?;
+        let store: Store = self.store.clone().into();
+        let heavy = bridge.heavy();
+        bridge.spawn(token, async move {
+            let _heavy = heavy;
+            let tag = store
+                .blobs()
+                .add_path(&path)
+                .with_tag()
+                .await
+                .map_err(|e| Error::Transfer(format!("cannot add {}: {e}", path.display())))?;
+            let size = store
+                .blobs()
+                .status(tag.hash)
+                .await
+                .map_err(|e| Error::Transfer(e.to_string()))?;
+            let size = match size {
+                iroh_blobs::api::blobs::BlobStatus::Complete { size } => size,
+                other => {
+                    return Err(Error::Transfer(format!(
+                        "the added blob is not complete: {other:?}"
+                    )));
+                }
+            };
+            Ok(Plain((tag.hash.to_hex().to_string(), size)))
+        });
+        Ok(crate::bridge::pending(py))
+    }
+
+    /// Offers `hash` to `peer`: its connections are admitted and it may get that blob.
+    fn allow(&self, peer: &EndpointId, hash: &str) -> PyResult<()> {
+        let hash = parse_hash(hash)?;
+        lock(&self.access)
+            .offers
+            .entry(peer.0)
+            .or_default()
+            .insert(hash);
+        Ok(())
+    }
+
+    /// Withdraws the offer of `hash` to `peer` (requests already being served finish).
+    /// Returns whether it was offered.
+    fn revoke(&self, peer: &EndpointId, hash: &str) -> PyResult<bool> {
+        let hash = parse_hash(hash)?;
+        let mut a = lock(&self.access);
+        let Some(set) = a.offers.get_mut(&peer.0) else {
+            return Ok(false);
+        };
+        let had = set.remove(&hash);
+        if set.is_empty() {
+            a.offers.remove(&peer.0);
+        }
+        a.sent.remove(&(peer.0, hash));
+        Ok(had)
+    }
+
+    /// How many bytes of `hash` were sent to `peer` under its current offer (the end offset
+    /// the provider reported last; a resumed transfer starts past what the peer has).
+    fn sent(&self, peer: &EndpointId, hash: &str) -> PyResult<u64> {
+        let hash = parse_hash(hash)?;
+        Ok(lock(&self.access)
+            .sent
+            .get(&(peer.0, hash))
+            .copied()
+            .unwrap_or(0))
+    }
+
+    /// The hashes offered to `peer`, sorted.
+    fn offered(&self, peer: &EndpointId) -> Vec<String> {
+        let a = lock(&self.access);
+        let mut v: Vec<String> = a
+            .offers
+            .get(&peer.0)
+            .map(|s| s.iter().map(|h| h.to_hex().to_string()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    /// Whether the store holds the complete blob `hash`.
+    fn has(&self, py: Python<'_>, bridge: &Bridge, token: u64, hash: &str) -> PyResult<Py<PyAny>> {
+        let hash = parse_hash(hash)?;
+        let store: Store = self.store.clone().into();
+        bridge.submit(py, token, async move {
+            let has = store
+                .blobs()
+                .has(hash)
+                .await
+                .map_err(|e| Error::Transfer(e.to_string()))?;
+            Ok(Plain(has))
+        })
+    }
+
+    /// The provider's counters: connections refused, get requests allowed and refused.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        let s = &self.served;
+        for (k, v) in [
+            ("connections_refused", &s.connections_refused),
+            ("requests_allowed", &s.requests_allowed),
+            ("requests_refused", &s.requests_refused),
+        ] {
+            d.set_item(k, v.load(Ordering::Relaxed))?;
+        }
+        Ok(d)
+    }
+
+    /// Shuts the store down (its database flushed); the object is unusable afterwards.
+    fn close(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
+        let store = self.store.clone();
+        bridge.submit(py, token, async move {
+            store
+                .shutdown()
+                .await
+                .map_err(|e| Error::Transfer(format!("cannot close the blob store: {e}")))?;
+            Ok(Plain(()))
+        })
+    }
+}

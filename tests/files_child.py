@@ -1,0 +1,54 @@
+"""A Node in its own process for the resume tests of tests/test_files.py (killed mid-transfer).
+
+    python tests/files_child.py fetch DATA_DIR TICKET HASH SIZE DEST
+    python tests/files_child.py send DATA_DIR TICKET PATH
+
+The data directories are paired beforehand (loopback only). ``fetch`` fetches blob HASH of SIZE
+bytes from the peer at TICKET (an EndpointAddr ticket) into its blob store and writes it to
+DEST; ``send`` sends the file at PATH to the paired device at TICKET with ``Node.send_file``.
+Prints JSON lines: ``{"event": "progress", "done": n}`` as it goes, then ``{"event": "done",
+"bytes_read": n, ...}`` or ``{"event": "error", "error": class, "message": ...}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+from iroh_pair import FileProgress, NetworkOptions, Node
+from iroh_pair.errors import IrohPairError
+from iroh_pair.transport import EndpointAddr
+
+
+def emit(**fields: object) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def progress(p: FileProgress) -> None:
+    emit(event="progress", done=p.done)
+
+
+async def main(mode: str, data_dir: str, ticket: str, rest: list[str]) -> int:
+    async with await Node.open(data_dir, name=mode, options=NetworkOptions.loopback()) as node:
+        peer = EndpointAddr.from_ticket(ticket)
+        try:
+            if mode == "fetch":
+                blobs = await node.blob_store()
+                got = await blobs.fetch(node.endpoint, peer, rest[0], Path(rest[2]),
+                                        size=int(rest[1]), progress=progress)
+                emit(event="done", bytes_read=got.bytes_read, seconds=got.seconds)
+            else:
+                node._hints[peer.id] = peer  # paired devices are dialed by id: no lookup here
+                receipt = await node.send_file(peer.id, rest[0], progress=progress, timeout=300)
+                emit(event="done", bytes_read=receipt.transferred, name=receipt.name)
+        except IrohPairError as e:
+            emit(event="error", error=type(e).__name__, message=str(e))
+            return 1
+        return 0
+
+
+if __name__ == "__main__":
+    a = sys.argv[1:]
+    sys.exit(asyncio.run(main(a[0], a[1], a[2], a[3:])))
