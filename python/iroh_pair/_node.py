@@ -1412,6 +1412,7 @@ class Node:
             log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
             return encode_reply("failed", error=str(e))
         if fetched.hash != h or fetched.size != size:  # verified, but not the size offered
+            dest.unlink(missing_ok=True)  # the offer lied: nothing stays under its name
             return encode_reply("failed", error=f"received {fetched.size} bytes, {size} offered")
         log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, size,
                  fetched.bytes_read, fetched.seconds, dev.name)
