@@ -198,7 +198,7 @@ def test_json_progress_is_throttled_monotonic_and_ends_at_the_size(
     out = io.StringIO()
     monkeypatch.setattr(sys, "stdout", out)
     clock = [100.0]
-    monkeypatch.setattr(cli.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr("iroh_pair.cli.time.monotonic", lambda: clock[0])
     view = cli.FileView("a.bin", 1000, as_json=True, bar=True)  # no bar with --json
     assert view.bar is None
     for t, done in ((0.0, 10), (0.1, 200), (0.3, 150), (0.6, 600), (0.7, 900)):

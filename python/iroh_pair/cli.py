@@ -809,7 +809,7 @@ def human_size(n: float) -> str:
 
 def _bar(name: str, total: int | None, position: int | None = None) -> tqdm[NoReturn]:
     """A tqdm progress bar on stderr for one file (bytes, binary units)."""
-    return tqdm(total=total, desc=safe(name, 30), unit="B", unit_scale=True, unit_divisor=1024,
+    return tqdm(total=total, desc=safe(name, 30), unit="iB", unit_scale=True, unit_divisor=1024,
                 file=sys.stderr, dynamic_ncols=True, mininterval=0.1, leave=True,
                 position=position)
 
@@ -828,6 +828,7 @@ class FileView:
         self.done = 0
         self._last_json = -1.0
         self._last_shown: tuple[int, int] | None = None
+        self._moving = False
         self.bar = _bar(name, total) if bar and not as_json else None
 
     def update(self, done: int, total: int, rate: float) -> None:
@@ -835,8 +836,9 @@ class FileView:
         self.total = total
         self.done = max(self.done, min(done, total))
         if self.bar is not None:
-            if self.bar.total != total:
-                self.bar.total = total
+            if not self._moving:  # the clock (and rate) of the bar start with the transfer,
+                self._moving = True  # not with the import (hashing) before it
+                self.bar.reset(total=total)
             self.bar.update(self.done - self.bar.n)
         if self.as_json:
             now = time.monotonic()
@@ -1011,8 +1013,9 @@ class FileReceiver:
         self.ask = ask and self.accept is None and sys.stdin.isatty() and sys.stderr.isatty()
         self.bars = not (args.json or args.quiet) and sys.stderr.isatty()
         self._question = asyncio.Lock()
-        #: offers being received: (sender, hash, predicted destination) -> its view
-        self._active: dict[tuple[str, str], tuple[Path, FileView]] = {}
+        #: offers being received: (sender, hash) -> (predicted destination, the directory as
+        #: given, its view)
+        self._active: dict[tuple[str, str], tuple[Path, Path, FileView]] = {}
 
     def install(self, node: Node) -> None:
         node.on_file_offer(self.decide, progress=self.progress)
@@ -1038,8 +1041,8 @@ class FileReceiver:
         key = (str(dev.endpoint_id), offer.hash)
         old = self._active.pop(key, None)
         if old is not None:
-            old[1].close()
-        self._active[key] = (dest, FileView(offer.name, offer.size, as_json=False, bar=self.bars))
+            old[2].close()
+        self._active[key] = (dest, target, FileView(offer.name, offer.size, as_json=False, bar=self.bars))
         return target
 
     async def _ask(self, offer: FileOffer) -> bool:
@@ -1066,7 +1069,7 @@ class FileReceiver:
         entry = self._active.get(key)
         if entry is None:
             return
-        dest, view = entry
+        dest, shown_dir, view = entry
         if p.done < p.total or not os.path.lexists(dest):
             view.update(p.done, p.total, p.rate)
             return
@@ -1080,10 +1083,10 @@ class FileReceiver:
                               "hash": offer.hash}), flush=True)
         else:
             print(f"{safe(dev.name, 40)}: received {safe(dest.name, 100)} "
-                  f"({human_size(offer.size)}) in {dest.parent}", flush=True)
+                  f"({human_size(offer.size)}) in {shown_dir}", flush=True)
 
     def close(self) -> None:
-        for _, view in self._active.values():
+        for _, _, view in self._active.values():
             view.close()
         self._active.clear()
 
