@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -174,6 +175,37 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
             await stop(daemon)
             await stop(bob)
             await stop(alice)
+
+
+@pytest.mark.slow
+async def test_listen_asks_on_a_terminal(tmp_path: Path) -> None:
+    """bob's listen runs on a terminal without --accept-files: each offer is a question;
+    "y" stores it in --files-dir (with its bar and line), "n" declines it (exit 5 for alice)."""
+    from test_cli import PtyProc
+
+    async with two_devices(tmp_path) as (a, b):
+        files = tmp_path / "files"
+        files.mkdir()
+        src = tmp_path / "a.txt"
+        src.write_bytes(b"hello")
+        bob = PtyProc("--data-dir", str(b), "listen", "--files-dir", str(files))
+        try:
+            await bob.expect(rb"listening as", 60)
+            for answer, rc_expected in ((b"y\n", 0), (b"n\n", 5)):
+                alice = await start_in(tmp_path, "--data-dir", str(a), "send-file", "bob", str(src))
+                question = re.escape(f"alice offers a.txt (5 B). Accept into {files}? [y/N] ".encode())
+                await bob.expect(question + (rb"(?:.|\n)*" + question if answer == b"n\n" else b""), 60)
+                bob.type(answer)
+                _, err = await asyncio.wait_for(alice.communicate(), 60)
+                assert alice.returncode == rc_expected, err
+            await bob.expect(rb"alice: received a.txt \(5 B\) in " + re.escape(str(files).encode()))
+            assert b"100%|" in bob.output  # its bar
+            assert sorted(p.name for p in files.iterdir()) == ["a.txt"]
+            assert (files / "a.txt").read_bytes() == b"hello"
+            assert err.decode() == "iroh-pair: not sent: bob declined 'a.txt': declined by the receiver\n"
+            assert b"declined a.txt (5 B) from alice: not accepted on this terminal" in bob.output
+        finally:
+            bob.close()
 
 
 async def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
