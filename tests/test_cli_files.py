@@ -111,6 +111,13 @@ async def test_send_file_standalone_to_listen_accept_files(tmp_path: Path) -> No
             # an unknown device: one line, exit 1, nothing sent
             rc, out, err = await run("--data-dir", str(a), "send-file", "nobody", str(small))
             assert (rc, out, err) == (1, "", "iroh-pair: no paired device matches nobody\n")
+            # the receiver cannot store it (its directory is gone): exit 6, nothing stored
+            inbox.rename(tmp_path / "inbox.away")
+            rc, out, err = await run("--data-dir", str(a), "send-file", "bob", str(small))
+            assert rc == 6 and err == ("iroh-pair: not sent: bob could not receive 'note.txt': "
+                                       "the receiver's destination is not a directory\n"), (rc, err)
+            assert not inbox.exists()
+            (tmp_path / "inbox.away").rename(inbox)
         finally:
             await stop(bob)
         # bob is gone: the device cannot be reached, exit 4 (timed out)
