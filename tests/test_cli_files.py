@@ -150,7 +150,7 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
                                      timeout=120)
             assert rc == 5, (rc, err)
             assert err.count("\n") == 1 and err.startswith("iroh-pair: not sent: bob declined 'data.bin'"), err
-            assert [e["event"] for e in json_lines(out)] in ([], ["progress"]), out
+            assert out == ""  # no progress line: nothing moved
             assert list(bob_cwd.iterdir()) == []
             await stop(bob)
             assert bob.stderr is not None
@@ -172,6 +172,14 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
             got = await event(daemon, 60)
             assert got["event"] == "file" and got["hash"] == sent["hash"], got
             assert sha256(inbox / "data.bin") == digest
+            empty = tmp_path / "empty"
+            empty.touch()
+            rc, out, err = await run("--data-dir", str(a), "--json", "send-file", "bob", str(empty))
+            assert rc == 0, err
+            assert [(e["event"], e.get("done"), e["size"] if "size" in e else e["total"])
+                    for e in json_lines(out)] == [("progress", 0, 0), ("sent", None, 0)]
+            got = await event(daemon, 60)
+            assert (got["file"], got["size"]) == ("empty", 0) and (inbox / "empty").read_bytes() == b""
             # through the socket, the errors keep their lines and exit codes
             rc, out, err = await run("--data-dir", str(a), "send-file", "nobody", str(src))
             assert (rc, err) == (1, "iroh-pair: no paired device matches nobody\n")
@@ -240,7 +248,7 @@ def test_json_progress_is_throttled_monotonic_and_ends_at_the_size(
     monkeypatch.setattr("iroh_pair.cli.time.monotonic", lambda: clock[0])
     view = cli.FileView("a.bin", 1000, as_json=True, bar=True)  # no bar with --json
     assert view.bar is None
-    for t, done in ((0.0, 10), (0.1, 200), (0.3, 150), (0.6, 600), (0.7, 900)):
+    for t, done in ((-1.0, 0), (0.0, 10), (0.1, 200), (0.3, 150), (0.6, 600), (0.7, 900)):
         clock[0] = 100.0 + t
         view.update(done, 1000, 1.0)
     view.finish(1000, 2.0)

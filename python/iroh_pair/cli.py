@@ -818,7 +818,8 @@ class FileView:
     """How one file's transfer is shown: a tqdm bar on stderr (only when stderr is a terminal,
     and not with ``--json``, ``-q`` or ``--no-progress``), or with ``--json`` the lines
     ``{"event": "progress", "name", "done", "total", "rate"}`` on stdout, at most every
-    :data:`JSON_PROGRESS_INTERVAL` seconds and once more at the end (``done`` never goes down).
+    :data:`JSON_PROGRESS_INTERVAL` seconds once bytes move, and once more at the end (``done``
+    never goes down).
     The same whether the node runs here or behind the control socket."""
 
     def __init__(self, name: str, total: int | None, *, as_json: bool, bar: bool) -> None:
@@ -840,7 +841,7 @@ class FileView:
                 self._moving = True  # not with the import (hashing) before it
                 self.bar.reset(total=total)
             self.bar.update(self.done - self.bar.n)
-        if self.as_json:
+        if self.as_json and self.done:  # nothing moved yet: no line (the offer may be declined)
             now = time.monotonic()
             if now - self._last_json >= JSON_PROGRESS_INTERVAL:
                 self._last_json = now
