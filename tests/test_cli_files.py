@@ -134,7 +134,7 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
     a terminal: the offer is declined (exit 5, one line, the reason logged on bob's side) and
     no file is written; then bob's daemon with --accept-files takes it."""
     async with two_devices(tmp_path) as (a, b):
-        size = 24 << 20
+        size = 96 << 20
         src = tmp_path / "data.bin"
         digest = make_file(src, size)
         bob_cwd = tmp_path / "bobcwd"
@@ -155,7 +155,7 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
             await stop(bob)
             assert bob.stderr is not None
             bob_err = (await bob.stderr.read()).decode()
-            assert "declined data.bin (24.0 MiB) from alice: no --accept-files, and no terminal" in bob_err
+            assert "declined data.bin (96.0 MiB) from alice: no --accept-files, and no terminal" in bob_err
             # bob's daemon stores it; alice's send-file still goes through her listen's socket
             inbox = tmp_path / "inbox"
             inbox.mkdir()
@@ -166,7 +166,8 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
                                      timeout=300)
             assert rc == 0, err
             lines = json_lines(out)
-            check_progress(lines, "data.bin", size)
+            done = check_progress(lines, "data.bin", size)
+            assert len(done) >= 2, done  # relayed while it moved, then the final line
             sent = lines[-1]
             assert sent["event"] == "sent" and sent["size"] == size and sent["stored_as"] == "data.bin"
             got = await event(daemon, 60)
