@@ -1417,7 +1417,7 @@ def parser() -> argparse.ArgumentParser:
     ch.add_argument("--timeout", type=float, default=30.0, help="seconds to deliver each line")
     ch.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     ch.set_defaults(fn=cmd_chat)
-    dm = sub.add_parser("daemon", help="run the node until interrupted; send, devices, unpair, "
+    dm = sub.add_parser("daemon", help="run the node until interrupted; send, send-file, devices, unpair, "
                                        "host, join and chat with this data directory talk to it")
     dm.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     dm.add_argument("--accept-files", type=Path, metavar="DIR",
