@@ -830,16 +830,19 @@ class FileView:
         self._last_json = -1.0
         self._last_shown: tuple[int, int] | None = None
         self._moving = False
+        self.started = time.monotonic()
         self.bar = _bar(name, total) if bar and not as_json else None
 
     def update(self, done: int, total: int, rate: float) -> None:
         """A progress report (``FileProgress`` fields)."""
         self.total = total
         self.done = max(self.done, min(done, total))
-        if self.bar is not None:
-            if not self._moving:  # the clock (and rate) of the bar start with the transfer,
-                self._moving = True  # not with the import (hashing) before it
+        if not self._moving:  # the clock (and the bar's rate) start with the transfer, not
+            self._moving = True  # with the import (hashing) before it
+            self.started = time.monotonic()
+            if self.bar is not None:
                 self.bar.reset(total=total)
+        if self.bar is not None:
             self.bar.update(self.done - self.bar.n)
         if self.as_json and self.done:  # nothing moved yet: no line (the offer may be declined)
             now = time.monotonic()
@@ -1016,7 +1019,9 @@ class FileReceiver:
         self._question = asyncio.Lock()
         #: offers being received: (sender, hash) -> (predicted destination, the directory as
         #: given, its view)
-        self._active: dict[tuple[str, str], tuple[Path, Path, FileView]] = {}
+        self._active: dict[tuple[str, str, str], tuple[Path, Path, FileView]] = {}
+        #: offers whose last bytes are in, waiting for their final name
+        self._waiting: dict[tuple[str, str, str], asyncio.Task[None]] = {}
 
     def install(self, node: Node) -> None:
         node.on_file_offer(self.decide, progress=self.progress)
@@ -1039,7 +1044,7 @@ class FileReceiver:
             return None
         # the node picks the same name right after this returns (nothing runs in between)
         dest = unique_destination(target.resolve(), offer.name)
-        key = (str(dev.endpoint_id), offer.hash)
+        key = _offer_key(offer)
         old = self._active.pop(key, None)
         if old is not None:
             old[2].close()
@@ -1066,30 +1071,65 @@ class FileReceiver:
 
     def progress(self, offer: FileOffer, p: FileProgress) -> None:
         """The ``on_file_offer`` progress callback: the bar, and the line once it is stored."""
-        key = (str(offer.sender.endpoint_id), offer.hash)
+        key = _offer_key(offer)
         entry = self._active.get(key)
         if entry is None:
             return
-        dest, shown_dir, view = entry
-        if p.done < p.total or not os.path.lexists(dest):
-            view.update(p.done, p.total, p.rate)
+        entry[2].update(p.done, p.total, p.rate)
+        if p.done < p.total or key in self._waiting:
             return
-        # stored: the verified file is at its name (the fetch's last report comes after that)
-        del self._active[key]
-        view.finish(p.total, p.rate)
+        if os.path.lexists(entry[0]):  # a file: at its name before the fetch's last report
+            self._stored(offer)
+        else:  # the last bytes are in; a directory is renamed into place right after
+            self._waiting[key] = asyncio.ensure_future(self._await_stored(offer, entry[0]))
+
+    async def _await_stored(self, offer: FileOffer, dest: Path) -> None:
+        key = _offer_key(offer)
+        try:
+            for _ in range(STORED_WAIT_STEPS):
+                await asyncio.sleep(0.1)
+                if os.path.lexists(dest):
+                    self._stored(offer)
+                    return
+                if key not in self._active:
+                    return
+            entry = self._active.pop(key, None)  # not stored (the node logged why)
+            if entry is not None:
+                entry[2].close()
+        finally:
+            self._waiting.pop(key, None)
+
+    def _stored(self, offer: FileOffer) -> None:
+        entry = self._active.pop(_offer_key(offer), None)
+        if entry is None:
+            return
+        dest, shown_dir, view = entry
+        view.finish(offer.size, offer.size / max(time.monotonic() - view.started, 1e-9))
         dev = offer.sender
         if self.args.json:
             print(json.dumps({"event": "file", "from": str(dev.endpoint_id), "name": dev.name,
                               "file": dest.name, "path": str(dest), "size": offer.size,
-                              "hash": offer.hash}), flush=True)
+                              "hash": offer.hash,
+                              "directory": bool(getattr(offer, "is_directory", False))}),
+                  flush=True)
         else:
             print(f"{safe(dev.name, 40)}: received {safe(dest.name, 100)} "
                   f"({human_size(offer.size)}) in {shown_dir}", flush=True)
 
     def close(self) -> None:
+        for task in self._waiting.values():
+            task.cancel()
         for _, _, view in self._active.values():
             view.close()
         self._active.clear()
+
+
+def _offer_key(offer: FileOffer) -> tuple[str, str, str]:
+    return (str(offer.sender.endpoint_id), offer.hash, offer.name)
+
+
+#: How long (0.1 s steps) a received offer may take from its last bytes to its final name.
+STORED_WAIT_STEPS = 600
 
 
 async def cmd_listen(args: argparse.Namespace) -> int:
