@@ -184,8 +184,6 @@ async def test_send_file_through_a_running_listen_and_a_declined_offer(tmp_path:
             # through the socket, the errors keep their lines and exit codes
             rc, out, err = await run("--data-dir", str(a), "send-file", "nobody", str(src))
             assert (rc, err) == (1, "iroh-pair: no paired device matches nobody\n")
-            rc, out, err = await run("--data-dir", str(a), "send-file", "bob", str(tmp_path))
-            assert rc == 1 and err.count("\n") == 1 and "is a directory" in err, err
             assert alice.returncode is None  # that all went through alice's listen
         finally:
             await stop(daemon)
@@ -222,6 +220,51 @@ async def test_listen_asks_on_a_terminal(tmp_path: Path) -> None:
             assert b"declined a.txt (5 B) from alice: not accepted on this terminal" in bob.output
         finally:
             bob.close()
+
+
+@pytest.mark.slow
+async def test_send_file_with_a_directory(tmp_path: Path) -> None:
+    """A directory PATH is passed to ``Node.send_file``: where the node sends directories the
+    tree arrives whole (files compared, the empty directory kept); where it does not yet, the
+    command says so in one line (exit 1) and nothing arrives."""
+    from iroh_pair import FileOffer
+
+    sends_dirs = hasattr(FileOffer, "is_directory")
+    async with two_devices(tmp_path) as (a, b):
+        tree = tmp_path / "album"
+        (tree / "sub").mkdir(parents=True)
+        (tree / "empty").mkdir()
+        (tree / "a.txt").write_bytes(b"alpha\n")
+        digest = make_file(tree / "sub" / "b.bin", 3 << 20)
+        size = 6 + (3 << 20)
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        bob = await start_in(tmp_path, "--data-dir", str(b), "--json", "listen",
+                             "--accept-files", str(inbox))
+        try:
+            assert (await event(bob))["event"] == "listening"
+            rc, out, err = await run("--data-dir", str(a), "--json", "send-file", "bob", str(tree),
+                                     timeout=120)
+            if not sends_dirs:
+                assert (rc, out) == (1, "") and err == (
+                    f"iroh-pair: {tree} is a directory: this version of iroh-pair sends single "
+                    "files only\n"), err
+                assert list(inbox.iterdir()) == []
+                return
+            assert rc == 0, err
+            lines = json_lines(out)
+            check_progress(lines, "album", size)
+            assert lines[-1]["event"] == "sent" and lines[-1]["size"] == size
+            assert lines[-1]["stored_as"] == "album"
+            got = await event(bob, 60)
+            assert got["event"] == "file" and got["directory"] is True, got
+            assert (got["file"], got["size"], Path(got["path"])) == ("album", size, inbox / "album")
+            assert (inbox / "album" / "a.txt").read_bytes() == b"alpha\n"
+            assert sha256(inbox / "album" / "sub" / "b.bin") == digest
+            assert (inbox / "album" / "empty").is_dir()
+            assert sorted(p.name for p in inbox.iterdir()) == ["album"]
+        finally:
+            await stop(bob)
 
 
 async def test_a_missing_path_is_a_usage_error(tmp_path: Path) -> None:
