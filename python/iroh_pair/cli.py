@@ -15,8 +15,7 @@ asking (scripts), which gives up the protection against a man in the middle who 
 
 While a command runs the node (``listen``, ``daemon``, ``chat``, ``host --listen``), ``send``,
 ``send-file``, ``devices``, ``unpair``, ``host``, ``join`` and ``chat`` with the same data
-directory talk to it
-through its control socket ``DATA_DIR/control.sock`` (:mod:`iroh_pair._control`: owner-only,
+directory talk to it through its control socket ``DATA_DIR/control.sock`` (:mod:`iroh_pair._control`: owner-only,
 never on the network), with the same output and exit codes; ``--name`` and the network flags of
 such a command are then the running node's.
 
@@ -819,8 +818,7 @@ class FileView:
     and not with ``--json``, ``-q`` or ``--no-progress``), or with ``--json`` the lines
     ``{"event": "progress", "name", "done", "total", "rate"}`` on stdout, at most every
     :data:`JSON_PROGRESS_INTERVAL` seconds once bytes move, and once more at the end (``done``
-    never goes down).
-    The same whether the node runs here or behind the control socket."""
+    never goes down). The same whether the node runs here or behind the control socket."""
 
     def __init__(self, name: str, total: int | None, *, as_json: bool, bar: bool) -> None:
         self.name = name
