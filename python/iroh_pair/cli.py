@@ -15,9 +15,9 @@ asking (scripts), which gives up the protection against a man in the middle who 
 
 While a command runs the node (``listen``, ``daemon``, ``chat``, ``host --listen``), ``send``,
 ``send-file``, ``devices``, ``unpair``, ``host``, ``join`` and ``chat`` with the same data
-directory talk to it through its control socket ``DATA_DIR/control.sock`` (:mod:`iroh_pair._control`: owner-only,
-never on the network), with the same output and exit codes; ``--name`` and the network flags of
-such a command are then the running node's.
+directory talk to it through its control socket ``DATA_DIR/control.sock``
+(:mod:`iroh_pair._control`: owner-only, never on the network), with the same output and exit
+codes; ``--name`` and the network flags of such a command are then the running node's.
 
 Files: ``send-file DEVICE PATH...`` offers each file to a paired device and returns once it
 is stored there, verified (a progress bar on stderr when it is a terminal; with ``--json`` the
