@@ -24,7 +24,13 @@ Operations: ``ping``, ``devices``, ``device`` (``device``), ``send`` (``device``
 the client closes), ``host`` (``ttl``, ``words``, ``lan``, ``confirm_timeout``, ``ask``: the
 events ``code`` and, with ``ask``, ``sas``, answered by the client with ``{"v": 1, "id": N,
 "answer": true|false}``; the result is the paired device and its ``sas``), ``join`` (``code``,
-``timeout``, ``confirm_timeout``, ``ask``: the event ``sas`` as for ``host``).
+``timeout``, ``confirm_timeout``, ``ask``: the event ``sas`` as for ``host``), ``send_file``
+(``device``, ``path`` (absolute, as the client resolved it), ``timeout``, ``connect_timeout``:
+the events ``progress`` with ``done``, ``total``, ``rate``, at most every
+:data:`PROGRESS_INTERVAL` seconds; the result ``name``, ``size``, ``hash``, ``stored_as``,
+``to``; the transfer is cancelled when the client closes the connection). A failed transfer's
+error type is ``file_transfer`` with its ``class`` (``OfferDeclined`` with ``reason``,
+``TransferRefused``, ``FileTransferError``); a local file problem is ``os_error``.
 
 This module is private; the CLI (:mod:`iroh_pair.cli`) is its user. Example::
 
@@ -48,7 +54,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from iroh_pair.errors import AmbiguousDevice, IrohPairError, PairingFailed, UnknownDevice
+from iroh_pair.errors import (
+    AmbiguousDevice,
+    FileTransferError,
+    IrohPairError,
+    OfferDeclined,
+    PairingFailed,
+    TransferRefused,
+    UnknownDevice,
+)
 from iroh_pair.protocol.constants import RejectCode
 
 log = logging.getLogger(__name__)
@@ -81,6 +95,8 @@ TIMEOUT_MARGIN = 10.0
 MAX_EVENT_TEXT = 100_000
 #: Events a slow subscriber may fall behind before it is dropped.
 SUBSCRIBER_QUEUE = 1000
+#: Seconds between two ``progress`` events of a ``send_file`` request (at most).
+PROGRESS_INTERVAL = 0.1
 
 
 class _ControlError(IrohPairError):  # private, as the module: only the CLI sees it
@@ -148,10 +164,15 @@ def error_of(e: BaseException) -> dict[str, Any]:
                 "reason": e.reason, "by_peer": e.by_peer}
     if isinstance(e, TimeoutError):
         return {"type": "timeout", "message": str(e)}
+    if isinstance(e, FileTransferError):
+        return {"type": "file_transfer", "class": type(e).__name__, "message": str(e),
+                "reason": e.reason if isinstance(e, OfferDeclined) else ""}
     if isinstance(e, IrohPairError):
         return {"type": "error", "class": type(e).__name__, "message": str(e)}
     if isinstance(e, ValueError):
         return {"type": "bad_request", "message": str(e)}
+    if isinstance(e, OSError):
+        return {"type": "os_error", "message": str(e)}
     return {"type": "internal", "message": f"{type(e).__name__}: {e}"}
 
 
@@ -171,6 +192,11 @@ def raise_error(err: object) -> None:
         raise PairingFailed(code, str(err.get("reason", "")), bool(err.get("by_peer", False)))
     if kind == "timeout":
         raise _ControlTimeout(kind, message)
+    if kind == "file_transfer":
+        cls = err.get("class")
+        if cls == "OfferDeclined":
+            raise OfferDeclined(message, str(err.get("reason", "")))
+        raise (TransferRefused if cls == "TransferRefused" else FileTransferError)(message)
     raise _ControlError(kind, message)
 
 
@@ -253,6 +279,10 @@ class ControlledNode(Protocol):
 #: result: the paired device's JSON and its ``sas``); the CLI's running node provides it.
 PairFn = Callable[[str, dict[str, Any], Callable[[dict[str, Any]], Awaitable[None]],
                    Callable[[dict[str, Any]], Awaitable[bool]]], Awaitable[Any]]
+#: A file sending hook: ``(params, progress) -> result`` for ``send_file``; ``progress(done,
+#: total, rate)`` reports the transfer (the server relays it as events); the result is the JSON
+#: of what was sent. The CLI's running node provides it.
+SendFileFn = Callable[[dict[str, Any], Callable[[int, int, float], None]], Awaitable[Any]]
 
 
 class ControlServer:
@@ -271,12 +301,14 @@ class ControlServer:
 
     def __init__(self, node: ControlledNode, data_dir: str | os.PathLike[str], *,
                  uid: int | None = None, pair: PairFn | None = None,
-                 stats: Callable[[], dict[str, Any]] | None = None) -> None:
+                 stats: Callable[[], dict[str, Any]] | None = None,
+                 send_file: SendFileFn | None = None) -> None:
         self.node = node
         self.path = socket_path(data_dir)
         self.uid = os.geteuid() if uid is None else uid
         self.pair = pair
         self.stats = stats
+        self.send_file = send_file
         self._server: asyncio.AbstractServer | None = None
         self._subscribers: set[asyncio.Queue[dict[str, Any] | None]] = set()
         self._conns: set[asyncio.Task[None]] = set()
@@ -399,6 +431,11 @@ class ControlServer:
             try:
                 if op in ("host", "join"):
                     result = await self._pair(op, rid, req, reader, writer)
+                elif op == "send_file":
+                    sent = await self._send_file(rid, req, reader, writer)
+                    if sent is None:
+                        return  # the client went away: the transfer was cancelled
+                    result = sent[0]
                 else:
                     result = await asyncio.wait_for(self._call(op, req), _timeout_of(req))
             except asyncio.CancelledError:
@@ -476,6 +513,45 @@ class ControlServer:
             return answer.get("id") == rid and answer.get("answer") is True
 
         return await self.pair(op, req, emit, ask)
+
+
+    async def _send_file(self, rid: object, req: dict[str, Any], reader: asyncio.StreamReader,
+                         writer: asyncio.StreamWriter) -> tuple[Any] | None:
+        """Runs a ``send_file`` request, relaying its progress as events (at most every
+        :data:`PROGRESS_INTERVAL` s); ``None`` when the client closed the connection meanwhile
+        (the transfer is then cancelled)."""
+        if self.send_file is None:
+            raise _ControlError("bad_request", "this node does not send files through its control socket")
+        latest: list[tuple[int, int, float]] = []
+
+        def progress(done: int, total: int, rate: float) -> None:
+            latest[:] = [(done, total, rate)]
+
+        async def relay() -> None:
+            shown: tuple[int, int] | None = None
+            while True:
+                await asyncio.sleep(PROGRESS_INTERVAL)
+                if latest and latest[0][:2] != shown:
+                    done, total, rate = latest[0]
+                    shown = (done, total)
+                    await self._write(writer, {"id": rid, "event": {
+                        "event": "progress", "done": done, "total": total, "rate": rate}})
+
+        work = asyncio.ensure_future(self.send_file(req, progress))
+        ticker = asyncio.ensure_future(relay())
+        gone = asyncio.ensure_future(reader.read(1))  # the client closes (or writes): cancel
+        try:
+            done, _ = await asyncio.wait({work, gone, ticker}, return_when=asyncio.FIRST_COMPLETED)
+            if work in done:
+                return (work.result(),)
+            if ticker in done:
+                ticker.result()  # writing to the client failed: raises
+            return None
+        finally:
+            for t in (work, ticker, gone):
+                t.cancel()
+            with contextlib.suppress(BaseException):
+                await asyncio.wait({work, ticker, gone}, timeout=5)
 
 
 def _str(req: dict[str, Any], key: str) -> str:
@@ -576,6 +652,30 @@ class ControlClient:
 
     async def unpair(self, ref: str) -> DeviceSummary:
         return DeviceSummary.from_json(await self.request("unpair", device=ref))
+
+    async def send_file(self, params: dict[str, Any],
+                        on_progress: Callable[[int, int, float], None]) -> dict[str, Any]:
+        """Sends a file through the node (``op="send_file"``: ``device``, ``path``, ``timeout``,
+        ``connect_timeout``); ``on_progress(done, total, rate)`` gets each progress event.
+        Returns the JSON of what was sent (``name``, ``size``, ``hash``, ``stored_as``,
+        ``to``); raises the transfer's typed error."""
+        self._next += 1
+        rid = self._next
+        await self._send({"id": rid, "op": "send_file", **params})
+        while True:
+            msg = await self._read(None)
+            if msg.get("id") != rid:
+                continue
+            ev = msg.get("event")
+            if isinstance(ev, dict):
+                if ev.get("event") == "progress":
+                    with contextlib.suppress(TypeError, ValueError):
+                        on_progress(int(ev["done"]), int(ev["total"]), float(ev["rate"]))
+                continue
+            result = msg.get("result")
+            if msg.get("ok") is True and isinstance(result, dict):
+                return result
+            raise_error(msg.get("error"))
 
     async def subscribe(self) -> AsyncIterator[dict[str, Any]]:
         """Messages received by the node from now on (``{"event": "message", "from", "name",

@@ -1,8 +1,11 @@
 """The ``iroh-pair`` command: pair devices and message them from a terminal.
 
-Exit codes: 0 success, 1 error (also: the SAS was declined here), 2 usage (also: the SAS
-cannot be asked, stdin is not a terminal and ``--yes`` was not given), 3 pairing failed,
-4 timed out, 130 interrupted. Every error is one line on stderr; progress and questions go to
+Exit codes: 0 success, 1 error (also: the SAS was declined here; no paired device matches),
+2 usage (also: the SAS cannot be asked, stdin is not a terminal and ``--yes`` was not given;
+a ``send-file`` PATH that does not exist), 3 pairing failed, 4 timed out (also: ``send-file``
+could not reach the device within ``--connect-timeout``), 5 the receiving device declined the
+file (``send-file``), 6 the file transfer failed (refused, or not stored by the receiver),
+130 interrupted. Every error is one line on stderr; progress and questions go to
 stderr, results to stdout (``host``: the code on stdout, its QR code on stderr).
 
 Pairing asks the user to compare the short authentication string (SAS) on both screens,
@@ -11,10 +14,17 @@ asking (scripts), which gives up the protection against a man in the middle who 
 (docs/PROTOCOL.md §8.3, §12).
 
 While a command runs the node (``listen``, ``daemon``, ``chat``, ``host --listen``), ``send``,
-``devices``, ``unpair``, ``host``, ``join`` and ``chat`` with the same data directory talk to it
-through its control socket ``DATA_DIR/control.sock`` (:mod:`iroh_pair._control`: owner-only,
-never on the network), with the same output and exit codes; ``--name`` and the network flags of
-such a command are then the running node's.
+``send-file``, ``devices``, ``unpair``, ``host``, ``join`` and ``chat`` with the same data
+directory talk to it through its control socket ``DATA_DIR/control.sock``
+(:mod:`iroh_pair._control`: owner-only, never on the network), with the same output and exit
+codes; ``--name`` and the network flags of such a command are then the running node's.
+
+Files: ``send-file DEVICE PATH...`` offers each file to a paired device and returns once it
+is stored there, verified (a progress bar on stderr when it is a terminal; with ``--json`` the
+lines ``{"event": "progress", "name", "done", "total", "rate"}`` and ``{"event": "sent",
+"name", "size", "hash", "stored_as", "to"}`` on stdout). ``listen --accept-files DIR`` (and
+``daemon --accept-files DIR``) stores every offered file in DIR; ``listen`` without it asks
+on a terminal, and declines (logging why) without one.
 
 Text that comes from a peer (device names, Reject reasons, message text, error messages that
 quote them) is printed only through :func:`~iroh_pair._text.sanitize_for_terminal`: no control
@@ -38,19 +48,29 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
+
+from tqdm import tqdm
 
 from iroh_pair import __version__, _qr
 from iroh_pair._control import ControlClient, _ControlError, ControlServer, DeviceSummary
+from iroh_pair._files import FileOffer, FileProgress, FileReceipt, ProgressCallback, unique_destination
 from iroh_pair._node import HostedPairing, Node
 from iroh_pair._pairing import SasCheck
 from iroh_pair._text import sanitize_for_terminal
 from iroh_pair.config import CONFIG_FILE, ENVIRONMENT, Mode, NetworkSettings, load_settings, write_config
-from iroh_pair.errors import ConfigError, DataDirLocked, IrohPairError, PairingFailed
+from iroh_pair.errors import (
+    ConfigError,
+    DataDirLocked,
+    FileTransferError,
+    IrohPairError,
+    OfferDeclined,
+    PairingFailed,
+)
 from iroh_pair.protocol import DeviceInfo
-from iroh_pair.protocol.constants import RejectCode
+from iroh_pair.protocol.constants import ALPN, RejectCode
 from iroh_pair.protocol.kdf import Role
 from iroh_pair.protocol.lan import looks_spoken
 from iroh_pair.store import PairedDevice
@@ -58,7 +78,13 @@ from iroh_pair.transport import NetworkOptions
 
 __all__ = ["main"]
 
+log = logging.getLogger(__name__)
+
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_PAIRING, EXIT_TIMEOUT, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
+#: Exit code of ``send-file`` when the receiving device declined the file.
+EXIT_FILE_DECLINED = 5
+#: Exit code of ``send-file`` when the transfer failed (refused by the provider, not stored).
+EXIT_FILE_FAILED = 6
 #: Exit code when this side's user declined the SAS (or did not answer in time).
 EXIT_DECLINED = EXIT_ERROR
 #: Default seconds to answer the SAS question (the Node API's ``confirm_timeout``).
@@ -353,7 +379,11 @@ async def control_server(node: Node, args: argparse.Namespace) -> AsyncIterator[
             return await _join_for_client(node, params, ask)
         return await _host_for_client(node, params, emit, ask)
 
-    server = ControlServer(node, node.data_dir, pair=pair, stats=node.endpoint.stats)
+    async def send_file(params: dict[str, Any], progress: Callable[[int, int, float], None]) -> Any:
+        return await _send_file_for_client(node, params, progress)
+
+    server = ControlServer(node, node.data_dir, pair=pair, stats=node.endpoint.stats,
+                           send_file=send_file)
     await server.start()
     try:
         yield server
@@ -762,8 +792,350 @@ async def cmd_send(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# ------------------------------------------------------------------ files
+
+
+def human_size(n: float) -> str:
+    """Bytes for people: ``human_size(268435456) == '256.0 MiB'``, ``human_size(12) == '12 B'``."""
+    if n < 1024:
+        return f"{int(n)} B"
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        n /= 1024
+        if n < 1024 or unit == "TiB":
+            break
+    return f"{n:.1f} {unit}"
+
+
+def _bar(name: str, total: int | None, position: int | None = None) -> tqdm[NoReturn]:
+    """A tqdm progress bar on stderr for one file (bytes, binary units)."""
+    return tqdm(total=total, desc=safe(name, 30), unit="iB", unit_scale=True, unit_divisor=1024,
+                file=sys.stderr, dynamic_ncols=True, mininterval=0.1, leave=True,
+                position=position)
+
+
+class FileView:
+    """How one file's transfer is shown: a tqdm bar on stderr (only when stderr is a terminal,
+    and not with ``--json``, ``-q`` or ``--no-progress``), or with ``--json`` the lines
+    ``{"event": "progress", "name", "done", "total", "rate"}`` on stdout, at most every
+    :data:`JSON_PROGRESS_INTERVAL` seconds once bytes move, and once more at the end (``done``
+    never goes down). The same whether the node runs here or behind the control socket."""
+
+    def __init__(self, name: str, total: int | None, *, as_json: bool, bar: bool) -> None:
+        self.name = name
+        self.total = total
+        self.as_json = as_json
+        self.done = 0
+        self._last_json = -1.0
+        self._last_shown: tuple[int, int] | None = None
+        self._moving = False
+        self.started = time.monotonic()
+        self.bar = _bar(name, total) if bar and not as_json else None
+
+    def update(self, done: int, total: int, rate: float) -> None:
+        """A progress report (``FileProgress`` fields)."""
+        self.total = total
+        self.done = max(self.done, min(done, total))
+        if not self._moving:  # the clock (and the bar's rate) start with the transfer, not
+            self._moving = True  # with the import (hashing) before it
+            self.started = time.monotonic()
+            if self.bar is not None:
+                self.bar.reset(total=total)
+        if self.bar is not None:
+            self.bar.update(self.done - self.bar.n)
+        if self.as_json and self.done:  # nothing moved yet: no line (the offer may be declined)
+            now = time.monotonic()
+            if now - self._last_json >= JSON_PROGRESS_INTERVAL:
+                self._last_json = now
+                self._print_json(rate)
+
+    def _print_json(self, rate: float) -> None:
+        shown = (self.done, self.total or 0)
+        if shown != self._last_shown:
+            self._last_shown = shown
+            print(json.dumps({"event": "progress", "name": self.name, "done": self.done,
+                              "total": self.total or 0, "rate": round(rate, 1)}), flush=True)
+
+    def finish(self, size: int, rate: float) -> None:
+        """The transfer completed: the final progress (``done == total == size``)."""
+        self.total = size
+        self.done = size
+        if self.bar is not None:
+            self.bar.total = size
+            self.bar.update(size - self.bar.n)
+            self.bar.close()
+            self.bar = None
+        if self.as_json:
+            self._print_json(rate)
+
+    def close(self) -> None:
+        """Ends the bar (the transfer failed or was interrupted)."""
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+#: Seconds between two ``--json`` progress lines of one file (at most).
+JSON_PROGRESS_INTERVAL = 0.25
+#: Default seconds to reach the device before a file is offered (``--connect-timeout``).
+CONNECT_TIMEOUT = 30.0
+
+
+def _send_paths(raw: Sequence[str]) -> list[Path]:
+    """The PATH arguments of ``send-file``: each must exist (else a usage error, exit 2)."""
+    paths = []
+    for p in raw:
+        path = Path(p)
+        if not os.path.lexists(path):
+            raise _UsageError(f"send-file: {p}: no such file or directory")
+        if not os.access(path, os.R_OK):
+            raise _UsageError(f"send-file: {p}: not readable")
+        paths.append(path)
+    return paths
+
+
+async def _send_one(node: Node, dev: PairedDevice, path: Path, progress: ProgressCallback | None,
+                    *, connect_timeout: float, timeout: float | None) -> FileReceipt:
+    """Reaches ``dev`` (within ``connect_timeout`` s, else :class:`TimeoutError`), then
+    ``node.send_file(dev, path)``; a directory the node cannot send yet is a clear error."""
+    try:
+        await asyncio.wait_for(node.cache.get(dev.endpoint_id, ALPN), connect_timeout)
+    except TimeoutError:
+        raise TimeoutError(f"could not reach {dev.name} within {connect_timeout:g} s") from None
+    try:
+        return await node.send_file(dev, path, progress=progress, timeout=timeout)
+    except FileNotFoundError:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a directory: this version of iroh-pair sends "
+                                    "single files only") from None
+        raise
+
+
+def _sent_json(name: str, receipt: dict[str, Any]) -> str:
+    return json.dumps({"event": "sent", "name": name, "size": receipt["size"],
+                       "hash": receipt["hash"], "stored_as": receipt["stored_as"],
+                       "to": receipt["to"]})
+
+
+def _report_sent(view: FileView, name: str, receipt: dict[str, Any], device_name: str,
+                 started: float, args: argparse.Namespace) -> None:
+    size = int(receipt["size"])
+    view.finish(size, size / max(time.monotonic() - started, 1e-9))
+    if args.json:
+        print(_sent_json(name, receipt), flush=True)
+    else:
+        stored = str(receipt["stored_as"])
+        as_name = f" as {safe(stored, 100)}" if stored and stored != name else ""
+        print(f"sent {safe(name, 100)} ({human_size(size)}) to {safe(device_name, 40)}{as_name}",
+              file=sys.stderr, flush=True)
+
+
+def _receipt_json(receipt: FileReceipt, dev: PairedDevice) -> dict[str, Any]:
+    return {"size": receipt.size, "hash": receipt.hash, "stored_as": receipt.name,
+            "to": str(dev.endpoint_id)}
+
+
+async def cmd_send_file(args: argparse.Namespace) -> int:
+    """Sends each PATH to DEVICE, one after the other; stops at the first that fails (its error
+    names it). Runs the node itself, or goes through the control socket of the node that holds
+    the data directory, with the same output."""
+    paths = _send_paths(args.paths)
+    show_bar = not (args.json or args.quiet or args.no_progress) and sys.stderr.isatty()
+    timeout = args.timeout if args.timeout and args.timeout > 0 else None
+
+    def view_for(path: Path) -> FileView:
+        total = path.stat().st_size if path.is_file() else None
+        return FileView(path.name, total, as_json=args.json, bar=show_bar)
+
+    target = await node_or_control(args)
+    if isinstance(target, ControlClient):
+        async with target:
+            summary = await target.device(args.device)
+            for path in paths:
+                view = view_for(path)
+                started = time.monotonic()
+                try:
+                    receipt = await target.send_file(
+                        {"device": summary.endpoint_id, "path": str(path.resolve()),
+                         "timeout": timeout, "connect_timeout": args.connect_timeout},
+                        view.update)
+                finally:
+                    view.close()
+                _report_sent(view, path.name, receipt, summary.name, started, args)
+            if args.stats:
+                report_stats(await target.request("stats"), args)
+        return EXIT_OK
+    async with target as node:
+        dev = node.device(args.device)
+        for path in paths:
+            view = view_for(path)
+            started = time.monotonic()
+            try:
+                r = await _send_one(node, dev, path,
+                                    lambda p: view.update(p.done, p.total, p.rate),
+                                    connect_timeout=args.connect_timeout, timeout=timeout)
+            finally:
+                view.close()
+            _report_sent(view, path.name, _receipt_json(r, dev), dev.name, started, args)
+        report_stats(node, args)
+    return EXIT_OK
+
+
+async def _send_file_for_client(node: Node, params: dict[str, Any],
+                                progress: Callable[[int, int, float], None]) -> dict[str, Any]:
+    """Runs ``send-file`` for a client of the control socket (one path): the daemon side of
+    :func:`cmd_send_file`."""
+    path = params.get("path")
+    device = params.get("device")
+    if not isinstance(path, str) or not isinstance(device, str) or not os.path.isabs(path):
+        raise _ControlError("bad_request", "'device' and an absolute 'path' are required")
+    timeout = params.get("timeout")
+    connect_timeout = params.get("connect_timeout")
+    dev = node.device(device)
+    r = await _send_one(node, dev, Path(path), lambda p: progress(p.done, p.total, p.rate),
+                        connect_timeout=CONNECT_TIMEOUT if connect_timeout is None else float(connect_timeout),
+                        timeout=None if timeout is None else float(timeout))
+    return _receipt_json(r, dev)
+
+
+class FileReceiver:
+    """The receiving side of ``listen`` and ``daemon``: decides on each file a paired device
+    offers (``--accept-files DIR``: into DIR; else, with ``ask`` and stdin and stderr on a
+    terminal, the question "DEVICE offers NAME (SIZE). Accept into DIR? [y/N]"; else declined,
+    with the reason logged on stderr), shows a bar per file on a terminal, and prints one line
+    per stored file (``--json``: ``{"event": "file", "from", "name", "file", "path", "size",
+    "hash"}``)."""
+
+    def __init__(self, args: argparse.Namespace, *, ask: bool) -> None:
+        self.args = args
+        self.accept: Path | None = getattr(args, "accept_files", None)
+        self.files_dir: Path = getattr(args, "files_dir", None) or Path.cwd()
+        for flag, d in (("--accept-files", self.accept), ("--files-dir", self.files_dir)):
+            if d is not None and not d.is_dir():
+                raise _UsageError(f"{flag} {d}: not a directory")
+        self.ask = ask and self.accept is None and sys.stdin.isatty() and sys.stderr.isatty()
+        self.bars = not (args.json or args.quiet) and sys.stderr.isatty()
+        self._question = asyncio.Lock()
+        #: offers being received: (sender, hash) -> (predicted destination, the directory as
+        #: given, its view)
+        self._active: dict[tuple[str, str, str], tuple[Path, Path, FileView]] = {}
+        #: offers whose last bytes are in, waiting for their final name
+        self._waiting: dict[tuple[str, str, str], asyncio.Task[None]] = {}
+
+    def install(self, node: Node) -> None:
+        node.on_file_offer(self.decide, progress=self.progress)
+
+    async def decide(self, offer: FileOffer) -> Path | None:
+        """The ``on_file_offer`` handler."""
+        dev = offer.sender
+        what = f"{safe(offer.name, 100)} ({human_size(offer.size)}) from {safe(dev.name, 40)}"
+        target: Path | None
+        if self.accept is not None:
+            target = self.accept
+        elif self.ask:
+            async with self._question:
+                target = self.files_dir if await self._ask(offer) else None
+            if target is None:
+                log.warning("declined %s: not accepted on this terminal", what)
+                return None
+        else:
+            log.warning("declined %s: no --accept-files, and no terminal to ask on", what)
+            return None
+        # the node picks the same name right after this returns (nothing runs in between)
+        dest = unique_destination(target.resolve(), offer.name)
+        key = _offer_key(offer)
+        old = self._active.pop(key, None)
+        if old is not None:
+            old[2].close()
+        self._active[key] = (dest, target, FileView(offer.name, offer.size, as_json=False, bar=self.bars))
+        return target
+
+    async def _ask(self, offer: FileOffer) -> bool:
+        if os.isatty(sys.stdin.fileno()):
+            try:
+                import termios
+
+                termios.tcflush(sys.stdin.fileno(), termios.TCIFLUSH)  # no typed-ahead answer
+            except (ImportError, OSError):  # pragma: no cover
+                pass
+        print(f"{safe(offer.sender.name, 40)} offers {safe(offer.name, 100)} "
+              f"({human_size(offer.size)}). Accept into {self.files_dir}? [y/N] ",
+              end="", file=sys.stderr, flush=True)
+        line = await read_line(CONFIRM_TIMEOUT)
+        if line is None:
+            print(f"\nno answer within {CONFIRM_TIMEOUT:g} s", file=sys.stderr, flush=True)
+        elif not line.endswith(b"\n"):
+            print(file=sys.stderr, flush=True)
+        return line is not None and line.strip().lower() in (b"y", b"yes")
+
+    def progress(self, offer: FileOffer, p: FileProgress) -> None:
+        """The ``on_file_offer`` progress callback: the bar, and the line once it is stored."""
+        key = _offer_key(offer)
+        entry = self._active.get(key)
+        if entry is None:
+            return
+        entry[2].update(p.done, p.total, p.rate)
+        if p.done < p.total or key in self._waiting:
+            return
+        if os.path.lexists(entry[0]):  # a file: at its name before the fetch's last report
+            self._stored(offer)
+        else:  # the last bytes are in; a directory is renamed into place right after
+            self._waiting[key] = asyncio.ensure_future(self._await_stored(offer, entry[0]))
+
+    async def _await_stored(self, offer: FileOffer, dest: Path) -> None:
+        key = _offer_key(offer)
+        try:
+            for _ in range(STORED_WAIT_STEPS):
+                await asyncio.sleep(0.1)
+                if os.path.lexists(dest):
+                    self._stored(offer)
+                    return
+                if key not in self._active:
+                    return
+            entry = self._active.pop(key, None)  # not stored (the node logged why)
+            if entry is not None:
+                entry[2].close()
+        finally:
+            self._waiting.pop(key, None)
+
+    def _stored(self, offer: FileOffer) -> None:
+        entry = self._active.pop(_offer_key(offer), None)
+        if entry is None:
+            return
+        dest, shown_dir, view = entry
+        view.finish(offer.size, offer.size / max(time.monotonic() - view.started, 1e-9))
+        dev = offer.sender
+        if self.args.json:
+            print(json.dumps({"event": "file", "from": str(dev.endpoint_id), "name": dev.name,
+                              "file": dest.name, "path": str(dest), "size": offer.size,
+                              "hash": offer.hash,
+                              "directory": bool(getattr(offer, "is_directory", False))}),
+                  flush=True)
+        else:
+            print(f"{safe(dev.name, 40)}: received {safe(dest.name, 100)} "
+                  f"({human_size(offer.size)}) in {shown_dir}", flush=True)
+
+    def close(self) -> None:
+        for task in self._waiting.values():
+            task.cancel()
+        for _, _, view in self._active.values():
+            view.close()
+        self._active.clear()
+
+
+def _offer_key(offer: FileOffer) -> tuple[str, str, str]:
+    return (str(offer.sender.endpoint_id), offer.hash, offer.name)
+
+
+#: How long (0.1 s steps) a received offer may take from its last bytes to its final name.
+STORED_WAIT_STEPS = 600
+
+
 async def cmd_listen(args: argparse.Namespace) -> int:
+    """Prints the messages paired devices send, and receives the files they offer
+    (:class:`FileReceiver`), until ``--count`` messages arrived or it is interrupted."""
+    receiver = FileReceiver(args, ask=True)
     async with await open_node(args) as node, control_server(node, args) as server:
+        receiver.install(node)
         # Report "listening" only once a sender started now can find this node by id.
         if node.uses_servers:
             async with progress("getting reachable (relay, address lookup)", args.quiet or args.json):
@@ -773,15 +1145,21 @@ async def cmd_listen(args: argparse.Namespace) -> int:
                               "control": str(server.path)}), flush=True)
         else:
             print(f"listening as {node.id} (Ctrl-C to stop)", file=sys.stderr)
-        await _listen(node, args, args.count, server)
+        try:
+            await _listen(node, args, args.count, server)
+        finally:
+            receiver.close()
         report_stats(node, args)
     return EXIT_OK
 
 
 async def cmd_daemon(args: argparse.Namespace) -> int:
     """Runs the node until interrupted, serving the control socket (``listen`` that also says
-    where the socket is); messages that arrive are printed as ``listen`` prints them."""
+    where the socket is); messages that arrive are printed as ``listen`` prints them, and files
+    are received with ``--accept-files DIR`` (else declined: a daemon asks no questions)."""
+    receiver = FileReceiver(args, ask=False)
     async with await open_node(args) as node, control_server(node, args) as server:
+        receiver.install(node)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -801,7 +1179,10 @@ async def cmd_daemon(args: argparse.Namespace) -> int:
             server.publish(dev, data)
 
         node.on_message(on_message)
-        await stop.wait()
+        try:
+            await stop.wait()
+        finally:
+            receiver.close()
     return EXIT_OK
 
 
@@ -1040,8 +1421,29 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, default=30.0)
     s.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     s.set_defaults(fn=cmd_send)
-    li = sub.add_parser("listen", help="print messages from paired devices")
+    sf = sub.add_parser(
+        "send-file", help="send files to DEVICE (exits once each is stored there, verified)",
+        description="Offers each PATH to DEVICE, which stores it verified (BLAKE3) and "
+                    "answers; exits once every file is stored, or at the first that fails. "
+                    "Exit codes: 0 sent, 1 error (unknown device, ...), 2 a PATH does not exist, "
+                    "4 timed out, 5 declined by the receiver, 6 the transfer failed.")
+    sf.add_argument("device", help="name, EndpointId or id prefix")
+    sf.add_argument("paths", nargs="+", metavar="PATH", help="a file to send")
+    sf.add_argument("--timeout", type=float, default=0.0, metavar="SECONDS",
+                    help="give up when a file is not stored within this time (default: no limit)")
+    sf.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT, metavar="SECONDS",
+                    help="give up when DEVICE cannot be reached within this time (default %(default)g)")
+    sf.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sf.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
+    sf.set_defaults(fn=cmd_send_file)
+    li = sub.add_parser("listen", help="print messages from paired devices and receive their files")
     li.add_argument("--count", type=int, help="exit after this many messages")
+    li.add_argument("--accept-files", type=Path, metavar="DIR",
+                    help="store every file a paired device offers in DIR (without it: asked on a "
+                         "terminal, declined otherwise)")
+    li.add_argument("--files-dir", type=Path, metavar="DIR",
+                    help="where an offer accepted at the question is stored (default: the current "
+                         "directory)")
     li.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     li.set_defaults(fn=cmd_listen)
     u = sub.add_parser("unpair", help="forget DEVICE")
@@ -1053,9 +1455,11 @@ def parser() -> argparse.ArgumentParser:
     ch.add_argument("--timeout", type=float, default=30.0, help="seconds to deliver each line")
     ch.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
     ch.set_defaults(fn=cmd_chat)
-    dm = sub.add_parser("daemon", help="run the node until interrupted; send, devices, unpair, "
+    dm = sub.add_parser("daemon", help="run the node until interrupted; send, send-file, devices, unpair, "
                                        "host, join and chat with this data directory talk to it")
     dm.add_argument("--lan", action="store_true", default=argparse.SUPPRESS, help="LAN mode")
+    dm.add_argument("--accept-files", type=Path, metavar="DIR",
+                    help="store every file a paired device offers in DIR (without it: declined)")
     dm.set_defaults(fn=cmd_daemon)
     c = sub.add_parser(
         "config", help="show the network settings in effect; --write saves them",
@@ -1146,6 +1550,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TimeoutError as e:
         fail(f"timed out{': ' + str(e) if str(e) else ''}")
         return EXIT_TIMEOUT
+    except OfferDeclined as e:
+        fail(f"not sent: {e}")
+        return EXIT_FILE_DECLINED
+    except FileTransferError as e:
+        fail(f"not sent: {e}")
+        return EXIT_FILE_FAILED
     except (IrohPairError, OSError, ValueError) as e:
         fail(str(e))
         return EXIT_ERROR
