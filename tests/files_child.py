@@ -9,7 +9,7 @@ bytes from the peer at TICKET (an EndpointAddr ticket) into its blob store and w
 DEST; ``send`` sends the file at PATH to the paired device at TICKET with ``Node.send_file``;
 ``receive`` takes every file offer into DIR (``Node.on_file_offer``) until it is killed, after
 printing ``{"event": "ready", "ticket": ...}`` (its own address), and ``{"event": "stored",
-"name": ...}`` for each file stored.
+"name": ..., "stats": endpoint counters}`` for each file stored.
 Prints JSON lines: ``{"event": "progress", "done": n}`` as it goes, then ``{"event": "done",
 "bytes_read": n, ...}`` or ``{"event": "error", "error": class, "message": ...}``.
 """
@@ -53,7 +53,7 @@ async def main(mode: str, data_dir: str, ticket: str, rest: list[str]) -> int:
                     for f in sorted(box.iterdir()):
                         if f.name not in seen and not f.name.startswith("."):
                             seen.add(f.name)
-                            emit(event="stored", name=f.name)
+                            emit(event="stored", name=f.name, stats=node.endpoint.stats())
                     await asyncio.sleep(0.1)
             elif mode == "fetch":
                 blobs = await node.blob_store()

@@ -20,7 +20,7 @@ import pytest
 from helpers import show
 from test_files import CHILD, MiB, inbox, paired, sha256, write_random  # noqa: F401 (fixture)
 
-from iroh_pair import FileOffer, FileProgress, NetworkOptions, Node
+from iroh_pair import FileOffer, FileProgress, NetworkOptions, Node, errors
 from iroh_pair.protocol.constants import StreamErrorCode
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import EndpointAddr
@@ -129,15 +129,21 @@ async def test_send_file_survives_a_killed_and_restarted_receiver(
         ready = await child.wait_for("ready")
         sender._hints[receiver_dev.endpoint_id] = EndpointAddr.from_ticket(str(ready["ticket"]))
         receipt = await asyncio.wait_for(sending, 240)
-        await child.wait_for("stored", 30)
+        stored = await child.wait_for("stored", 30)
     finally:
         await child.kill()
     assert receipt.name == "big.bin" and receipt.size == size
     assert sha256(box / "big.bin") == sha256(src)
     assert sorted(p.name for p in box.iterdir()) == ["big.bin"]
+    stats = stored["stats"]
+    assert isinstance(stats, dict)
+    udp = stats.get("udp_bytes_recv")  # the endpoint's UDP counter, where the native has it
     show("files", "receiver killed at >= 1/2 and restarted, same send_file", size=size,
-         received_before_kill=got_before, read_after_restart=receipt.transferred)
+         received_before_kill=got_before, read_after_restart=receipt.transferred,
+         udp_bytes_recv_after_restart=udp)
     assert 0 < receipt.transferred <= size * 0.6
+    if udp is not None:
+        assert isinstance(udp, int) and receipt.transferred <= udp <= size * 0.65
     assert (await sender.blob_store()).offered(receiver_dev.endpoint_id) == []
 
 
@@ -181,3 +187,32 @@ async def test_a_dropped_offer_stream_does_not_fail_a_stored_file(
     rejected = host.stats().rejections
     show("files", "offer stream dropped mid-transfer", rejections=rejected)
     assert rejected.get(StreamErrorCode.DUPLICATE.name, 0) >= 1  # the case this is about
+
+
+async def test_send_file_gives_up_when_the_receiver_does_not_come_back(
+    sender_and_receiver_dir: tuple[Node, PairedDevice, Path], tmp_path: Path
+) -> None:
+    """Killed and not started again: send_file raises a transport error once
+    ``reconnect_timeout`` has passed after the loss was noticed, and withdraws the offer."""
+    sender, receiver_dev, data_dir = sender_and_receiver_dir
+    size = 64 * MiB
+    src = write_random(tmp_path / "big.bin", size)
+    box = inbox(tmp_path)
+    quarter = asyncio.Event()
+    child = await Child.start(data_dir, sender, box)
+    try:
+        ready = await child.wait_for("ready")
+        sender._hints[receiver_dev.endpoint_id] = EndpointAddr.from_ticket(str(ready["ticket"]))
+        sending = asyncio.ensure_future(sender.send_file(
+            receiver_dev, src, reconnect_timeout=2.0,
+            progress=lambda p: quarter.set() if p.done >= size // 4 else None))
+        await asyncio.wait_for(quarter.wait(), 60)
+    finally:
+        await child.kill()
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    with pytest.raises(errors.TransportError):
+        await asyncio.wait_for(sending, 90)
+    show("files", "receiver gone for good: send_file gave up", seconds=round(loop.time() - t0, 1))
+    assert list(box.iterdir()) == []
+    assert (await sender.blob_store()).offered(receiver_dev.endpoint_id) == []
