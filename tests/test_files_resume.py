@@ -21,6 +21,7 @@ from helpers import show
 from test_files import CHILD, MiB, inbox, paired, sha256, write_random  # noqa: F401 (fixture)
 
 from iroh_pair import FileOffer, FileProgress, NetworkOptions, Node, errors
+from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
 from iroh_pair.protocol.constants import StreamErrorCode
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import EndpointAddr
@@ -216,3 +217,41 @@ async def test_send_file_gives_up_when_the_receiver_does_not_come_back(
     show("files", "receiver gone for good: send_file gave up", seconds=round(loop.time() - t0, 1))
     assert list(box.iterdir()) == []
     assert (await sender.blob_store()).offered(receiver_dev.endpoint_id) == []
+
+
+async def test_an_offer_answered_before_a_restart_is_answered_again(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """The receiver stored a file and restarted (its reply may not have arrived): the sender's
+    retry of the same offer (same offer id, a fresh message id) gets the same "stored" answer
+    from DATA_DIR/file-offers.json: the handler is not asked again, no second copy appears."""
+    host, joiner, host_dev, _ = paired
+    box = inbox(tmp_path)
+    asked: list[str] = []
+
+    def take(offer: FileOffer) -> Path:
+        asked.append(offer.name)
+        return box
+
+    host.on_file_offer(take)
+    jb = await joiner.blob_store()
+    h, size = await jb.add_path(write_random(tmp_path / "a.bin", 200_000))
+    payload = encode_offer("a.bin", size, h, offer_id="ab" * 16)
+    jb.grant(host.id, h)
+    first = decode_reply(await joiner.request(host_dev, payload, kind=FILE_KIND, timeout=30))
+    assert first["status"] == "stored" and first["name"] == "a.bin" and asked == ["a.bin"]
+    await host.close()
+    again = await Node.open(host.data_dir, name="host", options=NetworkOptions.loopback())
+    try:
+        again.on_file_offer(take)
+        joiner._hints[host.id] = again.endpoint.addr()
+        second = decode_reply(await joiner.request(host_dev, payload, kind=FILE_KIND, timeout=30))
+        assert second == first
+        assert asked == ["a.bin"] and sorted(p.name for p in box.iterdir()) == ["a.bin"]
+        # another offer id is another offer: asked, stored beside it (nothing fetched)
+        other = encode_offer("a.bin", size, h, offer_id="cd" * 16)
+        third = decode_reply(await joiner.request(host_dev, other, kind=FILE_KIND, timeout=30))
+        assert third["name"] == "a (2).bin" and third["read"] == 0 and len(asked) == 2
+    finally:
+        jb.ungrant(host.id, h)
+        await again.close()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import random
@@ -508,6 +509,9 @@ class Node:
         #: file offers being received or answered, per (sender, offer id): a retry of the
         #: same offer joins the running job or gets its answer
         self._file_jobs: dict[tuple[EndpointId, str], asyncio.Future[bytes]] = {}
+        #: the answers (stored/declined) of the last offers, per (sender hex, offer id), as
+        #: kept in DATA_DIR/file-offers.json: a retry after a restart of this node gets them
+        self._file_answers: dict[tuple[str, str], bytes] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -1423,7 +1427,7 @@ class Node:
         contents: dict[str, int] = {}  # hash -> size (a directory may hold one content twice)
         if src.is_dir():
             name = src.resolve().name or "directory"
-            files, empty = walk_tree(src)
+            files, empty = await asyncio.to_thread(walk_tree, src)
             placeholder = [OfferEntry(rel, 0, "0" * 64) for rel, _ in files]
             encode_dir_offer(name, placeholder + [OfferEntry(d) for d in empty])  # limits first
             entries: list[OfferEntry] = []
@@ -1538,7 +1542,8 @@ class Node:
         """The FILE_KIND message handler: decide, fetch, verify, store, reply. ``conn``: the
         connection the offer came over (the sender is fetched from at its addresses). An offer
         with an id runs once per (sender, id): a retry joins the running job, or gets its
-        answer when it ended stored or declined (a failed one runs again)."""
+        answer when it ended stored or declined (a failed one runs again); the answers are
+        kept in DATA_DIR/file-offers.json too, for retries after a restart of this node."""
         try:
             offer = parse_offer(data)
         except ValueError as e:
@@ -1548,6 +1553,9 @@ class Node:
         key = (dev.endpoint_id, offer.offer_id)
         job = self._file_jobs.get(key)
         if job is None:
+            answered = self._answered_offers().get((str(dev.endpoint_id), offer.offer_id))
+            if answered is not None:  # answered before this node restarted
+                return answered
             job = asyncio.ensure_future(self._receive_offer(dev, offer, conn))
             self._file_jobs[key] = job
             job.add_done_callback(lambda j: self._file_job_done(key, j))
@@ -1565,6 +1573,30 @@ class Node:
         ended = [k for k, j in self._file_jobs.items() if j.done()]
         for k in ended[: max(0, len(ended) - FILE_OFFERS_REMEMBERED)]:
             del self._file_jobs[k]
+        answers = self._answered_offers()
+        answers[(str(key[0]), key[1])] = job.result()
+        for old in list(answers)[: max(0, len(answers) - FILE_OFFERS_REMEMBERED)]:
+            del answers[old]
+        path = self.data_dir / "file-offers.json"
+        tmp = path.with_name(path.name + ".tmp")
+        try:  # before the reply goes out (this callback runs before the handler resumes)
+            tmp.write_text(json.dumps([[p, i, r.decode()] for (p, i), r in answers.items()]))
+            os.replace(tmp, path)
+        except OSError:
+            log.warning("could not record answered file offers in %s", path, exc_info=True)
+
+    def _answered_offers(self) -> dict[tuple[str, str], bytes]:
+        if self._file_answers is None:
+            self._file_answers = {}
+            path = self.data_dir / "file-offers.json"
+            try:
+                for p, i, r in json.loads(path.read_text()):
+                    self._file_answers[(str(p), str(i))] = str(r).encode()
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, TypeError):
+                log.warning("ignoring a damaged %s", path, exc_info=True)
+        return self._file_answers
 
     async def _receive_offer(
         self, dev: PairedDevice, o: Offer, conn: Connection | None
