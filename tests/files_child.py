@@ -2,10 +2,14 @@
 
     python tests/files_child.py fetch DATA_DIR TICKET HASH SIZE DEST
     python tests/files_child.py send DATA_DIR TICKET PATH
+    python tests/files_child.py receive DATA_DIR TICKET DIR
 
 The data directories are paired beforehand (loopback only). ``fetch`` fetches blob HASH of SIZE
 bytes from the peer at TICKET (an EndpointAddr ticket) into its blob store and writes it to
-DEST; ``send`` sends the file at PATH to the paired device at TICKET with ``Node.send_file``.
+DEST; ``send`` sends the file at PATH to the paired device at TICKET with ``Node.send_file``;
+``receive`` takes every file offer into DIR (``Node.on_file_offer``) until it is killed, after
+printing ``{"event": "ready", "ticket": ...}`` (its own address), and ``{"event": "stored",
+"name": ..., "stats": endpoint counters}`` for each file stored.
 Prints JSON lines: ``{"event": "progress", "done": n}`` as it goes, then ``{"event": "done",
 "bytes_read": n, ...}`` or ``{"event": "error", "error": class, "message": ...}``.
 """
@@ -17,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from iroh_pair import FileProgress, NetworkOptions, Node
+from iroh_pair import FileOffer, FileProgress, NetworkOptions, Node
 from iroh_pair.errors import IrohPairError
 from iroh_pair.transport import EndpointAddr
 
@@ -34,7 +38,24 @@ async def main(mode: str, data_dir: str, ticket: str, rest: list[str]) -> int:
     async with await Node.open(data_dir, name=mode, options=NetworkOptions.loopback()) as node:
         peer = EndpointAddr.from_ticket(ticket)
         try:
-            if mode == "fetch":
+            if mode == "receive":
+                box = Path(rest[0])
+
+                def take(offer: FileOffer) -> Path:
+                    emit(event="offer", name=offer.name, size=offer.size)
+                    return box
+
+                node.on_file_offer(take, progress=lambda o, p: progress(p))
+                node._hints[peer.id] = peer
+                emit(event="ready", ticket=node.endpoint.addr().to_ticket())
+                seen: set[str] = set()
+                while True:  # until killed
+                    for f in sorted(box.iterdir()):
+                        if f.name not in seen and not f.name.startswith("."):
+                            seen.add(f.name)
+                            emit(event="stored", name=f.name, stats=node.endpoint.stats())
+                    await asyncio.sleep(0.1)
+            elif mode == "fetch":
                 blobs = await node.blob_store()
                 got = await blobs.fetch(node.endpoint, peer, rest[0], Path(rest[2]),
                                         size=int(rest[1]), progress=progress)

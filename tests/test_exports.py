@@ -50,6 +50,7 @@ EXPORTS = {
     "FileOffer",
     "FileProgress",
     "FileReceipt",
+    "FileTransfer",
     # pairing
     "PairingCode",
     "LanCode",
@@ -114,6 +115,8 @@ EXPORTS = {
     "CacheClosedError",
     "OutboxFull",
     "FileTransferError",
+    "FileChanged",
+    "OfferTooLarge",
     "TransferRefused",
     "OfferDeclined",
     "DataDirLocked",

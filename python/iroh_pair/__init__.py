@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from iroh_pair import _native
 from iroh_pair._cache import CacheStats, ConnectionCache
-from iroh_pair._files import FileOffer, FileProgress, FileReceipt
+from iroh_pair._files import FileOffer, FileProgress, FileReceipt, FileTransfer
 from iroh_pair._node import (
     AdmissionStats,
     HostedPairing,
@@ -52,8 +52,10 @@ from iroh_pair.errors import (
     BadWordCount,
     BindError,
     CacheClosedError,
+    FileChanged,
     FileTransferError,
     OfferDeclined,
+    OfferTooLarge,
     TransferRefused,
     ConfigError,
     ConnectError,
@@ -134,6 +136,7 @@ __all__ = [
     "FileOffer",
     "FileProgress",
     "FileReceipt",
+    "FileTransfer",
     # Pairing: the codes, and what the SAS confirmation callback gets.
     "PairingCode",
     "LanCode",
@@ -198,6 +201,8 @@ __all__ = [
     "CacheClosedError",
     "OutboxFull",
     "FileTransferError",
+    "FileChanged",
+    "OfferTooLarge",
     "TransferRefused",
     "OfferDeclined",
     "DataDirLocked",

@@ -8,10 +8,16 @@ verifying every chunk group against the hash before it is written, then writes i
 destination under a temporary name and links it into place. The sender's blob provider serves
 the hash only to the device it was offered to, and only while the offer lives.
 
-Used through :meth:`iroh_pair.Node.send_file` and :meth:`iroh_pair.Node.on_file_offer`::
+A directory is offered as one message listing its tree (relative paths, sizes, hashes; every
+file its own blob); the receiver sanitises every path component, fetches the files into a
+temporary directory beside the destination and renames it into place once all are verified.
+
+Used through :meth:`iroh_pair.Node.send_file` (or :meth:`iroh_pair.Node.start_file` for
+progress as an async iterator) and :meth:`iroh_pair.Node.on_file_offer`::
 
     node.on_file_offer(lambda offer: Path("~/Downloads").expanduser())   # receiver
     receipt = await node.send_file(device, "report.pdf")                 # sender
+    receipt = await node.send_file(device, "holiday-photos/")            # a directory
 """
 
 from __future__ import annotations
@@ -19,15 +25,16 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import stat
 import time
 import unicodedata
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
 from iroh_pair import _native
-from iroh_pair.errors import FileTransferError, IrohPairError
+from iroh_pair.errors import FileChanged, FileTransferError, IrohPairError, OfferTooLarge
 from iroh_pair.runtime._bridge import call, get_bridge
 from iroh_pair.store import PairedDevice
 from iroh_pair.transport import Endpoint, EndpointAddr, EndpointId
@@ -38,13 +45,22 @@ __all__ = [
     "FileOffer",
     "FileProgress",
     "FileReceipt",
+    "FileTransfer",
     "FileOfferHandler",
+    "OfferEntry",
+    "Offer",
+    "MAX_DIR_ENTRIES",
+    "MAX_OFFER_BYTES",
     "BlobStore",
     "Fetched",
     "sanitize_file_name",
+    "sanitize_relative_path",
     "unique_destination",
+    "walk_tree",
     "encode_offer",
+    "encode_dir_offer",
     "decode_offer",
+    "parse_offer",
 ]
 
 #: The message kind of file offers (the reply says stored, declined or failed).
@@ -58,17 +74,36 @@ _RESERVED = frozenset(
     + [f"LPT{i}" for i in range(1, 10)]
 )
 _FORBIDDEN = set('/\\:*?"<>|')
+#: The most entries (files and empty directories) one directory offer lists.
+MAX_DIR_ENTRIES = 10_000
+#: The largest offer message in bytes (the messaging frame limit is 16 MiB).
+MAX_OFFER_BYTES = 4 * 1024 * 1024
+#: The most components of one path in a directory offer.
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True, slots=True)
 class FileOffer:
-    """A file a paired device offers: ``name`` already sanitised (safe as one path component),
-    ``size`` in bytes, ``hash`` (BLAKE3, 64 hex digits), and the ``sender``."""
+    """A file or directory a paired device offers: ``name`` already sanitised (safe as one path
+    component), ``size`` in bytes (a directory: of all its files), ``hash`` (BLAKE3, 64 hex
+    digits; ``""`` for a directory, whose files each have their own), the ``sender``;
+    ``is_directory``, ``files`` (how many files: 1 for a file) and ``paths`` (a directory's
+    file and empty-directory paths relative to it, each component sanitised, ``/``-separated;
+    empty for a file). Example handler::
+
+        def offered(offer: FileOffer) -> Path | None:
+            if offer.is_directory and offer.files > 1000:
+                return None                      # decline
+            return downloads
+    """
 
     name: str
     size: int
     hash: str
     sender: PairedDevice
+    is_directory: bool = False
+    files: int = 1
+    paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +122,17 @@ class FileReceipt:
     and stored: the content's ``hash``, its ``size``, the ``name`` the receiver stored it under
     (after sanitising and collision renaming), and ``transferred``, the bytes the receiver read
     from the network for it (content and hash tree: a little over ``size`` for a fresh
-    transfer, less when it resumed from data it had already verified, 0 when it had it all)."""
+    transfer, less when it resumed from data it had already verified, 0 when it had it all).
+    For a directory: ``is_directory`` is True, ``hash`` is ``""``, ``size`` and ``transferred``
+    are totals over its ``files``, ``name`` the directory's name on the receiver."""
 
     hash: str
     size: int
     name: str
     transferred: int = 0
+    #: True when a directory was sent (``hash`` is then ``""``); ``files``: how many files
+    is_directory: bool = False
+    files: int = 1
 
 
 #: The receiver's decision on a :class:`FileOffer`: a directory to store the file in, or None
@@ -167,32 +207,201 @@ def unique_destination(directory: Path, name: str) -> Path:
     raise FileTransferError(f"no free name for {name!r} in {directory}")
 
 
-def encode_offer(name: str, size: int, hash: str) -> bytes:
-    """The offer message (JSON, sealed by the messaging layer)."""
-    return json.dumps({"v": 1, "name": name, "size": size, "hash": hash}).encode()
+def sanitize_relative_path(raw: str) -> str:
+    """A relative path from a peer's directory offer made safe under a directory of ours:
+    split at ``/`` and ``\\``, empty, ``.`` and ``..`` components dropped (so nothing climbs
+    out and nothing is absolute), every other component through :func:`sanitize_file_name`,
+    joined with ``/``. ValueError when no component is left or it is deeper than 64::
+
+        >>> sanitize_relative_path("../../etc/passwd")
+        'etc/passwd'
+        >>> sanitize_relative_path("a\\\\..\\\\..\\\\x")
+        'a/x'
+        >>> sanitize_relative_path("/abs/CON/f.txt")
+        'abs/_CON/f.txt'
+    """
+    parts = [p for p in raw.replace("\\", "/").split("/") if p not in ("", ".", "..")]
+    if not parts:
+        raise ValueError(f"a path in a directory offer has no name: {raw[:100]!r}")
+    if len(parts) > MAX_DEPTH:
+        raise ValueError(f"a path in a directory offer is deeper than {MAX_DEPTH}")
+    return "/".join(sanitize_file_name(p) for p in parts)
+
+
+@dataclass(frozen=True, slots=True)
+class OfferEntry:
+    """One entry of a directory offer: ``path`` relative to the directory (``/``-separated),
+    ``size`` and ``hash`` of a file, or ``hash is None`` for an empty directory."""
+
+    path: str
+    size: int = 0
+    hash: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Offer:
+    """A decoded offer message: the raw ``name`` (not sanitised yet), ``size`` (a directory's
+    total), ``hash`` (``""`` for a directory), ``entries`` (None for a single file) and
+    ``offer_id`` (32 hex digits, the same on every attempt of one send; None from senders that
+    do not send one)."""
+
+    name: str
+    size: int
+    hash: str
+    entries: tuple[OfferEntry, ...] | None = None
+    offer_id: str | None = None
+
+
+def walk_tree(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
+    """The regular files under directory ``root`` as ``(relative path, path)`` and its empty
+    directories (relative paths), sorted. Symbolic links (to files or directories) and special
+    files (devices, FIFOs, sockets) are skipped, never followed; a directory left with nothing
+    after that counts as empty. Raises :class:`~iroh_pair.errors.OfferTooLarge` beyond
+    :data:`MAX_DIR_ENTRIES` entries::
+
+        files, empty = walk_tree(Path("photos"))   # [("2024/a.jpg", Path(...)), ...], ["tmp"]
+    """
+    files: list[tuple[str, Path]] = []
+    empty: list[str] = []
+
+    def rel(p: str) -> str:
+        return Path(os.path.relpath(p, root)).as_posix()
+
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not os.path.islink(os.path.join(dirpath, d)))
+        kept = 0
+        for f in sorted(filenames):
+            p = os.path.join(dirpath, f)
+            if stat.S_ISREG(os.lstat(p).st_mode):
+                files.append((rel(p), Path(p)))
+                kept += 1
+        if not kept and not dirnames and os.path.abspath(dirpath) != os.path.abspath(root):
+            empty.append(rel(dirpath))
+        if len(files) + len(empty) > MAX_DIR_ENTRIES:
+            raise OfferTooLarge(
+                f"{root} has more than {MAX_DIR_ENTRIES} entries, the most one offer lists")
+    return files, empty
+
+
+def encode_offer(name: str, size: int, hash: str, *, offer_id: str | None = None) -> bytes:
+    """The offer message of one file (JSON, sealed by the messaging layer)."""
+    m: dict[str, Any] = {"v": 1, "name": name, "size": size, "hash": hash}
+    if offer_id is not None:
+        m["id"] = offer_id
+    return json.dumps(m).encode()
+
+
+def encode_dir_offer(name: str, entries: list[OfferEntry], *, offer_id: str | None = None) -> bytes:
+    """The offer message of a directory: ``{"v": 1, "name", "size": total, "dir": [{"path",
+    "size", "hash"} or {"path", "dir": true}, ...]}``. Raises
+    :class:`~iroh_pair.errors.OfferTooLarge` over :data:`MAX_DIR_ENTRIES` entries or
+    :data:`MAX_OFFER_BYTES` bytes."""
+    if len(entries) > MAX_DIR_ENTRIES:
+        raise OfferTooLarge(f"{len(entries)} entries in {name!r}: one offer lists at most "
+                            f"{MAX_DIR_ENTRIES}")
+    listing: list[dict[str, Any]] = [
+        {"path": e.path, "dir": True} if e.hash is None
+        else {"path": e.path, "size": e.size, "hash": e.hash}
+        for e in entries
+    ]
+    m: dict[str, Any] = {"v": 1, "name": name, "size": sum(e.size for e in entries if e.hash),
+                         "dir": listing}
+    if offer_id is not None:
+        m["id"] = offer_id
+    data = json.dumps(m, separators=(",", ":")).encode()
+    if len(data) > MAX_OFFER_BYTES:
+        raise OfferTooLarge(f"the offer of {name!r} is {len(data)} bytes: at most "
+                            f"{MAX_OFFER_BYTES}")
+    return data
 
 
 def _is_hash(h: object) -> bool:
     return isinstance(h, str) and len(h) == 64 and all(c in "0123456789abcdef" for c in h)
 
 
-def decode_offer(data: bytes) -> tuple[str, int, str]:
-    """``(raw name, size, hash)`` of an offer message; ValueError when malformed."""
+def _is_size(n: object) -> bool:
+    return isinstance(n, int) and not isinstance(n, bool) and 0 <= n < 1 << 62
+
+
+def parse_offer(data: bytes) -> Offer:
+    """An offer message (a file or a directory) decoded and checked for form (names and paths
+    are not sanitised here); ValueError when malformed."""
+    if len(data) > MAX_OFFER_BYTES:
+        raise ValueError("a file offer over its size limit")
     try:
         m = json.loads(data)
     except ValueError as e:
         raise ValueError(f"a file offer is not JSON: {e}") from None
     if not isinstance(m, dict) or m.get("v") != 1:
         raise ValueError("not a version 1 file offer")
-    name, size, h = m.get("name"), m.get("size"), m.get("hash")
+    name, size, oid = m.get("name"), m.get("size"), m.get("id")
     if not isinstance(name, str) or len(name) > 4096:
         raise ValueError("a file offer's name must be a string of at most 4096 characters")
-    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 1 << 62:
+    if not _is_size(size):
         raise ValueError("a file offer's size must be a non-negative integer")
-    if not _is_hash(h):
-        raise ValueError("a file offer's hash must be 64 lowercase hex digits")
-    assert isinstance(h, str)
-    return name, size, h
+    assert isinstance(size, int)
+    if oid is not None and not (isinstance(oid, str) and len(oid) == 32
+                                and all(c in "0123456789abcdef" for c in oid)):
+        raise ValueError("a file offer's id must be 32 lowercase hex digits")
+    listing = m.get("dir")
+    if listing is None:
+        h = m.get("hash")
+        if not _is_hash(h):
+            raise ValueError("a file offer's hash must be 64 lowercase hex digits")
+        assert isinstance(h, str)
+        return Offer(name, size, h, None, oid)
+    if not isinstance(listing, list) or len(listing) > MAX_DIR_ENTRIES:
+        raise ValueError(f"a directory offer lists at most {MAX_DIR_ENTRIES} entries")
+    entries: list[OfferEntry] = []
+    for item in listing:
+        path = item.get("path") if isinstance(item, dict) else None
+        if not isinstance(path, str) or len(path) > 4096:
+            raise ValueError("a directory offer's entry needs a path of at most 4096 characters")
+        if item.get("dir") is True:
+            entries.append(OfferEntry(path))
+            continue
+        n, h = item.get("size"), item.get("hash")
+        if not _is_size(n) or not _is_hash(h):
+            raise ValueError("a directory offer's file needs a size and a hash")
+        assert isinstance(n, int) and isinstance(h, str)
+        entries.append(OfferEntry(path, n, h))
+    if sum(e.size for e in entries) != size:
+        raise ValueError("a directory offer's size is not the sum of its files")
+    return Offer(name, size, "", tuple(entries), oid)
+
+
+def decode_offer(data: bytes) -> tuple[str, int, str]:
+    """``(raw name, size, hash)`` of a single-file offer message; ValueError when malformed
+    or a directory offer (:func:`parse_offer` decodes both)."""
+    o = parse_offer(data)
+    if o.entries is not None:
+        raise ValueError("a directory offer, not a file offer")
+    return o.name, o.size, o.hash
+
+
+def sanitize_entries(entries: tuple[OfferEntry, ...]) -> tuple[list[OfferEntry], list[str]]:
+    """A directory offer's entries with sanitised paths: ``(files, empty directories)``.
+    ValueError when two entries end up at the same path, or one file's path is another's
+    directory (after sanitising)."""
+    files: list[OfferEntry] = []
+    dirs: list[str] = []
+    taken: set[str] = set()
+    parents: set[str] = set()
+    for e in entries:
+        path = sanitize_relative_path(e.path)
+        if path in taken:
+            raise ValueError(f"two entries of the directory offer are both {path!r}")
+        taken.add(path)
+        parts = path.split("/")
+        parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
+        if e.hash is None:
+            dirs.append(path)
+        else:
+            files.append(OfferEntry(path, e.size, e.hash))
+    clash = sorted(p for p in taken if p in parents and p not in dirs)
+    if clash:
+        raise ValueError(f"{clash[0]!r} is both a file and a directory in the offer")
+    return files, dirs
 
 
 def encode_reply(status: str, **fields: Any) -> bytes:
@@ -245,6 +454,22 @@ class BlobStore:
         """Imports the file at ``path`` (copied into the store): ``(hash, size)``."""
         r: tuple[str, int] = await call(self._n.add_path, str(path.resolve()))
         return r
+
+    async def import_file(self, path: Path) -> tuple[str, int]:
+        """:meth:`add_path`, checked: the file's size, modification time and inode are the same
+        before and after the import (and the size is what was imported), else
+        :class:`~iroh_pair.errors.FileChanged` (the file was being written meanwhile)."""
+
+        def sig(st: os.stat_result) -> tuple[int, int, int, int]:
+            return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+        before = os.stat(path)
+        h, size = await self.add_path(path)
+        after = os.stat(path)
+        if sig(before) != sig(after) or size != after.st_size:
+            raise FileChanged(f"{path} changed while it was being read for sending "
+                              f"({before.st_size} -> {after.st_size} bytes)", str(path))
+        return h, size
 
     def grant(self, peer: EndpointId, hash: str) -> None:
         """Offers ``hash`` to ``peer`` (counted: each grant is ended by one :meth:`ungrant`)."""
@@ -338,3 +563,75 @@ class BlobStore:
             await call(self._n.close)
         except IrohPairError:
             pass
+
+
+class FileTransfer:
+    """A file (or directory) on its way to a paired device, as :meth:`iroh_pair.Node.start_file`
+    returns it: await it for the :class:`FileReceipt` (its errors are raised there), and
+    iterate over it (``async for``) for :class:`FileProgress` while it runs; the iteration
+    ends when the transfer does (successfully or not). Progress items are the latest state,
+    not a queue: a slow consumer skips intermediate ones, never the last. Example::
+
+        transfer = node.start_file(device, "holiday.mp4")
+        async for p in transfer:
+            print(f"{p.done}/{p.total} bytes, {p.rate / 1e6:.1f} MB/s")
+        receipt = await transfer
+    """
+
+    __slots__ = ("_task", "_latest", "_changed", "_callback")
+
+    def __init__(self, callback: ProgressCallback | None = None) -> None:
+        self._latest: FileProgress | None = None
+        self._changed = asyncio.Event()
+        self._callback = callback
+        self._task: asyncio.Future[FileReceipt] | None = None
+
+    def _start(self, work: Awaitable[FileReceipt]) -> FileTransfer:
+        self._task = asyncio.ensure_future(work)
+        self._task.add_done_callback(lambda _t: self._changed.set())
+        return self
+
+    def _report(self, p: FileProgress) -> None:
+        self._latest = p
+        self._changed.set()
+        if self._callback is not None:
+            try:
+                self._callback(p)
+            except Exception:  # a progress callback's failure does not stop the transfer
+                pass
+
+    @property
+    def progress(self) -> FileProgress | None:
+        """The latest progress (None before the first)."""
+        return self._latest
+
+    def done(self) -> bool:
+        """Whether the transfer has ended (stored, failed or cancelled)."""
+        assert self._task is not None
+        return self._task.done()
+
+    def cancel(self) -> bool:
+        """Stops the transfer (the offer is withdrawn; awaiting raises CancelledError)."""
+        assert self._task is not None
+        return self._task.cancel()
+
+    def __await__(self) -> Generator[Any, None, FileReceipt]:
+        assert self._task is not None
+        return self._task.__await__()
+
+    def __aiter__(self) -> AsyncIterator[FileProgress]:
+        return self._updates()
+
+    async def _updates(self) -> AsyncIterator[FileProgress]:
+        assert self._task is not None
+        seen: FileProgress | None = None
+        while True:
+            latest = self._latest
+            if latest is not None and latest is not seen:
+                seen = latest
+                yield latest
+                continue
+            if self._task.done():
+                return
+            self._changed.clear()
+            await self._changed.wait()

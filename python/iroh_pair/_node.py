@@ -19,9 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import json
 import logging
 import os
 import random
+import secrets
+import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,14 +40,20 @@ from iroh_pair._files import (
     FileOffer,
     FileOfferHandler,
     FileReceipt,
+    FileTransfer,
     ProgressCallback,
     FileProgress,
-    decode_offer,
+    Offer,
+    OfferEntry,
     decode_reply,
+    encode_dir_offer,
     encode_offer,
     encode_reply,
+    parse_offer,
+    sanitize_entries,
     sanitize_file_name,
     unique_destination,
+    walk_tree,
 )
 from iroh_pair._dispatch import reject as _reject
 from iroh_pair._hosting import Hosted
@@ -71,6 +80,7 @@ from iroh_pair.errors import (
     ProtocolError,
     RemoteError,
     Timeout,
+    TransportError,
 )
 from iroh_pair.protocol.code import PairingCode
 from iroh_pair.protocol.constants import (
@@ -179,6 +189,14 @@ OUTBOX_RETRY_MIN = 1.0
 OUTBOX_RETRY_MAX = 60.0
 #: One delivery attempt (dial, send, the receiver's handler, its acknowledgement) ends after this.
 OUTBOX_ATTEMPT_TIMEOUT = 30.0
+#: How long :meth:`Node.send_file` waits for a device that went away mid-transfer to be
+#: reachable again before it gives up (seconds; its ``reconnect_timeout``).
+FILE_RECONNECT_TIMEOUT = 600.0
+#: The longest pause between two attempts to reach such a device again (seconds).
+FILE_RETRY_MAX = 5.0
+#: How many answered file offers a node remembers (per offer id: a retried offer gets the
+#: same answer and nothing is fetched twice).
+FILE_OFFERS_REMEMBERED = 256
 
 #: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
 DeviceRef = Union[str, EndpointId, PairedDevice]
@@ -488,6 +506,12 @@ class Node:
         self._file_handler: FileOfferHandler | None = None
         self._file_progress: Callable[[FileOffer, FileProgress], object] | None = None
         self._messages.handlers[FILE_KIND] = self._file_offer
+        #: file offers being received or answered, per (sender, offer id): a retry of the
+        #: same offer joins the running job or gets its answer
+        self._file_jobs: dict[tuple[EndpointId, str], asyncio.Future[bytes]] = {}
+        #: the answers (stored/declined) of the last offers, per (sender hex, offer id), as
+        #: kept in DATA_DIR/file-offers.json: a retry after a restart of this node gets them
+        self._file_answers: dict[tuple[str, str], bytes] | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -611,6 +635,8 @@ class Node:
             hosted.end(PairingFailed(RejectCode.CANCELLED, "the node closed"))
         for t in list(self._tasks):
             t.cancel()
+        for j in list(self._file_jobs.values()):
+            j.cancel()
         await self.cache.aclose()
         await self.endpoint.close()
         if self._blobs is not None:
@@ -1317,6 +1343,32 @@ class Node:
         self._file_handler = handler
         self._file_progress = progress
 
+    def start_file(
+        self,
+        device: DeviceRef,
+        path: str | os.PathLike[str],
+        *,
+        progress: ProgressCallback | None = None,
+        timeout: float | None = None,
+        reconnect_timeout: float | None = FILE_RECONNECT_TIMEOUT,
+    ) -> FileTransfer:
+        """Starts sending the file or directory at ``path`` to a paired device (as
+        :meth:`send_file` does) and returns at once a :class:`~iroh_pair.FileTransfer`: iterate
+        over it for :class:`~iroh_pair.FileProgress` while it runs, await it for the
+        :class:`~iroh_pair.FileReceipt` (errors are raised there). Must be called with a
+        running event loop; raises :class:`~iroh_pair.errors.UnknownDevice` at once for a
+        device that is not paired. Example::
+
+            transfer = node.start_file("phone", "holiday.mp4")
+            async for p in transfer:
+                print(f"{100 * p.done // max(p.total, 1)}%")
+            receipt = await transfer
+        """
+        dev = self.device(device)
+        transfer = FileTransfer(progress)
+        return transfer._start(
+            self._send_file(dev, Path(path), transfer._report, timeout, reconnect_timeout))
+
     async def send_file(
         self,
         device: DeviceRef,
@@ -1324,71 +1376,243 @@ class Node:
         *,
         progress: ProgressCallback | None = None,
         timeout: float | None = None,
+        reconnect_timeout: float | None = FILE_RECONNECT_TIMEOUT,
     ) -> FileReceipt:
-        """Sends the file at ``path`` to a paired device; returns once the receiver has it
-        verified and stored (a :class:`~iroh_pair.FileReceipt` with the name it chose).
+        """Sends the file or directory at ``path`` to a paired device; returns once the
+        receiver has it verified and stored (a :class:`~iroh_pair.FileReceipt` with the name it
+        chose).
 
-        The file is imported into this node's blob store (its BLAKE3 hash computed), offered to
-        the device over the encrypted messaging (name, size, hash), and served natively to that
-        device alone while the offer lives; its bytes never pass through Python. ``progress``
-        gets :class:`~iroh_pair.FileProgress` as the receiver fetches. Raises
-        :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines, and
-        :class:`~iroh_pair.errors.FileTransferError` when the transfer fails. ``timeout`` bounds
-        the whole exchange (None: no bound). Example::
+        The file is imported into this node's blob store (its BLAKE3 hash computed; its size,
+        modification time and inode must not change meanwhile, else
+        :class:`~iroh_pair.errors.FileChanged` and nothing is offered), offered to the device
+        over the encrypted messaging (name, size, hash), and served natively to that device
+        alone while the offer lives; its bytes never pass through Python.
+
+        A **directory** is sent as its tree: every regular file imported as its own blob,
+        empty directories kept, symbolic links and special files skipped (never followed); one
+        offer lists it (at most :data:`~iroh_pair._files.MAX_DIR_ENTRIES` entries, else
+        :class:`~iroh_pair.errors.OfferTooLarge`). The receiver builds it under a temporary
+        name and renames it into place once every file is verified.
+
+        **Resume**: when the connection is lost or the receiver's process restarts during the
+        transfer, this waits for the device to be reachable again (a "connected" event, or a
+        new attempt after 0.5 s doubling up to 5 s) and offers the same content again under the
+        same offer id; the receiver fetches only what its store has not verified yet, and a
+        retry of an offer the receiver already answered gets that answer (nothing is fetched
+        or stored twice). ``reconnect_timeout`` (seconds, default 600; None: no bound) bounds
+        each such wait; ``timeout`` bounds the whole transfer from the offer on (None, the
+        default: no bound).
+
+        ``progress`` gets :class:`~iroh_pair.FileProgress` as the receiver fetches (for a
+        directory: over all its files); :meth:`start_file` gives it as an async iterator.
+        Raises :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines, and
+        :class:`~iroh_pair.errors.FileTransferError` when the transfer fails. Example::
 
             receipt = await node.send_file(dev, "holiday.mp4")
             print("stored as", receipt.name)
         """
-        dev = self.device(device)
-        src = Path(path)
-        if not src.is_file():
-            raise FileNotFoundError(f"{src} is not a file")
+        return await self.start_file(device, path, progress=progress, timeout=timeout,
+                                     reconnect_timeout=reconnect_timeout)
+
+    async def _send_file(
+        self,
+        dev: PairedDevice,
+        src: Path,
+        report: Callable[[FileProgress], None],
+        timeout: float | None,
+        reconnect_timeout: float | None,
+    ) -> FileReceipt:
         blobs = await self.blob_store()
-        h, size = await blobs.add_path(src)
+        offer_id = secrets.token_hex(16)
+        contents: dict[str, int] = {}  # hash -> size (a directory may hold one content twice)
+        if src.is_dir():
+            name = src.resolve().name or "directory"
+            files, empty = await asyncio.to_thread(walk_tree, src)
+            placeholder = [OfferEntry(rel, 0, "0" * 64) for rel, _ in files]
+            encode_dir_offer(name, placeholder + [OfferEntry(d) for d in empty])  # limits first
+            entries: list[OfferEntry] = []
+            for rel, p in files:
+                h, n = await blobs.import_file(p)
+                entries.append(OfferEntry(rel, n, h))
+                contents[h] = n
+            entries += [OfferEntry(d) for d in empty]
+            payload = encode_dir_offer(name, entries, offer_id=offer_id)
+            size, h, count = sum(e.size for e in entries), "", len(files)
+        elif src.is_file():
+            name = src.name
+            h, size = await blobs.import_file(src)
+            contents[h] = size
+            payload = encode_offer(name, size, h, offer_id=offer_id)
+            count = 1
+        else:
+            raise FileNotFoundError(f"{src} is not a file or directory")
         loop = asyncio.get_running_loop()
         started = loop.time()
-        blobs.grant(dev.endpoint_id, h)
+        deadline = None if timeout is None else started + timeout
+        for c in contents:
+            blobs.grant(dev.endpoint_id, c)
 
-        async def report() -> None:
-            assert progress is not None
+        def rate(done: int) -> float:
+            return done / max(loop.time() - started, 1e-9)
+
+        async def watch() -> None:
             while True:
                 await asyncio.sleep(0.1)
-                done = min(blobs.sent(dev.endpoint_id, h), size)
-                progress(FileProgress(done, size, done / max(loop.time() - started, 1e-9)))
+                done = min(sum(min(blobs.sent(dev.endpoint_id, c), n) for c, n in contents.items()),
+                           size)
+                report(FileProgress(done, size, rate(done)))
 
-        reporter = asyncio.ensure_future(report()) if progress is not None else None
+        reporter = asyncio.ensure_future(watch())
         try:
-            offer = encode_offer(src.name, size, h)
-            reply = decode_reply(await self.request(dev, offer, kind=FILE_KIND, timeout=timeout))
+            reply = await self._offer_file(dev, payload, deadline, reconnect_timeout)
         finally:
-            if reporter is not None:
-                reporter.cancel()
-            blobs.ungrant(dev.endpoint_id, h)
+            reporter.cancel()
+            for c in contents:
+                blobs.ungrant(dev.endpoint_id, c)
         status = reply["status"]
         if status == "declined":
             reason = str(reply.get("reason", ""))
-            raise OfferDeclined(f"{dev.name} declined {src.name!r}: {reason}", reason)
+            raise OfferDeclined(f"{dev.name} declined {name!r}: {reason}", reason)
         if status != "stored":
             raise FileTransferError(
-                f"{dev.name} could not receive {src.name!r}: {reply.get('error', status)}"
+                f"{dev.name} could not receive {name!r}: {reply.get('error', status)}"
             )
         if reply.get("hash") != h or reply.get("size") != size:
-            raise FileTransferError(f"{dev.name} stored other content than {src.name!r} was")
-        if progress is not None:
-            progress(FileProgress(size, size, size / max(loop.time() - started, 1e-9)))
+            raise FileTransferError(f"{dev.name} stored other content than {name!r} was")
+        report(FileProgress(size, size, rate(size)))
         read = reply.get("read", 0)
-        return FileReceipt(h, size, str(reply.get("name", "")), read if isinstance(read, int) else 0)
+        return FileReceipt(h, size, str(reply.get("name", "")), read if isinstance(read, int) else 0,
+                           is_directory=not h, files=count)
+
+    async def _offer_file(
+        self,
+        dev: PairedDevice,
+        payload: bytes,
+        deadline: float | None,
+        reconnect_timeout: float | None,
+    ) -> dict[str, object]:
+        """Sends the offer until the receiver answers it: after a lost connection (or the
+        receiver's restart) it waits for the device and offers again, each attempt under a
+        fresh message id (the offer id in ``payload`` stays: the receiver joins or answers the
+        job it has for it). ``DUPLICATE`` (an attempt of ours was handled but its answer lost)
+        is asked again the same way."""
+        loop = asyncio.get_running_loop()
+        lost_since: float | None = None
+        delay = 0.5
+        duplicates = 0
+        while True:
+            left = None if deadline is None else deadline - loop.time()
+            if left is not None and left <= 0:
+                raise Timeout(f"sending a file to {dev.name} took longer than its timeout")
+            try:
+                return decode_reply(await self.request(dev, payload, kind=FILE_KIND, timeout=left))
+            except RemoteError as e:
+                if e.code != StreamErrorCode.DUPLICATE or duplicates >= 3:
+                    raise
+                duplicates += 1
+                log.info("file offer to %s: answered before, asking for the answer again", dev)
+                continue
+            except TransportError as e:
+                now = loop.time()
+                if deadline is not None and now >= deadline:
+                    raise
+                lost_since = now if lost_since is None else lost_since
+                if reconnect_timeout is not None and now - lost_since >= reconnect_timeout:
+                    raise
+                log.info("file offer to %s interrupted (%s: %s): offering again when it is back",
+                         dev, type(e).__name__, e)
+            # wait: until a connection to the device appears that was not there, or `delay`
+            was_connected = self.is_connected(dev)
+            end = loop.time() + delay
+            if deadline is not None:
+                end = min(end, deadline)
+            if reconnect_timeout is not None:
+                end = min(end, lost_since + reconnect_timeout)
+            while loop.time() < end:
+                if not was_connected and self.is_connected(dev):
+                    lost_since = None  # it is back: the next loss gets a fresh window
+                    break
+                was_connected = was_connected and self.is_connected(dev)
+                await asyncio.sleep(0.05)
+            delay = min(delay * 2, FILE_RETRY_MAX)
 
     async def _file_offer(
         self, dev: PairedDevice, data: bytes, conn: Connection | None = None
     ) -> bytes:
         """The FILE_KIND message handler: decide, fetch, verify, store, reply. ``conn``: the
-        connection the offer came over (the sender is fetched from at its addresses)."""
+        connection the offer came over (the sender is fetched from at its addresses). An offer
+        with an id runs once per (sender, id): a retry joins the running job, or gets its
+        answer when it ended stored or declined (a failed one runs again); the answers are
+        kept in DATA_DIR/file-offers.json too, for retries after a restart of this node."""
         try:
-            raw, size, h = decode_offer(data)
+            offer = parse_offer(data)
         except ValueError as e:
             return encode_reply("failed", error=str(e))
-        offer = FileOffer(sanitize_file_name(raw), size, h, dev)
+        if offer.offer_id is None:
+            return await self._receive_offer(dev, offer, conn)
+        key = (dev.endpoint_id, offer.offer_id)
+        job = self._file_jobs.get(key)
+        if job is None:
+            answered = self._answered_offers().get((str(dev.endpoint_id), offer.offer_id))
+            if answered is not None:  # answered before this node restarted
+                return answered
+            job = asyncio.ensure_future(self._receive_offer(dev, offer, conn))
+            self._file_jobs[key] = job
+            job.add_done_callback(lambda j: self._file_job_done(key, j))
+        return await asyncio.shield(job)
+
+    def _file_job_done(self, key: tuple[EndpointId, str], job: asyncio.Future[bytes]) -> None:
+        failed = job.cancelled() or job.exception() is not None
+        if not failed:
+            with contextlib.suppress(FileTransferError):
+                failed = decode_reply(job.result())["status"] not in ("stored", "declined")
+        if failed:
+            if self._file_jobs.get(key) is job:
+                del self._file_jobs[key]
+            return
+        ended = [k for k, j in self._file_jobs.items() if j.done()]
+        for k in ended[: max(0, len(ended) - FILE_OFFERS_REMEMBERED)]:
+            del self._file_jobs[k]
+        answers = self._answered_offers()
+        answers[(str(key[0]), key[1])] = job.result()
+        for old in list(answers)[: max(0, len(answers) - FILE_OFFERS_REMEMBERED)]:
+            del answers[old]
+        path = self.data_dir / "file-offers.json"
+        tmp = path.with_name(path.name + ".tmp")
+        try:  # before the reply goes out (this callback runs before the handler resumes)
+            tmp.write_text(json.dumps([[p, i, r.decode()] for (p, i), r in answers.items()]))
+            os.replace(tmp, path)
+        except OSError:
+            log.warning("could not record answered file offers in %s", path, exc_info=True)
+
+    def _answered_offers(self) -> dict[tuple[str, str], bytes]:
+        if self._file_answers is None:
+            self._file_answers = {}
+            path = self.data_dir / "file-offers.json"
+            try:
+                for p, i, r in json.loads(path.read_text()):
+                    self._file_answers[(str(p), str(i))] = str(r).encode()
+            except FileNotFoundError:
+                pass
+            except (OSError, ValueError, TypeError):
+                log.warning("ignoring a damaged %s", path, exc_info=True)
+        return self._file_answers
+
+    async def _receive_offer(
+        self, dev: PairedDevice, o: Offer, conn: Connection | None
+    ) -> bytes:
+        try:
+            if o.entries is None:
+                offer = FileOffer(sanitize_file_name(o.name), o.size, o.hash, dev)
+                files: list[OfferEntry] = []
+                empty: list[str] = []
+            else:
+                files, empty = sanitize_entries(o.entries)
+                offer = FileOffer(sanitize_file_name(o.name), o.size, "", dev, is_directory=True,
+                                  files=len(files),
+                                  paths=tuple(sorted([e.path for e in files] + empty)))
+        except ValueError as e:
+            return encode_reply("failed", error=str(e))
         handler = self._file_handler
         if handler is None:
             return encode_reply("declined", reason="this device takes no files")
@@ -1400,23 +1624,91 @@ class Node:
         directory = Path(chosen)
         if not directory.is_dir():
             return encode_reply("failed", error="the receiver's destination is not a directory")
-        dest = unique_destination(directory.resolve(), offer.name)
+        directory = directory.resolve()
         blobs = await self.blob_store()
         cb = self._file_progress
+        target = self._fetch_target(dev, conn)
+        if o.entries is None:
+            dest = unique_destination(directory, offer.name)
+            try:
+                fetched = await blobs.fetch(
+                    self.endpoint, target, o.hash, dest,
+                    size=o.size, progress=None if cb is None else (lambda p: cb(offer, p)),
+                )
+            except IrohPairError as e:
+                log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
+                return encode_reply("failed", error=str(e))
+            if fetched.hash != o.hash or fetched.size != o.size:  # verified, not the size offered
+                dest.unlink(missing_ok=True)  # the offer lied: nothing stays under its name
+                return encode_reply("failed",
+                                    error=f"received {fetched.size} bytes, {o.size} offered")
+            log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, o.size,
+                     fetched.bytes_read, fetched.seconds, dev.name)
+            return encode_reply("stored", hash=o.hash, size=o.size, name=dest.name,
+                                read=fetched.bytes_read)
         try:
-            fetched = await blobs.fetch(
-                self.endpoint, self._fetch_target(dev, conn), h, dest,
-                size=size, progress=None if cb is None else (lambda p: cb(offer, p)),
-            )
-        except IrohPairError as e:
-            log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
+            name, read = await self._receive_tree(offer, files, empty, directory, target)
+        except (IrohPairError, OSError) as e:
+            log.warning("directory %r from %s failed: %s", offer.name, dev.name, e)
             return encode_reply("failed", error=str(e))
-        if fetched.hash != h or fetched.size != size:  # verified, but not the size offered
-            dest.unlink(missing_ok=True)  # the offer lied: nothing stays under its name
-            return encode_reply("failed", error=f"received {fetched.size} bytes, {size} offered")
-        log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, size,
-                 fetched.bytes_read, fetched.seconds, dev.name)
-        return encode_reply("stored", hash=h, size=size, name=dest.name, read=fetched.bytes_read)
+        log.info("received directory %r (%d files, %d bytes, %d read) from %s", name,
+                 len(files), o.size, read, dev.name)
+        return encode_reply("stored", hash="", size=o.size, name=name, read=read)
+
+    async def _receive_tree(
+        self,
+        offer: FileOffer,
+        files: list[OfferEntry],
+        empty: list[str],
+        directory: Path,
+        target: EndpointAddr | EndpointId,
+    ) -> tuple[str, int]:
+        """Fetches a directory offer's files (paths sanitised) into a temporary directory in
+        ``directory``, then renames it to a free name: ``(that name, bytes read)``. On failure
+        the temporary tree is removed and nothing appears under the offer's name."""
+        blobs = await self.blob_store()
+        cb = self._file_progress
+        tmp = directory / f".iroh-pair-{secrets.token_hex(8)}.partial"
+        tmp.mkdir()
+        final: Path | None = None
+        try:
+            for d in empty:
+                (tmp / d).mkdir(parents=True, exist_ok=True)
+            started = time.monotonic()
+            done = read = 0
+            for e in files:
+                assert e.hash is not None
+                dest = tmp / e.path
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                base = done
+
+                def progress(p: FileProgress, base: int = base) -> None:
+                    if cb is not None:
+                        now = base + p.done
+                        cb(offer, FileProgress(now, offer.size,
+                                               now / max(time.monotonic() - started, 1e-9)))
+
+                fetched = await blobs.fetch(self.endpoint, target, e.hash, dest, size=e.size,
+                                            progress=progress)
+                if fetched.hash != e.hash or fetched.size != e.size:
+                    raise FileTransferError(
+                        f"{e.path}: received {fetched.size} bytes, {e.size} offered")
+                done += e.size
+                read += fetched.bytes_read
+            # reserve a free name (mkdir fails if it exists), then move the tree onto it
+            while final is None:
+                candidate = unique_destination(directory, offer.name)
+                with contextlib.suppress(FileExistsError):
+                    candidate.mkdir()
+                    final = candidate
+            os.rename(tmp, final)
+            return final.name, read
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if final is not None:
+                with contextlib.suppress(OSError):
+                    final.rmdir()  # the empty reservation, never a tree
+            raise
 
     def _fetch_target(
         self, dev: PairedDevice, conn: Connection | None

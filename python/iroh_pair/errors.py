@@ -37,7 +37,9 @@ the standard library does::
     ├── OutboxFull                      a device's outbox is at its limit (device, limits)
     ├── FileTransferError               a file transfer failed (fetch, store, export)
     │   ├── TransferRefused             the sender refused the content (not offered to us)
-    │   └── OfferDeclined               the receiver declined a file offer (reason)
+    │   ├── OfferDeclined               the receiver declined a file offer (reason)
+    │   ├── OfferTooLarge               a directory offer over its entry or size limit
+    │   └── FileChanged                 a file changed while it was being sent (path)
     ├── DataDirLocked                   another node holds the data directory (pid, since)
     ├── KeyFileCorrupt                  the secret key file is not a key (path, reason)
     └── RegistryError                   the device registry failed
@@ -109,6 +111,8 @@ __all__ = [
     "OutboxFull",
     # files
     "FileTransferError",
+    "FileChanged",
+    "OfferTooLarge",
     "TransferRefused",
     "OfferDeclined",
     # storage
@@ -265,6 +269,32 @@ class OfferDeclined(FileTransferError):
     def __init__(self, message: str, reason: str = "") -> None:
         super().__init__(message)
         self.reason = reason
+
+
+class OfferTooLarge(FileTransferError):
+    """A directory is too large for one offer (more entries than the offer allows, or an
+    offer message over its size limit); nothing was offered. Send it in parts::
+
+        try:
+            await node.send_file(dev, "photos/")
+        except OfferTooLarge as e:
+            print("split it:", e)
+    """
+
+
+class FileChanged(FileTransferError):
+    """A file changed (size, modification time or inode) while it was being imported for
+    sending; nothing was offered. ``path`` is the file. Send it again once it is complete::
+
+        try:
+            await node.send_file(dev, "growing.log")
+        except FileChanged as e:
+            print(e.path, "is still being written")
+    """
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
 
 
 # -- bad input -----------------------------------------------------------------------------------
