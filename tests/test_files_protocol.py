@@ -67,7 +67,12 @@ async def test_an_offer_of_content_the_sender_does_not_serve_fails_cleanly(
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     seen: list[FileOffer] = []
-    host.on_file_offer(lambda offer: seen.append(offer) or inbox)
+
+    def take(offer: FileOffer) -> Path:
+        seen.append(offer)
+        return inbox
+
+    host.on_file_offer(take)
     missing = "ab" * 32
     reply = await _offer_raw(joiner, host_dev, host.id, "ghost.bin", 100 * KiB, missing)
     assert reply["status"] == "failed", reply
