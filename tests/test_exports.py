@@ -115,6 +115,8 @@ EXPORTS = {
     "OutboxFull",
     "FileTransferError",
     "TransferRefused",
+    "DiskFull",
+    "VerificationFailed",
     "OfferDeclined",
     "DataDirLocked",
     "KeyFileCorrupt",

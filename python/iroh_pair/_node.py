@@ -62,7 +62,9 @@ from iroh_pair.config import load_options
 from iroh_pair.errors import (
     AmbiguousNameplate,
     ConnectError,
+    DiskFull,
     FileTransferError,
+    VerificationFailed,
     OfferDeclined,
     InvalidCode,
     IrohPairError,
@@ -1332,8 +1334,11 @@ class Node:
         the device over the encrypted messaging (name, size, hash), and served natively to that
         device alone while the offer lives; its bytes never pass through Python. ``progress``
         gets :class:`~iroh_pair.FileProgress` as the receiver fetches. Raises
-        :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines, and
-        :class:`~iroh_pair.errors.FileTransferError` when the transfer fails. ``timeout`` bounds
+        :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines,
+        :class:`~iroh_pair.errors.DiskFull` when the receiver's disk is full,
+        :class:`~iroh_pair.errors.VerificationFailed` when the receiver got data that does not
+        match the hash (this store is corrupt), and
+        :class:`~iroh_pair.errors.FileTransferError` when the transfer fails otherwise. ``timeout`` bounds
         the whole exchange (None: no bound). Example::
 
             receipt = await node.send_file(dev, "holiday.mp4")
@@ -1369,9 +1374,10 @@ class Node:
             reason = str(reply.get("reason", ""))
             raise OfferDeclined(f"{dev.name} declined {src.name!r}: {reason}", reason)
         if status != "stored":
-            raise FileTransferError(
-                f"{dev.name} could not receive {src.name!r}: {reply.get('error', status)}"
-            )
+            # the receiver's error class, when it is one the sender can act on
+            cls = {"DiskFull": DiskFull, "VerificationFailed": VerificationFailed}.get(
+                str(reply.get("type")), FileTransferError)
+            raise cls(f"{dev.name} could not receive {src.name!r}: {reply.get('error', status)}")
         if reply.get("hash") != h or reply.get("size") != size:
             raise FileTransferError(f"{dev.name} stored other content than {src.name!r} was")
         if progress is not None:
@@ -1410,7 +1416,7 @@ class Node:
             )
         except IrohPairError as e:
             log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
-            return encode_reply("failed", error=str(e))
+            return encode_reply("failed", error=str(e), type=type(e).__name__)
         if fetched.hash != h or fetched.size != size:  # verified, but not the size offered
             return encode_reply("failed", error=f"received {fetched.size} bytes, {size} offered")
         log.info("received %r (%d bytes, %d read in %.2f s) from %s", dest.name, size,

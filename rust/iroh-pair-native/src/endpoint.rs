@@ -537,7 +537,9 @@ impl Endpoint {
         self.ep.is_closed()
     }
 
-    /// The native counters, as a dict.
+    /// The native counters, as a dict; `wire_bytes_sent` / `wire_bytes_recv`: bytes of QUIC
+    /// datagrams this endpoint sent and received on every transport (iroh's socket metrics),
+    /// and per transport (`ipv4_bytes_sent`, `ipv6_bytes_recv`, `relay_bytes_sent`, ...).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = &self.counters;
         let d = PyDict::new(py);
@@ -553,6 +555,23 @@ impl Endpoint {
             ("blob_connections_accepted", &c.blob_conns_accepted),
         ] {
             d.set_item(k, v.load(Ordering::Relaxed))?;
+        }
+        // iroh's socket counters: bytes of QUIC datagrams on the wire, per transport
+        let m = &self.ep.metrics().socket;
+        let sent = [
+            ("ipv4_bytes_sent", m.send_ipv4.get()),
+            ("ipv6_bytes_sent", m.send_ipv6.get()),
+            ("relay_bytes_sent", m.send_relay.get()),
+        ];
+        let recv = [
+            ("ipv4_bytes_recv", m.recv_data_ipv4.get()),
+            ("ipv6_bytes_recv", m.recv_data_ipv6.get()),
+            ("relay_bytes_recv", m.recv_data_relay.get()),
+        ];
+        d.set_item("wire_bytes_sent", sent.iter().map(|(_, v)| v).sum::<u64>())?;
+        d.set_item("wire_bytes_recv", recv.iter().map(|(_, v)| v).sum::<u64>())?;
+        for (k, v) in sent.into_iter().chain(recv) {
+            d.set_item(k, v)?;
         }
         Ok(d)
     }
