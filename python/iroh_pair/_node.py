@@ -276,7 +276,8 @@ class NodeStats:
     """A snapshot of a node's counters (:meth:`Node.stats`).
 
     ``endpoint``: the native endpoint's counters (:meth:`Endpoint.stats
-    <iroh_pair.transport.Endpoint.stats>`: connections accepted and dialed, streams, ...);
+    <iroh_pair.transport.Endpoint.stats>`: connections accepted and dialed, streams, bytes on
+    the wire ``wire_bytes_sent`` / ``wire_bytes_recv``, ...);
     ``cache``: the connection cache's (:class:`~iroh_pair.CacheStats`); ``node``: the node's
     own (:class:`NodeCounters`); ``rejections``: refused messages by reason (e.g.
     ``{"DUPLICATE": 1}``); ``admission``: the unknown-peer slots in use now
