@@ -116,8 +116,7 @@ async def test_a_full_blob_store_is_disk_full_and_resumes_when_there_is_room(
                 await joiner.send_file(host_dev, src, timeout=120)
             show("files", "blob store disk full", error=str(e.value)[:200])
             assert list(box.iterdir()) == []
-            h = (await joiner.blob_store()).offered(host.id) or None  # the offer ended
-            assert h is None
+            assert (await joiner.blob_store()).offered(host.id) == []  # the offer ended
             hb = await host.blob_store()
             data = sorted((store_dir / "data").glob("*.data"))
             assert len(data) == 1
@@ -164,7 +163,7 @@ async def test_a_chunk_tampered_in_the_senders_store_is_never_served(
     receiver's fetch fails with FileTransferError saying so (it cannot tell a damaged copy from
     another failure of the sender, so not VerificationFailed), nothing at the destination name,
     the blob not complete in its store. Once the sender's store is repaired, the same content
-    arrives byte-identical, reading only from the tampered group on.
+    arrives byte-identical, reading the tampered group and the rest, not the whole.
 
     (The blob is imported once and offered by hand: ``send_file`` imports the file again, which
     would replace the tampered data file.)"""
@@ -196,7 +195,9 @@ async def test_a_chunk_tampered_in_the_senders_store_is_never_served(
     got = await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, dest, size=size)
     assert sha256(dest) == sha256(src)
     show("files", "after the repair", size=size, read_after=got.bytes_read)
-    assert size * 0.4 <= got.bytes_read <= size * 0.6
+    # at least the tampered group and all after it; not the groups verified before (how many
+    # of those arrived before the stream reset varies: what was in flight is dropped)
+    assert size * 0.4 <= got.bytes_read <= size * 0.75
     blobs.ungrant(joiner_dev.endpoint_id, h)
 
 

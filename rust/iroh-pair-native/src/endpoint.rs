@@ -429,7 +429,8 @@ impl Endpoint {
     }
 
     /// The next incoming connection whose handshake completes; `None` once the endpoint is closed.
-    /// Connections on the blobs ALPN go to the blob provider instead (see `serve_blobs`).
+    /// Connections on the blobs ALPN go to the blob provider instead once it serves a store
+    /// (see `serve_blobs`).
     fn accept(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
         let counters = self.counters.clone();
@@ -440,16 +441,14 @@ impl Endpoint {
                     return Ok(None);
                 };
                 match incoming.await {
-                    Ok(conn) if conn.alpn() == BLOBS_ALPN => {
+                    // an endpoint bound with the blobs ALPN that does not serve a store hands
+                    // these connections to Python like any other
+                    Ok(conn) if conn.alpn() == BLOBS_ALPN && lock(&blobs).is_some() => {
                         Counters::bump(&counters.blob_conns_accepted);
-                        let provider = lock(&blobs).clone();
-                        match provider {
-                            Some(p) => {
-                                RUNTIME.spawn(iroh_blobs::provider::handle_connection(
-                                    conn, p.store, p.events,
-                                ));
-                            }
-                            None => conn.close(VarInt::from_u32(1), b"permission"),
+                        if let Some(p) = lock(&blobs).clone() {
+                            RUNTIME.spawn(iroh_blobs::provider::handle_connection(
+                                conn, p.store, p.events,
+                            ));
                         }
                     }
                     Ok(conn) => {
