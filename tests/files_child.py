@@ -11,7 +11,9 @@ DEST; ``send`` sends the file at PATH to the paired device at TICKET with ``Node
 printing ``{"event": "ready", "ticket": ...}`` (its own address), and ``{"event": "stored",
 "name": ..., "stats": endpoint counters}`` for each file stored.
 Prints JSON lines: ``{"event": "progress", "done": n}`` as it goes, then ``{"event": "done",
-"bytes_read": n, ...}`` or ``{"event": "error", "error": class, "message": ...}``.
+"bytes_read": n, "wire_sent": n, "wire_recv": n, ...}`` (``wire_*``: the endpoint's bytes on
+the wire, from iroh's socket counters, since this process started) or ``{"event": "error",
+"error": class, "message": ...}``.
 """
 
 from __future__ import annotations
@@ -59,11 +61,15 @@ async def main(mode: str, data_dir: str, ticket: str, rest: list[str]) -> int:
                 blobs = await node.blob_store()
                 got = await blobs.fetch(node.endpoint, peer, rest[0], Path(rest[2]),
                                         size=int(rest[1]), progress=progress)
-                emit(event="done", bytes_read=got.bytes_read, seconds=got.seconds)
+                st = node.endpoint.stats()
+                emit(event="done", bytes_read=got.bytes_read, seconds=got.seconds,
+                     wire_sent=st["wire_bytes_sent"], wire_recv=st["wire_bytes_recv"])
             else:
                 node._hints[peer.id] = peer  # paired devices are dialed by id: no lookup here
                 receipt = await node.send_file(peer.id, rest[0], progress=progress, timeout=300)
-                emit(event="done", bytes_read=receipt.transferred, name=receipt.name)
+                st = node.endpoint.stats()
+                emit(event="done", bytes_read=receipt.transferred, name=receipt.name,
+                     wire_sent=st["wire_bytes_sent"], wire_recv=st["wire_bytes_recv"])
         except IrohPairError as e:
             emit(event="error", error=type(e).__name__, message=str(e))
             return 1

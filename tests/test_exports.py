@@ -118,6 +118,8 @@ EXPORTS = {
     "FileChanged",
     "OfferTooLarge",
     "TransferRefused",
+    "DiskFull",
+    "VerificationFailed",
     "OfferDeclined",
     "DataDirLocked",
     "KeyFileCorrupt",

@@ -71,7 +71,9 @@ from iroh_pair.config import load_options
 from iroh_pair.errors import (
     AmbiguousNameplate,
     ConnectError,
+    DiskFull,
     FileTransferError,
+    VerificationFailed,
     OfferDeclined,
     InvalidCode,
     IrohPairError,
@@ -292,7 +294,8 @@ class NodeStats:
     """A snapshot of a node's counters (:meth:`Node.stats`).
 
     ``endpoint``: the native endpoint's counters (:meth:`Endpoint.stats
-    <iroh_pair.transport.Endpoint.stats>`: connections accepted and dialed, streams, ...);
+    <iroh_pair.transport.Endpoint.stats>`: connections accepted and dialed, streams, bytes on
+    the wire ``wire_bytes_sent`` / ``wire_bytes_recv``, ...);
     ``cache``: the connection cache's (:class:`~iroh_pair.CacheStats`); ``node``: the node's
     own (:class:`NodeCounters`); ``rejections``: refused messages by reason (e.g.
     ``{"DUPLICATE": 1}``); ``admission``: the unknown-peer slots in use now
@@ -1405,8 +1408,11 @@ class Node:
 
         ``progress`` gets :class:`~iroh_pair.FileProgress` as the receiver fetches (for a
         directory: over all its files); :meth:`start_file` gives it as an async iterator.
-        Raises :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines, and
-        :class:`~iroh_pair.errors.FileTransferError` when the transfer fails. Example::
+        Raises :class:`~iroh_pair.errors.OfferDeclined` when the receiver declines,
+        :class:`~iroh_pair.errors.DiskFull` when the receiver's disk is full,
+        :class:`~iroh_pair.errors.VerificationFailed` when the receiver got data that does not
+        match the hash, and :class:`~iroh_pair.errors.FileTransferError` when the transfer fails
+        otherwise. Example::
 
             receipt = await node.send_file(dev, "holiday.mp4")
             print("stored as", receipt.name)
@@ -1474,9 +1480,10 @@ class Node:
             reason = str(reply.get("reason", ""))
             raise OfferDeclined(f"{dev.name} declined {name!r}: {reason}", reason)
         if status != "stored":
-            raise FileTransferError(
-                f"{dev.name} could not receive {name!r}: {reply.get('error', status)}"
-            )
+            # the receiver's error class, when it is one the sender can act on
+            cls = {"DiskFull": DiskFull, "VerificationFailed": VerificationFailed}.get(
+                str(reply.get("type")), FileTransferError)
+            raise cls(f"{dev.name} could not receive {name!r}: {reply.get('error', status)}")
         if reply.get("hash") != h or reply.get("size") != size:
             raise FileTransferError(f"{dev.name} stored other content than {name!r} was")
         report(FileProgress(size, size, rate(size)))
@@ -1637,7 +1644,7 @@ class Node:
                 )
             except IrohPairError as e:
                 log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
-                return encode_reply("failed", error=str(e))
+                return encode_reply("failed", error=str(e), type=type(e).__name__)
             if fetched.hash != o.hash or fetched.size != o.size:  # verified, not the size offered
                 dest.unlink(missing_ok=True)  # the offer lied: nothing stays under its name
                 return encode_reply("failed",
@@ -1650,7 +1657,7 @@ class Node:
             name, read = await self._receive_tree(offer, files, empty, directory, target)
         except (IrohPairError, OSError) as e:
             log.warning("directory %r from %s failed: %s", offer.name, dev.name, e)
-            return encode_reply("failed", error=str(e))
+            return encode_reply("failed", error=str(e), type=type(e).__name__)
         log.info("received directory %r (%d files, %d bytes, %d read) from %s", name,
                  len(files), o.size, read, dev.name)
         return encode_reply("stored", hash="", size=o.size, name=name, read=read)

@@ -37,6 +37,8 @@ the standard library does::
     ├── OutboxFull                      a device's outbox is at its limit (device, limits)
     ├── FileTransferError               a file transfer failed (fetch, store, export)
     │   ├── TransferRefused             the sender refused the content (not offered to us)
+    │   ├── DiskFull                    no space left where the file is stored
+    │   ├── VerificationFailed          content from the peer did not match its hash
     │   ├── OfferDeclined               the receiver declined a file offer (reason)
     │   ├── OfferTooLarge               a directory offer over its entry or size limit
     │   └── FileChanged                 a file changed while it was being sent (path)
@@ -114,6 +116,8 @@ __all__ = [
     "FileChanged",
     "OfferTooLarge",
     "TransferRefused",
+    "DiskFull",
+    "VerificationFailed",
     "OfferDeclined",
     # storage
     "DataDirLocked",
@@ -260,6 +264,31 @@ class FileTransferError(IrohPairError):
 class TransferRefused(FileTransferError):
     """The sending side refused the content: it was not offered to this device (or the offer
     was withdrawn), or this device is not admitted at all."""
+
+
+class DiskFull(FileTransferError):
+    """No space left on the device a file transfer writes to: the receiver's blob store or its
+    destination directory (raised by :meth:`~iroh_pair.Node.send_file` too, when it is the
+    receiver's disk that is full). The data verified so far stays in the blob store, so the
+    same content offered again once there is room fetches only the rest::
+
+        try:
+            await node.send_file(dev, "backup.tar")
+        except DiskFull as e:
+            print("the disk is full:", e)
+    """
+
+
+class VerificationFailed(FileTransferError):
+    """Content from the peer did not match its hash (a corrupt or tampered chunk group): it was
+    refused before it was written; nothing is left at the destination name, and the chunks
+    verified before it are all the store keeps::
+
+        try:
+            await node.send_file(dev, "report.pdf")
+        except VerificationFailed:
+            print("the receiver got corrupt data from us: check this disk")
+    """
 
 
 class OfferDeclined(FileTransferError):

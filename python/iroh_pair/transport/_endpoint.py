@@ -165,7 +165,15 @@ class Endpoint:
         return found
 
     def stats(self) -> dict[str, int]:
-        """The native counters: connections accepted and dialed, streams by kind, requests served."""
+        """The native counters: connections accepted and dialed, streams by kind, requests
+        served; and the bytes on the wire from iroh's socket counters: ``wire_bytes_sent`` /
+        ``wire_bytes_recv`` (every transport), ``ipv4_bytes_sent``, ``ipv6_bytes_recv``,
+        ``relay_bytes_sent``, ... (per transport)::
+
+            before = ep.stats()["wire_bytes_recv"]
+            ...
+            print("received on the wire:", ep.stats()["wire_bytes_recv"] - before)
+        """
         return self._n.stats()
 
     async def __aenter__(self) -> Endpoint:

@@ -429,7 +429,8 @@ impl Endpoint {
     }
 
     /// The next incoming connection whose handshake completes; `None` once the endpoint is closed.
-    /// Connections on the blobs ALPN go to the blob provider instead (see `serve_blobs`).
+    /// Connections on the blobs ALPN go to the blob provider instead once it serves a store
+    /// (see `serve_blobs`).
     fn accept(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
         let ep = self.ep.clone();
         let counters = self.counters.clone();
@@ -440,16 +441,14 @@ impl Endpoint {
                     return Ok(None);
                 };
                 match incoming.await {
-                    Ok(conn) if conn.alpn() == BLOBS_ALPN => {
+                    // an endpoint bound with the blobs ALPN that does not serve a store hands
+                    // these connections to Python like any other
+                    Ok(conn) if conn.alpn() == BLOBS_ALPN && lock(&blobs).is_some() => {
                         Counters::bump(&counters.blob_conns_accepted);
-                        let provider = lock(&blobs).clone();
-                        match provider {
-                            Some(p) => {
-                                RUNTIME.spawn(iroh_blobs::provider::handle_connection(
-                                    conn, p.store, p.events,
-                                ));
-                            }
-                            None => conn.close(VarInt::from_u32(1), b"permission"),
+                        if let Some(p) = lock(&blobs).clone() {
+                            RUNTIME.spawn(iroh_blobs::provider::handle_connection(
+                                conn, p.store, p.events,
+                            ));
                         }
                     }
                     Ok(conn) => {
@@ -537,7 +536,9 @@ impl Endpoint {
         self.ep.is_closed()
     }
 
-    /// The native counters, as a dict.
+    /// The native counters, as a dict; `wire_bytes_sent` / `wire_bytes_recv`: bytes of QUIC
+    /// datagrams this endpoint sent and received on every transport (iroh's socket metrics),
+    /// and per transport (`ipv4_bytes_sent`, `ipv6_bytes_recv`, `relay_bytes_sent`, ...).
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let c = &self.counters;
         let d = PyDict::new(py);
@@ -553,6 +554,23 @@ impl Endpoint {
             ("blob_connections_accepted", &c.blob_conns_accepted),
         ] {
             d.set_item(k, v.load(Ordering::Relaxed))?;
+        }
+        // iroh's socket counters: bytes of QUIC datagrams on the wire, per transport
+        let m = &self.ep.metrics().socket;
+        let sent = [
+            ("ipv4_bytes_sent", m.send_ipv4.get()),
+            ("ipv6_bytes_sent", m.send_ipv6.get()),
+            ("relay_bytes_sent", m.send_relay.get()),
+        ];
+        let recv = [
+            ("ipv4_bytes_recv", m.recv_data_ipv4.get()),
+            ("ipv6_bytes_recv", m.recv_data_ipv6.get()),
+            ("relay_bytes_recv", m.recv_data_relay.get()),
+        ];
+        d.set_item("wire_bytes_sent", sent.iter().map(|(_, v)| v).sum::<u64>())?;
+        d.set_item("wire_bytes_recv", recv.iter().map(|(_, v)| v).sum::<u64>())?;
+        for (k, v) in sent.into_iter().chain(recv) {
+            d.set_item(k, v)?;
         }
         Ok(d)
     }

@@ -46,6 +46,10 @@ pub enum Error {
     Transfer(String),
     /// The providing peer refused a blob (not offered to us, or we are not admitted).
     TransferRefused(String),
+    /// No space left on the device a file transfer writes to (the store or the destination).
+    DiskFull(String),
+    /// Content from the peer did not match its hash (a corrupt or tampered chunk): refused.
+    VerificationFailed(String),
 }
 
 impl fmt::Display for Error {
@@ -86,6 +90,13 @@ impl fmt::Display for Error {
             Error::Transport(m) => write!(f, "transport error: {m}"),
             Error::Transfer(m) => write!(f, "file transfer failed: {m}"),
             Error::TransferRefused(m) => write!(f, "file transfer refused: {m}"),
+            Error::DiskFull(m) => write!(f, "file transfer failed, the disk is full: {m}"),
+            Error::VerificationFailed(m) => {
+                write!(
+                    f,
+                    "file transfer failed, content does not match its hash: {m}"
+                )
+            }
         }
     }
 }
@@ -219,6 +230,8 @@ mod exceptions {
     pyo3::import_exception!(iroh_pair.errors, TransportError);
     pyo3::import_exception!(iroh_pair.errors, FileTransferError);
     pyo3::import_exception!(iroh_pair.errors, TransferRefused);
+    pyo3::import_exception!(iroh_pair.errors, DiskFull);
+    pyo3::import_exception!(iroh_pair.errors, VerificationFailed);
 }
 
 /// The one mapping of the Rust error onto the Python classes: the message first, then the
@@ -251,6 +264,8 @@ impl From<Error> for PyErr {
             Error::Transport(_) => py::TransportError::new_err((msg,)),
             Error::Transfer(_) => py::FileTransferError::new_err((msg,)),
             Error::TransferRefused(_) => py::TransferRefused::new_err((msg,)),
+            Error::DiskFull(_) => py::DiskFull::new_err((msg,)),
+            Error::VerificationFailed(_) => py::VerificationFailed::new_err((msg,)),
         }
     }
 }

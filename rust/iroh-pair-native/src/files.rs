@@ -195,6 +195,8 @@ fn absolute(path: &str, what: &str) -> Result<PathBuf, Error> {
 #[pyclass(module = "iroh_pair._native", frozen)]
 pub struct BlobStore {
     store: FsStore,
+    /// The store's directory (to tell a full disk when iroh-blobs lost the io error).
+    root: PathBuf,
     access: Arc<Mutex<Access>>,
     served: Arc<Served>,
     events: EventSender,
@@ -229,6 +231,7 @@ impl BlobStore {
             return Err(Error::Value(format!("{} exists", dest.display())));
         }
         let store: Store = self.store.clone().into();
+        let root = self.root.clone();
         let heavy = bridge.heavy();
         bridge.spawn_stream(token, move |shared| async move {
             let _heavy = heavy;
@@ -262,7 +265,7 @@ impl BlobStore {
                             }
                         }
                         GetProgressItem::Done(s) => stats = Some(s),
-                        GetProgressItem::Error(e) => failure = Some(fetch_error(&conn, &e)),
+                        GetProgressItem::Error(e) => failure = Some(fetch_error(&conn, &e, &root)),
                     }
                 }
                 conn.close(0u32.into(), b"done");
@@ -309,8 +312,112 @@ impl BlobStore {
     }
 }
 
-/// Why a fetch failed: refused by the provider, or anything else.
-fn fetch_error(conn: &iroh::endpoint::Connection, e: &iroh_blobs::get::GetError) -> Error {
+/// Whether "no space left on device" (ENOSPC) is anywhere in `e` and its sources: an
+/// `io::Error` with that code (also one wrapped inside another `io::Error`), or, where a layer
+/// of iroh-blobs turned the error into text, the OS's "(os error 28)" in a message.
+fn is_disk_full(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::ENOSPC)
+                || io.kind() == std::io::ErrorKind::StorageFull
+            {
+                return true;
+            }
+            if let Some(inner) = io.get_ref()
+                && is_disk_full(inner)
+            {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    n0_error_chain(e).contains(&format!("(os error {})", libc::ENOSPC))
+}
+
+/// Whether the file system holding `dir` has (almost) no space left for us: under 1 MiB.
+#[cfg(unix)]
+fn nearly_full(dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    // SAFETY: a NUL-terminated path and a zeroed out-parameter of the right type
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // the field types differ between platforms
+    let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    free < 1 << 20
+}
+
+#[cfg(not(unix))]
+fn nearly_full(_dir: &Path) -> bool {
+    false
+}
+
+/// Whether `e` (a fetch's error) is content that did not match its hash: a chunk group or a
+/// parent node of the hash tree failed verification.
+fn is_hash_mismatch(e: &(dyn std::error::Error + 'static)) -> bool {
+    use iroh_blobs::get::fsm::DecodeError;
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(d) = err.downcast_ref::<DecodeError>()
+            && matches!(
+                d,
+                DecodeError::LeafHashMismatch { .. } | DecodeError::ParentHashMismatch { .. }
+            )
+        {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
+/// A store or export error as the Python error: `DiskFull` when the device is full, else
+/// `FileTransferError` with `what` and the error's chain.
+fn store_error(what: &str, e: &(dyn std::error::Error + 'static)) -> Error {
+    let msg = format!("{what}: {}", n0_error_chain(e));
+    if is_disk_full(e) {
+        Error::DiskFull(msg)
+    } else {
+        Error::Transfer(msg)
+    }
+}
+
+/// Why a fetch failed: refused by the provider, our disk full, content that failed
+/// verification, or anything else.
+fn fetch_error(
+    conn: &iroh::endpoint::Connection,
+    e: &iroh_blobs::get::GetError,
+    root: &Path,
+) -> Error {
+    use iroh_blobs::get::GetError;
+    // A write that fails ends the store's import task; the fetch may then see that first, as
+    // "receiver closed" (iroh-blobs joins both and keeps the first error), without the io
+    // error. A local failure with the store's file system full is the full disk.
+    if is_disk_full(e) {
+        return Error::DiskFull(format!(
+            "cannot store the verified data: {}",
+            n0_error_chain(e)
+        ));
+    }
+    let local = matches!(e, GetError::IrpcSend { .. } | GetError::LocalFailure { .. });
+    if local && nearly_full(root) {
+        return Error::DiskFull(format!(
+            "no space left for the blob store in {}: {}",
+            root.display(),
+            n0_error_chain(e)
+        ));
+    }
+    if is_hash_mismatch(e) {
+        return Error::VerificationFailed(format!(
+            "the peer sent data that does not match the hash (not stored): {}",
+            n0_error_chain(e)
+        ));
+    }
     let refused_conn = matches!(
         conn.close_reason(),
         Some(iroh::endpoint::ConnectionError::ApplicationClosed(ref c))
@@ -322,6 +429,12 @@ fn fetch_error(conn: &iroh::endpoint::Connection, e: &iroh_blobs::get::GetError)
     let msg = n0_error_chain(e);
     if refused {
         Error::TransferRefused(format!("the peer refused the blob: {msg}"))
+    } else if e.iroh_error_code() == Some(iroh_blobs::protocol::ERR_INTERNAL) {
+        // the provider's store checks what it reads against the hash tree before sending it
+        Error::Transfer(format!(
+            "the sender could not serve the content (iroh-blobs internal error: its stored copy \
+             may be damaged or unreadable): {msg}"
+        ))
     } else {
         Error::Transfer(msg)
     }
@@ -351,7 +464,7 @@ async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error>
         .await
         .map_err(|e| {
             let _ = std::fs::remove_file(&tmp);
-            Error::Transfer(format!("cannot export to {}: {e}", tmp.display()))
+            store_error(&format!("cannot export to {}", tmp.display()), &e)
         })?;
     let linked = std::fs::hard_link(&tmp, dest);
     let _ = std::fs::remove_file(&tmp);
@@ -361,10 +474,10 @@ async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error>
             "{} exists: not overwritten",
             dest.display()
         ))),
-        Err(e) => Err(Error::Transfer(format!(
-            "cannot move the verified file to {}: {e}",
-            dest.display()
-        ))),
+        Err(e) => Err(store_error(
+            &format!("cannot move the verified file to {}", dest.display()),
+            &e,
+        )),
     }
 }
 
@@ -384,6 +497,7 @@ impl BlobStore {
             RUNTIME.spawn(police(rx, access.clone(), served.clone()));
             Ok(ClassOut(BlobStore {
                 store,
+                root,
                 access,
                 served,
                 events,
@@ -417,7 +531,7 @@ impl BlobStore {
                 .add_path(&path)
                 .with_tag()
                 .await
-                .map_err(|e| Error::Transfer(format!("cannot add {}: {e}", path.display())))?;
+                .map_err(|e| store_error(&format!("cannot add {}", path.display()), &e))?;
             let size = store
                 .blobs()
                 .status(tag.hash)
