@@ -11,7 +11,9 @@
 //! - `fetch TICKET HASH DEST --store DIR`: dials the provider at TICKET (an `EndpointTicket`),
 //!   fetches HASH into its own `FsStore` in DIR (`remote().fetch`, verified), exports it to
 //!   DEST (a copy, as the package's export), prints
-//!   `{"event":"done","size","bytes_read","fetch_s","export_s","total_s"}`.
+//!   `{"event":"done","size","bytes_read","fetch_s","fetch_stats_s","export_s","total_s",
+//!   "vmhwm_kib"}` (`fetch_s` from the dial to the end of the fetch, `fetch_stats_s` iroh-blobs'
+//!   own `Stats::elapsed` of the request, `vmhwm_kib` this process's peak RSS).
 //!
 //! Times are measured around the operations only (binding the endpoint and opening the store
 //! are not in them).
@@ -107,12 +109,27 @@ async fn fetch(ticket: &str, hash: &str, dest: PathBuf, store: PathBuf) -> Resul
         "{}",
         json!({
             "event": "done", "size": size, "bytes_read": stats.total_bytes_read(),
-            "fetch_s": fetch_s, "export_s": export_s, "total_s": start.elapsed().as_secs_f64(),
+            "fetch_s": fetch_s, "fetch_stats_s": stats.elapsed.as_secs_f64(),
+            "export_s": export_s, "total_s": start.elapsed().as_secs_f64(),
+            "vmhwm_kib": vmhwm_kib(),
         })
     );
     store.shutdown().await?;
     ep.close().await;
     Ok(())
+}
+
+/// This process's peak resident set size in KiB (VmHWM of /proc/self/status; 0 if unreadable).
+fn vmhwm_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
 }
 
 #[tokio::main]
