@@ -66,6 +66,14 @@ CONTENDERS = {
     "raw": "iroh raw one stream",
     "wormhole": "magic-wormhole",
 }
+#: Diagnostic variants of plain Rust iroh-blobs (``--diagnose``): one of the package's choices
+#: at a time, to see what each costs. (label, options of the provider, options of the fetcher)
+VARIANTS = {
+    "blobs-1w": ("plain Rust, 1 worker thread", ["--workers", "1"], ["--workers", "1"]),
+    "blobs-events": ("plain Rust, the package's provider events", ["--events", "package"], []),
+    "blobs-ref": ("plain Rust, no copies (TryReference)", ["--import", "reference"], ["--export", "reference"]),
+}
+CONTENDERS.update({k: v[0] for k, v in VARIANTS.items()})
 
 
 def blobs_binary() -> Path:
@@ -274,16 +282,17 @@ def package_cell(s: Setup, workers: int | None = None) -> dict[str, Any]:
         shutil.rmtree(cell, ignore_errors=True)
 
 
-def blobs_cell(s: Setup) -> dict[str, Any]:
+def blobs_cell(s: Setup, variant: str | None = None) -> dict[str, Any]:
     cell = s.fresh("cell-blobs")
+    popts, fopts = (VARIANTS[variant][1], VARIANTS[variant][2]) if variant else ([], [])
     procs: list[Proc] = []
     try:
         b = str(blobs_binary())
-        prov = Proc([b, "provide", str(s.src), "--store", str(cell / "provider")])
+        prov = Proc([b, "provide", str(s.src), "--store", str(cell / "provider"), *popts])
         procs.append(prov)
         ready = prov.event("ready", s.timeout)
         dest = cell / "received.bin"
-        fetch = Proc([b, "fetch", ready["ticket"], ready["hash"], str(dest), "--store", str(cell / "fetcher")])
+        fetch = Proc([b, "fetch", ready["ticket"], ready["hash"], str(dest), "--store", str(cell / "fetcher"), *fopts])
         procs.append(fetch)
         done = fetch.event("done", s.timeout)
         if dest.stat().st_size != s.size or done["size"] != s.size:
@@ -483,8 +492,17 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
         f"| {CONTENDERS['wormhole']} | `wormhole send/receive --code`, local mailbox server and transit relay on "
         "127.0.0.1 (offline); from the receiver's \"Receiving\" line (transit connected) to its exit (written, "
         f"SHA-256 checked) | {info['versions'].get('wormhole', '-')} |",
-        "",
     ]
+    what = {"blobs-1w": "plain Rust iroh-blobs on 1 tokio worker thread in both processes (`--workers 1`), "
+                        "as the package's default here",
+            "blobs-events": "plain Rust iroh-blobs serving through the package's intercepting provider events "
+                            "(`--events package`: the package's event mask, every progress update read and "
+                            "recorded under a mutex)",
+            "blobs-ref": "plain Rust iroh-blobs with `ImportMode::TryReference` (hash the file in place, no copy) "
+                         "and `ExportMode::TryReference` (move the store's file to the destination, no copy)"}
+    md += [f"| {CONTENDERS[k]} | diagnostic (`--diagnose`): {what[k]} | iroh-blobs "
+           f"{info['versions'].get('iroh-blobs', '?')} |" for k in VARIANTS if k in keys]
+    md += [""]
     if unavailable:
         md += ["Could not run:", ""] + [f"- {CONTENDERS[k]}: {why}" for k, why in unavailable.items()] + [""]
     P, B = "package", "blobs"
@@ -502,12 +520,13 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
         row.append(f"| {label} | " + " | ".join(cells) + " |")
 
     PC = "package-cores"
-    both = {P: "", PC: "", B: ""}
+    rusts = [B, *VARIANTS]
+    both = [P, PC, *rusts]
 
     def on(fld: str, rust: str | None = None, **extra: str) -> dict[str, str]:
         d = {k: fld for k in both}
         if rust is not None:
-            d[B] = rust
+            d.update({k: rust for k in rusts})
         d.update(extra)
         return d
 
@@ -521,7 +540,7 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
     line("... of which the fetch (`Stats::elapsed`): s", on("fetch_s"), 2)
     line("... of which the rest (dial, store check, export copy; package: its bridge too): s",
          on("receiver_rest_s"), 2)
-    line("... Rust only: the export copy alone: s", {B: "export_s"}, 2)
+    line("... Rust only: the export alone: s", {k: "export_s" for k in rusts}, 2)
     line("sender: the rest of `send_file` (offer message, reply, Python): s", {P: "rest_s", PC: "rest_s"}, 2)
     line("bytes read by the fetch (payload + hash tree)", on("bytes_read"), 0)
     line("wormhole: whole exchange incl. start-up and key exchange: MiB/s", {"wormhole": "wall_mib_per_s"})
@@ -544,6 +563,8 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
          goal90(ce, be)),
         ("package fetch, a worker per core / plain Rust iroh-blobs fetch", pct(cf, bf), ">= 90%", goal90(cf, bf)),
         ("package fetch / iroh raw one stream", pct(pf, raw), "", None),
+        *[(f"{CONTENDERS[v]} / plain Rust iroh-blobs, {what_}", pct(med(samples, v, fld), med(samples, B, fld)), "", None)
+          for v in VARIANTS if v in keys for what_, fld in (("end to end", "mib_per_s"), ("fetch", "fetch_mib_per_s"))],
         ("plain Rust iroh-blobs fetch / iroh raw one stream", pct(bf, raw), "", None),
         ("send_file end to end / magic-wormhole transfer", times(pe, wh), "well ahead (not quantified)", None),
         ("package fetch / magic-wormhole transfer", times(pf, wh), "", None),
@@ -627,14 +648,16 @@ def main(argv: list[str] | None = None) -> None:
                     help="where the file and the stores go (default /dev/shm, a tmpfs, if there is one)")
     ap.add_argument("--rss-dir", type=Path, default=Path(tempfile.gettempdir()),
                     help="where the RSS part's files go (default the temp dir: a disk here)")
-    ap.add_argument("--contenders", default=",".join(CONTENDERS))
+    ap.add_argument("--contenders", default="package,package-cores,blobs,raw,wormhole")
+    ap.add_argument("--diagnose", action="store_true",
+                    help="add the plain-Rust variants with one of the package's choices each: " + ", ".join(VARIANTS))
     ap.add_argument("--wormhole-venv", type=Path, default=ROOT / ".wormhole-venv",
                     help="a venv with magic-wormhole, magic-wormhole-mailbox-server, magic-wormhole-transit-relay")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per step")
     ap.add_argument("--out", type=Path, default=BENCH)
     ap.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
     a = ap.parse_args(argv)
-    keys = [k for k in a.contenders.split(",") if k]
+    keys = [k for k in a.contenders.split(",") if k] + (list(VARIANTS) if a.diagnose else [])
     for k in keys:
         if k not in CONTENDERS:
             ap.error(f"unknown contender {k!r}")
@@ -649,7 +672,7 @@ def main(argv: list[str] | None = None) -> None:
     rss: list[dict[str, Any]] = []
     wormhole: Wormhole | None = None
     try:
-        for k, probe in (("blobs", blobs_binary), ("raw", rust_binary)):
+        for k, probe in (("blobs", blobs_binary), ("raw", rust_binary), *((v, blobs_binary) for v in VARIANTS)):
             if k in keys:
                 try:
                     probe()
@@ -668,8 +691,10 @@ def main(argv: list[str] | None = None) -> None:
         runnable = [k for k in keys if k not in unavailable]
         cores = len(os.sched_getaffinity(0))
         info["cores_workers"] = cores
-        cells = {"package": package_cell, "package-cores": lambda s: package_cell(s, cores), "blobs": blobs_cell, "raw": raw_cell,
-                 "wormhole": (wormhole.cell if wormhole else None)}
+        cells: dict[str, Any] = {
+            "package": package_cell, "package-cores": lambda s: package_cell(s, cores), "blobs": blobs_cell,
+            **{v: (lambda s, v=v: blobs_cell(s, v)) for v in VARIANTS}, "raw": raw_cell,
+            "wormhole": (wormhole.cell if wormhole else None)}
         for rep in range(a.repeats):
             shift = rep % max(len(runnable), 1)
             for pos, k in enumerate(runnable[shift:] + runnable[:shift]):

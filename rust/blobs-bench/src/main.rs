@@ -17,22 +17,109 @@
 //!
 //! Times are measured around the operations only (binding the endpoint and opening the store
 //! are not in them).
+//!
+//! Two options reproduce the package's set-up, to find where a difference comes from:
+//! `--workers N` runs the main tokio runtime on N worker threads (default: one per core; the
+//! package's default is one per core but one), and `provide --events package` serves through
+//! an intercepting `EventSender` with the package's event mask (connections and get requests
+//! answered by a task, every progress update of a request read and recorded under a mutex, as
+//! `rust/iroh-pair-native/src/files.rs` does) instead of no events. `provide --import
+//! reference` and `fetch --export reference` use iroh-blobs' `TryReference` modes instead of
+//! `Copy` (the import hashes the file where it is; the export moves the store's data file to
+//! the destination within one file system): what the copies cost.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, RelayMode};
+use iroh_blobs::provider::events::{
+    AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
+    RequestUpdate, ThrottleMode,
+};
+use iroh_blobs::api::blobs::{AddPathOptions, ExportMode, ExportOptions, ImportMode};
 use iroh_blobs::store::fs::FsStore;
-use iroh_blobs::{BlobsProtocol, Hash, HashAndFormat};
+use iroh_blobs::{BlobFormat, BlobsProtocol, Hash, HashAndFormat};
 use iroh_tickets::endpoint::EndpointTicket;
 use serde_json::json;
 
 const USAGE: &str = "usage:
-  iroh-pair-blobs-bench provide PATH --store DIR
-  iroh-pair-blobs-bench fetch TICKET HASH DEST --store DIR";
+  iroh-pair-blobs-bench provide PATH --store DIR [--events none|package] [--import copy|reference]
+                       [--workers N]
+  iroh-pair-blobs-bench fetch TICKET HASH DEST --store DIR [--export copy|reference] [--workers N]";
+
+/// Options that take a value.
+const VALUED: &[&str] = &["--store", "--events", "--workers", "--import", "--export"];
+
+/// `--import`/`--export`: copy (the default, as the package) or reference.
+fn by_reference(args: &[String], name: &str) -> Result<bool> {
+    match opt(args, name).as_deref() {
+        None | Some("copy") => Ok(false),
+        Some("reference") => Ok(true),
+        Some(other) => bail!("{name} copy|reference, not {other:?}"),
+    }
+}
+
+fn opt(args: &[String], name: &str) -> Option<String> {
+    let i = args.iter().position(|a| a == name)?;
+    args.get(i + 1).cloned()
+}
+
+/// The events the package intercepts (rust/iroh-pair-native/src/files.rs, `MASK`).
+const PACKAGE_MASK: EventMask = EventMask {
+    connected: ConnectMode::Intercept,
+    get: RequestMode::InterceptLog,
+    get_many: RequestMode::Disabled,
+    push: RequestMode::Disabled,
+    observe: ObserveMode::Intercept,
+    throttle: ThrottleMode::None,
+};
+
+/// Answers the provider's events as the package's `police` task does (everything allowed here:
+/// the cost of the interception is what is measured, not the policy).
+async fn answer_events(mut rx: tokio::sync::mpsc::Receiver<ProviderMessage>) {
+    let sent: Arc<Mutex<HashMap<u64, u64>>> = Arc::default();
+    while let Some(msg) = rx.recv().await {
+        match msg {
+            ProviderMessage::ClientConnected(msg) => {
+                msg.tx.send(Ok(())).await.ok();
+            }
+            ProviderMessage::GetRequestReceived(msg) => {
+                let (mut updates, sent, id) = (msg.rx, sent.clone(), msg.inner.request_id);
+                tokio::spawn(async move {
+                    while let Ok(Some(update)) = updates.recv().await {
+                        let end = match update {
+                            RequestUpdate::Progress(p) => p.end_offset,
+                            RequestUpdate::Started(_) => continue,
+                            _ => break,
+                        };
+                        let mut s = sent.lock().expect("poisoned");
+                        let e = s.entry(id).or_default();
+                        *e = (*e).max(end);
+                    }
+                });
+                msg.tx.send(Ok(())).await.ok();
+            }
+            ProviderMessage::GetManyRequestReceived(msg) => {
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+            ProviderMessage::PushRequestReceived(msg) => {
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+            ProviderMessage::ObserveRequestReceived(msg) => {
+                msg.tx.send(Err(AbortReason::Permission)).await.ok();
+            }
+            ProviderMessage::Throttle(msg) => {
+                msg.tx.send(Ok(())).await.ok();
+            }
+            _ => {}
+        }
+    }
+}
 
 /// The endpoint of every mode: the settings the package uses on loopback.
 async fn bind(alpns: Vec<Vec<u8>>) -> Result<Endpoint> {
@@ -56,15 +143,35 @@ fn store_dir(args: &[String]) -> Result<PathBuf> {
     Ok(std::path::absolute(dir)?)
 }
 
-async fn provide(path: PathBuf, store: PathBuf) -> Result<()> {
+async fn provide(path: PathBuf, store: PathBuf, package_events: bool, reference: bool) -> Result<()> {
     let path = std::path::absolute(path)?;
     let store = FsStore::load(&store).await?;
     let start = Instant::now();
-    let tag = store.blobs().add_path(&path).with_tag().await?;
+    let mode = if reference {
+        ImportMode::TryReference
+    } else {
+        ImportMode::Copy
+    };
+    let tag = store
+        .blobs()
+        .add_path_with_opts(AddPathOptions {
+            path: path.clone(),
+            format: BlobFormat::Raw,
+            mode,
+        })
+        .with_tag()
+        .await?;
     let import_s = start.elapsed().as_secs_f64();
     let size = std::fs::metadata(&path)?.len();
     let ep = bind(vec![iroh_blobs::ALPN.to_vec()]).await?;
-    let blobs = BlobsProtocol::new(&store, None);
+    let events = if package_events {
+        let (events, rx) = EventSender::channel(64, PACKAGE_MASK);
+        tokio::spawn(answer_events(rx));
+        Some(events)
+    } else {
+        None
+    };
+    let blobs = BlobsProtocol::new(&store, events);
     let router = Router::builder(ep.clone())
         .accept(iroh_blobs::ALPN, blobs)
         .spawn();
@@ -84,7 +191,7 @@ async fn provide(path: PathBuf, store: PathBuf) -> Result<()> {
     Ok(())
 }
 
-async fn fetch(ticket: &str, hash: &str, dest: PathBuf, store: PathBuf) -> Result<()> {
+async fn fetch(ticket: &str, hash: &str, dest: PathBuf, store: PathBuf, reference: bool) -> Result<()> {
     let addr: EndpointAddr = ticket.parse::<EndpointTicket>()?.into();
     let hash: Hash = hash.parse().context("bad hash")?;
     let dest = std::path::absolute(dest)?;
@@ -103,7 +210,20 @@ async fn fetch(ticket: &str, hash: &str, dest: PathBuf, store: PathBuf) -> Resul
         bail!("the fetch ended before the whole blob arrived");
     }
     let t = Instant::now();
-    let size = store.blobs().export(hash, &dest).finish().await?;
+    let mode = if reference {
+        ExportMode::TryReference
+    } else {
+        ExportMode::Copy
+    };
+    let size = store
+        .blobs()
+        .export_with_opts(ExportOptions {
+            hash,
+            mode,
+            target: dest.clone(),
+        })
+        .finish()
+        .await?;
     let export_s = t.elapsed().as_secs_f64();
     println!(
         "{}",
@@ -132,27 +252,40 @@ fn vmhwm_kib() -> u64 {
         .unwrap_or(0)
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let pos: Vec<&String> = {
-        let mut v = Vec::new();
-        let mut i = 0;
-        while i < args.len() {
-            if args[i] == "--store" {
-                i += 2;
-                continue;
-            }
-            v.push(&args[i]);
-            i += 1;
+    let mut pos: Vec<&String> = Vec::new();
+    let mut i = 0;
+    while i < args.len() {
+        if VALUED.contains(&args[i].as_str()) {
+            i += 2;
+            continue;
         }
-        v
-    };
-    match pos.as_slice() {
-        [mode, path] if *mode == "provide" => provide(path.into(), store_dir(&args)?).await,
-        [mode, ticket, hash, dest] if *mode == "fetch" => {
-            fetch(ticket, hash, dest.into(), store_dir(&args)?).await
-        }
-        _ => bail!("{USAGE}"),
+        pos.push(&args[i]);
+        i += 1;
     }
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    rt.enable_all();
+    if let Some(n) = opt(&args, "--workers") {
+        rt.worker_threads(n.parse().context("--workers N")?);
+    }
+    let rt = rt.build()?;
+    let package_events = match opt(&args, "--events").as_deref() {
+        None | Some("none") => false,
+        Some("package") => true,
+        Some(other) => bail!("--events none|package, not {other:?}"),
+    };
+    rt.block_on(async {
+        match pos.as_slice() {
+            [mode, path] if *mode == "provide" => {
+                let reference = by_reference(&args, "--import")?;
+                provide(path.into(), store_dir(&args)?, package_events, reference).await
+            }
+            [mode, ticket, hash, dest] if *mode == "fetch" => {
+                let reference = by_reference(&args, "--export")?;
+                fetch(ticket, hash, dest.into(), store_dir(&args)?, reference).await
+            }
+            _ => bail!("{USAGE}"),
+        }
+    })
 }
