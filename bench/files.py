@@ -3,7 +3,8 @@ iroh's raw one-stream ceiling and magic-wormhole, side by side in one run, two p
 loopback; then the peak RSS of both processes for a larger file.
 
     python bench/files.py [--mib 1024] [--repeats 3] [--rss-mib 4096] [--dir DIR] [--rss-dir DIR]
-                          [--no-wormhole] [--out bench]
+                          [--contenders LIST] [--diagnose] [--out bench]
+    python bench/files.py --report bench/files-results.json    (the section again, no measuring)
     python bench/run.py --files ...        (the same)
 
 Contenders (every cell fresh processes, stores and destination; the order rotates per repeat):
@@ -23,6 +24,10 @@ Contenders (every cell fresh processes, stores and destination; the order rotate
   mailbox server and transit relay on 127.0.0.1, the code given with ``--code``: fully offline.
   Timed from the receiver's "Receiving" line (transit connected) to its exit (written and
   verified), and the whole exchange from both commands' start.
+
+With ``--diagnose``, plain Rust iroh-blobs runs three more ways, each with one of the package's
+choices (one tokio worker thread; the package's intercepting provider events; no copies, i.e.
+iroh-blobs' ``TryReference`` import and export), to see what each choice costs.
 
 The RSS part sends one ``--rss-mib`` file with each of the two iroh-blobs contenders and reads
 VmHWM (the peak RSS) of the sending and the receiving process from /proc/PID/status at the end.
@@ -573,6 +578,7 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
     for label, v, goal, ok in ratios:
         md.append(f"| {label} | {v} | {goal or '-'} | {'' if ok is None else ('PASS' if ok else 'MISS')} |")
     md.append("")
+    md += where_the_time_goes(samples, keys)
     vias = sorted({x["result"]["via"] for x in samples if x["contender"] == "wormhole" and "result" in x})
     if vias:
         md += [f"magic-wormhole's transit connected as: {'; '.join(vias)} (the receiver's line; wormhole races "
@@ -594,6 +600,31 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
         md.append("")
     md += [END]
     return md
+
+
+def where_the_time_goes(samples: list[dict[str, Any]], keys: list[str]) -> list[str]:
+    """The phases as shares of the end-to-end medians, and the package's fetch against the
+    plain-Rust fetch and its diagnostic variants."""
+    out = ["Where the time goes (medians of each phase; they need not add up exactly to the median total):", ""]
+    for k, total in (("package", "send_file_s"), ("package-cores", "send_file_s"), ("blobs", "end_to_end_s"),
+                     ("blobs-ref", "end_to_end_s")):
+        if k not in keys:
+            continue
+        t = med(samples, k, total)
+        parts = [(label, med(samples, k, f)) for label, f in (
+            ("import (copy + hash)", "import_s"), ("fetch", "fetch_s"),
+            ("dial + store check + export", "receiver_rest_s"), ("offer/reply/Python", "rest_s"))]
+        shown = [f"{label} {v:.2f} s ({v / t * 100:.0f}%)" for label, v in parts if v is not None and t]
+        if t:
+            out.append(f"- {CONTENDERS[k]}: {t:.2f} s = " + ", ".join(shown))
+    pf, bf = med(samples, "package", "fetch_s"), med(samples, "blobs", "fetch_s")
+    if pf is not None and bf is not None:
+        out.append(f"- the fetch: package {pf:.2f} s vs plain Rust {bf:.2f} s ({(pf - bf):+.2f} s, "
+                   f"{(pf / bf - 1) * 100:+.0f}%)"
+                   + "".join(f"; {CONTENDERS[v]} {med(samples, v, 'fetch_s'):.2f} s"
+                             for v in VARIANTS if v in keys and med(samples, v, "fetch_s") is not None))
+    out.append("")
+    return out
 
 
 def fs_type(path: Path) -> str:
@@ -656,7 +687,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds per step")
     ap.add_argument("--out", type=Path, default=BENCH)
     ap.add_argument("--no-write", action="store_true", help="print only; RESULTS.md untouched")
+    ap.add_argument("--report", type=Path, metavar="JSON",
+                    help="measure nothing: write the section again from a files-results.json")
     a = ap.parse_args(argv)
+    if a.report:
+        saved = json.loads(a.report.read_text())
+        md = section(saved["info"], saved["samples"], saved["rss"], saved["unavailable"])
+        print("\n".join(md))
+        if not a.no_write:
+            write_section(a.out, md)
+        return
     keys = [k for k in a.contenders.split(",") if k] + (list(VARIANTS) if a.diagnose else [])
     for k in keys:
         if k not in CONTENDERS:
@@ -701,7 +741,7 @@ def main(argv: list[str] | None = None) -> None:
                 t = time.monotonic()
                 rec: dict[str, Any] = {"contender": k, "repeat": rep, "position": pos}
                 try:
-                    rec["result"] = cells[k](s)  # type: ignore[misc]
+                    rec["result"] = cells[k](s)
                 except Exception as e:  # noqa: BLE001 - a failed cell is a result too
                     rec["error"] = " ".join(f"{type(e).__name__}: {e}".split())
                 rec["wall_s"] = round(time.monotonic() - t, 2)

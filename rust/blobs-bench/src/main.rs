@@ -37,11 +37,11 @@ use anyhow::{Context, Result, bail};
 use iroh::endpoint::{PortmapperConfig, presets};
 use iroh::protocol::Router;
 use iroh::{Endpoint, EndpointAddr, RelayMode};
+use iroh_blobs::api::blobs::{AddPathOptions, ExportMode, ExportOptions, ImportMode};
 use iroh_blobs::provider::events::{
     AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
     RequestUpdate, ThrottleMode,
 };
-use iroh_blobs::api::blobs::{AddPathOptions, ExportMode, ExportOptions, ImportMode};
 use iroh_blobs::store::fs::FsStore;
 use iroh_blobs::{BlobFormat, BlobsProtocol, Hash, HashAndFormat};
 use iroh_tickets::endpoint::EndpointTicket;
@@ -143,7 +143,12 @@ fn store_dir(args: &[String]) -> Result<PathBuf> {
     Ok(std::path::absolute(dir)?)
 }
 
-async fn provide(path: PathBuf, store: PathBuf, package_events: bool, reference: bool) -> Result<()> {
+async fn provide(
+    path: PathBuf,
+    store: PathBuf,
+    package_events: bool,
+    reference: bool,
+) -> Result<()> {
     let path = std::path::absolute(path)?;
     let store = FsStore::load(&store).await?;
     let start = Instant::now();
@@ -191,7 +196,13 @@ async fn provide(path: PathBuf, store: PathBuf, package_events: bool, reference:
     Ok(())
 }
 
-async fn fetch(ticket: &str, hash: &str, dest: PathBuf, store: PathBuf, reference: bool) -> Result<()> {
+async fn fetch(
+    ticket: &str,
+    hash: &str,
+    dest: PathBuf,
+    store: PathBuf,
+    reference: bool,
+) -> Result<()> {
     let addr: EndpointAddr = ticket.parse::<EndpointTicket>()?.into();
     let hash: Hash = hash.parse().context("bad hash")?;
     let dest = std::path::absolute(dest)?;
