@@ -548,6 +548,13 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
     line("... Rust only: the export alone: s", {k: "export_s" for k in rusts}, 2)
     line("sender: the rest of `send_file` (offer message, reply, Python): s", {P: "rest_s", PC: "rest_s"}, 2)
     line("bytes read by the fetch (payload + hash tree)", on("bytes_read"), 0)
+    for x in samples:  # peak RSS in MiB for the rows below
+        r = x.get("result", {})
+        for side in ("sender", "receiver"):
+            if f"{side}_vmhwm_kib" in r:
+                r[f"{side}_vmhwm_mib"] = r[f"{side}_vmhwm_kib"] / 1024
+    line("sending process: peak RSS (VmHWM): MiB", on("sender_vmhwm_mib"))
+    line("receiving process: peak RSS (VmHWM): MiB", on("receiver_vmhwm_mib"))
     line("wormhole: whole exchange incl. start-up and key exchange: MiB/s", {"wormhole": "wall_mib_per_s"})
     md += row + [""]
     pe, be = med(samples, P, "mib_per_s"), med(samples, B, "mib_per_s")
