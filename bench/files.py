@@ -74,7 +74,7 @@ CONTENDERS = {
 #: Diagnostic variants of plain Rust iroh-blobs (``--diagnose``): one of the package's choices
 #: at a time, to see what each costs. (label, options of the provider, options of the fetcher)
 VARIANTS = {
-    "blobs-1w": ("plain Rust, 1 worker thread", ["--workers", "1"], ["--workers", "1"]),
+    "blobs-1w": ("plain Rust, 1 worker thread", ["--workers", "1", "--spawn"], ["--workers", "1", "--spawn"]),
     "blobs-events": ("plain Rust, the package's provider events", ["--events", "package"], []),
     "blobs-ref": ("plain Rust, no copies (TryReference)", ["--import", "reference"], ["--export", "reference"]),
 }
@@ -498,8 +498,8 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
         "127.0.0.1 (offline); from the receiver's \"Receiving\" line (transit connected) to its exit (written, "
         f"SHA-256 checked) | {info['versions'].get('wormhole', '-')} |",
     ]
-    what = {"blobs-1w": "plain Rust iroh-blobs on 1 tokio worker thread in both processes (`--workers 1`), "
-                        "as the package's default here",
+    what = {"blobs-1w": "plain Rust iroh-blobs on 1 tokio worker thread in both processes, the work in a task "
+                        "on it (`--workers 1 --spawn`), as the package's default here runs it",
             "blobs-events": "plain Rust iroh-blobs serving through the package's intercepting provider events "
                             "(`--events package`: the package's event mask, every progress update read and "
                             "recorded under a mutex)",

@@ -20,7 +20,9 @@
 //!
 //! Two options reproduce the package's set-up, to find where a difference comes from:
 //! `--workers N` runs the main tokio runtime on N worker threads (default: one per core; the
-//! package's default is one per core but one), and `provide --events package` serves through
+//! package's default is one per core but one; with `--spawn` the work runs in a task on those
+//! workers, as the package's bridge runs it, instead of on the main thread as `block_on` runs a
+//! program's main future), and `provide --events package` serves through
 //! an intercepting `EventSender` with the package's event mask (connections and get requests
 //! answered by a task, every progress update of a request read and recorded under a mutex, as
 //! `rust/iroh-pair-native/src/files.rs` does) instead of no events. `provide --import
@@ -49,8 +51,9 @@ use serde_json::json;
 
 const USAGE: &str = "usage:
   iroh-pair-blobs-bench provide PATH --store DIR [--events none|package] [--import copy|reference]
-                       [--workers N]
-  iroh-pair-blobs-bench fetch TICKET HASH DEST --store DIR [--export copy|reference] [--workers N]";
+                       [--workers N] [--spawn]
+  iroh-pair-blobs-bench fetch TICKET HASH DEST --store DIR [--export copy|reference] [--workers N]
+                       [--spawn]";
 
 /// Options that take a value.
 const VALUED: &[&str] = &["--store", "--events", "--workers", "--import", "--export"];
@@ -281,22 +284,36 @@ fn main() -> Result<()> {
         rt.worker_threads(n.parse().context("--workers N")?);
     }
     let rt = rt.build()?;
+    let spawn = args.iter().any(|a| a == "--spawn");
     let package_events = match opt(&args, "--events").as_deref() {
         None | Some("none") => false,
         Some("package") => true,
         Some(other) => bail!("--events none|package, not {other:?}"),
     };
-    rt.block_on(async {
-        match pos.as_slice() {
-            [mode, path] if *mode == "provide" => {
+    let pos: Vec<String> = pos.into_iter().cloned().collect();
+    let work = async move {
+        match pos
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            ["provide", path] => {
                 let reference = by_reference(&args, "--import")?;
                 provide(path.into(), store_dir(&args)?, package_events, reference).await
             }
-            [mode, ticket, hash, dest] if *mode == "fetch" => {
+            ["fetch", ticket, hash, dest] => {
                 let reference = by_reference(&args, "--export")?;
                 fetch(ticket, hash, dest.into(), store_dir(&args)?, reference).await
             }
             _ => bail!("{USAGE}"),
         }
-    })
+    };
+    if spawn {
+        // on the runtime's workers, as the package's bridge runs every operation
+        rt.block_on(async { tokio::spawn(work).await? })
+    } else {
+        // on the main thread (`block_on`), as `#[tokio::main]` runs a program's main future
+        rt.block_on(work)
+    }
 }
