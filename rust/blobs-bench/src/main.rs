@@ -275,6 +275,10 @@ fn main() -> Result<()> {
             i += 2;
             continue;
         }
+        if args[i] == "--spawn" {
+            i += 1;
+            continue;
+        }
         pos.push(&args[i]);
         i += 1;
     }
