@@ -9,6 +9,12 @@ rotates from repeat to repeat. The table gives the median of the repeats and eac
 ratio to plain Rust; the targets of issue #17 are checked from the same medians. The suite
 writes DIR/RESULTS.md, DIR/results.json (every sample) and DIR/latency.png (DIR defaults to
 bench/). A contender that cannot run is named with the reason, and the rest goes on.
+
+    python bench/run.py --files [bench/files.py's options]
+
+runs the files benchmark instead (``bench/files.py``: send_file against plain Rust iroh-blobs,
+the raw stream and magic-wormhole, and the RSS of a large transfer); it writes its own section
+of RESULTS.md, which the default run keeps.
 """
 
 from __future__ import annotations
@@ -685,6 +691,12 @@ def write_results(run: Run, out: Path, wall: float, info: dict[str, Any], cmd: s
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if "--files" in args:
+        from bench import files
+
+        files.main([x for x in args if x != "--files"])
+        return
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a smoke run of about a minute (small counts, 2 repeats)")
     ap.add_argument("--repeats", type=int, help="repeats per cell (default 3; --quick: 2)")

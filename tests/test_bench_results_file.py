@@ -48,3 +48,27 @@ def test_the_repository_results_file_has_the_marker_before_the_kept_sections() -
     at = lines.index(KEPT_MARKER)
     for heading in ("## Soak (issue #35)", "## Runtime choices (bench/transport.py)"):
         assert heading in lines and lines.index(heading) > at, heading
+
+
+def test_the_files_section_is_replaced_in_place_and_kept_by_run_py(tmp_path: Path) -> None:
+    from bench.files import BEGIN, END, write_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text(f"# generated\n\n{KEPT_MARKER}\n\n## Soak (issue #35)\n\nsoak table\n")
+    write_section(tmp_path, [BEGIN, "", "files v1", END])
+    first = path.read_text()
+    assert first == f"# generated\n\n{KEPT_MARKER}\n\n{BEGIN}\n\nfiles v1\n{END}\n\n## Soak (issue #35)\n\nsoak table\n"
+    write_section(tmp_path, [BEGIN, "", "files v2", END])
+    second = path.read_text()
+    assert second == first.replace("files v1", "files v2")
+    # a run of bench/run.py keeps it (it is below the marker)
+    write_keeping_tail(path, "# regenerated\n")
+    assert path.read_text() == "# regenerated\n\n" + second.split("\n\n", 1)[1]
+
+
+def test_the_repository_results_file_has_one_files_section_below_the_marker() -> None:
+    from bench.files import BEGIN, END
+
+    text = (ROOT / "bench" / "RESULTS.md").read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert text.index(KEPT_MARKER) < text.index(BEGIN) < text.index(END)
