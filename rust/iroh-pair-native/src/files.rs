@@ -9,10 +9,11 @@
 //! request is served only for a hash offered to the requesting EndpointId (and only as a single
 //! blob: no hash-sequence children, no get-many, no push, no observe).
 //!
-//! Fetching: `BlobStore.fetch` dials the peer on the blobs ALPN, downloads what the store is
-//! missing of the hash (every chunk group verified before it is written), then exports the
-//! verified content under a temporary name beside the destination and links it into place
-//! without overwriting anything.
+//! Fetching: `BlobStore.fetch` takes this store's connection to the peer on the blobs ALPN
+//! (one per peer, dialed on first use, reused by the next fetches, closed `LINGER` after the
+//! last), downloads what the store is missing of the hash (every chunk group verified before
+//! it is written), then exports the verified content under a temporary name beside the
+//! destination and links it into place without overwriting anything.
 //!
 //! ```python
 //! hash, size = await call(store.add_path, "/abs/file")   # through iroh_pair.files
@@ -52,6 +53,110 @@ const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_millis(50)
 
 /// The close code of a blobs connection refused by the provider (iroh-blobs' `ERR_PERMISSION`).
 const ERR_PERMISSION: u64 = 1;
+
+/// How long an unused blobs connection to a peer stays open for the next fetch (the files of a
+/// directory, one send after another): one connection per peer and ALPN, reused.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The blobs connections this store fetches over: one per peer, shared by the fetches running
+/// on it, closed `LINGER` after the last one ended.
+#[derive(Default)]
+struct Pool {
+    conns: HashMap<iroh::EndpointId, Pooled>,
+}
+
+struct Pooled {
+    conn: iroh::endpoint::Connection,
+    users: usize,
+}
+
+/// A fetch's use of a pooled connection. Dropping it (the fetch ended, failed or was
+/// cancelled) gives the connection back; the last user leaves it open for `LINGER`.
+struct Lease {
+    pool: Arc<Mutex<Pool>>,
+    peer: iroh::EndpointId,
+    conn: iroh::endpoint::Connection,
+}
+
+impl Lease {
+    /// A live pooled connection to `addr`'s peer, else a new one (`reused` says which).
+    async fn take(
+        pool: &Arc<Mutex<Pool>>,
+        ep: &iroh::Endpoint,
+        addr: iroh::EndpointAddr,
+        counters: &Counters,
+    ) -> Result<(Lease, bool), Error> {
+        let peer = addr.id;
+        let lease = |conn: iroh::endpoint::Connection| Lease {
+            pool: pool.clone(),
+            peer,
+            conn,
+        };
+        if let Some(p) = lock(pool).conns.get_mut(&peer)
+            && p.conn.close_reason().is_none()
+        {
+            p.users += 1;
+            return Ok((lease(p.conn.clone()), true));
+        }
+        let conn = ep
+            .connect(addr, BLOBS_ALPN)
+            .await
+            .map_err(|e| Error::Connect(n0_error_chain(&e)))?;
+        Counters::bump(&counters.conns_dialed);
+        let mut guard = lock(pool);
+        if let Some(p) = guard.conns.get_mut(&peer)
+            && p.conn.close_reason().is_none()
+        {
+            // another fetch dialed meanwhile: keep one connection
+            conn.close(0u32.into(), b"duplicate");
+            p.users += 1;
+            return Ok((lease(p.conn.clone()), true));
+        }
+        guard.conns.insert(
+            peer,
+            Pooled {
+                conn: conn.clone(),
+                users: 1,
+            },
+        );
+        Ok((lease(conn), false))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let id = self.conn.stable_id();
+        let mut guard = lock(&self.pool);
+        let Some(p) = guard.conns.get_mut(&self.peer) else {
+            return;
+        };
+        if p.conn.stable_id() != id {
+            return;
+        }
+        p.users -= 1;
+        if p.users > 0 {
+            return;
+        }
+        if self.conn.close_reason().is_some() {
+            guard.conns.remove(&self.peer);
+            return;
+        }
+        drop(guard);
+        let (pool, peer) = (self.pool.clone(), self.peer);
+        RUNTIME.spawn(async move {
+            tokio::time::sleep(LINGER).await;
+            let mut guard = lock(&pool);
+            if guard
+                .conns
+                .get(&peer)
+                .is_some_and(|p| p.users == 0 && p.conn.stable_id() == id)
+                && let Some(p) = guard.conns.remove(&peer)
+            {
+                p.conn.close(0u32.into(), b"done");
+            }
+        });
+    }
+}
 
 /// What the provider serves, and to whom: hashes offered per EndpointId, and the EndpointId of
 /// each live connection (the provider's requests name only their connection).
@@ -200,6 +305,7 @@ pub struct BlobStore {
     access: Arc<Mutex<Access>>,
     served: Arc<Served>,
     events: EventSender,
+    pool: Arc<Mutex<Pool>>,
 }
 
 impl BlobStore {
@@ -232,43 +338,53 @@ impl BlobStore {
         }
         let store: Store = self.store.clone().into();
         let root = self.root.clone();
+        let pool = self.pool.clone();
         let heavy = bridge.heavy();
         bridge.spawn_stream(token, move |shared| async move {
             let _heavy = heavy;
             let result = async {
-                let conn = ep
-                    .connect(addr, BLOBS_ALPN)
-                    .await
-                    .map_err(|e| Error::Connect(n0_error_chain(&e)))?;
-                Counters::bump(&counters.conns_dialed);
-                let mut progress = store
-                    .remote()
-                    .fetch(conn.clone(), HashAndFormat::raw(hash))
-                    .stream();
                 let mut stats = None;
                 let mut failure = None;
-                let mut last = std::time::Instant::now();
-                while let Some(item) = progress.next().await {
-                    match item {
-                        GetProgressItem::Progress(n) => {
-                            if max_size.is_some_and(|m| n > m) {
-                                failure = Some(Error::Transfer(format!(
-                                    "the peer sent more than the {} bytes offered",
-                                    max_size.unwrap_or_default()
-                                )));
-                                break;
+                for attempt in 0..2 {
+                    let (lease, reused) = Lease::take(&pool, &ep, addr.clone(), &counters).await?;
+                    let conn = lease.conn.clone();
+                    let mut progress = store
+                        .remote()
+                        .fetch(conn.clone(), HashAndFormat::raw(hash))
+                        .stream();
+                    let mut moved = false;
+                    let mut last = std::time::Instant::now();
+                    (stats, failure) = (None, None);
+                    while let Some(item) = progress.next().await {
+                        match item {
+                            GetProgressItem::Progress(n) => {
+                                moved = true;
+                                if max_size.is_some_and(|m| n > m) {
+                                    failure = Some(Error::Transfer(format!(
+                                        "the peer sent more than the {} bytes offered",
+                                        max_size.unwrap_or_default()
+                                    )));
+                                    break;
+                                }
+                                // at most ~20 progress items a second reach the loop
+                                if last.elapsed() >= PROGRESS_EVERY {
+                                    last = std::time::Instant::now();
+                                    shared.emit(token, Ok(out(Plain(n))));
+                                }
                             }
-                            // at most ~20 progress items a second reach the loop
-                            if last.elapsed() >= PROGRESS_EVERY {
-                                last = std::time::Instant::now();
-                                shared.emit(token, Ok(out(Plain(n))));
+                            GetProgressItem::Done(s) => stats = Some(s),
+                            GetProgressItem::Error(e) => {
+                                failure = Some(fetch_error(&conn, &e, &root))
                             }
                         }
-                        GetProgressItem::Done(s) => stats = Some(s),
-                        GetProgressItem::Error(e) => failure = Some(fetch_error(&conn, &e, &root)),
+                    }
+                    // A reused connection that turned out dead (the peer went away while it
+                    // lingered) before anything moved: once more on a new one.
+                    let stale = reused && !moved && conn.close_reason().is_some();
+                    if !(stale && failure.is_some() && attempt == 0) {
+                        break;
                     }
                 }
-                conn.close(0u32.into(), b"done");
                 if let Some(e) = failure {
                     return Err(e);
                 }
@@ -501,6 +617,7 @@ impl BlobStore {
                 access,
                 served,
                 events,
+                pool: Arc::default(),
             }))
         })
     }
