@@ -73,7 +73,10 @@ async def test_a_directory_tree_arrives_byte_identical(paired: Paired, tmp_path:
 
     host.on_file_offer(take, progress=lambda o, p: got.append(p))
     sent: list[FileProgress] = []
+    dialed = host.endpoint.stats()["connections_dialed"]
     receipt = await joiner.send_file(host_dev, src, progress=sent.append, timeout=120)
+    # rule 1: the receiver fetched the 6 files over one blobs connection, dialed once
+    assert host.endpoint.stats()["connections_dialed"] - dialed == 1
     expected = {k: v for k, v in tree(src).items() if "link" not in k}
     assert tree(box / "project") == expected
     assert "empty-dir" in expected and expected["empty.bin"] == sha256(src / "empty.bin")
