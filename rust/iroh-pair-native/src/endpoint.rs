@@ -21,7 +21,7 @@ use crate::files::{BLOBS_ALPN, BlobStore, Provider};
 use crate::keys::{EndpointAddr, EndpointId, SecretKey};
 use crate::mdns::MdnsAnnouncement;
 use crate::outcome::{ClassOut, Plain};
-use crate::runtime::RUNTIME;
+use crate::runtime::{BLOBS_RUNTIME, RUNTIME};
 use crate::sync::lock;
 use iroh_mdns_address_lookup::MdnsAddressLookup;
 use n0_future::StreamExt;
@@ -446,7 +446,7 @@ impl Endpoint {
                     Ok(conn) if conn.alpn() == BLOBS_ALPN && lock(&blobs).is_some() => {
                         Counters::bump(&counters.blob_conns_accepted);
                         if let Some(p) = lock(&blobs).clone() {
-                            RUNTIME.spawn(iroh_blobs::provider::handle_connection(
+                            BLOBS_RUNTIME.spawn(iroh_blobs::provider::handle_connection(
                                 conn, p.store, p.events,
                             ));
                         }

@@ -42,7 +42,7 @@ use crate::counters::Counters;
 use crate::error::{Error, n0_error_chain};
 use crate::keys::EndpointId;
 use crate::outcome::{ClassOut, Plain, out};
-use crate::runtime::RUNTIME;
+use crate::runtime::{RUNTIME, on_blobs_runtime};
 use crate::sync::lock;
 
 /// The ALPN of iroh-blobs (`/iroh-bytes/4`).
@@ -342,7 +342,9 @@ impl BlobStore {
         let heavy = bridge.heavy();
         bridge.spawn_stream(token, move |shared| async move {
             let _heavy = heavy;
-            let result = async {
+            let progress_to = shared.clone();
+            let result = on_blobs_runtime(async move {
+                let shared = progress_to;
                 let mut stats = None;
                 let mut failure = None;
                 for attempt in 0..2 {
@@ -409,8 +411,9 @@ impl BlobStore {
                     stats.total_bytes_read(),
                     stats.elapsed.as_secs_f64(),
                 ))
-            }
-            .await;
+            })
+            .await
+            .unwrap_or_else(|| Err(Error::Transfer("the fetch was stopped".into())));
             match result {
                 Ok(v) => shared.finish(token, Ok(out(Plain(v)))),
                 Err(e) => shared.finish(token, Err(e)),

@@ -76,6 +76,39 @@ pub static RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
         .expect("failed to start the tokio runtime")
 });
 
+/// A second runtime, one worker, for the CPU-heavy side of file transfers: a fetch (BLAKE3
+/// verification of every chunk group, handing data to the store) and the provider's serving of
+/// blobs (validated reads) run here, beside the QUIC I/O on `RUNTIME`, instead of taking turns
+/// with it on that runtime's worker. Started on the first transfer.
+pub static BLOBS_RUNTIME: LazyLock<Runtime> = LazyLock::new(|| {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("iroh-pair-blobs")
+        .enable_all()
+        .build()
+        .expect("failed to start the blobs runtime")
+});
+
+/// Runs `fut` on `BLOBS_RUNTIME` and waits for it; dropping the returned future (a cancelled
+/// operation) aborts it. `None` when the task ended without a result (the runtime shut down).
+pub async fn on_blobs_runtime<T: Send + 'static>(
+    fut: impl Future<Output = T> + Send + 'static,
+) -> Option<T> {
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let task = BLOBS_RUNTIME.spawn(fut);
+    let _abort = AbortOnDrop(task.abort_handle());
+    match task.await {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
 /// Chooses the process's runtime: `"multi-thread"` (the default) or `"loop-thread"`, and for
 /// the multi-thread one optionally its number of worker threads. Fails with RuntimeError when
 /// another runtime or count was already chosen or started (the first endpoint, bridge
