@@ -122,6 +122,62 @@ pub struct Endpoint {
     alpns: Vec<Vec<u8>>,
     /// The blob provider connections on the blobs ALPN are handed to (see `files`).
     blobs: Arc<std::sync::Mutex<Option<Provider>>>,
+    /// Connections whose handshake completed, for `accept` (filled by the handshake tasks of
+    /// `accept_incoming`, started by the first `accept`).
+    accepted: Arc<tokio::sync::Mutex<tokio::sync::mpsc::Receiver<iroh::endpoint::Connection>>>,
+    /// Taken by the first `accept`, which starts `accept_incoming` with it.
+    accepted_tx: std::sync::Mutex<Option<tokio::sync::mpsc::Sender<iroh::endpoint::Connection>>>,
+}
+
+/// Handshakes of incoming connections that may run at once. Each runs in its own task, so one
+/// that stalls (a stranger who sends a first packet and nothing more) holds up no other; over
+/// this many, a new incoming connection is refused at once.
+const MAX_HANDSHAKES: usize = 64;
+/// A handshake not complete by then is abandoned (rather than the QUIC idle timeout).
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections done with their handshake and waiting for `accept`.
+const ACCEPT_QUEUE: usize = 16;
+
+/// Accepts the endpoint's incoming connections until it closes: every handshake in a task of
+/// its own (at most `MAX_HANDSHAKES` at once, each within `HANDSHAKE_TIMEOUT`). Connections on
+/// the blobs ALPN go to the blob provider once it serves a store; the others to `tx`, for
+/// `accept`. The channel closes when the endpoint has closed and no handshake is left.
+async fn accept_incoming(
+    ep: iroh::Endpoint,
+    counters: Arc<Counters>,
+    blobs: Arc<std::sync::Mutex<Option<Provider>>>,
+    tx: tokio::sync::mpsc::Sender<iroh::endpoint::Connection>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    while let Some(incoming) = ep.accept().await {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            incoming.refuse();
+            Counters::bump(&counters.handshakes_failed);
+            continue;
+        };
+        let (counters, blobs, tx) = (counters.clone(), blobs.clone(), tx.clone());
+        RUNTIME.spawn(async move {
+            let done = tokio::time::timeout(HANDSHAKE_TIMEOUT, incoming).await;
+            drop(slot);
+            match done {
+                // an endpoint bound with the blobs ALPN that does not serve a store hands
+                // these connections to Python like any other
+                Ok(Ok(conn)) if conn.alpn() == BLOBS_ALPN && lock(&blobs).is_some() => {
+                    Counters::bump(&counters.blob_conns_accepted);
+                    if let Some(p) = lock(&blobs).clone() {
+                        BLOBS_RUNTIME.spawn(iroh_blobs::provider::handle_connection(
+                            conn, p.store, p.events,
+                        ));
+                    }
+                }
+                Ok(Ok(conn)) => {
+                    // waits while ACCEPT_QUEUE connections wait for `accept`
+                    let _ = tx.send(conn).await;
+                }
+                Ok(Err(_)) | Err(_) => Counters::bump(&counters.handshakes_failed),
+            }
+        });
+    }
 }
 
 #[pymethods]
@@ -261,6 +317,7 @@ impl Endpoint {
             } else {
                 None
             };
+            let (tx, rx) = tokio::sync::mpsc::channel(ACCEPT_QUEUE);
             Ok(ClassOut(Endpoint {
                 ep,
                 counters: Arc::new(Counters::default()),
@@ -268,6 +325,8 @@ impl Endpoint {
                 lan_watch: std::sync::Mutex::new(None),
                 alpns,
                 blobs: Arc::new(std::sync::Mutex::new(None)),
+                accepted: Arc::new(tokio::sync::Mutex::new(rx)),
+                accepted_tx: std::sync::Mutex::new(Some(tx)),
             }))
         })
     }
@@ -429,35 +488,23 @@ impl Endpoint {
     }
 
     /// The next incoming connection whose handshake completes; `None` once the endpoint is closed.
-    /// Connections on the blobs ALPN go to the blob provider instead once it serves a store
-    /// (see `serve_blobs`).
+    /// Handshakes run concurrently (see `accept_incoming`, started by the first call): one
+    /// that stalls does not hold up the next connection. Connections on the blobs ALPN go to
+    /// the blob provider instead once it serves a store (see `serve_blobs`).
     fn accept(&self, py: Python<'_>, bridge: &Bridge, token: u64) -> PyResult<Py<PyAny>> {
-        let ep = self.ep.clone();
+        if let Some(tx) = lock(&self.accepted_tx).take() {
+            let (ep, counters, blobs) =
+                (self.ep.clone(), self.counters.clone(), self.blobs.clone());
+            RUNTIME.spawn(accept_incoming(ep, counters, blobs, tx));
+        }
+        let accepted = self.accepted.clone();
         let counters = self.counters.clone();
-        let blobs = self.blobs.clone();
         bridge.spawn(token, async move {
-            loop {
-                let Some(incoming) = ep.accept().await else {
-                    return Ok(None);
-                };
-                match incoming.await {
-                    // an endpoint bound with the blobs ALPN that does not serve a store hands
-                    // these connections to Python like any other
-                    Ok(conn) if conn.alpn() == BLOBS_ALPN && lock(&blobs).is_some() => {
-                        Counters::bump(&counters.blob_conns_accepted);
-                        if let Some(p) = lock(&blobs).clone() {
-                            BLOBS_RUNTIME.spawn(iroh_blobs::provider::handle_connection(
-                                conn, p.store, p.events,
-                            ));
-                        }
-                    }
-                    Ok(conn) => {
-                        Counters::bump(&counters.conns_accepted);
-                        return Ok(Some(ClassOut(Connection::new(conn, counters))));
-                    }
-                    Err(_) => Counters::bump(&counters.handshakes_failed),
-                }
-            }
+            let conn = accepted.lock().await.recv().await;
+            Ok(conn.map(|conn| {
+                Counters::bump(&counters.conns_accepted);
+                ClassOut(Connection::new(conn, counters))
+            }))
         });
         Ok(crate::bridge::pending(py))
     }
