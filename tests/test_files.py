@@ -464,6 +464,12 @@ def test_unique_destination_never_picks_an_existing_name(tmp_path: Path) -> None
     assert unique_destination(tmp_path, "a.txt") == tmp_path / "a (3).txt"
     (tmp_path / "noext").write_text("x")
     assert unique_destination(tmp_path, "noext") == tmp_path / "noext (2)"
+    # a name at the 255-byte limit with a multibyte extension: the new name fits in 255 bytes
+    long = "x" * 240 + ".ééééééé"
+    assert len(long.encode()) == 255
+    (tmp_path / long).write_text("x")
+    other = unique_destination(tmp_path, long)
+    assert other.name.endswith(" (2).ééééééé") and len(other.name.encode()) <= 255
 
 
 async def test_file_kind_is_reserved(paired: tuple[Node, Node, PairedDevice, PairedDevice]) -> None:

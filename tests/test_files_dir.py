@@ -246,7 +246,9 @@ def test_sanitize_relative_path(raw: str, clean: str) -> None:
 def test_sanitize_entries_refuses_clashes_and_empty_paths() -> None:
     files, dirs = sanitize_entries((OfferEntry("a/b", 1, "0" * 64), OfferEntry("e")))
     assert [f.path for f in files] == ["a/b"] and dirs == ["e"]
-    for bad in ((OfferEntry(".."),), (OfferEntry("x"), OfferEntry("./x"))):
+    for bad in ((OfferEntry(".."),), (OfferEntry("x"), OfferEntry("./x")),
+                # on a case-insensitive file system these would be one file: refused up front
+                (OfferEntry("A.txt", 1, "0" * 64), OfferEntry("a.txt", 1, "1" * 64))):
         with pytest.raises(ValueError):
             sanitize_entries(bad)
 

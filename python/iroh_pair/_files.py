@@ -199,7 +199,7 @@ def unique_destination(directory: Path, name: str) -> Path:
         stem, ext = name, ""
     for i in range(2, 10_000):
         suffix = f" ({i})"
-        base = stem.encode()[: MAX_NAME_BYTES - len(suffix) - (len(ext) + 1 if ext else 0)]
+        base = stem.encode()[: MAX_NAME_BYTES - len(suffix) - (len(ext.encode()) + 1 if ext else 0)]
         n = base.decode(errors="ignore") + suffix + (f".{ext}" if ext else "")
         candidate = directory / n
         if not os.path.lexists(candidate):
@@ -381,24 +381,28 @@ def decode_offer(data: bytes) -> tuple[str, int, str]:
 
 def sanitize_entries(entries: tuple[OfferEntry, ...]) -> tuple[list[OfferEntry], list[str]]:
     """A directory offer's entries with sanitised paths: ``(files, empty directories)``.
-    ValueError when two entries end up at the same path, or one file's path is another's
-    directory (after sanitising)."""
+    ValueError when two entries end up at the same path, also on a file system that ignores
+    case (compared case-folded), or one file's path is another's directory (after
+    sanitising)."""
     files: list[OfferEntry] = []
     dirs: list[str] = []
     taken: set[str] = set()
+    folded: set[str] = set()
     parents: set[str] = set()
     for e in entries:
         path = sanitize_relative_path(e.path)
-        if path in taken:
+        if path in taken or path.casefold() in folded:
             raise ValueError(f"two entries of the directory offer are both {path!r}")
         taken.add(path)
+        folded.add(path.casefold())
         parts = path.split("/")
         parents.update("/".join(parts[:i]) for i in range(1, len(parts)))
         if e.hash is None:
             dirs.append(path)
         else:
             files.append(OfferEntry(path, e.size, e.hash))
-    clash = sorted(p for p in taken if p in parents and p not in dirs)
+    empty = set(dirs)
+    clash = sorted(p for p in taken if p in parents and p not in empty)
     if clash:
         raise ValueError(f"{clash[0]!r} is both a file and a directory in the offer")
     return files, dirs
