@@ -121,6 +121,8 @@ EXPORTS = {
     "DiskFull",
     "VerificationFailed",
     "OfferDeclined",
+    "TooManyTransfers",
+    "TransferStalled",
     "DataDirLocked",
     "KeyFileCorrupt",
     "RegistryError",

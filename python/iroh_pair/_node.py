@@ -41,6 +41,7 @@ from iroh_pair._files import (
     FileOfferHandler,
     FileReceipt,
     FileTransfer,
+    Fetched,
     ProgressCallback,
     FileProgress,
     Offer,
@@ -73,6 +74,8 @@ from iroh_pair.errors import (
     ConnectError,
     DiskFull,
     FileTransferError,
+    TooManyTransfers,
+    TransferStalled,
     VerificationFailed,
     OfferDeclined,
     InvalidCode,
@@ -199,6 +202,16 @@ FILE_RETRY_MAX = 5.0
 #: How many answered file offers a node remembers (per offer id: a retried offer gets the
 #: same answer and nothing is fetched twice).
 FILE_OFFERS_REMEMBERED = 256
+#: The most offers from one paired device a node receives at once (from the offer to the
+#: reply: the handler's decision and the fetch); one more is answered "failed" with the type
+#: ``TooManyTransfers`` (:class:`~iroh_pair.errors.TooManyTransfers` at the sender), nothing
+#: fetched. A retry of an offer being received joins it and does not count again.
+FILE_RECEIVES_PER_DEVICE = 4
+#: The most offers a node receives at once from all devices together.
+FILE_RECEIVES_TOTAL = 16
+#: A fetch that makes no progress for this long (seconds) is cancelled and the offer answered
+#: "failed" with the type ``TransferStalled`` (:meth:`Node.on_file_offer`'s ``stall_timeout``).
+FILE_STALL_TIMEOUT = 60.0
 
 #: A message handler: ``(device, data)`` in; a reply (``bytes``), or ``None`` for none.
 DeviceRef = Union[str, EndpointId, PairedDevice]
@@ -512,6 +525,10 @@ class Node:
         #: file offers being received or answered, per (sender, offer id): a retry of the
         #: same offer joins the running job or gets its answer
         self._file_jobs: dict[tuple[EndpointId, str], asyncio.Future[bytes]] = {}
+        #: every offer being received, per sender (with or without an offer id): the caps
+        #: FILE_RECEIVES_PER_DEVICE and FILE_RECEIVES_TOTAL count these
+        self._file_active: dict[EndpointId, set[asyncio.Future[bytes]]] = {}
+        self._file_stall_timeout = FILE_STALL_TIMEOUT
         #: the answers (stored/declined) of the last offers, per (sender hex, offer id), as
         #: kept in DATA_DIR/file-offers.json: a retry after a restart of this node gets them
         self._file_answers: dict[tuple[str, str], bytes] | None = None
@@ -640,6 +657,9 @@ class Node:
             t.cancel()
         for j in list(self._file_jobs.values()):
             j.cancel()
+        for jobs in list(self._file_active.values()):
+            for j in list(jobs):
+                j.cancel()
         await self.cache.aclose()
         await self.endpoint.close()
         if self._blobs is not None:
@@ -1328,6 +1348,7 @@ class Node:
         handler: FileOfferHandler,
         *,
         progress: Callable[[FileOffer, FileProgress], object] | None = None,
+        stall_timeout: float = FILE_STALL_TIMEOUT,
     ) -> None:
         """Registers the handler of files paired devices offer. It gets a
         :class:`~iroh_pair.FileOffer` (``name`` already sanitised, ``size``, ``hash``,
@@ -1336,15 +1357,23 @@ class Node:
         hash, written under a temporary name and moved to ``directory / name`` only once
         complete; an existing file is never replaced (``name (2).ext`` and so on instead).
         ``progress`` gets ``(offer, FileProgress)`` while it arrives. Without a handler every
-        offer is declined. Example::
+        offer is declined. A fetch that makes no progress for ``stall_timeout`` seconds (the
+        sender's traffic stopped) is cancelled and answered as failed
+        (:class:`~iroh_pair.errors.TransferStalled`). At most
+        :data:`FILE_RECEIVES_PER_DEVICE` offers from one device and
+        :data:`FILE_RECEIVES_TOTAL` in all are received at once; one more is answered as
+        failed (:class:`~iroh_pair.errors.TooManyTransfers`) without fetching. Example::
 
             def offered(offer: FileOffer) -> Path | None:
                 return downloads if offer.size < 1 << 30 else None
 
             node.on_file_offer(offered)
         """
+        if not stall_timeout > 0:
+            raise ValueError("stall_timeout must be positive")
         self._file_handler = handler
         self._file_progress = progress
+        self._file_stall_timeout = float(stall_timeout)
 
     def start_file(
         self,
@@ -1481,8 +1510,9 @@ class Node:
             raise OfferDeclined(f"{dev.name} declined {name!r}: {reason}", reason)
         if status != "stored":
             # the receiver's error class, when it is one the sender can act on
-            cls = {"DiskFull": DiskFull, "VerificationFailed": VerificationFailed}.get(
-                str(reply.get("type")), FileTransferError)
+            cls = {"DiskFull": DiskFull, "VerificationFailed": VerificationFailed,
+                   "TooManyTransfers": TooManyTransfers, "TransferStalled": TransferStalled,
+                   }.get(str(reply.get("type")), FileTransferError)
             raise cls(f"{dev.name} could not receive {name!r}: {reply.get('error', status)}")
         if reply.get("hash") != h or reply.get("size") != size:
             raise FileTransferError(f"{dev.name} stored other content than {name!r} was")
@@ -1550,23 +1580,44 @@ class Node:
         connection the offer came over (the sender is fetched from at its addresses). An offer
         with an id runs once per (sender, id): a retry joins the running job, or gets its
         answer when it ended stored or declined (a failed one runs again); the answers are
-        kept in DATA_DIR/file-offers.json too, for retries after a restart of this node."""
+        kept in DATA_DIR/file-offers.json too, for retries after a restart of this node. A new
+        offer beyond FILE_RECEIVES_PER_DEVICE (from its sender) or FILE_RECEIVES_TOTAL jobs
+        running is answered "failed" (type TooManyTransfers) at once."""
         try:
             offer = parse_offer(data)
         except ValueError as e:
             return encode_reply("failed", error=str(e))
-        if offer.offer_id is None:
-            return await self._receive_offer(dev, offer, conn)
-        key = (dev.endpoint_id, offer.offer_id)
-        job = self._file_jobs.get(key)
+        key = None if offer.offer_id is None else (dev.endpoint_id, offer.offer_id)
+        job = None if key is None else self._file_jobs.get(key)
         if job is None:
-            answered = self._answered_offers().get((str(dev.endpoint_id), offer.offer_id))
-            if answered is not None:  # answered before this node restarted
-                return answered
+            if key is not None:
+                answered = self._answered_offers().get((str(key[0]), key[1]))
+                if answered is not None:  # answered before this node restarted
+                    return answered
+            mine = self._file_active.setdefault(dev.endpoint_id, set())
+            running = sum(len(jobs) for jobs in self._file_active.values())
+            if len(mine) >= FILE_RECEIVES_PER_DEVICE or running >= FILE_RECEIVES_TOTAL:
+                log.warning("file offer from %s refused: %d of its offers and %d in all are "
+                            "being received", dev.name, len(mine), running)
+                return encode_reply(
+                    "failed", type=TooManyTransfers.__name__,
+                    error=f"the receiver takes at most {FILE_RECEIVES_PER_DEVICE} offers from "
+                          f"one device and {FILE_RECEIVES_TOTAL} in all at once: try again later")
             job = asyncio.ensure_future(self._receive_offer(dev, offer, conn))
+            mine.add(job)
+            job.add_done_callback(lambda j: self._file_active_done(dev.endpoint_id, j))
+            if key is None:  # nobody can join it: it ends with its request
+                return await job
             self._file_jobs[key] = job
             job.add_done_callback(lambda j: self._file_job_done(key, j))
         return await asyncio.shield(job)
+
+    def _file_active_done(self, peer: EndpointId, job: asyncio.Future[bytes]) -> None:
+        jobs = self._file_active.get(peer)
+        if jobs is not None:
+            jobs.discard(job)
+            if not jobs:
+                del self._file_active[peer]
 
     def _file_job_done(self, key: tuple[EndpointId, str], job: asyncio.Future[bytes]) -> None:
         failed = job.cancelled() or job.exception() is not None
@@ -1638,9 +1689,9 @@ class Node:
         if o.entries is None:
             dest = unique_destination(directory, offer.name)
             try:
-                fetched = await blobs.fetch(
-                    self.endpoint, target, o.hash, dest,
-                    size=o.size, progress=None if cb is None else (lambda p: cb(offer, p)),
+                fetched = await self._fetch(
+                    blobs, target, o.hash, dest, o.size,
+                    None if cb is None else (lambda p: cb(offer, p)),
                 )
             except IrohPairError as e:
                 log.warning("file %r from %s failed: %s", offer.name, dev.name, e)
@@ -1695,8 +1746,7 @@ class Node:
                         cb(offer, FileProgress(now, offer.size,
                                                now / max(time.monotonic() - started, 1e-9)))
 
-                fetched = await blobs.fetch(self.endpoint, target, e.hash, dest, size=e.size,
-                                            progress=progress)
+                fetched = await self._fetch(blobs, target, e.hash, dest, e.size, progress)
                 if fetched.hash != e.hash or fetched.size != e.size:
                     raise FileTransferError(
                         f"{e.path}: received {fetched.size} bytes, {e.size} offered")
@@ -1716,6 +1766,50 @@ class Node:
                 with contextlib.suppress(OSError):
                     final.rmdir()  # the empty reservation, never a tree
             raise
+
+    async def _fetch(
+        self,
+        blobs: BlobStore,
+        target: EndpointAddr | EndpointId,
+        hash: str,
+        dest: Path,
+        size: int,
+        progress: Callable[[FileProgress], object] | None,
+    ) -> Fetched:
+        """``blobs.fetch``, cancelled when it makes no progress for the stall timeout (from its
+        start, or from the last byte that arrived): then TransferStalled. Once every byte
+        arrived the rest (writing the verified file out) is local work and is not timed."""
+        loop = asyncio.get_running_loop()
+        stall = self._file_stall_timeout
+        last = loop.time()
+        seen = -1
+
+        def on_progress(p: FileProgress) -> None:
+            nonlocal last, seen
+            if p.done != seen:
+                seen, last = p.done, loop.time()
+            if progress is not None:
+                progress(p)
+
+        task = asyncio.ensure_future(
+            blobs.fetch(self.endpoint, target, hash, dest, size=size, progress=on_progress))
+        try:
+            while not task.done():
+                left: float | None = last + stall - loop.time()
+                if seen >= size:  # all arrived: no more network waits
+                    left = None
+                elif left is not None and left <= 0:
+                    task.cancel()
+                    with contextlib.suppress(BaseException):
+                        await task
+                    raise TransferStalled(
+                        f"the fetch of {dest.name!r} made no progress for {stall:g} s "
+                        f"({max(seen, 0)} of {size} bytes): cancelled")
+                await asyncio.wait({task}, timeout=left)
+            return task.result()
+        finally:
+            if not task.done():
+                task.cancel()
 
     def _fetch_target(
         self, dev: PairedDevice, conn: Connection | None

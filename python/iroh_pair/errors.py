@@ -119,6 +119,8 @@ __all__ = [
     "DiskFull",
     "VerificationFailed",
     "OfferDeclined",
+    "TooManyTransfers",
+    "TransferStalled",
     # storage
     "DataDirLocked",
     "KeyFileCorrupt",
@@ -324,6 +326,30 @@ class FileChanged(FileTransferError):
     def __init__(self, message: str, path: str = "") -> None:
         super().__init__(message)
         self.path = path
+
+
+class TooManyTransfers(FileTransferError):
+    """The receiving device is already receiving as many offers as it takes at once (from this
+    device, or from all devices together): this offer was answered without fetching anything.
+    Send it again once an earlier transfer has ended::
+
+        try:
+            await node.send_file(dev, "clip.mp4")
+        except TooManyTransfers:
+            await asyncio.sleep(5)   # and try again
+    """
+
+
+class TransferStalled(FileTransferError):
+    """A fetch made no progress for the receiver's stall timeout (the sender's traffic stopped
+    while the connection stayed open): it was cancelled, nothing is left at the destination
+    name, and what was verified so far stays in the blob store for a later attempt::
+
+        try:
+            await node.send_file(dev, "video.mp4")
+        except TransferStalled:
+            print("the transfer stopped moving; try again")
+    """
 
 
 # -- bad input -----------------------------------------------------------------------------------

@@ -1,0 +1,191 @@
+"""Hardening of file transfer (issue #34, review findings): strangers cost little, nothing
+waits without a timeout, bad input gets a typed error and nothing is lost. Real nodes on
+loopback; a misbehaving sender is played by a test endpoint in the middle (as in
+tests/test_files_faults.py) or by raw offers (as in tests/test_files_protocol.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from helpers import open_local_node, show
+from test_files import inbox, paired, write_random  # noqa: F401  (the fixture)
+
+from iroh_pair import FileOffer, Node, TooManyTransfers, _native
+from iroh_pair import _node as node_module
+from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
+from iroh_pair.store import PairedDevice
+from iroh_pair.transport import Endpoint, EndpointAddr, EndpointId, NetworkOptions
+
+MiB = 1 << 20
+Paired = tuple[Node, Node, PairedDevice, PairedDevice]
+
+
+def temporaries(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".iroh-pair-"))
+
+
+async def raw_offer(sender: Node, to: PairedDevice, name: str, size: int, h: str,
+                    timeout: float = 60) -> dict[str, object]:
+    """A single-file offer with a fresh offer id, as send_file sends it: the reply."""
+    payload = encode_offer(name, size, h, offer_id=secrets.token_hex(16))
+    return decode_reply(await sender.request(to, payload, kind=FILE_KIND, timeout=timeout))
+
+
+@pytest.fixture
+async def three(tmp_path: Path) -> AsyncIterator[tuple[Node, Node, Node, PairedDevice,
+                                                        PairedDevice]]:
+    """(receiver, sender a, sender b, the receiver as a sees it, as b sees it)."""
+    receiver = await open_local_node(tmp_path / "receiver", "receiver")
+    a = await open_local_node(tmp_path / "a", "a")
+    b = await open_local_node(tmp_path / "b", "b")
+    try:
+        devs = []
+        for sender in (a, b):
+            hosted = await receiver.host_pairing()
+            devs.append(await sender.join(hosted.code))
+            await hosted.wait(10)
+        yield receiver, a, b, devs[0], devs[1]
+    finally:
+        for n in (b, a, receiver):
+            await n.close()
+
+
+# -- 1. receive jobs are bounded, and so is a stalled fetch -------------------------------------
+
+
+async def test_offers_beyond_the_caps_are_refused_with_too_many_transfers(
+    three: tuple[Node, Node, Node, PairedDevice, PairedDevice], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The receiver's handler holds every offer (a user who has not answered yet). Sender a's
+    first FILE_RECEIVES_PER_DEVICE (4) offers are taken; its fifth is answered at once "failed",
+    type TooManyTransfers (send_file raises TooManyTransfers), and the handler never sees it.
+    Sender b is not held up by a's four; with the total cap at 5, b's second offer is refused
+    too. Once the held offers end, a is served again. (The old receiver took every offer: the
+    fifth waited in the handler like the others, and the test timed out waiting for a reply.)"""
+    receiver, a, b, to_r_a, to_r_b = three
+    release = asyncio.Event()
+    seen: list[str] = []
+
+    async def hold(offer: FileOffer) -> Path | None:
+        seen.append(offer.sender.name)
+        await release.wait()
+        return None  # declined
+
+    receiver.on_file_offer(hold)
+    h = "cd" * 32
+    held = [asyncio.ensure_future(raw_offer(a, to_r_a, f"f{i}", 10, h)) for i in range(4)]
+    async with asyncio.timeout(20):
+        while len(seen) < 4:
+            await asyncio.sleep(0.02)
+    t0 = time.monotonic()
+    reply = await raw_offer(a, to_r_a, "fifth", 10, h, timeout=10)
+    assert (reply["status"], reply.get("type")) == ("failed", "TooManyTransfers"), reply
+    assert time.monotonic() - t0 < 5
+    src = write_random(tmp_path / "x.bin", 1000)
+    with pytest.raises(TooManyTransfers):
+        await a.send_file(to_r_a, src, timeout=10)
+    assert seen == ["a"] * 4  # the refused ones never reached the handler
+    # another device still gets in (its own cap), until the total cap
+    monkeypatch.setattr(node_module, "FILE_RECEIVES_TOTAL", 5)
+    from_b = asyncio.ensure_future(raw_offer(b, to_r_b, "b1", 10, h))
+    async with asyncio.timeout(20):
+        while len(seen) < 5:
+            await asyncio.sleep(0.02)
+    assert seen[-1] == "b"
+    reply = await raw_offer(b, to_r_b, "b2", 10, h, timeout=10)
+    assert (reply["status"], reply.get("type")) == ("failed", "TooManyTransfers"), reply
+    show("files", "offers beyond the caps", reply=reply)
+    release.set()
+    for r in await asyncio.gather(*held, from_b):
+        assert r["status"] == "declined", r
+    # the jobs ended: the caps are free again
+    assert receiver._file_active == {}
+    reply = await raw_offer(a, to_r_a, "again", 10, h, timeout=10)
+    assert reply["status"] == "declined", reply
+
+
+class StallingRelay:
+    """An endpoint on the blobs ALPN between the receiver and the sender: it passes the
+    receiver's request on to the sender and the response back, up to ``limit`` bytes, then
+    stops forwarding and holds the stream and the connection open (QUIC keep-alives go on, so
+    nothing times out on its own)."""
+
+    def __init__(self, relay: Endpoint, upstream: EndpointAddr, limit: int) -> None:
+        self.relay, self.upstream, self.limit = relay, upstream, limit
+        self.forwarded = 0
+        self.stalled = asyncio.Event()
+        self.task = asyncio.ensure_future(self._serve())
+
+    async def _serve(self) -> None:
+        alpn = bytes(_native.BlobStore.ALPN)
+        conn = await self.relay.accept()
+        assert conn is not None
+        send, recv = await conn.accept_bi()
+        request = await recv.read_to_end(1 << 20)
+        up = await self.relay.connect(self.upstream, alpn)
+        up_send, up_recv = await up.open_bi()
+        await up_send.write_all(request)
+        up_send.finish()
+        while self.forwarded < self.limit:
+            data = await up_recv.read(min(65536, self.limit - self.forwarded))
+            if not data:
+                break
+            await send.write_all(data)
+            self.forwarded += len(data)
+        self.stalled.set()
+        await asyncio.Event().wait()  # until cancelled
+
+    async def close(self) -> None:
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task
+
+
+async def test_a_fetch_whose_sender_stops_sending_fails_with_transfer_stalled(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """The receiver fetches an 8 MiB blob through a relay that forwards 1 MiB of the response
+    and then nothing, keeping the connection open. With ``stall_timeout=1.5`` the fetch is
+    cancelled: the reply is "failed", type TransferStalled, within a few seconds of the stall;
+    nothing at the destination name, no temporary, the blob not complete in the store. (The
+    old receiver waited as long as the connection lived: no reply within the test's 20 s.)"""
+    host, joiner, host_dev, _ = paired
+    size = 8 * MiB
+    src = write_random(tmp_path / "s.bin", size)
+    jb = await joiner.blob_store()
+    h, _ = await jb.add_path(src)
+    box = inbox(tmp_path)
+    host.on_file_offer(lambda offer: box, stall_timeout=1.5)
+    async with await Endpoint.bind(NetworkOptions.loopback(),
+                                   alpns=[bytes(_native.BlobStore.ALPN)]) as relay_ep:
+        jb.grant(relay_ep.id, h)
+        relay = StallingRelay(relay_ep, joiner.endpoint.addr(), 1 * MiB)
+
+        def via_relay(dev: PairedDevice, conn: object) -> EndpointAddr | EndpointId:
+            return relay_ep.addr()
+
+        host._fetch_target = via_relay  # type: ignore[method-assign]
+        try:
+            offering = asyncio.ensure_future(raw_offer(joiner, host_dev, "s.bin", size, h))
+            await asyncio.wait_for(relay.stalled.wait(), 20)
+            stalled_at = time.monotonic()
+            reply = await asyncio.wait_for(offering, 20)
+            waited = time.monotonic() - stalled_at
+        finally:
+            await relay.close()
+            jb.ungrant(relay_ep.id, h)
+    show("files", "sender stopped sending", reply=reply, forwarded=relay.forwarded,
+         seconds_after_stall=round(waited, 2))
+    assert (reply["status"], reply.get("type")) == ("failed", "TransferStalled"), reply
+    assert "no progress" in str(reply["error"])
+    assert 1.0 <= waited < 8
+    assert list(box.iterdir()) == []
+    assert not await (await host.blob_store()).has(h)
