@@ -123,6 +123,7 @@ EXPORTS = {
     "OfferDeclined",
     "TooManyTransfers",
     "TransferStalled",
+    "DestinationChanged",
     "DataDirLocked",
     "KeyFileCorrupt",
     "RegistryError",

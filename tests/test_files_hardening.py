@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -17,7 +18,7 @@ import pytest
 from helpers import open_local_node, show
 from test_files import inbox, paired, write_random  # noqa: F401  (the fixture)
 
-from iroh_pair import FileOffer, Node, TooManyTransfers, _native
+from iroh_pair import DestinationChanged, FileOffer, Node, TooManyTransfers, _native
 from iroh_pair import _node as node_module
 from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
 from iroh_pair.store import PairedDevice
@@ -189,3 +190,82 @@ async def test_a_fetch_whose_sender_stops_sending_fails_with_transfer_stalled(
     assert 1.0 <= waited < 8
     assert list(box.iterdir()) == []
     assert not await (await host.blob_store()).has(h)
+
+
+# -- 2. the receiver's temporary tree cannot be swapped for a link ------------------------------
+
+
+async def test_a_temporary_tree_swapped_for_a_symlink_sends_nothing_through_it(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """A directory of three 3 MiB files (one in a subdirectory). While the first file arrives,
+    someone with write access to the destination directory moves the receiver's
+    ``.iroh-pair-X.partial`` away and puts a symbolic link to another directory in its place.
+    The receiver fails the offer with DestinationChanged (the sender's send_file raises it);
+    nothing lands in the link's target, the moved tree is emptied, no directory appears under
+    the offer's name. (The old receiver wrote every file through the link: the target held
+    a.bin, b.bin and sub/c.bin.)"""
+    host, joiner, host_dev, _ = paired
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    for rel in ("a.bin", "b.bin", "sub/c.bin"):
+        write_random(src / rel, 3 * MiB)
+    box = inbox(tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    moved = tmp_path / "moved"
+    swapped: list[str] = []
+
+    def swap(offer: FileOffer, p: object) -> None:
+        if swapped:
+            return
+        [tmp] = [q for q in box.iterdir() if q.name.startswith(".iroh-pair-")]
+        os.rename(tmp, moved)
+        os.symlink(target, tmp)
+        swapped.append(tmp.name)
+
+    host.on_file_offer(lambda offer: box, progress=swap)
+    with pytest.raises(DestinationChanged) as e:
+        await joiner.send_file(host_dev, src, timeout=60)
+    show("files", "temporary tree swapped for a link", error=str(e.value)[:200])
+    assert swapped
+    assert sorted(p.name for p in target.rglob("*")) == []  # nothing through the link
+    assert sorted(p.name for p in moved.rglob("*")) == []  # our tree, emptied where it went
+    assert [p.name for p in box.iterdir()] == swapped  # only the link someone else put there
+    assert (box / swapped[0]).is_symlink()
+
+
+async def test_a_subdirectory_swapped_for_a_symlink_is_refused(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """The same with a directory inside the temporary tree (possible for its owner: the tree
+    is 0700): ``sub`` is replaced by a link while ``sub/a.bin`` arrives, before ``sub/c.bin``.
+    DestinationChanged, nothing in the link's target (sub/a.bin, being written at the time,
+    went to the real ``sub`` through its descriptor), the tree removed. (The old receiver
+    wrote sub/a.bin and sub/c.bin into the link's target.)"""
+    host, joiner, host_dev, _ = paired
+    src = tmp_path / "photos"
+    (src / "sub").mkdir(parents=True)
+    write_random(src / "sub" / "a.bin", 3 * MiB)
+    write_random(src / "sub" / "c.bin", 3 * MiB)
+    box = inbox(tmp_path)
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    moved = tmp_path / "moved-sub"
+    swapped: list[Path] = []
+
+    def swap(offer: FileOffer, p: object) -> None:
+        if swapped:
+            return
+        [tmp] = [q for q in box.iterdir() if q.name.startswith(".iroh-pair-")]
+        sub = tmp / "sub"
+        os.rename(sub, moved)
+        os.symlink(target, sub)
+        swapped.append(sub)
+
+    host.on_file_offer(lambda offer: box, progress=swap)
+    with pytest.raises(DestinationChanged):
+        await joiner.send_file(host_dev, src, timeout=60)
+    assert swapped
+    assert sorted(p.name for p in target.rglob("*")) == []
+    assert list(box.iterdir()) == []  # the temporary tree removed (the link with it)

@@ -24,7 +24,6 @@ import logging
 import os
 import random
 import secrets
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +57,7 @@ from iroh_pair._files import (
 )
 from iroh_pair._dispatch import reject as _reject
 from iroh_pair._hosting import Hosted
+from iroh_pair._receiving import TempTree
 from iroh_pair._peer import Links
 from iroh_pair._pairing import (
     HOST_FIRST_FRAME_TIMEOUT,
@@ -72,6 +72,7 @@ from iroh_pair.config import load_options
 from iroh_pair.errors import (
     AmbiguousNameplate,
     ConnectError,
+    DestinationChanged,
     DiskFull,
     FileTransferError,
     TooManyTransfers,
@@ -1512,7 +1513,7 @@ class Node:
             # the receiver's error class, when it is one the sender can act on
             cls = {"DiskFull": DiskFull, "VerificationFailed": VerificationFailed,
                    "TooManyTransfers": TooManyTransfers, "TransferStalled": TransferStalled,
-                   }.get(str(reply.get("type")), FileTransferError)
+                   "DestinationChanged": DestinationChanged}.get(str(reply.get("type")), FileTransferError)
             raise cls(f"{dev.name} could not receive {name!r}: {reply.get('error', status)}")
         if reply.get("hash") != h or reply.get("size") != size:
             raise FileTransferError(f"{dev.name} stored other content than {name!r} was")
@@ -1726,18 +1727,19 @@ class Node:
         the temporary tree is removed and nothing appears under the offer's name."""
         blobs = await self.blob_store()
         cb = self._file_progress
-        tmp = directory / f".iroh-pair-{secrets.token_hex(8)}.partial"
-        tmp.mkdir()
+        # made 0700, held open, re-checked (lstat) before each fetch and the rename: a swap of
+        # it or a directory in it for a link stops the transfer, and nothing lands elsewhere
+        tree = TempTree.create(directory)
         final: Path | None = None
         try:
             for d in empty:
-                (tmp / d).mkdir(parents=True, exist_ok=True)
+                tree.makedirs(d)
             started = time.monotonic()
             done = read = 0
             for e in files:
                 assert e.hash is not None
-                dest = tmp / e.path
-                dest.parent.mkdir(parents=True, exist_ok=True)
+                parent, _, leaf = e.path.rpartition("/")
+                parent_fd = tree.open_dir(parent)
                 base = done
 
                 def progress(p: FileProgress, base: int = base) -> None:
@@ -1746,7 +1748,12 @@ class Node:
                         cb(offer, FileProgress(now, offer.size,
                                                now / max(time.monotonic() - started, 1e-9)))
 
-                fetched = await self._fetch(blobs, target, e.hash, dest, e.size, progress)
+                try:
+                    tree.check(parent)
+                    fetched = await self._fetch(blobs, target, e.hash,
+                                                tree.path(parent_fd, leaf), e.size, progress)
+                finally:
+                    tree.close_dir(parent_fd)
                 if fetched.hash != e.hash or fetched.size != e.size:
                     raise FileTransferError(
                         f"{e.path}: received {fetched.size} bytes, {e.size} offered")
@@ -1758,14 +1765,16 @@ class Node:
                 with contextlib.suppress(FileExistsError):
                     candidate.mkdir()
                     final = candidate
-            os.rename(tmp, final)
+            tree.finish(final)
             return final.name, read
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if final is not None:
+            tree.remove()
+            if final is not None and tree.root != final:
                 with contextlib.suppress(OSError):
                     final.rmdir()  # the empty reservation, never a tree
             raise
+        finally:
+            tree.close()
 
     async def _fetch(
         self,

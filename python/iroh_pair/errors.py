@@ -121,6 +121,7 @@ __all__ = [
     "OfferDeclined",
     "TooManyTransfers",
     "TransferStalled",
+    "DestinationChanged",
     # storage
     "DataDirLocked",
     "KeyFileCorrupt",
@@ -350,6 +351,13 @@ class TransferStalled(FileTransferError):
         except TransferStalled:
             print("the transfer stopped moving; try again")
     """
+
+
+class DestinationChanged(FileTransferError):
+    """The receiver's temporary directory for a directory offer (or a directory in it) was
+    replaced while the tree was being received (by a symbolic link or another entry): the
+    receiver stopped, removed what it had written and wrote nothing through the replacement
+    (raised at the sender too, from the receiver's reply)."""
 
 
 # -- bad input -----------------------------------------------------------------------------------
