@@ -13,12 +13,13 @@ import secrets
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import open_local_node, show
 from test_files import inbox, paired, write_random  # noqa: F401  (the fixture)
 
-from iroh_pair import DestinationChanged, FileOffer, Node, TooManyTransfers, _native
+from iroh_pair import DestinationChanged, FileChanged, FileOffer, Node, TooManyTransfers, _native
 from iroh_pair import _node as node_module
 from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
 from iroh_pair.store import PairedDevice
@@ -269,3 +270,50 @@ async def test_a_subdirectory_swapped_for_a_symlink_is_refused(
     assert swapped
     assert sorted(p.name for p in target.rglob("*")) == []
     assert list(box.iterdir()) == []  # the temporary tree removed (the link with it)
+
+
+# -- 3. the sender does not follow a file swapped for a link after the walk ---------------------
+
+
+async def test_a_file_swapped_for_a_symlink_after_the_walk_is_not_sent(
+    paired: Paired, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The directory's walk sees ``a.txt`` as a regular file; right after it (before the
+    import, which opens by path) ``a.txt`` is replaced by a symbolic link to a secret file
+    outside the directory. The import is real; the lstat after it sees the link: send_file
+    raises FileChanged (``path`` the file), the receiver is never offered anything and the
+    secret is not in its inbox, and no grant is left. (The old sender imported the secret
+    through the link and offered it as a.txt: the receiver stored the secret.)"""
+    host, joiner, host_dev, _ = paired
+    src = tmp_path / "docs"
+    src.mkdir()
+    (src / "a.txt").write_bytes(b"harmless\n")
+    (src / "b.txt").write_bytes(b"also harmless\n")
+    secret = tmp_path / "secret.key"
+    secret.write_bytes(b"TOP SECRET " * 100)
+    box = inbox(tmp_path)
+    offers: list[FileOffer] = []
+
+    def take(offer: FileOffer) -> Path:
+        offers.append(offer)
+        return box
+
+    host.on_file_offer(take)
+    for fn in ("walk_tree", "walk_tree_stat"):  # whichever the sender walks with
+        if hasattr(node_module, fn):
+            real = getattr(node_module, fn)
+
+            def walk_then_swap(root: Path, real: Any = real) -> Any:
+                listed = real(root)
+                os.unlink(src / "a.txt")
+                os.symlink(secret, src / "a.txt")
+                return listed
+
+            monkeypatch.setattr(node_module, fn, walk_then_swap)
+    with pytest.raises(FileChanged) as e:
+        await joiner.send_file(host_dev, src, timeout=30)
+    show("files", "file swapped for a link after the walk", error=str(e.value)[:200])
+    assert e.value.path == str(src / "a.txt")
+    assert offers == []
+    assert [p.read_bytes() for p in box.rglob("*") if p.is_file()] == []
+    assert (await joiner.blob_store()).offered(host.id) == []

@@ -57,6 +57,8 @@ __all__ = [
     "sanitize_relative_path",
     "unique_destination",
     "walk_tree",
+    "walk_tree_stat",
+    "same_file",
     "encode_offer",
     "encode_dir_offer",
     "decode_offer",
@@ -261,7 +263,17 @@ def walk_tree(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
 
         files, empty = walk_tree(Path("photos"))   # [("2024/a.jpg", Path(...)), ...], ["tmp"]
     """
-    files: list[tuple[str, Path]] = []
+    files, empty = walk_tree_stat(root)
+    return [(rel, p) for rel, p, _ in files], empty
+
+
+def walk_tree_stat(root: Path) -> tuple[list[tuple[str, Path, os.stat_result]], list[str]]:
+    """:func:`walk_tree` with each file's ``lstat`` as the walk saw it (a regular file), for
+    :func:`same_file` after the import::
+
+        files, empty = walk_tree_stat(Path("photos"))   # [("a.jpg", Path(...), stat), ...]
+    """
+    files: list[tuple[str, Path, os.stat_result]] = []
     empty: list[str] = []
 
     def rel(p: str) -> str:
@@ -272,8 +284,9 @@ def walk_tree(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
         kept = 0
         for f in sorted(filenames):
             p = os.path.join(dirpath, f)
-            if stat.S_ISREG(os.lstat(p).st_mode):
-                files.append((rel(p), Path(p)))
+            st = os.lstat(p)
+            if stat.S_ISREG(st.st_mode):
+                files.append((rel(p), Path(p), st))
                 kept += 1
         if not kept and not dirnames and os.path.abspath(dirpath) != os.path.abspath(root):
             empty.append(rel(dirpath))
@@ -281,6 +294,30 @@ def walk_tree(root: Path) -> tuple[list[tuple[str, Path]], list[str]]:
             raise OfferTooLarge(
                 f"{root} has more than {MAX_DIR_ENTRIES} entries, the most one offer lists")
     return files, empty
+
+
+def same_file(path: Path, walked: os.stat_result, imported_size: int) -> None:
+    """Raises :class:`~iroh_pair.errors.FileChanged` unless ``path`` is still, by ``lstat``
+    (links not followed), the regular file ``walked`` was (device, inode, size, modification
+    time) and ``imported_size`` is its size: an import opens by path and follows links, so a
+    file swapped for a link (to a secret, say) between the walk and the import is caught here
+    and nothing is offered::
+
+        same_file(p, st, n)   # after: h, n = await blobs.import_file(p)
+    """
+    try:
+        now = os.lstat(path)
+    except OSError as e:
+        raise FileChanged(f"{path} is gone since it was listed for sending: {e}",
+                          str(path)) from None
+
+    def sig(st: os.stat_result) -> tuple[int, int, int, int]:
+        return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+    if not stat.S_ISREG(now.st_mode) or sig(now) != sig(walked) or imported_size != walked.st_size:
+        what = "a symbolic link" if stat.S_ISLNK(now.st_mode) else "changed"
+        raise FileChanged(f"{path} is {what} since it was listed for sending: nothing offered",
+                          str(path))
 
 
 def encode_offer(name: str, size: int, hash: str, *, offer_id: str | None = None) -> bytes:

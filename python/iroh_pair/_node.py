@@ -52,8 +52,9 @@ from iroh_pair._files import (
     parse_offer,
     sanitize_entries,
     sanitize_file_name,
+    same_file,
     unique_destination,
-    walk_tree,
+    walk_tree_stat,
 )
 from iroh_pair._dispatch import reject as _reject
 from iroh_pair._hosting import Hosted
@@ -1463,12 +1464,13 @@ class Node:
         contents: dict[str, int] = {}  # hash -> size (a directory may hold one content twice)
         if src.is_dir():
             name = src.resolve().name or "directory"
-            files, empty = await asyncio.to_thread(walk_tree, src)
-            placeholder = [OfferEntry(rel, 0, "0" * 64) for rel, _ in files]
+            files, empty = await asyncio.to_thread(walk_tree_stat, src)
+            placeholder = [OfferEntry(rel, 0, "0" * 64) for rel, _, _ in files]
             encode_dir_offer(name, placeholder + [OfferEntry(d) for d in empty])  # limits first
             entries: list[OfferEntry] = []
-            for rel, p in files:
+            for rel, p, walked in files:
                 h, n = await blobs.import_file(p)
+                same_file(p, walked, n)  # not swapped for a link since the walk (lstat)
                 entries.append(OfferEntry(rel, n, h))
                 contents[h] = n
             entries += [OfferEntry(d) for d in empty]
