@@ -19,7 +19,7 @@ import pytest
 from helpers import open_local_node, show
 from test_files import inbox, paired, write_random  # noqa: F401  (the fixture)
 
-from iroh_pair import DestinationChanged, FileChanged, FileOffer, Node, TooManyTransfers, _native
+from iroh_pair import DestinationChanged, FileChanged, FileOffer, Node, TooManyTransfers, TransferRefused, _native
 from iroh_pair import _node as node_module
 from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
 from iroh_pair.store import PairedDevice
@@ -317,3 +317,78 @@ async def test_a_file_swapped_for_a_symlink_after_the_walk_is_not_sent(
     assert offers == []
     assert [p.read_bytes() for p in box.rglob("*") if p.is_file()] == []
     assert (await joiner.blob_store()).offered(host.id) == []
+
+
+# -- 6. unpairing withdraws the device's offers and stops what it was sending -------------------
+
+
+async def test_unpairing_withdraws_every_offer_to_the_device(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """A send_file to the host is under way (the host's handler has not answered, so the grant
+    lives). The sender unpairs the host: a fetch of the offered hash by the host's endpoint is
+    refused (TransferRefused, the provider's refusal counted) and nothing is written. (With the
+    old sender the grant outlived the unpairing, as long as send_file kept retrying the
+    offer: the fetch got the whole file.)"""
+    host, joiner, host_dev, joiner_dev = paired
+    src = write_random(tmp_path / "f.bin", 256 * 1024)
+    asked = asyncio.Event()
+
+    async def never(offer: FileOffer) -> Path | None:
+        asked.set()
+        await asyncio.Event().wait()
+        return None
+
+    host.on_file_offer(never)
+    jb = await joiner.blob_store()
+    sending = joiner.start_file(host_dev, src, timeout=60)
+    try:
+        await asyncio.wait_for(asked.wait(), 20)
+        [h] = jb.offered(host.id)
+        refused0 = jb.stats()
+        await joiner.unpair(host_dev)
+        assert jb.offered(host.id) == []
+        hb = await host.blob_store()
+        dest = tmp_path / "got.bin"
+        with pytest.raises(TransferRefused):
+            await hb.fetch(host.endpoint, joiner.endpoint.addr(), h, dest, size=256 * 1024)
+        after = jb.stats()
+        assert (after["connections_refused"] + after["requests_refused"]
+                > refused0["connections_refused"] + refused0["requests_refused"])
+        assert not dest.exists()
+    finally:
+        sending.cancel()
+        with contextlib.suppress(BaseException):
+            await sending
+
+
+async def test_unpairing_cancels_the_offers_being_received_from_the_device(
+    paired: Paired, tmp_path: Path
+) -> None:
+    """The host is receiving an offer from the joiner (its handler still deciding) and unpairs
+    the joiner: the receive job is cancelled (the handler sees CancelledError) and no job of
+    the joiner's is left. (The old receiver kept the job running after the unpairing.)"""
+    host, joiner, host_dev, joiner_dev = paired
+    asked = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def deciding(offer: FileOffer) -> Path | None:
+        asked.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return None
+
+    host.on_file_offer(deciding)
+    offering = asyncio.ensure_future(raw_offer(joiner, host_dev, "x.bin", 10, "ef" * 32))
+    try:
+        await asyncio.wait_for(asked.wait(), 20)
+        await host.unpair(joiner_dev)
+        await asyncio.wait_for(cancelled.wait(), 5)
+        assert host._file_active == {} and host._file_jobs == {}
+    finally:
+        offering.cancel()
+        with contextlib.suppress(BaseException):
+            await offering

@@ -521,12 +521,23 @@ class BlobStore:
     def ungrant(self, peer: EndpointId, hash: str) -> None:
         """Ends one grant; the offer is withdrawn when none is left."""
         key = (peer, hash)
-        left = self._grants.get(key, 0) - 1
+        if key not in self._grants:  # withdrawn meanwhile
+            return
+        left = self._grants[key] - 1
         if left > 0:
             self._grants[key] = left
             return
-        self._grants.pop(key, None)
+        del self._grants[key]
         self._n.revoke(peer, hash)
+
+    def withdraw(self, peer: EndpointId) -> list[str]:
+        """Ends every offer to ``peer`` at once, however many grants each has (the device was
+        unpaired): the hashes withdrawn. Later :meth:`ungrant` calls for them do nothing."""
+        hashes = set(self._n.offered(peer)) | {h for (p, h) in self._grants if p == peer}
+        for h in hashes:
+            self._grants.pop((peer, h), None)
+            self._n.revoke(peer, h)
+        return sorted(hashes)
 
     def sent(self, peer: EndpointId, hash: str) -> int:
         """Bytes of ``hash`` sent to ``peer`` under its current offer (as the provider reports)."""

@@ -705,10 +705,16 @@ class Node:
         return self.registry.find(ref)
 
     async def unpair(self, ref: DeviceRef) -> PairedDevice:
-        """Forgets a device and closes its connection."""
+        """Forgets a device and closes its connection; withdraws every file offered to it (its
+        blob requests are refused from now on) and cancels the offers being received from
+        it."""
         dev = self.device(ref)
         self.registry.remove(dev.endpoint_id)
         self._devices.pop(dev.endpoint_id, None)
+        if self._blobs is not None:
+            self._blobs.withdraw(dev.endpoint_id)
+        for job in list(self._file_active.get(dev.endpoint_id, ())):
+            job.cancel()
         self._deliveries.forget(dev.endpoint_id)  # the registry forgot its ids with it
         conn = self.cache.peek(dev.endpoint_id, ALPN)
         if conn is not None:
