@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import time
@@ -392,3 +393,47 @@ async def test_unpairing_cancels_the_offers_being_received_from_the_device(
         offering.cancel()
         with contextlib.suppress(BaseException):
             await offering
+
+
+# -- 4. one device's offers do not push out another's remembered answers ------------------------
+
+
+async def test_one_devices_many_offers_do_not_evict_anothers_answer(
+    three: tuple[Node, Node, Node, PairedDevice, PairedDevice],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With room for 5 answers in all and 3 per device: sender a's one offer is answered
+    (declined) and remembered; sender b then sends 8 offers. a's retry of its offer (same offer
+    id) is still answered from memory (the handler is not asked again), file-offers.json holds
+    a's answer and only b's 3 newest, and no temporary file is left beside it. (The old
+    receiver kept the last 5 answers whoever sent them: b's offers pushed a's out, and a's
+    retry ran the handler again.)"""
+    receiver, a, b, to_r_a, to_r_b = three
+    monkeypatch.setattr(node_module, "FILE_OFFERS_REMEMBERED", 5)
+    monkeypatch.setattr(node_module, "FILE_OFFERS_PER_DEVICE", 3, raising=False)
+    asked: list[str] = []
+
+    def decline(offer: FileOffer) -> None:
+        asked.append(f"{offer.sender.name}:{offer.name}")
+        return None
+
+    receiver.on_file_offer(decline)
+    h = "ab" * 32
+    a_offer = encode_offer("a.bin", 10, h, offer_id=secrets.token_hex(16))
+
+    async def ask(sender: Node, to: PairedDevice, payload: bytes) -> dict[str, object]:
+        return decode_reply(await sender.request(to, payload, kind=FILE_KIND, timeout=20))
+
+    assert (await ask(a, to_r_a, a_offer))["status"] == "declined"
+    b_ids = [secrets.token_hex(16) for _ in range(8)]
+    for i, oid in enumerate(b_ids):
+        assert (await ask(b, to_r_b, encode_offer(f"b{i}", 10, h, offer_id=oid)))[
+            "status"] == "declined"
+    assert len(asked) == 9
+    assert (await ask(a, to_r_a, a_offer))["status"] == "declined"
+    assert len(asked) == 9, asked  # answered from memory
+    stored = json.loads((receiver.data_dir / "file-offers.json").read_text())
+    by = {(p, i) for p, i, _ in stored}
+    assert (str(a.id), json.loads(a_offer)["id"]) in by
+    assert {i for p, i in by if p == str(b.id)} == set(b_ids[-3:])
+    assert [p.name for p in receiver.data_dir.iterdir() if p.name.endswith(".tmp")] == []

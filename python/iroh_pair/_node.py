@@ -204,6 +204,9 @@ FILE_RETRY_MAX = 5.0
 #: How many answered file offers a node remembers (per offer id: a retried offer gets the
 #: same answer and nothing is fetched twice).
 FILE_OFFERS_REMEMBERED = 256
+#: How many of those answers one sending device can hold (its own oldest go first, so one
+#: device's many offers do not push out another's answers).
+FILE_OFFERS_PER_DEVICE = 64
 #: The most offers from one paired device a node receives at once (from the offer to the
 #: reply: the handler's decision and the fetch); one more is answered "failed" with the type
 #: ``TooManyTransfers`` (:class:`~iroh_pair.errors.TooManyTransfers` at the sender), nothing
@@ -1637,18 +1640,17 @@ class Node:
             if self._file_jobs.get(key) is job:
                 del self._file_jobs[key]
             return
-        ended = [k for k, j in self._file_jobs.items() if j.done()]
-        for k in ended[: max(0, len(ended) - FILE_OFFERS_REMEMBERED)]:
-            del self._file_jobs[k]
+        if self._file_jobs.get(key) is job:  # its answer is kept below
+            del self._file_jobs[key]
         answers = self._answered_offers()
-        answers[(str(key[0]), key[1])] = job.result()
-        for old in list(answers)[: max(0, len(answers) - FILE_OFFERS_REMEMBERED)]:
-            del answers[old]
+        k = (str(key[0]), key[1])
+        answers.pop(k, None)
+        answers[k] = job.result()  # the newest last
+        _trim_answers(answers)
         path = self.data_dir / "file-offers.json"
-        tmp = path.with_name(path.name + ".tmp")
         try:  # before the reply goes out (this callback runs before the handler resumes)
-            tmp.write_text(json.dumps([[p, i, r.decode()] for (p, i), r in answers.items()]))
-            os.replace(tmp, path)
+            _write_durably(path, json.dumps(
+                [[p, i, r.decode()] for (p, i), r in answers.items()]).encode())
         except OSError:
             log.warning("could not record answered file offers in %s", path, exc_info=True)
 
@@ -1663,6 +1665,7 @@ class Node:
                 pass
             except (OSError, ValueError, TypeError):
                 log.warning("ignoring a damaged %s", path, exc_info=True)
+            _trim_answers(self._file_answers)
         return self._file_answers
 
     async def _receive_offer(
@@ -2269,6 +2272,38 @@ def _kind_limits(paired: bool) -> KindLimits:
     if paired:
         return KindLimits(PAIRED_FRAME_LIMIT, pairing, frame_timeout=PAIRED_FIRST_FRAME_TIMEOUT)
     return KindLimits(0, pairing, frame_timeout=HOST_FIRST_FRAME_TIMEOUT)
+
+
+def _trim_answers(answers: dict[tuple[str, str], bytes]) -> None:
+    """Keeps at most FILE_OFFERS_PER_DEVICE answers per sender and FILE_OFFERS_REMEMBERED in
+    all (``answers`` is oldest first): a sender's own oldest go first; over the total, the
+    oldest of the sender holding the most."""
+    per: dict[str, list[tuple[str, str]]] = {}
+    for k in answers:
+        per.setdefault(k[0], []).append(k)
+    for keys in per.values():
+        extra = max(0, len(keys) - FILE_OFFERS_PER_DEVICE)
+        for old in keys[:extra]:
+            del answers[old]
+        del keys[:extra]
+    while len(answers) > FILE_OFFERS_REMEMBERED:
+        del answers[max(per.values(), key=len).pop(0)]
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Replaces ``path`` by ``data`` atomically and durably: a temporary file written and
+    fsynced, renamed over ``path``, then the directory fsynced."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fd = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _raise_stream_limit(conn: Connection) -> None:
