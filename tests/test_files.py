@@ -445,6 +445,18 @@ async def test_a_killed_sender_resumes_when_it_offers_again(
         ("what?.txt", "what_.txt"),
         ("trailing. . ", "trailing"),
         ("ok name (1).pdf", "ok name (1).pdf"),
+        # Unicode spaces are spaces: normalised, and stripped at the ends like ASCII ones
+        ("\u00a0report.pdf\u00a0", "report.pdf"),
+        ("\u2003\u3000 .\u00a0", "file"),
+        ("a\u2003b.txt", "a b.txt"),
+        ("trailing.\u00a0.\u202f", "trailing"),
+        # reserved as Windows reads them: the part before the first dot, trailing spaces off
+        ("CON .txt", "_CON .txt"),
+        ("con.", "_con"),
+        ("NUL  ", "_NUL"),
+        ("Aux\u00a0.log", "_Aux .log"),
+        ("lpt1 . tar", "_lpt1 . tar"),
+        ("COM\u00b9.txt", "_COM\u00b9.txt"),
     ],
 )
 def test_sanitize_file_name(raw: str, clean: str) -> None:

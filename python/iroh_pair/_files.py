@@ -72,8 +72,8 @@ MAX_NAME_BYTES = 255
 #: Names Windows reserves for devices, with or without an extension.
 _RESERVED = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-    + [f"COM{i}" for i in range(1, 10)]
-    + [f"LPT{i}" for i in range(1, 10)]
+    + [f"COM{i}" for i in [*range(1, 10), "\u00b9", "\u00b2", "\u00b3"]]
+    + [f"LPT{i}" for i in [*range(1, 10), "\u00b9", "\u00b2", "\u00b3"]]
 )
 _FORBIDDEN = set('/\\:*?"<>|')
 #: The most entries (files and empty directories) one directory offer lists.
@@ -147,9 +147,11 @@ ProgressCallback = Callable[[FileProgress], object]
 def sanitize_file_name(name: str) -> str:
     """``name`` from a peer made safe as one file name in a directory of ours: only its last
     path component (no directory part, so no traversal and nothing absolute), without control,
-    bidi or separator characters and characters Windows forbids, without leading dots and
-    trailing dots or spaces, not a reserved device name, at most 255 UTF-8 bytes (the
-    extension kept). Never empty: ``"file"`` when nothing is left::
+    bidi or separator characters and characters Windows forbids, every Unicode space (NBSP,
+    em space, ...) made an ASCII space, without leading and trailing dots and spaces, not a
+    reserved device name (its part before the first dot, trailing spaces ignored, as Windows
+    reads it: ``CON .txt`` is ``CON``), at most 255 UTF-8 bytes (the extension kept). Never
+    empty: ``"file"`` when nothing is left::
 
         >>> sanitize_file_name("../../etc/passwd")
         'passwd'
@@ -159,6 +161,10 @@ def sanitize_file_name(name: str) -> str:
         '_CON.txt'
         >>> sanitize_file_name("..")
         'file'
+        >>> sanitize_file_name("\\u00a0report.pdf\\u00a0")
+        'report.pdf'
+        >>> sanitize_file_name("con .txt")
+        '_con .txt'
     """
     name = unicodedata.normalize("NFC", name)
     # the last component under either separator
@@ -168,12 +174,14 @@ def sanitize_file_name(name: str) -> str:
         cat = unicodedata.category(c)
         if cat in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") or c in _FORBIDDEN:
             out.append("_" if c in _FORBIDDEN else "")
+        elif cat == "Zs":  # NBSP and the like look like a space: they are one
+            out.append(" ")
         else:
             out.append(c)
     name = "".join(out).strip(". ")
     if not name:
         return "file"
-    stem = name.split(".", 1)[0].upper()
+    stem = name.split(".", 1)[0].rstrip(" ").upper()
     if stem in _RESERVED:
         name = "_" + name
     if len(name.encode()) > MAX_NAME_BYTES:
@@ -182,7 +190,7 @@ def sanitize_file_name(name: str) -> str:
             base, ext = name, ""
         keep = MAX_NAME_BYTES - (len(ext.encode()) + 1 if ext else 0)
         base = base.encode()[:keep].decode(errors="ignore")
-        name = f"{base}.{ext}" if ext else base
+        name = f"{base}.{ext}" if ext else base.rstrip(". ") or "file"
     return name
 
 
