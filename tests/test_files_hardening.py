@@ -11,6 +11,7 @@ import contextlib
 import json
 import os
 import secrets
+import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,8 +20,9 @@ from typing import Any
 import pytest
 from helpers import open_local_node, show
 from test_files import inbox, paired, write_random  # noqa: F401  (the fixture)
+from test_files_resume import Child, sender_and_receiver_dir  # noqa: F401  (the fixture)
 
-from iroh_pair import DestinationChanged, FileChanged, FileOffer, Node, TooManyTransfers, TransferRefused, _native
+from iroh_pair import DestinationChanged, FileChanged, FileOffer, FileProgress, Node, TooManyTransfers, TransferRefused, _native
 from iroh_pair import _node as node_module
 from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
 from iroh_pair.store import PairedDevice
@@ -437,3 +439,53 @@ async def test_one_devices_many_offers_do_not_evict_anothers_answer(
     assert (str(a.id), json.loads(a_offer)["id"]) in by
     assert {i for p, i in by if p == str(b.id)} == set(b_ids[-3:])
     assert [p.name for p in receiver.data_dir.iterdir() if p.name.endswith(".tmp")] == []
+
+
+# -- 5. a killed receiver's temporary tree is removed when it starts again ----------------------
+
+
+async def test_a_killed_receivers_temporary_tree_is_swept_when_it_starts_again(
+    sender_and_receiver_dir: tuple[Node, PairedDevice, Path], tmp_path: Path
+) -> None:
+    """A directory of two 48 MiB files goes to a receiver process, which is SIGKILLed once a
+    quarter has been served: its ``.iroh-pair-X.partial`` tree stays in the inbox. Started
+    again on the same data directory, the receiver removes that tree (it recorded it in
+    DATA_DIR/file-partials.json before making it) and the same send_file completes: the inbox
+    holds the directory and no temporary. (The old receiver never removed it: the leftover
+    was still in the inbox beside the directory.)"""
+    sender, receiver_dev, data_dir = sender_and_receiver_dir
+    size = 48 * MiB
+    src = tmp_path / "album"
+    src.mkdir()
+    for name in ("1.bin", "2.bin"):
+        write_random(src / name, size)
+    box = inbox(tmp_path)
+    quarter = asyncio.Event()
+
+    def watch(p: FileProgress) -> None:
+        if p.done >= size // 2:
+            quarter.set()
+
+    child = await Child.start(data_dir, sender, box)
+    try:
+        ready = await child.wait_for("ready")
+        sender._hints[receiver_dev.endpoint_id] = EndpointAddr.from_ticket(str(ready["ticket"]))
+        sending = asyncio.ensure_future(
+            sender.send_file(receiver_dev, src, progress=watch, timeout=300))
+        await asyncio.wait_for(quarter.wait(), 120)
+        assert await child.kill() == -signal.SIGKILL
+        left = temporaries(box)
+        assert len(left) == 1 and not sending.done(), left  # the killed receiver's tree
+        child = await Child.start(data_dir, sender, box)
+        ready = await child.wait_for("ready")
+        assert not (box / left[0]).exists()  # swept as the node opened
+        sender._hints[receiver_dev.endpoint_id] = EndpointAddr.from_ticket(str(ready["ticket"]))
+        receipt = await asyncio.wait_for(sending, 240)
+    finally:
+        await child.kill()
+    show("files", "killed receiver's temporary tree swept", leftover=left[0],
+         read_after_restart=receipt.transferred)
+    assert receipt.is_directory and receipt.name == "album"
+    assert sorted(p.name for p in box.iterdir()) == ["album"]
+    assert sorted(p.name for p in (box / "album").iterdir()) == ["1.bin", "2.bin"]
+    assert json.loads((data_dir / "file-partials.json").read_text()) == []

@@ -58,7 +58,7 @@ from iroh_pair._files import (
 )
 from iroh_pair._dispatch import reject as _reject
 from iroh_pair._hosting import Hosted
-from iroh_pair._receiving import TempTree
+from iroh_pair._receiving import TempTree, remove_leftover, temp_name
 from iroh_pair._peer import Links
 from iroh_pair._pairing import (
     HOST_FIRST_FRAME_TIMEOUT,
@@ -534,6 +534,10 @@ class Node:
         #: FILE_RECEIVES_PER_DEVICE and FILE_RECEIVES_TOTAL count these
         self._file_active: dict[EndpointId, set[asyncio.Future[bytes]]] = {}
         self._file_stall_timeout = FILE_STALL_TIMEOUT
+        #: the temporary trees of directory offers being received, as recorded (before each
+        #: is made) in DATA_DIR/file-partials.json: what a killed process left is removed
+        #: when the node opens again
+        self._partials: set[str] = set()
         #: the answers (stored/declined) of the last offers, per (sender hex, offer id), as
         #: kept in DATA_DIR/file-offers.json: a retry after a restart of this node gets them
         self._file_answers: dict[tuple[str, str], bytes] | None = None
@@ -637,6 +641,7 @@ class Node:
             raise
         self._uses_relay = options.uses_relay
         self._uses_lookup = options.uses_lookup
+        await asyncio.to_thread(self._sweep_partials)
         self._links = Links(
             self.endpoint, admit=self._admit, setup=self._setup,
             refuse_on_shutdown=self._refuse_on_shutdown, dial_timeout=self._dial_timeout,
@@ -1739,8 +1744,15 @@ class Node:
         blobs = await self.blob_store()
         cb = self._file_progress
         # made 0700, held open, re-checked (lstat) before each fetch and the rename: a swap of
-        # it or a directory in it for a link stops the transfer, and nothing lands elsewhere
-        tree = TempTree.create(directory)
+        # it or a directory in it for a link stops the transfer, and nothing lands elsewhere;
+        # recorded before it is made, for the sweep after a crash
+        name = temp_name()
+        self._note_partial(directory / name, True)
+        try:
+            tree = TempTree.create(directory, name)
+        except BaseException:
+            self._note_partial(directory / name, False)
+            raise
         final: Path | None = None
         try:
             for d in empty:
@@ -1786,6 +1798,38 @@ class Node:
             raise
         finally:
             tree.close()
+            self._note_partial(directory / name, False)
+
+    def _note_partial(self, path: Path, present: bool) -> None:
+        """Records (or forgets) a temporary tree in DATA_DIR/file-partials.json, durably."""
+        if present:
+            self._partials.add(str(path))
+        else:
+            self._partials.discard(str(path))
+        record = self.data_dir / "file-partials.json"
+        try:
+            _write_durably(record, json.dumps(sorted(self._partials)).encode())
+        except OSError:
+            log.warning("could not record temporary trees in %s", record, exc_info=True)
+
+    def _sweep_partials(self) -> None:
+        """Removes the temporary trees an earlier run recorded and left (killed mid-transfer):
+        only those recorded, only if each is still a directory with such a name."""
+        record = self.data_dir / "file-partials.json"
+        try:
+            left = json.loads(record.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            log.warning("ignoring a damaged %s", record, exc_info=True)
+            left = []
+        for p in left if isinstance(left, list) else []:
+            if isinstance(p, str) and remove_leftover(Path(p)):
+                log.info("removed %s, left by an interrupted transfer", p)
+        try:
+            _write_durably(record, b"[]")
+        except OSError:
+            log.warning("could not reset %s", record, exc_info=True)
 
     async def _fetch(
         self,

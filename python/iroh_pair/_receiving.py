@@ -27,16 +27,18 @@ Internal to :meth:`iroh_pair.Node.on_file_offer`'s directory receiving::
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
 
 from iroh_pair.errors import DestinationChanged
 
-__all__ = ["TempTree", "TEMP_PREFIX", "TEMP_SUFFIX"]
+__all__ = ["TempTree", "TEMP_PREFIX", "TEMP_SUFFIX", "temp_name", "remove_leftover"]
 
 TEMP_PREFIX = ".iroh-pair-"
 TEMP_SUFFIX = ".partial"
+_TEMP_NAME = re.compile(r"\.iroh-pair-[0-9a-f]{16}\.partial")
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
@@ -61,7 +63,7 @@ class TempTree:
     @classmethod
     def create(cls, directory: Path, name: str | None = None) -> TempTree:
         """Creates ``directory / name`` (a fresh ``.iroh-pair-RANDOM.partial`` by default)."""
-        root = directory / (name or f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}")
+        root = directory / (name or temp_name())
         os.mkdir(root, 0o700)
         fd = os.open(root, _DIR_FLAGS)
         tree = cls(root, fd)
@@ -172,6 +174,42 @@ class TempTree:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+
+
+def temp_name() -> str:
+    """A fresh temporary directory name: ``.iroh-pair-RANDOM.partial`` (16 hex digits)."""
+    return f"{TEMP_PREFIX}{secrets.token_hex(8)}{TEMP_SUFFIX}"
+
+
+def remove_leftover(path: Path) -> bool:
+    """Removes the temporary tree a receiver left at ``path`` (a process killed mid-transfer),
+    only if ``path`` is still a directory (not a link) with a temporary tree's name; never
+    follows a link out of it. Whether it removed it::
+
+        remove_leftover(Path("/home/me/Downloads/.iroh-pair-0123456789abcdef.partial"))
+    """
+    if not _TEMP_NAME.fullmatch(path.name):
+        return False
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+        fd = os.open(path, _DIR_FLAGS)
+    except OSError:
+        return False
+    try:
+        if _ident(os.fstat(fd)) != _ident(st):
+            return False
+        _clear(fd)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(path)
+    except OSError:
+        return False
+    return True
 
 
 def _clear(fd: int) -> None:
