@@ -1611,7 +1611,7 @@ class Node:
                 answered = self._answered_offers().get((str(key[0]), key[1]))
                 if answered is not None:  # answered before this node restarted
                     return answered
-            mine = self._file_active.setdefault(dev.endpoint_id, set())
+            mine = self._file_active.get(dev.endpoint_id, set())
             running = sum(len(jobs) for jobs in self._file_active.values())
             if len(mine) >= FILE_RECEIVES_PER_DEVICE or running >= FILE_RECEIVES_TOTAL:
                 log.warning("file offer from %s refused: %d of its offers and %d in all are "
@@ -1621,13 +1621,21 @@ class Node:
                     error=f"the receiver takes at most {FILE_RECEIVES_PER_DEVICE} offers from "
                           f"one device and {FILE_RECEIVES_TOTAL} in all at once: try again later")
             job = asyncio.ensure_future(self._receive_offer(dev, offer, conn))
-            mine.add(job)
+            self._file_active.setdefault(dev.endpoint_id, mine).add(job)
             job.add_done_callback(lambda j: self._file_active_done(dev.endpoint_id, j))
-            if key is None:  # nobody can join it: it ends with its request
-                return await job
-            self._file_jobs[key] = job
-            job.add_done_callback(lambda j: self._file_job_done(key, j))
-        return await asyncio.shield(job)
+            if key is not None:
+                self._file_jobs[key] = job
+                job.add_done_callback(lambda j: self._file_job_done(key, j))
+        try:
+            # a job with an id outlives a lost request (a retry joins it); one without ends
+            # with its request
+            return await (asyncio.shield(job) if key is not None else job)
+        except asyncio.CancelledError:
+            me = asyncio.current_task()
+            if job.cancelled() and (me is None or not me.cancelling()):
+                # the job was stopped here (the device unpaired, the node closing), not us
+                return encode_reply("failed", error="the receiver stopped this transfer")
+            raise
 
     def _file_active_done(self, peer: EndpointId, job: asyncio.Future[bytes]) -> None:
         jobs = self._file_active.get(peer)
@@ -1864,8 +1872,7 @@ class Node:
                     left = None
                 elif left is not None and left <= 0:
                     task.cancel()
-                    with contextlib.suppress(BaseException):
-                        await task
+                    await asyncio.wait({task})  # its end (our own cancellation still raises)
                     raise TransferStalled(
                         f"the fetch of {dest.name!r} made no progress for {stall:g} s "
                         f"({max(seen, 0)} of {size} bytes): cancelled")
