@@ -23,7 +23,8 @@
 //! closed (`level` "connection") or the request's stream reset (`level` "request") with
 //! iroh-blobs' permission code (`ERR_PERMISSION`, 1) and no content arrived, `served` when
 //! verified content (or, for push, the provider's acceptance, for observe a bitfield) arrived,
-//! else `error`; `bytes` counts the verified payload bytes received (for push, those sent).
+//! else `error`; `bytes` counts the verified payload bytes received (for push, the encoded
+//! bytes sent; for observe, the first bitfield's); `pushed` is the pushed blob's hash.
 
 use anyhow::{Context, Result, bail};
 use iroh::endpoint::{Connection, ConnectionError, ReadError, ReadToEndError, VarInt};
