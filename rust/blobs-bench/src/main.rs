@@ -15,6 +15,10 @@
 //!   "vmhwm_kib"}` (`fetch_s` from the dial to the end of the fetch, `fetch_stats_s` iroh-blobs'
 //!   own `Stats::elapsed` of the request, `vmhwm_kib` this process's peak RSS).
 //!
+//! - `attack TICKET HASH MODE [--key HEX | --key-file PATH] [--other HASH]`: a raw iroh-blobs
+//!   client asking a provider for what the package's provider must refuse (tests/
+//!   test_files_attack.py; see `attack.rs`).
+//!
 //! Times are measured around the operations only (binding the endpoint and opening the store
 //! are not in them).
 //!
@@ -49,14 +53,28 @@ use iroh_blobs::{BlobFormat, BlobsProtocol, Hash, HashAndFormat};
 use iroh_tickets::endpoint::EndpointTicket;
 use serde_json::json;
 
+mod attack;
+
 const USAGE: &str = "usage:
   iroh-pair-blobs-bench provide PATH --store DIR [--events none|package] [--import copy|reference]
                        [--workers N] [--spawn]
   iroh-pair-blobs-bench fetch TICKET HASH DEST --store DIR [--export copy|reference] [--workers N]
-                       [--spawn]";
+                       [--spawn]
+  iroh-pair-blobs-bench attack TICKET HASH MODE [--key HEX | --key-file PATH] [--other HASH]
+                       (MODE: get-blob get-other get-hashseq get-ranges-children get-many push
+                        observe)";
 
 /// Options that take a value.
-const VALUED: &[&str] = &["--store", "--events", "--workers", "--import", "--export"];
+const VALUED: &[&str] = &[
+    "--store",
+    "--events",
+    "--workers",
+    "--import",
+    "--export",
+    "--key",
+    "--key-file",
+    "--other",
+];
 
 /// `--import`/`--export`: copy (the default, as the package) or reference.
 fn by_reference(args: &[String], name: &str) -> Result<bool> {
@@ -126,7 +144,16 @@ async fn answer_events(mut rx: tokio::sync::mpsc::Receiver<ProviderMessage>) {
 
 /// The endpoint of every mode: the settings the package uses on loopback.
 async fn bind(alpns: Vec<Vec<u8>>) -> Result<Endpoint> {
-    Endpoint::builder(presets::Minimal)
+    bind_as(alpns, None).await
+}
+
+/// `bind`, as `key` (else a fresh key).
+async fn bind_as(alpns: Vec<Vec<u8>>, key: Option<iroh::SecretKey>) -> Result<Endpoint> {
+    let mut builder = Endpoint::builder(presets::Minimal);
+    if let Some(key) = key {
+        builder = builder.secret_key(key);
+    }
+    builder
         .alpns(alpns)
         .relay_mode(RelayMode::Disabled)
         .portmapper_config(PortmapperConfig::Disabled)
@@ -309,6 +336,11 @@ fn main() -> Result<()> {
             ["fetch", ticket, hash, dest] => {
                 let reference = by_reference(&args, "--export")?;
                 fetch(ticket, hash, dest.into(), store_dir(&args)?, reference).await
+            }
+            ["attack", ticket, hash, mode] => {
+                let key = attack::secret_key(opt(&args, "--key"), opt(&args, "--key-file"))?;
+                let other = opt(&args, "--other");
+                attack::attack(ticket, hash, mode, key, other.as_deref()).await
             }
             _ => bail!("{USAGE}"),
         }
