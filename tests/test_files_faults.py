@@ -4,9 +4,9 @@ loopback.
 The full disk is a small tmpfs the test mounts (the tests run as root; without the permission
 to mount they skip, and fail under ``IROH_PAIR_REQUIRE_ALL``): once under the receiver's
 destination directory, once under its blob store. The tampered chunk is made by flipping bytes
-in the middle of the blob's data file in the sender's store after the import
-(``DATA_DIR/blobs/data/HASH.data``, iroh-blobs' file-system store layout), so the provider
-serves data that does not match the hash.
+in the middle of the sender's file after the import (its store references the file where it
+is), so the provider reads data that does not match the hash; and by a relay in the middle
+that flips a byte on the wire.
 """
 
 from __future__ import annotations
@@ -136,10 +136,8 @@ async def test_a_full_blob_store_is_disk_full_and_resumes_when_there_is_room(
             await host.close()  # the store's files closed before the unmount
 
 
-def tamper(store: Path, h: str, offset: int) -> bytes:
-    """Flips 16 bytes at ``offset`` of blob ``h``'s data file in the store at ``store``; returns
-    the original bytes."""
-    path = store / "data" / f"{h}.data"
+def tamper(path: Path, offset: int) -> bytes:
+    """Flips 16 bytes at ``offset`` of the file at ``path``; returns the original bytes."""
     with path.open("r+b") as f:
         f.seek(offset)
         orig = f.read(16)
@@ -148,16 +146,17 @@ def tamper(store: Path, h: str, offset: int) -> bytes:
     return orig
 
 
-def restore(store: Path, h: str, offset: int, orig: bytes) -> None:
-    with (store / "data" / f"{h}.data").open("r+b") as f:
+def restore(path: Path, offset: int, orig: bytes) -> None:
+    with path.open("r+b") as f:
         f.seek(offset)
         f.write(orig)
 
 
-async def test_a_chunk_tampered_in_the_senders_store_is_never_served(
+async def test_a_chunk_changed_in_the_senders_file_is_never_served(
     paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
 ) -> None:
-    """Bytes flipped in the middle of an 8 MiB blob in the sender's store: the sender's store
+    """Bytes flipped in the middle of an 8 MiB file after the sender hashed it (its store
+    references the file where it is: a file changed on disk, or damaged): the sender's store
     checks what it reads against the hash tree before sending, so the provider stops at the
     tampered chunk group (iroh-blobs resets the stream with its internal-error code). The
     receiver's fetch fails with FileTransferError saying so (it cannot tell a damaged copy from
@@ -165,21 +164,21 @@ async def test_a_chunk_tampered_in_the_senders_store_is_never_served(
     the blob not complete in its store. Once the sender's store is repaired, the same content
     arrives byte-identical, reading the tampered group and the rest, not the whole.
 
-    (The blob is imported once and offered by hand: ``send_file`` imports the file again, which
-    would replace the tampered data file.)"""
+    (The blob is imported once and offered by hand: ``send_file`` would hash the file again,
+    and offer the changed content under its new hash.)"""
     host, joiner, host_dev, joiner_dev = paired
     size = 8 * MiB
     src = write_random(tmp_path / "t.bin", size)
     blobs = await host.blob_store()
     h, _ = await blobs.add_path(src)
     middle = size // 2 + 1000
-    orig = tamper(host.data_dir / "blobs", h, middle)
+    orig = tamper(src, middle)
     blobs.grant(joiner_dev.endpoint_id, h)
     jb = await joiner.blob_store()
     dest = tmp_path / "t.out"
     with pytest.raises(FileTransferError) as e:
         await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, dest, size=size)
-    show("files", "chunk tampered in the sender's store", error=str(e.value)[:200])
+    show("files", "chunk changed in the sender's file", error=str(e.value)[:200])
     assert "could not serve the content" in str(e.value)
     assert not dest.exists() and not await jb.has(h)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".iroh-pair-")] == []
@@ -190,8 +189,8 @@ async def test_a_chunk_tampered_in_the_senders_store_is_never_served(
         joiner_dev, encode_offer("t.bin", size, h), kind=FILE_KIND, timeout=60))
     assert (reply["status"], reply.get("type")) == ("failed", "FileTransferError"), reply
     assert list(box.iterdir()) == [] and not await jb.has(h)
-    # the sender's store repaired (in place)
-    restore(host.data_dir / "blobs", h, middle, orig)
+    # the sender's file repaired (in place)
+    restore(src, middle, orig)
     got = await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, dest, size=size)
     assert sha256(dest) == sha256(src)
     show("files", "after the repair", size=size, read_after=got.bytes_read)

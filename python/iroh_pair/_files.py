@@ -1,7 +1,8 @@
 """Files between paired devices: the offer message, name sanitising, and the native blob store.
 
-The bytes of a file never pass through Python: the sender imports the file into its blob store
-(n0's ``iroh-blobs``, BLAKE3-verified streaming) and offers its hash to one device over the
+The bytes of a file never pass through Python: the sender hashes the file where it is (n0's
+``iroh-blobs``, BLAKE3-verified streaming; its blob store references the file, no copy) and
+offers its hash to one device over the
 encrypted messaging (a message of kind :data:`FILE_KIND`); the receiver's handler picks a
 directory (or declines), and the receiver's native code fetches the blob from the sender,
 verifying every chunk group against the hash before it is written, then writes it to the
@@ -80,6 +81,10 @@ _FORBIDDEN = set('/\\:*?"<>|')
 MAX_DIR_ENTRIES = 10_000
 #: The largest offer message in bytes (the messaging frame limit is 16 MiB).
 MAX_OFFER_BYTES = 4 * 1024 * 1024
+#: Seconds between two garbage collections of the blob store: what no offer, running fetch or
+#: unfinished fetch holds is dropped (a received file costs its size once; a sent file is only
+#: referenced, never copied or deleted).
+GC_INTERVAL = 1.0
 #: The most components of one path in a directory offer.
 MAX_DEPTH = 64
 
@@ -493,14 +498,18 @@ class BlobStore:
         self._grants: dict[tuple[EndpointId, str], int] = {}
 
     @classmethod
-    async def open(cls, directory: Path) -> BlobStore:
-        """Opens (creates) the store in ``directory``."""
+    async def open(cls, directory: Path, *, gc_interval: float | None = None) -> BlobStore:
+        """Opens (creates) the store in ``directory``; it collects garbage every
+        ``gc_interval`` seconds (default :data:`GC_INTERVAL`)."""
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        native: _native.BlobStore = await call(_native.BlobStore.open, str(directory.resolve()))
+        interval = GC_INTERVAL if gc_interval is None else gc_interval
+        native: _native.BlobStore = await call(_native.BlobStore.open, str(directory.resolve()),
+                                               interval)
         return cls(native)
 
     async def add_path(self, path: Path) -> tuple[str, int]:
-        """Imports the file at ``path`` (copied into the store): ``(hash, size)``."""
+        """Imports the file at ``path`` (hashed in place; the store references it, and keeps the
+        reference while the hash is offered): ``(hash, size)``."""
         r: tuple[str, int] = await call(self._n.add_path, str(path.resolve()))
         return r
 
@@ -558,6 +567,12 @@ class BlobStore:
     async def has(self, hash: str) -> bool:
         """Whether the store holds the complete content ``hash``."""
         r: bool = await call(self._n.has, hash)
+        return r
+
+    async def status(self, hash: str) -> str:
+        """What the store holds of ``hash``: ``"complete"``, ``"partial"`` (verified data of a
+        fetch that did not finish, kept for a resume) or ``"absent"``."""
+        r: str = await call(self._n.status, hash)
         return r
 
     def serve_on(self, endpoint: Endpoint) -> None:

@@ -15,6 +15,14 @@
 //! it is written), then exports the verified content under a temporary name beside the
 //! destination and links it into place without overwriting anything.
 //!
+//! The store keeps only what is in use. A sent file is referenced where it is (hashed in place,
+//! not copied: the provider's validated reads refuse content that changed since), and kept in
+//! the store's index while an offer of it lives. A fetch's data is kept under a `partial` tag
+//! until it is exported (so a cut transfer resumes, also after a restart; tags older than
+//! `PARTIAL_KEEP` are dropped at open). iroh-blobs' garbage collection removes everything else
+//! every `gc_interval` (a received file then costs its size once, not twice; a referenced
+//! file is never deleted, only forgotten).
+//!
 //! ```python
 //! hash, size = await call(store.add_path, "/abs/file")   # through iroh_pair.files
 //! store.allow(peer_id, hash)
@@ -25,13 +33,17 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use iroh_blobs::BlobFormat;
 use iroh_blobs::api::Store;
+use iroh_blobs::api::blobs::{AddPathOptions, BlobStatus, ImportMode};
 use iroh_blobs::api::remote::GetProgressItem;
 use iroh_blobs::provider::events::{
     AbortReason, ConnectMode, EventMask, EventSender, ObserveMode, ProviderMessage, RequestMode,
     RequestUpdate, ThrottleMode,
 };
 use iroh_blobs::store::fs::FsStore;
+use iroh_blobs::store::fs::options::Options;
+use iroh_blobs::store::{GcConfig, ProtectCb, ProtectOutcome};
 use iroh_blobs::{Hash, HashAndFormat};
 use n0_future::StreamExt;
 use pyo3::prelude::*;
@@ -57,6 +69,118 @@ const ERR_PERMISSION: u64 = 1;
 /// How long an unused blobs connection to a peer stays open for the next fetch (the files of a
 /// directory, one send after another): one connection per peer and ALPN, reused.
 const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The prefix of the tags that keep a fetch's data (complete or not) until it is exported:
+/// `iroh-pair/partial/<hash>/<unix seconds>`.
+const PARTIAL_TAG: &str = "iroh-pair/partial/";
+
+/// How long the data of a fetch that never completed is kept for a resume (checked at open).
+const PARTIAL_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
+
+/// How long an imported file stays in the store's index before it is offered (the offer then
+/// keeps it); a safety margin only, the offer follows the import at once.
+const IMPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// What garbage collection must keep besides the tags: files imported and not yet offered, and
+/// blobs being fetched (the offers are in `Access`).
+#[derive(Default)]
+struct Keep {
+    /// imports per hash not yet followed by an offer, and when the last one ended
+    imported: HashMap<Hash, (usize, std::time::Instant)>,
+    /// fetches running per hash
+    fetching: HashMap<Hash, usize>,
+    /// whether something may have become garbage since the last collection (a run costs a
+    /// database commit: an idle store skips them)
+    dirty: bool,
+}
+
+/// One running fetch of a hash, counted in `Keep::fetching` until dropped.
+struct Fetching {
+    keep: Arc<Mutex<Keep>>,
+    hash: Hash,
+}
+
+impl Fetching {
+    fn new(keep: &Arc<Mutex<Keep>>, hash: Hash) -> Self {
+        *lock(keep).fetching.entry(hash).or_default() += 1;
+        Fetching {
+            keep: keep.clone(),
+            hash,
+        }
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        let mut k = lock(&self.keep);
+        k.dirty = true;
+        if let Some(n) = k.fetching.get_mut(&self.hash) {
+            *n -= 1;
+            if *n == 0 {
+                k.fetching.remove(&self.hash);
+            }
+        }
+    }
+}
+
+/// The garbage collector's callback: the hashes offered, imported for an offer, or being
+/// fetched are live (tagged ones are anyway). A run with nothing new to collect is skipped.
+fn protect(access: Arc<Mutex<Access>>, keep: Arc<Mutex<Keep>>) -> ProtectCb {
+    Arc::new(move |live: &mut HashSet<Hash>| {
+        let outcome = {
+            let mut k = lock(&keep);
+            let held = k.imported.len();
+            k.imported.retain(|_, (_, at)| at.elapsed() < IMPORT_HOLD);
+            if std::mem::take(&mut k.dirty) || k.imported.len() < held {
+                live.extend(k.imported.keys().copied());
+                live.extend(k.fetching.keys().copied());
+                for set in lock(&access).offers.values() {
+                    live.extend(set.iter().copied());
+                }
+                ProtectOutcome::Continue
+            } else {
+                ProtectOutcome::Abort
+            }
+        };
+        Box::pin(std::future::ready(outcome))
+    })
+}
+
+fn partial_prefix(hash: &Hash) -> String {
+    format!("{PARTIAL_TAG}{}/", hash.to_hex())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// At open: drops every tag but the fetches' partial ones younger than `PARTIAL_KEEP` (tags of
+/// earlier versions of this package kept every file sent or received in the store for good).
+async fn expire_tags(store: &Store) -> Result<(), Error> {
+    let err =
+        |e: &dyn std::fmt::Display| Error::Transfer(format!("cannot read the store's tags: {e}"));
+    let mut tags = store.tags().list().await.map_err(|e| err(&e))?;
+    let mut stale = Vec::new();
+    let now = unix_now();
+    while let Some(tag) = tags.next().await {
+        let tag = tag.map_err(|e| err(&e))?;
+        let name = String::from_utf8_lossy(tag.name.as_ref()).into_owned();
+        let keep = name
+            .strip_prefix(PARTIAL_TAG)
+            .and_then(|rest| rest.rsplit_once('/'))
+            .and_then(|(_, t)| t.parse::<u64>().ok())
+            .is_some_and(|t| now.saturating_sub(t) < PARTIAL_KEEP.as_secs());
+        if !keep {
+            stale.push(tag.name);
+        }
+    }
+    for name in stale {
+        store.tags().delete(name).await.map_err(|e| err(&e))?;
+    }
+    Ok(())
+}
 
 /// The blobs connections this store fetches over: one per peer, shared by the fetches running
 /// on it, closed `LINGER` after the last one ended.
@@ -306,6 +430,7 @@ pub struct BlobStore {
     served: Arc<Served>,
     events: EventSender,
     pool: Arc<Mutex<Pool>>,
+    keep: Arc<Mutex<Keep>>,
 }
 
 impl BlobStore {
@@ -339,12 +464,26 @@ impl BlobStore {
         let store: Store = self.store.clone().into();
         let root = self.root.clone();
         let pool = self.pool.clone();
+        let keep = self.keep.clone();
         let heavy = bridge.heavy();
         bridge.spawn_stream(token, move |shared| async move {
             let _heavy = heavy;
             let progress_to = shared.clone();
             let result = on_blobs_runtime(async move {
                 let shared = progress_to;
+                // kept from garbage collection while it runs, and by a tag until it is
+                // exported (a cut transfer resumes from it, also after a restart)
+                let _fetching = Fetching::new(&keep, hash);
+                let tags = store.tags();
+                let prefix = partial_prefix(&hash);
+                let tagged = async {
+                    tags.delete_prefix(&prefix).await?;
+                    tags.set(format!("{prefix}{}", unix_now()), HashAndFormat::raw(hash))
+                        .await
+                };
+                tagged
+                    .await
+                    .map_err(|e| store_error("cannot tag the fetch in the blob store", &e))?;
                 let mut stats = None;
                 let mut failure = None;
                 for attempt in 0..2 {
@@ -405,6 +544,9 @@ impl BlobStore {
                     ));
                 }
                 let size = export_to(&store, hash, &dest).await?;
+                // the file is out: the store's copy goes with the next garbage collection
+                // (if that fails, the copy stays until its tag expires at an open)
+                let _ = store.tags().delete_prefix(&prefix).await;
                 Ok((
                     hash.to_hex().to_string(),
                     size,
@@ -602,15 +744,37 @@ async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error>
 
 #[pymethods]
 impl BlobStore {
-    /// Opens (or creates) the store in the directory `path` (absolute).
+    /// Opens (or creates) the store in the directory `path` (absolute); garbage collection runs
+    /// every `gc_interval` seconds (see the module's documentation for what it keeps).
     #[staticmethod]
-    fn open(py: Python<'_>, bridge: &Bridge, token: u64, path: String) -> PyResult<Py<PyAny>> {
+    #[pyo3(signature = (bridge, token, path, gc_interval = 1.0))]
+    fn open(
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        path: String,
+        gc_interval: f64,
+    ) -> PyResult<Py<PyAny>> {
         let root = absolute(&path, "the blob store")?;
+        let interval = std::time::Duration::try_from_secs_f64(gc_interval)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| Error::Value(format!("gc_interval must be > 0, got {gc_interval}")))?;
         bridge.submit(py, token, async move {
-            let store = FsStore::load(&root)
+            let access = Arc::new(Mutex::new(Access::default()));
+            let keep = Arc::new(Mutex::new(Keep {
+                dirty: true, // the first run collects what earlier runs of the process left
+                ..Keep::default()
+            }));
+            let mut options = Options::new(&root);
+            options.gc = Some(GcConfig {
+                interval,
+                add_protected: Some(protect(access.clone(), keep.clone())),
+            });
+            let store = FsStore::load_with_opts(root.join("blobs.db"), options)
                 .await
                 .map_err(|e| Error::Transfer(format!("cannot open the blob store: {e:#}")))?;
-            let access = Arc::new(Mutex::new(Access::default()));
+            expire_tags(&store.clone().into()).await?;
             let served = Arc::new(Served::default());
             let (events, rx) = EventSender::channel(64, MASK);
             RUNTIME.spawn(police(rx, access.clone(), served.clone()));
@@ -621,6 +785,7 @@ impl BlobStore {
                 served,
                 events,
                 pool: Arc::default(),
+                keep,
             }))
         })
     }
@@ -632,8 +797,10 @@ impl BlobStore {
         BLOBS_ALPN
     }
 
-    /// Imports the file at `path` (absolute; copied into the store, its hash computed):
-    /// `(hash, size)`, the hash as 64 hex digits. The content stays in the store (tagged).
+    /// Imports the file at `path` (absolute; hashed where it is, not copied: the store references
+    /// it): `(hash, size)`, the hash as 64 hex digits. The store keeps the reference for
+    /// `IMPORT_HOLD`, or while the hash is offered (`allow`). Small files are copied into the
+    /// store's database.
     fn add_path(
         &self,
         py: Python<'_>,
@@ -643,36 +810,61 @@ impl BlobStore {
     ) -> PyResult<Py<PyAny>> {
         let path = absolute(&path, "the file")?;
         let store: Store = self.store.clone().into();
+        let keep = self.keep.clone();
         let heavy = bridge.heavy();
         bridge.spawn(token, async move {
             let _heavy = heavy;
             let tag = store
                 .blobs()
-                .add_path(&path)
-                .with_tag()
+                .add_path_with_opts(AddPathOptions {
+                    path: path.clone(),
+                    format: BlobFormat::Raw,
+                    mode: ImportMode::TryReference,
+                })
+                .temp_tag()
                 .await
                 .map_err(|e| store_error(&format!("cannot add {}", path.display()), &e))?;
+            {
+                let mut k = lock(&keep);
+                let e = k
+                    .imported
+                    .entry(tag.hash())
+                    .or_insert((0, std::time::Instant::now()));
+                *e = (e.0 + 1, std::time::Instant::now());
+            }
+            let hash = tag.hash();
+            drop(tag); // `keep` holds it now
             let size = store
                 .blobs()
-                .status(tag.hash)
+                .status(hash)
                 .await
                 .map_err(|e| Error::Transfer(e.to_string()))?;
             let size = match size {
-                iroh_blobs::api::blobs::BlobStatus::Complete { size } => size,
+                BlobStatus::Complete { size } => size,
                 other => {
                     return Err(Error::Transfer(format!(
                         "the added blob is not complete: {other:?}"
                     )));
                 }
             };
-            Ok(Plain((tag.hash.to_hex().to_string(), size)))
+            Ok(Plain((hash.to_hex().to_string(), size)))
         });
         Ok(crate::bridge::pending(py))
     }
 
-    /// Offers `hash` to `peer`: its connections are admitted and it may get that blob.
+    /// Offers `hash` to `peer`: its connections are admitted and it may get that blob (and
+    /// the store keeps it while the offer lives).
     fn allow(&self, peer: &EndpointId, hash: &str) -> PyResult<()> {
         let hash = parse_hash(hash)?;
+        {
+            let mut k = lock(&self.keep);
+            if let Some(e) = k.imported.get_mut(&hash) {
+                e.0 -= 1;
+                if e.0 == 0 {
+                    k.imported.remove(&hash);
+                }
+            }
+        }
         lock(&self.access)
             .offers
             .entry(peer.0)
@@ -694,6 +886,7 @@ impl BlobStore {
             a.offers.remove(&peer.0);
         }
         a.sent.remove(&(peer.0, hash));
+        lock(&self.keep).dirty = true;
         Ok(had)
     }
 
@@ -731,6 +924,31 @@ impl BlobStore {
                 .await
                 .map_err(|e| Error::Transfer(e.to_string()))?;
             Ok(Plain(has))
+        })
+    }
+
+    /// What the store holds of `hash`: `"complete"`, `"partial"` (verified data of a fetch that
+    /// did not finish) or `"absent"`.
+    fn status(
+        &self,
+        py: Python<'_>,
+        bridge: &Bridge,
+        token: u64,
+        hash: &str,
+    ) -> PyResult<Py<PyAny>> {
+        let hash = parse_hash(hash)?;
+        let store: Store = self.store.clone().into();
+        bridge.submit(py, token, async move {
+            let status = store
+                .blobs()
+                .status(hash)
+                .await
+                .map_err(|e| Error::Transfer(e.to_string()))?;
+            Ok(Plain(match status {
+                BlobStatus::Complete { .. } => "complete",
+                BlobStatus::Partial { .. } => "partial",
+                BlobStatus::NotFound => "absent",
+            }))
         })
     }
 
