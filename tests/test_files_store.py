@@ -22,7 +22,7 @@ from test_files import inbox, paired, sha256, write_random
 from test_files_faults import restore, tamper
 
 import iroh_pair._files
-from iroh_pair import FileTransferError, Node
+from iroh_pair import FileChanged, FileTransferError, Node
 from iroh_pair._files import BlobStore
 from iroh_pair.store import PairedDevice
 
@@ -133,3 +133,28 @@ async def test_the_data_of_a_cut_fetch_outlives_garbage_collection(
     assert got.bytes_read <= size * 0.75
     hb.ungrant(joiner_dev.endpoint_id, h)
     assert await status_becomes(jb, h, "absent") == "absent"
+
+
+async def test_a_file_changed_after_its_offer_is_file_changed_for_the_sender(
+    paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
+) -> None:
+    """The sender's file is overwritten in the middle after it was offered (the receiver's
+    handler does it, before it accepts): the sender's store reads the file where it is, its
+    check against the hash stops there, the receiver answers "failed", and ``send_file``
+    raises :class:`FileChanged` naming the file (not a bare FileTransferError: the sender can
+    act on it). Nothing stays at the receiver."""
+    host, joiner, _, joiner_dev = paired
+    size = 8 * MiB
+    src = write_random(tmp_path / "d.bin", size)
+    box = inbox(tmp_path)
+
+    def accept_after_a_change(offer: object) -> Path:
+        tamper(src, size // 2)
+        return box
+
+    joiner.on_file_offer(accept_after_a_change)
+    with pytest.raises(FileChanged) as e:
+        await host.send_file(joiner_dev, src, timeout=60)
+    show("files", "changed after the offer", error=str(e.value)[:160])
+    assert e.value.path == str(src)
+    assert list(box.iterdir()) == []

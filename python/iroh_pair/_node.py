@@ -75,6 +75,7 @@ from iroh_pair.errors import (
     ConnectError,
     DestinationChanged,
     DiskFull,
+    FileChanged,
     FileTransferError,
     TooManyTransfers,
     TransferStalled,
@@ -1430,11 +1431,14 @@ class Node:
         receiver has it verified and stored (a :class:`~iroh_pair.FileReceipt` with the name it
         chose).
 
-        The file is imported into this node's blob store (its BLAKE3 hash computed; its size,
-        modification time and inode must not change meanwhile, else
-        :class:`~iroh_pair.errors.FileChanged` and nothing is offered), offered to the device
-        over the encrypted messaging (name, size, hash), and served natively to that device
-        alone while the offer lives; its bytes never pass through Python.
+        The file's BLAKE3 hash is computed where it is (this node's blob store references the
+        file, it does not copy it; its size, modification time and inode must not change
+        meanwhile, else :class:`~iroh_pair.errors.FileChanged` and nothing is offered), the
+        hash is offered to the device over the encrypted messaging (name, size, hash), and the
+        file is served natively to that device alone while the offer lives; its bytes never
+        pass through Python. Every chunk group read is checked against the hash: a file
+        changed after the offer is not sent, and the transfer fails with
+        :class:`~iroh_pair.errors.FileChanged`.
 
         A **directory** is sent as its tree: every regular file imported as its own blob,
         empty directories kept, symbolic links and special files skipped (never followed); one
@@ -1476,6 +1480,8 @@ class Node:
         blobs = await self.blob_store()
         offer_id = secrets.token_hex(16)
         contents: dict[str, int] = {}  # hash -> size (a directory may hold one content twice)
+        #: each file as it was hashed: the store reads it from there when it is fetched
+        imported: list[tuple[Path, tuple[int, int, int, int] | None]] = []
         if src.is_dir():
             name = src.resolve().name or "directory"
             files, empty = await asyncio.to_thread(walk_tree_stat, src)
@@ -1487,6 +1493,7 @@ class Node:
                 same_file(p, walked, n)  # not swapped for a link since the walk (lstat)
                 entries.append(OfferEntry(rel, n, h))
                 contents[h] = n
+                imported.append((p, _file_sig(p)))
             entries += [OfferEntry(d) for d in empty]
             payload = encode_dir_offer(name, entries, offer_id=offer_id)
             size, h, count = sum(e.size for e in entries), "", len(files)
@@ -1494,6 +1501,7 @@ class Node:
             name = src.name
             h, size = await blobs.import_file(src)
             contents[h] = size
+            imported.append((src, _file_sig(src)))
             payload = encode_offer(name, size, h, offer_id=offer_id)
             count = 1
         else:
@@ -1526,6 +1534,13 @@ class Node:
             reason = str(reply.get("reason", ""))
             raise OfferDeclined(f"{dev.name} declined {name!r}: {reason}", reason)
         if status != "stored":
+            # the file is read where it is when the receiver fetches it: changed since it was
+            # hashed, it cannot be served (the store checks what it reads against the hash)
+            for p, was in imported:
+                if _file_sig(p) != was:
+                    raise FileChanged(f"{p} changed after it was offered to {dev.name}, who "
+                                      f"could not receive it: {reply.get('error', status)}",
+                                      str(p))
             # the receiver's error class, when it is one the sender can act on
             cls = {"DiskFull": DiskFull, "VerificationFailed": VerificationFailed,
                    "TooManyTransfers": TooManyTransfers, "TransferStalled": TransferStalled,
@@ -2381,3 +2396,13 @@ def _selected(conn: Connection) -> PathKind | None:
                     return kind
     return None
 
+
+
+def _file_sig(path: Path) -> tuple[int, int, int, int] | None:
+    """A file's identity and version as a sender sees it (size, modification time, inode,
+    device; links followed, as the import does), or None when it is gone."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev

@@ -316,7 +316,10 @@ class OfferTooLarge(FileTransferError):
 
 class FileChanged(FileTransferError):
     """A file changed (size, modification time or inode) while it was being imported for
-    sending; nothing was offered. ``path`` is the file. Send it again once it is complete::
+    sending (nothing was offered), or after it was offered and before the receiver had it
+    (the store reads it where it is and refuses bytes that no longer match the hash: the
+    receiver got nothing of the changed content). ``path`` is the file. Send it again once it
+    is complete::
 
         try:
             await node.send_file(dev, "growing.log")
