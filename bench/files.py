@@ -10,12 +10,12 @@ loopback; then the peak RSS of both processes for a larger file.
 Contenders (every cell fresh processes, stores and destination; the order rotates per repeat):
 
 - ``iroh-pair send_file``: two paired nodes (``bench/files_worker.py``), sender and receiver in
-  two processes. End to end is the sender's ``send_file`` call: import (copy + hash into the
-  sender's store), offer over the messaging, the receiver's fetch into its store (verified) and
+  two processes. End to end is the sender's ``send_file`` call: import (the file hashed in
+  place: the sender's store references it), offer over the messaging, the receiver's fetch into its store (verified) and
   export (a copy to the destination), the reply. The receiver reports its fetch alone
   (iroh-blobs' own request time) and fetch + export.
 - ``plain Rust iroh-blobs``: ``iroh-pair-blobs-bench`` (rust/blobs-bench), the same work: the
-  provider imports the file into an ``FsStore`` and serves it; the fetcher (another process)
+  provider imports the file into an ``FsStore`` the same way (``TryReference``) and serves it; the fetcher (another process)
   dials it, fetches into its own ``FsStore`` and exports to a file. End to end is the sum of the
   import and the fetcher's dial + fetch + export (no offer message: that is the package's own).
 - ``iroh raw one stream``: ``iroh-pair-node bench-server bulk`` and ``bench bulk --peer`` (two
@@ -25,9 +25,10 @@ Contenders (every cell fresh processes, stores and destination; the order rotate
   Timed from the receiver's "Receiving" line (transit connected) to its exit (written and
   verified), and the whole exchange from both commands' start.
 
-With ``--diagnose``, plain Rust iroh-blobs runs three more ways, each with one of the package's
-choices (one tokio worker thread; the package's intercepting provider events; no copies, i.e.
-iroh-blobs' ``TryReference`` import and export), to see what each choice costs.
+With ``--diagnose``, plain Rust iroh-blobs runs four more ways: three with one of the package's
+choices each (one tokio worker thread; the package's intercepting provider events), or one it
+could make (no copy at all: the export by move too), and iroh-blobs' defaults (the import
+copies the file into the store), to see what each choice costs.
 
 The RSS part sends one ``--rss-mib`` file with each of the two iroh-blobs contenders and reads
 VmHWM (the peak RSS) of the sending and the receiving process from /proc/PID/status at the end.
@@ -77,7 +78,11 @@ VARIANTS = {
     "blobs-1w": ("plain Rust, 1 worker thread", ["--workers", "1", "--spawn"], ["--workers", "1", "--spawn"]),
     "blobs-events": ("plain Rust, the package's provider events", ["--events", "package"], []),
     "blobs-ref": ("plain Rust, no copies (TryReference)", ["--import", "reference"], ["--export", "reference"]),
+    "blobs-copy": ("plain Rust, import by copy", ["--import", "copy"], []),
 }
+#: What plain Rust iroh-blobs does without a variant: the package's choices (the provider hashes
+#: the file in place; the fetcher exports by copy)
+BLOBS_DEFAULT = (["--import", "reference"], [])
 CONTENDERS.update({k: v[0] for k, v in VARIANTS.items()})
 
 
@@ -289,7 +294,7 @@ def package_cell(s: Setup, workers: int | None = None) -> dict[str, Any]:
 
 def blobs_cell(s: Setup, variant: str | None = None) -> dict[str, Any]:
     cell = s.fresh("cell-blobs")
-    popts, fopts = (VARIANTS[variant][1], VARIANTS[variant][2]) if variant else ([], [])
+    popts, fopts = (VARIANTS[variant][1], VARIANTS[variant][2]) if variant else BLOBS_DEFAULT
     procs: list[Proc] = []
     try:
         b = str(blobs_binary())
@@ -481,7 +486,8 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
         "| contender | what | version |",
         "|---|---|---|",
         f"| {CONTENDERS['package']} | `Node.send_file` between two paired nodes in two processes "
-        "(`bench/files_worker.py`): import (copy + hash into the sender's store), offer, the receiver's fetch into "
+        "(`bench/files_worker.py`): import (hash the file in place: the sender's store references it), offer, the "
+        "receiver's fetch into "
         "its store (verified), export (copy) to the destination, reply | iroh-blobs "
         f"{info['versions'].get('iroh-blobs', '?')} |",
         f"| {CONTENDERS['package-cores']} | the same on {info['cores_workers']} tokio worker threads in both processes "
@@ -489,7 +495,7 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
         "core but one, leaving a core to asyncio) | iroh-blobs "
         f"{info['versions'].get('iroh-blobs', '?')} |",
         f"| {CONTENDERS['blobs']} | `iroh-pair-blobs-bench` (rust/blobs-bench): provider imports into an `FsStore` "
-        "and serves it (`Router` + `BlobsProtocol`); the fetcher dials it, `remote().fetch` into its own `FsStore`, "
+        "the same way (`ImportMode::TryReference`) and serves it (`Router` + `BlobsProtocol`); the fetcher dials it, `remote().fetch` into its own `FsStore`, "
         "exports (copy) to a file | iroh-blobs " + info["versions"].get("iroh-blobs", "?") + " |",
         f"| {CONTENDERS['raw']} | `iroh-pair-node bench-server bulk` + `bench bulk --peer`: the bytes on one QUIC "
         "stream, memory to memory (no disk, no hashing): the transport's ceiling | iroh "
@@ -504,7 +510,9 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
                             "(`--events package`: the package's event mask, every progress update read and "
                             "recorded under a mutex)",
             "blobs-ref": "plain Rust iroh-blobs with `ImportMode::TryReference` (hash the file in place, no copy) "
-                         "and `ExportMode::TryReference` (move the store's file to the destination, no copy)"}
+                         "and `ExportMode::TryReference` (move the store's file to the destination, no copy)",
+            "blobs-copy": "plain Rust iroh-blobs with iroh-blobs' default import (`ImportMode::Copy`: the file "
+                          "copied into the store, then hashed), as the package did before"}
     md += [f"| {CONTENDERS[k]} | diagnostic (`--diagnose`): {what[k]} | iroh-blobs "
            f"{info['versions'].get('iroh-blobs', '?')} |" for k in VARIANTS if k in keys]
     md += [""]
@@ -540,7 +548,7 @@ def section(info: dict[str, Any], samples: list[dict[str, Any]], rss: list[dict[
          on("send_file_s", rust="end_to_end_s"), 2)
     line("fetch alone (iroh-blobs' `Stats::elapsed`): MiB/s; raw: the stream; wormhole: the transfer",
          on("fetch_mib_per_s", raw="mib_per_s", wormhole="mib_per_s"))
-    line("sender: import into its store (copy + hash): s", on("import_s"), 2)
+    line("sender: import (hash in place; `blobs-copy`: copy + hash): s", on("import_s"), 2)
     line("receiver: dial + fetch + export (wall): s", on("fetch_export_s"), 2)
     line("... of which the fetch (`Stats::elapsed`): s", on("fetch_s"), 2)
     line("... of which the rest (dial, store check, export copy; package: its bridge too): s",
@@ -619,7 +627,7 @@ def where_the_time_goes(samples: list[dict[str, Any]], keys: list[str]) -> list[
             continue
         t = med(samples, k, total)
         parts = [(label, med(samples, k, f)) for label, f in (
-            ("import (copy + hash)", "import_s"), ("fetch", "fetch_s"),
+            ("import", "import_s"), ("fetch", "fetch_s"),
             ("dial + store check + export", "receiver_rest_s"), ("offer/reply/Python", "rest_s"))]
         shown = [f"{label} {v:.2f} s ({v / t * 100:.0f}%)" for label, v in parts if v is not None and t]
         if t:
