@@ -10,9 +10,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from test_files import paired, sha256, write_random  # noqa: F401  (the fixture)
 
-from iroh_pair import FileOffer, Node
+from iroh_pair import FileOffer, FileTransferError, Node
 from iroh_pair._files import FILE_KIND, decode_reply, encode_offer
 from iroh_pair.store import PairedDevice
 
@@ -96,3 +97,22 @@ async def test_an_offer_larger_than_its_content_is_refused(
     reply = await _offer_raw(joiner, host_dev, host.id, "small.bin", size * 4, h)
     assert reply["status"] == "failed", reply
     assert sorted(inbox.iterdir()) == []
+
+
+async def test_a_fetch_of_content_shorter_than_offered_never_writes_the_name(
+    paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path  # noqa: F811
+) -> None:
+    """One level down from the offer: the native fetch is given the offered size, the verified
+    content is shorter, so it fails before the export and the destination name is never
+    created (not even for a moment before Python would remove it)."""
+    host, joiner, host_dev, joiner_dev = paired
+    src = write_random(tmp_path / "short.bin", 64 * KiB)
+    hb, jb = await host.blob_store(), await joiner.blob_store()
+    h, size = await hb.add_path(src)
+    hb.grant(joiner_dev.endpoint_id, h)
+    dest = tmp_path / "short.out"
+    with pytest.raises(FileTransferError, match="offered"):
+        await jb.fetch(joiner.endpoint, host_dev.endpoint_id, h, dest, size=size * 4)
+    assert not dest.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".iroh-pair-")] == []
+    hb.ungrant(joiner_dev.endpoint_id, h)

@@ -440,7 +440,8 @@ impl BlobStore {
     /// the bytes received so far by this fetch (every 50 ms at most), the last one
     /// `(hash, size, bytes_read, seconds)` or the error: `bytes_read` is what this fetch read
     /// from the stream (payload and hash tree; 0 when the store had it all), `seconds` how long
-    /// the fetch took (before the export). More than `max_size` bytes received is an error.
+    /// the fetch took (before the export). `max_size`, the size offered: more bytes received,
+    /// or complete content of another size, is an error, and nothing is exported.
     /// `TransferRefused` when the peer refused it (not offered to us), `TransferError`
     /// otherwise.
     /// (`Endpoint.fetch_blob` in Python.)
@@ -542,6 +543,16 @@ impl BlobStore {
                     return Err(Error::Transfer(
                         "the peer ended the transfer before the whole blob arrived".into(),
                     ));
+                }
+                if let Some(m) = max_size
+                    && let Ok(BlobStatus::Complete { size }) = store.blobs().status(hash).await
+                    && size != m
+                {
+                    // verified content, but not what the offer said: not under its name
+                    return Err(Error::Transfer(format!(
+                        "received {size} bytes, {m} offered (the content matches its hash: the \
+                         offer lied about its size)"
+                    )));
                 }
                 let size = export_to(&store, hash, &dest).await?;
                 // the file is out: the store's copy goes with the next garbage collection
