@@ -82,7 +82,7 @@ VARIANTS = {
 }
 #: What plain Rust iroh-blobs does without a variant: the package's choices (the provider hashes
 #: the file in place; the fetcher exports by copy)
-BLOBS_DEFAULT = (["--import", "reference"], [])
+BLOBS_DEFAULT: tuple[list[str], list[str]] = (["--import", "reference"], [])
 CONTENDERS.update({k: v[0] for k, v in VARIANTS.items()})
 
 

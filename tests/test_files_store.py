@@ -158,3 +158,28 @@ async def test_a_file_changed_after_its_offer_is_file_changed_for_the_sender(
     show("files", "changed after the offer", error=str(e.value)[:160])
     assert e.value.path == str(src)
     assert list(box.iterdir()) == []
+
+
+async def test_content_the_receivers_store_only_references_is_checked_before_it_is_stored(
+    paired: tuple[Node, Node, PairedDevice, PairedDevice], tmp_path: Path
+) -> None:
+    """The receiver's store is also its sending side's: it has just hashed a file of its own
+    (``mine.bin``, as ``send_file`` does) that holds the very content the sender now offers,
+    and that file was changed since. The fetch reads nothing (the store has the hash), so the
+    export would copy the changed file: it is checked against the hash first, the offer fails,
+    and nothing is stored under the name. (Without the check the receiver stored the changed
+    bytes under the offered name, reporting them as verified.)"""
+    host, joiner, _, joiner_dev = paired
+    size = 4 * MiB
+    src = write_random(tmp_path / "offered.bin", size)
+    mine = tmp_path / "mine.bin"
+    shutil.copyfile(src, mine)
+    jb = await joiner.blob_store()
+    h, _ = await jb.add_path(mine)
+    tamper(mine, size // 2)
+    box = inbox(tmp_path)
+    joiner.on_file_offer(lambda offer: box)
+    with pytest.raises(FileTransferError, match="changed: not exported"):
+        await host.send_file(joiner_dev, src, timeout=60)
+    assert list(box.iterdir()) == []
+    assert sha256(src) != sha256(mine)

@@ -1482,51 +1482,58 @@ class Node:
         contents: dict[str, int] = {}  # hash -> size (a directory may hold one content twice)
         #: each file as it was hashed: the store reads it from there when it is fetched
         imported: list[tuple[Path, tuple[int, int, int, int] | None]] = []
-        if src.is_dir():
-            name = src.resolve().name or "directory"
-            files, empty = await asyncio.to_thread(walk_tree_stat, src)
-            placeholder = [OfferEntry(rel, 0, "0" * 64) for rel, _, _ in files]
-            encode_dir_offer(name, placeholder + [OfferEntry(d) for d in empty])  # limits first
-            entries: list[OfferEntry] = []
-            for rel, p, walked in files:
-                h, n = await blobs.import_file(p)
-                same_file(p, walked, n)  # not swapped for a link since the walk (lstat)
-                entries.append(OfferEntry(rel, n, h))
-                contents[h] = n
-                imported.append((p, _file_sig(p)))
-            entries += [OfferEntry(d) for d in empty]
-            payload = encode_dir_offer(name, entries, offer_id=offer_id)
-            size, h, count = sum(e.size for e in entries), "", len(files)
-        elif src.is_file():
-            name = src.name
-            h, size = await blobs.import_file(src)
-            contents[h] = size
-            imported.append((src, _file_sig(src)))
-            payload = encode_offer(name, size, h, offer_id=offer_id)
-            count = 1
-        else:
-            raise FileNotFoundError(f"{src} is not a file or directory")
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        deadline = None if timeout is None else started + timeout
-        for c in contents:
-            blobs.grant(dev.endpoint_id, c)
 
-        def rate(done: int) -> float:
-            return done / max(loop.time() - started, 1e-9)
+        def hold(h: str, n: int, p: Path) -> None:
+            # granted at once: the offer keeps the file in the store from its import on (the
+            # files of a large directory are hashed one after another before the offer goes)
+            if h not in contents:
+                blobs.grant(dev.endpoint_id, h)
+            contents[h] = n
+            imported.append((p, _file_sig(p)))
 
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(0.1)
-                done = min(sum(min(blobs.sent(dev.endpoint_id, c), n) for c, n in contents.items()),
-                           size)
-                report(FileProgress(done, size, rate(done)))
-
-        reporter = asyncio.ensure_future(watch())
         try:
-            reply = await self._offer_file(dev, payload, deadline, reconnect_timeout)
+            if src.is_dir():
+                name = src.resolve().name or "directory"
+                files, empty = await asyncio.to_thread(walk_tree_stat, src)
+                placeholder = [OfferEntry(rel, 0, "0" * 64) for rel, _, _ in files]
+                encode_dir_offer(name, placeholder + [OfferEntry(d) for d in empty])  # limits
+                entries: list[OfferEntry] = []
+                for rel, p, walked in files:
+                    h, n = await blobs.import_file(p)
+                    same_file(p, walked, n)  # not swapped for a link since the walk (lstat)
+                    hold(h, n, p)
+                    entries.append(OfferEntry(rel, n, h))
+                entries += [OfferEntry(d) for d in empty]
+                payload = encode_dir_offer(name, entries, offer_id=offer_id)
+                size, h, count = sum(e.size for e in entries), "", len(files)
+            elif src.is_file():
+                name = src.name
+                h, size = await blobs.import_file(src)
+                hold(h, size, src)
+                payload = encode_offer(name, size, h, offer_id=offer_id)
+                count = 1
+            else:
+                raise FileNotFoundError(f"{src} is not a file or directory")
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            deadline = None if timeout is None else started + timeout
+
+            def rate(done: int) -> float:
+                return done / max(loop.time() - started, 1e-9)
+
+            async def watch() -> None:
+                while True:
+                    await asyncio.sleep(0.1)
+                    done = min(sum(min(blobs.sent(dev.endpoint_id, c), n)
+                                   for c, n in contents.items()), size)
+                    report(FileProgress(done, size, rate(done)))
+
+            reporter = asyncio.ensure_future(watch())
+            try:
+                reply = await self._offer_file(dev, payload, deadline, reconnect_timeout)
+            finally:
+                reporter.cancel()
         finally:
-            reporter.cancel()
             for c in contents:
                 blobs.ungrant(dev.endpoint_id, c)
         status = reply["status"]
@@ -1536,7 +1543,8 @@ class Node:
         if status != "stored":
             # the file is read where it is when the receiver fetches it: changed since it was
             # hashed, it cannot be served (the store checks what it reads against the hash)
-            for p, was in imported:
+            kind = str(reply.get("type", ""))
+            for p, was in imported if kind in ("", "FileTransferError") else ():
                 if _file_sig(p) != was:
                     raise FileChanged(f"{p} changed after it was offered to {dev.name}, who "
                                       f"could not receive it: {reply.get('error', status)}",

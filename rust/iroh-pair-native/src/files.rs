@@ -74,19 +74,21 @@ const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 /// `iroh-pair/partial/<hash>/<unix seconds>`.
 const PARTIAL_TAG: &str = "iroh-pair/partial/";
 
-/// How long the data of a fetch that never completed is kept for a resume (checked at open).
+/// How long the data of a fetch that never completed is kept for a resume (checked when the
+/// store opens: a node that runs longer keeps it until its next start).
 const PARTIAL_KEEP: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
-/// How long an imported file stays in the store's index before it is offered (the offer then
-/// keeps it); a safety margin only, the offer follows the import at once.
-const IMPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long an import keeps its file in the store's index (a temp tag, seen by every
+/// collection): until the offer holds it (the sender grants each file right after its import),
+/// with a margin.
+const IMPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What garbage collection must keep besides the tags: files imported and not yet offered, and
 /// blobs being fetched (the offers are in `Access`).
 #[derive(Default)]
 struct Keep {
-    /// imports per hash not yet followed by an offer, and when the last one ended
-    imported: HashMap<Hash, (usize, std::time::Instant)>,
+    /// the temp tag of each import of the last `IMPORT_HOLD`, and when it ended
+    imported: Vec<(iroh_blobs::api::TempTag, std::time::Instant)>,
     /// fetches running per hash
     fetching: HashMap<Hash, usize>,
     /// whether something may have become garbage since the last collection (a run costs a
@@ -130,9 +132,10 @@ fn protect(access: Arc<Mutex<Access>>, keep: Arc<Mutex<Keep>>) -> ProtectCb {
         let outcome = {
             let mut k = lock(&keep);
             let held = k.imported.len();
-            k.imported.retain(|_, (_, at)| at.elapsed() < IMPORT_HOLD);
+            // (the temp tags protect themselves; the offer holds the file by now)
+            k.imported.retain(|(_, at)| at.elapsed() < IMPORT_HOLD);
             if std::mem::take(&mut k.dirty) || k.imported.len() < held {
-                live.extend(k.imported.keys().copied());
+                live.extend(k.imported.iter().map(|(t, _)| t.hash()));
                 live.extend(k.fetching.keys().copied());
                 for set in lock(&access).offers.values() {
                     live.extend(set.iter().copied());
@@ -478,9 +481,21 @@ impl BlobStore {
                 let tags = store.tags();
                 let prefix = partial_prefix(&hash);
                 let tagged = async {
-                    tags.delete_prefix(&prefix).await?;
-                    tags.set(format!("{prefix}{}", unix_now()), HashAndFormat::raw(hash))
-                        .await
+                    // the new tag first, then the older ones: never a moment untagged
+                    let name = format!("{prefix}{}", unix_now());
+                    tags.set(&name, HashAndFormat::raw(hash)).await?;
+                    let mut older = Vec::new();
+                    let mut listed = tags.list_prefix(&prefix).await?;
+                    while let Some(t) = listed.next().await {
+                        let t = t?;
+                        if t.name.as_ref() != name.as_bytes() {
+                            older.push(t.name);
+                        }
+                    }
+                    for t in older {
+                        tags.delete(t).await?;
+                    }
+                    Ok::<(), iroh_blobs::api::RequestError>(())
                 };
                 tagged
                     .await
@@ -554,7 +569,11 @@ impl BlobStore {
                          offer lied about its size)"
                     )));
                 }
-                let size = export_to(&store, hash, &dest).await?;
+                // Read nothing: the store had it all before this fetch. The store is also the
+                // sending side's, which references files where they are (unchecked by an
+                // export): the copy is checked against the hash before it gets its name.
+                let check = stats.total_bytes_read() == 0;
+                let size = export_to(&store, hash, &dest, check).await?;
                 // the file is out: the store's copy goes with the next garbage collection
                 // (if that fails, the copy stays until its tag expires at an open)
                 let _ = store.tags().delete_prefix(&prefix).await;
@@ -712,10 +731,25 @@ fn fetch_error(
     }
 }
 
+/// The BLAKE3 hash and the length of the file at `path` (in a blocking thread).
+async fn file_hash(path: &Path) -> std::io::Result<(Hash, u64)> {
+    let path = path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let mut hasher = blake3::Hasher::new();
+        let mut f = std::fs::File::open(&path)?;
+        let n = std::io::copy(&mut f, &mut hasher)?;
+        Ok((Hash::from(hasher.finalize()), n))
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
 /// Exports the complete, verified blob `hash` to `dest`: first under a temporary name in the
 /// same directory, then linked to `dest` (never replacing an existing file) and the temporary
-/// name removed. Returns the size.
-async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error> {
+/// name removed. With `check`, the temporary file's BLAKE3 hash and size are compared with
+/// `hash` and the store's size first (content the store references rather than holds).
+/// Returns the size.
+async fn export_to(store: &Store, hash: Hash, dest: &Path, check: bool) -> Result<u64, Error> {
     let dir = dest
         .parent()
         .ok_or_else(|| Error::Value(format!("{} has no parent directory", dest.display())))?;
@@ -738,6 +772,17 @@ async fn export_to(store: &Store, hash: Hash, dest: &Path) -> Result<u64, Error>
             let _ = std::fs::remove_file(&tmp);
             store_error(&format!("cannot export to {}", tmp.display()), &e)
         })?;
+    if check {
+        let matches = file_hash(&tmp).await.map(|(h, n)| h == hash && n == size);
+        if !matches.unwrap_or(false) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::Transfer(format!(
+                "the content this node's store references for {} changed: not exported (send \
+                 it again)",
+                hash.to_hex()
+            )));
+        }
+    }
     let linked = std::fs::hard_link(&tmp, dest);
     let _ = std::fs::remove_file(&tmp);
     match linked {
@@ -810,8 +855,8 @@ impl BlobStore {
 
     /// Imports the file at `path` (absolute; hashed where it is, not copied: the store references
     /// it): `(hash, size)`, the hash as 64 hex digits. The store keeps the reference for
-    /// `IMPORT_HOLD`, or while the hash is offered (`allow`). Small files are copied into the
-    /// store's database.
+    /// `IMPORT_HOLD` (a temp tag), and while the hash is offered (`allow`). Small files are
+    /// copied into the store's database.
     fn add_path(
         &self,
         py: Python<'_>,
@@ -835,16 +880,8 @@ impl BlobStore {
                 .temp_tag()
                 .await
                 .map_err(|e| store_error(&format!("cannot add {}", path.display()), &e))?;
-            {
-                let mut k = lock(&keep);
-                let e = k
-                    .imported
-                    .entry(tag.hash())
-                    .or_insert((0, std::time::Instant::now()));
-                *e = (e.0 + 1, std::time::Instant::now());
-            }
             let hash = tag.hash();
-            drop(tag); // `keep` holds it now
+            lock(&keep).imported.push((tag, std::time::Instant::now()));
             let size = store
                 .blobs()
                 .status(hash)
@@ -867,15 +904,6 @@ impl BlobStore {
     /// the store keeps it while the offer lives).
     fn allow(&self, peer: &EndpointId, hash: &str) -> PyResult<()> {
         let hash = parse_hash(hash)?;
-        {
-            let mut k = lock(&self.keep);
-            if let Some(e) = k.imported.get_mut(&hash) {
-                e.0 -= 1;
-                if e.0 == 0 {
-                    k.imported.remove(&hash);
-                }
-            }
-        }
         lock(&self.access)
             .offers
             .entry(peer.0)
